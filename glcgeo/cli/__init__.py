@@ -1,0 +1,58 @@
+"""The ``glcgeo`` command line: a thin layer that parses, validates and calls the API.
+
+Each sub-command lives in its own module of this package and exposes
+``add_parser(subparsers)`` (which registers it and sets ``func``) so commands stay
+independent of each other.
+"""
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import GlcgeoError
+
+#: Sub-command modules, in the order ``glcgeo --help`` lists them.
+COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every sub-command registered.
+
+    Returns:
+        the argument parser of the ``glcgeo`` command.
+    """
+    parser = argparse.ArgumentParser(
+        prog='glcgeo',
+        description='GLCNet self-supervised pretraining on georeferenced mosaics.',
+    )
+    subparsers = parser.add_subparsers(dest='command', required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f'{__name__}.{name}')
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``glcgeo`` command line.
+
+    Args:
+        argv: arguments without the program name (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        the exit status: 0 on success, 2 for bad input, 130 when interrupted.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GlcgeoError as error:
+        print(f'glcgeo: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('glcgeo: interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

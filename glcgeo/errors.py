@@ -1,0 +1,21 @@
+"""Errors that reach users as one clear line."""
+
+import os
+
+
+class GlcgeoError(ValueError):
+    """A problem with user input, reported as one line that names the file.
+
+    The command line prints ``glcgeo: <message>`` and exits with status 2; the Python
+    API raises it unchanged so scripts can catch it.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        """Initialize a new GlcgeoError.
+
+        Args:
+            message: what is wrong, in one line.
+            path: the file the problem is in, prefixed to the message when given.
+        """
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(f'{self.path}: {message}' if self.path else message)

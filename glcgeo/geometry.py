@@ -1,0 +1,175 @@
+"""Geometry as data: pixel grids, ground boxes and their projection into views.
+
+Conventions used throughout glcgeo:
+
+* Map coordinates are float64 in the dataset CRS; a *ground box* is
+  ``(xmin, ymin, xmax, ymax)`` in those units.
+* Pixel boxes are ``(x1, y1, x2, y2)`` = (column, row, column, row) with the
+  pixel-edge convention: pixel (row i, column j) covers ``[j, j + 1) x [i, i + 1)``.
+* Affine transforms are rasterio's (pixel -> map), north-up.
+* Augmentation matrices are kornia's 3x3 matrices, which act on pixel *centres*
+  (x' = M @ [x, y, 1] with x the column index of a pixel centre).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from affine import Affine
+from rasterio.windows import Window
+from torch import Tensor
+
+__all__ = [
+    'PixelGrid',
+    'ground_to_pixel_boxes',
+    'project_ground_boxes',
+    'transform_pixel_boxes',
+]
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """A north-up pixel grid in a map CRS.
+
+    Attributes:
+        x0: map x of the grid's left edge (CRS units).
+        y0: map y of the grid's top edge (CRS units).
+        res: (x, y) pixel size in CRS units, both positive.
+
+    """
+
+    x0: float
+    y0: float
+    res: tuple[float, float]
+
+    @property
+    def affine(self) -> Affine:
+        """The grid's pixel -> map transform."""
+        return Affine(self.res[0], 0.0, self.x0, 0.0, -self.res[1], self.y0)
+
+    def to_map(self, col: float, row: float) -> tuple[float, float]:
+        """Map coordinates of a pixel-edge position.
+
+        Args:
+            col: column position (pixel edges at integers).
+            row: row position.
+
+        Returns:
+            (x, y) in the grid's CRS, float64.
+
+        """
+        return self.x0 + col * self.res[0], self.y0 - row * self.res[1]
+
+    def window_transform(self, window: Window, size: int) -> Affine:
+        """Transform of a view made of *window* resized to *size* x *size* pixels.
+
+        Args:
+            window: window of this grid, in grid pixels.
+            size: the view's width and height in pixels.
+
+        Returns:
+            the view's pixel -> map transform.
+
+        """
+        x, y = self.to_map(window.col_off, window.row_off)
+        return Affine(
+            self.res[0] * window.width / size,
+            0.0,
+            x,
+            0.0,
+            -self.res[1] * window.height / size,
+            y,
+        )
+
+    def boxes_to_map(
+        self, boxes: np.ndarray | list[tuple[int, int, int, int]]
+    ) -> np.ndarray:
+        """Convert pixel boxes of this grid into ground boxes.
+
+        Args:
+            boxes: [R, 4] (col1, row1, col2, row2) in grid pixels.
+
+        Returns:
+            [R, 4] float64 (xmin, ymin, xmax, ymax) in the grid's CRS.
+
+        """
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        xmin, ymax = self.to_map(b[:, 0], b[:, 1])  # type: ignore[arg-type]
+        xmax, ymin = self.to_map(b[:, 2], b[:, 3])  # type: ignore[arg-type]
+        return np.stack([xmin, ymin, xmax, ymax], axis=1)
+
+
+def ground_to_pixel_boxes(boxes: np.ndarray, affine: Affine) -> np.ndarray:
+    """Project ground boxes into the pixels of a north-up view.
+
+    Args:
+        boxes: [R, 4] (xmin, ymin, xmax, ymax) in the view's CRS.
+        affine: the view's pixel -> map transform (north-up, no rotation).
+
+    Returns:
+        [R, 4] float64 (x1, y1, x2, y2) in view pixels, pixel-edge convention.
+
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    inverse = ~affine
+    x1, y1 = inverse * (boxes[:, 0], boxes[:, 3])
+    x2, y2 = inverse * (boxes[:, 2], boxes[:, 1])
+    return np.stack([x1, y1, x2, y2], axis=1)
+
+
+def transform_pixel_boxes(boxes: Tensor, matrix: Tensor) -> Tensor:
+    """Move pixel boxes through a recorded augmentation (flips, rot90, scaling).
+
+    The matrix acts on pixel centres (kornia's convention); box edges are
+    half a pixel outside the centres of the boxes' first and last pixels, so the
+    corners are shifted to centres, transformed, and shifted back.
+
+    Args:
+        boxes: [B, R, 4] (x1, y1, x2, y2) in pixels of the un-augmented view.
+        matrix: [B, 3, 3] augmentation matrices (un-augmented -> augmented pixels).
+
+    Returns:
+        [B, R, 4] axis-aligned boxes in pixels of the augmented view (exact for
+        flips, 90-degree rotations and axis-aligned scaling).
+
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    # The four corners, as pixel-centre coordinates, [B, R, 4 corners, 3].
+    corners = (
+        torch.stack(
+            [
+                torch.stack([x1, y1], -1),
+                torch.stack([x2, y1], -1),
+                torch.stack([x1, y2], -1),
+                torch.stack([x2, y2], -1),
+            ],
+            dim=-2,
+        )
+        - 0.5
+    )
+    ones = torch.ones_like(corners[..., :1])
+    homogeneous = torch.cat([corners, ones], -1).to(matrix.dtype)
+    moved = torch.einsum('bij,brkj->brki', matrix, homogeneous)[..., :2] + 0.5
+    lo = moved.amin(dim=-2)
+    hi = moved.amax(dim=-2)
+    return torch.cat([lo, hi], -1).to(boxes.dtype)
+
+
+def project_ground_boxes(
+    boxes: np.ndarray, affine: Affine, matrix: Tensor | None = None
+) -> Tensor:
+    """Project ground boxes into an augmented view: the one projection of glcgeo.
+
+    Args:
+        boxes: [R, 4] ground boxes (xmin, ymin, xmax, ymax) in the view's CRS.
+        affine: the un-augmented view's pixel -> map transform.
+        matrix: [3, 3] recorded augmentation matrix (pixel centres), or None.
+
+    Returns:
+        [R, 4] float64 (x1, y1, x2, y2) in the augmented view's pixels.
+
+    """
+    pixels = torch.from_numpy(ground_to_pixel_boxes(boxes, affine))
+    if matrix is None:
+        return pixels
+    return transform_pixel_boxes(pixels[None], matrix[None].double())[0]

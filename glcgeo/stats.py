@@ -1,0 +1,157 @@
+"""Per-band normalisation statistics computed from a mosaic by sampling.
+
+uint8 aerial images and uint16 Sentinel-2 reflectances differ by orders of
+magnitude; :func:`compute_band_stats` estimates each band's mean and standard
+deviation from random windows of the mosaic's valid area (never loading it whole),
+and :class:`BandStats` saves them as JSON so that pretraining, fine-tuning and
+prediction normalise alike.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Generator, Tensor
+
+from .datasets import GeoTiffMosaic
+from .errors import GlcgeoError
+
+__all__ = ['BandStats', 'compute_band_stats']
+
+
+@dataclass
+class BandStats:
+    """Per-band statistics of raw pixel values.
+
+    Attributes:
+        mean: mean of each band (raw units of the files).
+        std: standard deviation of each band (raw units, > 0).
+        bands: 1-based band indexes of the files the statistics belong to.
+        nodata: the nodata value excluded from the statistics, if any.
+        pixels: number of valid pixels sampled.
+
+    """
+
+    mean: list[float]
+    std: list[float]
+    bands: list[int]
+    nodata: float | None = None
+    pixels: int = 0
+    files: list[str] = field(default_factory=list)
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """Apply ``(x - mean) / std`` over the band dimension.
+
+        Args:
+            image: [..., C, H, W] raw values.
+
+        Returns:
+            the normalised image, float32.
+
+        """
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=image.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=image.device)
+        return (image.float() - mean[:, None, None]) / std[:, None, None]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the statistics as JSON.
+
+        Args:
+            path: the JSON file to write.
+
+        """
+        with open(path, 'w') as f:
+            json.dump(asdict(self), f, indent=2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> 'BandStats':
+        """Read statistics written by :meth:`save`.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            the statistics.
+
+        Raises:
+            GlcgeoError: if the file is missing or not glcgeo statistics.
+
+        """
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            return cls(**data)
+        except FileNotFoundError:
+            raise GlcgeoError('no such statistics file', path) from None
+        except (json.JSONDecodeError, TypeError) as error:
+            raise GlcgeoError(f'not glcgeo band statistics ({error})', path) from None
+
+
+def compute_band_stats(
+    dataset: GeoTiffMosaic,
+    windows: int = 64,
+    window_size: int = 128,
+    generator: Generator | None = None,
+) -> BandStats:
+    """Estimate per-band mean and standard deviation from random windows.
+
+    Windows are centred on random points of the mosaic's valid area; nodata pixels
+    are excluded. The result is deterministic for a given generator.
+
+    Args:
+        dataset: the mosaic.
+        windows: number of windows to read.
+        window_size: side of each window, in mosaic pixels (clamped to the mosaic).
+        generator: random generator (defaults to one seeded with 0).
+
+    Returns:
+        the statistics.
+
+    Raises:
+        GlcgeoError: if the sampled windows hold no valid pixel.
+
+    """
+    from .samplers import PairedWindowSampler
+
+    generator = generator or torch.Generator().manual_seed(0)
+    grid = dataset.grid
+    x, y, _ = dataset.bounds
+    width = round((x.stop - x.start) / grid.res[0])
+    height = round((y.stop - y.start) / grid.res[1])
+    size = max(1, min(window_size, width, height))
+    # The pair sampler knows where the valid data is.
+    sampler = PairedWindowSampler(
+        dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99
+    )
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    count = 0
+    total = np.zeros(dataset.num_bands)
+    total_sq = np.zeros(dataset.num_bands)
+    for _ in range(windows):
+        window = sampler.random_window(rng, size)
+        xmin, ymax = grid.to_map(window.col_off, window.row_off)
+        xmax, ymin = grid.to_map(window.col_off + size, window.row_off + size)
+        image = dataset[xmin : xmax : grid.res[0], ymin : ymax : grid.res[1]]['image']
+        valid = dataset.valid_mask(image)
+        pixels = image[:, valid].double().numpy()
+        count += pixels.shape[1]
+        total += pixels.sum(axis=1)
+        total_sq += (pixels**2).sum(axis=1)
+    if count == 0:
+        raise GlcgeoError(
+            'no valid pixel found to compute statistics', dataset.files[0]
+        )
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    # A constant band would divide by zero; leave it unscaled.
+    std = np.where(std > 0, std, 1.0)
+    return BandStats(
+        mean=mean.tolist(),
+        std=std.tolist(),
+        bands=list(dataset.band_indexes_selected),
+        nodata=dataset.file_nodata,
+        pixels=int(count),
+        files=list(dataset.files),
+    )
