@@ -1,0 +1,151 @@
+"""Benchmark: GLCNet training steps per second against TorchGeo's SimCLR task.
+
+Both tasks train through Lightning on the same shipped mosaic with the same
+backbone, batch size, input size and data loader workers; GLCNet reads pairs with
+glcgeo's paired sampler, SimCLR reads single patches with TorchGeo's
+RandomPatchSampler and makes its two views on device, as TorchGeo does. Lightning's
+SimpleProfiler separates the time spent waiting for the next batch.
+
+    python experiments/bench_pretrain.py [--backbone resnet18] [--size 128] [--batch 16]
+
+Last line: ``RESULT glcnet_steps_per_s=<x> ratio_vs_simclr=<r> data_wait_fraction=<f>``.
+"""
+
+import argparse
+import os
+import time
+import warnings
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.profilers import SimpleProfiler
+from torchgeo.datamodules import GeoDataModule
+from torchgeo.samplers import RandomPatchSampler
+from torchgeo.tasks import SimCLR
+
+from glcgeo.datamodules import GLCNetDataModule
+from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.stats import compute_band_stats
+from glcgeo.tasks import GLCNetTask
+
+DATA = os.path.join(
+    os.path.dirname(__file__), '..', 'tests', 'data', 'sentinel2_10m_tiles'
+)
+
+
+class StepTimer(Callback):
+    """Wall time of the steps after a warm-up."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = 0.0
+        self.end = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step > self.warmup:
+            self.end = time.perf_counter()
+            self.steps = trainer.global_step - self.warmup
+
+
+class SimCLRDataModule(GeoDataModule):
+    """Single patches of the same mosaic, normalised like glcgeo's views."""
+
+    def __init__(
+        self, size: int, batch_size: int, length: int, num_workers: int
+    ) -> None:
+        super().__init__(
+            GeoTiffMosaic, batch_size=batch_size, patch_size=size, length=length,
+            num_workers=num_workers, paths=DATA,
+        )  # fmt: skip
+
+    def setup(self, stage: str) -> None:
+        self.train_dataset = GeoTiffMosaic(DATA)
+        stats = compute_band_stats(self.train_dataset)
+        self.train_sampler = RandomPatchSampler(
+            self.train_dataset, size=self.patch_size, length=self.length
+        )
+        import kornia.augmentation as K
+
+        self.aug = K.AugmentationSequential(
+            K.Normalize(mean=torch.tensor(stats.mean), std=torch.tensor(stats.std)),
+            data_keys=None,
+            keepdim=True,
+        )
+
+
+def run(
+    task: LightningModule, datamodule: Any, steps: int, warmup: int
+) -> tuple[float, float]:
+    """Train for warm-up + steps; return (steps per second, data-wait fraction)."""
+    timer = StepTimer(warmup)
+    profiler = SimpleProfiler()
+    trainer = Trainer(
+        accelerator='auto', devices=1, max_steps=warmup + steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer], profiler=profiler,
+        use_distributed_sampler=False,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=datamodule)
+    elapsed = timer.end - timer.start
+    waits = profiler.recorded_durations.get(
+        '[_TrainingEpochLoop].train_dataloader_next', []
+    )
+    # The first waits include worker start-up: count those of the timed steps.
+    wait = sum(waits[warmup + 1 : warmup + 1 + steps])
+    return timer.steps / elapsed, wait / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--backbone', default='resnet18')
+    parser.add_argument('--size', type=int, default=128)
+    parser.add_argument('--batch', type=int, default=16)
+    parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--num-workers', type=int, default=2)
+    args = parser.parse_args()
+    warnings.filterwarnings('ignore')
+    torch.manual_seed(0)
+    length = args.batch * (args.steps + args.warmup + 2)
+    print(
+        f'device={"cuda" if torch.cuda.is_available() else "cpu"} '
+        f'threads={torch.get_num_threads()} backbone={args.backbone} '
+        f'size={args.size} batch={args.batch} workers={args.num_workers}'
+    )
+
+    glcnet = GLCNetTask(backbone=args.backbone, in_channels=4, gather_distributed=False)
+    pairs = GLCNetDataModule(
+        DATA, patch_size=args.size, batch_size=args.batch, length=length,
+        region_size=48 * args.size / 224, num_workers=args.num_workers,
+    )  # fmt: skip
+    glcnet_rate, glcnet_wait = run(glcnet, pairs, args.steps, args.warmup)
+    print(
+        f'glcnet: {glcnet_rate:.3f} steps/s, data wait {glcnet_wait:.1%} of step time'
+    )
+
+    simclr = SimCLR(
+        model=args.backbone, in_channels=4, version=1, layers=2, size=args.size,
+        gather_distributed=False,
+    )  # fmt: skip
+    patches = SimCLRDataModule(args.size, args.batch, length, args.num_workers)
+    simclr_rate, simclr_wait = run(simclr, patches, args.steps, args.warmup)
+    print(
+        f'simclr: {simclr_rate:.3f} steps/s, data wait {simclr_wait:.1%} of step time'
+    )
+
+    print(
+        f'RESULT glcnet_steps_per_s={glcnet_rate:.3f} '
+        f'ratio_vs_simclr={glcnet_rate / simclr_rate:.3f} '
+        f'data_wait_fraction={glcnet_wait:.3f}'
+    )
+
+
+if __name__ == '__main__':
+    main()

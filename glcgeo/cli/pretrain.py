@@ -1,0 +1,150 @@
+"""``glcgeo pretrain``: GLCNet pretraining on an unlabeled mosaic."""
+
+import argparse
+from typing import Any
+
+from ..errors import GlcgeoError
+from ..models import ABLATIONS
+
+#: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
+DATA_FLAGS = {
+    'data': 'paths',
+    'bands': 'bands',
+    'crs': 'crs',
+    'res': 'res',
+    'nodata': 'nodata',
+    'batch_size': 'batch_size',
+    'patch_size': 'patch_size',
+    'length': 'length',
+    'overlap': 'overlap',
+    'scale': 'scale',
+    'regions': 'regions',
+    'max_nodata': 'max_nodata',
+    'stats': 'stats',
+    'num_workers': 'num_workers',
+}
+#: Flags that set GLCNetTask arguments.
+MODEL_FLAGS = {
+    'backbone': 'backbone',
+    'ablation': 'ablation',
+    'matching': 'matching',
+    'decoupled': 'decoupled',
+    'lam': 'lam',
+    'temperature': 'temperature',
+    'lr': 'lr',
+}
+#: Flags that set Lightning Trainer arguments.
+TRAINER_FLAGS = {
+    'epochs': 'max_epochs',
+    'max_steps': 'max_steps',
+    'devices': 'devices',
+    'accelerator': 'accelerator',
+    'strategy': 'strategy',
+    'num_nodes': 'num_nodes',
+    'precision': 'precision',
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``glcgeo pretrain``.
+
+    Args:
+        subparsers: the sub-command group of the ``glcgeo`` parser.
+    """
+    parser = subparsers.add_parser(
+        'pretrain',
+        help='pretrain GLCNet on unlabeled GeoTIFF mosaics',
+        description=(
+            'Pretrain GLCNet (global style + local matching contrastive learning) '
+            'on pairs of overlapping views drawn from georeferenced GeoTIFFs. '
+            'Writes checkpoints/, logs/ (CSV and TensorBoard), stats.json and '
+            'config.yaml under --out. Flags override --config.'
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # Defaults of None mean "not given": the config file or the API default holds.
+    add = parser.add_argument
+    add('--data', nargs='+', help='GeoTIFF files, folders or glob patterns')
+    add('--out', required=True, help='output folder')
+    add('--config', help='LightningCLI YAML (trainer/model/data sections)')
+    add('--resume', action='store_true', help='continue from OUT/checkpoints/last.ckpt')
+    add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
+    add('--crs', help="CRS to reproject to (default: the first file's)")
+    add('--res', type=float, help="pixel size in CRS units (default: the first file's)")
+    add('--nodata', type=float, help="nodata value overriding the files' own")
+    add('--patch-size', type=int, help='view size in pixels [224]')
+    add('--batch-size', type=int, help='pairs per batch per process [32]')
+    add('--length', type=int, help='pairs per epoch [1000]')
+    add(
+        '--overlap',
+        type=float,
+        nargs=2,
+        metavar=('MIN', 'MAX'),
+        help='fraction of each view covered by the other [0.3 1.0]',
+    )
+    add(
+        '--scale',
+        type=float,
+        nargs=2,
+        metavar=('MIN', 'MAX'),
+        help='scale of each view relative to the mosaic pixels [0.7 1.15]',
+    )
+    add('--regions', type=int, help='matched regions per pair [4]')
+    add('--max-nodata', type=float, help='largest nodata fraction of a view [0.1]')
+    add('--stats', help='band statistics JSON (default: computed from the mosaic)')
+    add('--num-workers', type=int, help='data loader workers [2]')
+    add('--backbone', help='smp encoder [resnet50]')
+    add('--ablation', choices=ABLATIONS, help='GLCNet variant [full]')
+    add('--matching', choices=('ground', 'centre'), help='local matching [ground]')
+    add(
+        '--decoupled',
+        action='store_true',
+        default=None,
+        help='decoupled NT-Xent (positive out of the denominator)',
+    )
+    add('--lam', type=float, help='weight of the global loss [0.5]')
+    add('--temperature', type=float, help='NT-Xent temperature [0.5]')
+    add('--lr', type=float, help='Adam learning rate per process [1e-3]')
+    add('--epochs', type=int, help='epochs [1]')
+    add('--max-steps', type=int, help='stop after this many steps')
+    add('--devices', help='devices per node, e.g. 1, 2 or auto [1]')
+    add('--accelerator', help='cpu, gpu or auto [auto]')
+    add('--strategy', help='Lightning strategy [ddp when devices > 1]')
+    add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
+    add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
+    add('--seed', type=int, default=None, help='random seed [0]')
+    add('--quiet', action='store_true', help='no progress bar')
+    parser.set_defaults(func=run)
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The arguments the user gave among *flags*, renamed for the API."""
+    values = {flags[k]: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    if 'devices' in values and str(values['devices']).isdigit():
+        values['devices'] = int(values['devices'])
+    return values
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run ``glcgeo pretrain``.
+
+    Args:
+        args: the parsed command line.
+
+    Raises:
+        GlcgeoError: when no data is given.
+    """
+    from ..pretrain import load_config, pretrain
+
+    config = load_config(args.config) if args.config else {}
+    data = {**config.get('data', {}), **_overrides(args, DATA_FLAGS)}
+    model = {**config.get('model', {}), **_overrides(args, MODEL_FLAGS)}
+    trainer = {**config.get('trainer', {}), **_overrides(args, TRAINER_FLAGS)}
+    if 'paths' not in data:
+        raise GlcgeoError('no input: give --data FILES or a config with data.paths')
+    seed = args.seed if args.seed is not None else config.get('seed_everything') or 0
+    last = pretrain(
+        data, model, trainer, args.out, resume=args.resume, seed=seed, quiet=args.quiet
+    )
+    if not args.quiet:
+        print(f'glcgeo: pretraining checkpoint written to {last}')

@@ -1,0 +1,163 @@
+"""Lightning data modules over GeoTIFF mosaics."""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchgeo.datamodules import GeoDataModule
+
+from .datasets import GeoTiffMosaic
+from .samplers import PairedWindowSampler
+from .stats import BandStats, compute_band_stats
+from .views import TwoViewAugmentation
+
+__all__ = ['GLCNetDataModule']
+
+
+class GLCNetDataModule(GeoDataModule):
+    """Pairs of overlapping views from an unlabeled mosaic, for GLCNet pretraining.
+
+    Reads pairs with :class:`~glcgeo.samplers.PairedWindowSampler` from a
+    :class:`~glcgeo.datasets.GeoTiffMosaic` and augments them on device with
+    :class:`~glcgeo.views.TwoViewAugmentation` after transfer. Normalisation
+    statistics are read from *stats* or computed from the mosaic by sampling.
+
+    Under DDP, each rank draws its own share of pairs (the sampler is rank-aware),
+    so Lightning must not wrap it: train with ``use_distributed_sampler=False``.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        paths: str | list[str],
+        bands: list[int | str] | None = None,
+        crs: str | None = None,
+        res: float | None = None,
+        nodata: float | None = None,
+        batch_size: int = 32,
+        patch_size: int = 224,
+        length: int = 1000,
+        overlap: tuple[float, float] = (0.3, 1.0),
+        scale: tuple[float, float] = (0.7, 1.15),
+        regions: int = 4,
+        region_size: float = 48.0,
+        max_nodata: float = 0.1,
+        stats: str | None = None,
+        seed: int = 0,
+        num_workers: int = 2,
+    ) -> None:
+        """Initialize a new GLCNetDataModule.
+
+        Args:
+            paths: GeoTIFF files, folders or glob patterns of the mosaic.
+            bands: 1-based band indexes or band names (defaults to all).
+            crs: CRS to reproject to (defaults to the first file's).
+            res: pixel size in CRS units (defaults to the first file's).
+            nodata: nodata value overriding the files' own.
+            batch_size: pairs per batch, per process.
+            patch_size: side of each view, in pixels.
+            length: pairs per epoch, over all processes.
+            overlap: (min, max) fraction of each view covered by the other.
+            scale: (min, max) scale of each view relative to the mosaic pixels.
+            regions: matched regions per pair.
+            region_size: side of a region in pixels of a view at scale 1.
+            max_nodata: largest nodata fraction accepted in a view.
+            stats: JSON of band statistics (:class:`~glcgeo.stats.BandStats`);
+                computed from the mosaic when None.
+            seed: seed of the pair sampler (the same on every rank).
+            num_workers: data loader worker processes.
+        """
+        super().__init__(
+            GeoTiffMosaic,
+            batch_size=batch_size,
+            patch_size=patch_size,
+            length=length,
+            num_workers=num_workers,
+            paths=paths,
+            bands=bands,
+            crs=crs,
+            res=res,
+            nodata=nodata,
+        )
+        self.save_hyperparameters()
+        self.band_stats: BandStats | None = None
+
+    def setup(self, stage: str) -> None:
+        """Build the mosaic, its statistics, the pair sampler and the augmentation.
+
+        Args:
+            stage: Lightning stage; only 'fit' is supported (pretraining has no
+                labels to validate or test on).
+        """
+        if stage != 'fit' or self.train_sampler is not None:
+            return
+        hp = self.hparams
+        dataset = GeoTiffMosaic(**self.kwargs)
+        if hp['stats'] is not None:
+            self.band_stats = BandStats.load(hp['stats'])
+        else:
+            self.band_stats = compute_band_stats(dataset)
+        self.train_dataset = dataset
+        self.train_sampler = PairedWindowSampler(
+            dataset,
+            size=hp['patch_size'],
+            length=hp['length'],
+            overlap=tuple(hp['overlap']),
+            scale=tuple(hp['scale']),
+            regions=hp['regions'],
+            region_size=hp['region_size'],
+            max_nodata=hp['max_nodata'],
+            generator=torch.Generator().manual_seed(hp['seed']),
+        )
+        self.train_aug = TwoViewAugmentation(self.band_stats.mean, self.band_stats.std)
+
+    @property
+    def num_bands(self) -> int:
+        """Number of bands of each view (after :meth:`setup`)."""
+        assert isinstance(self.train_dataset, GeoTiffMosaic)
+        return self.train_dataset.num_bands
+
+    def on_after_batch_transfer(
+        self, batch: dict[str, Tensor], dataloader_idx: int
+    ) -> dict[str, Tensor]:
+        """Augment both views on the device they were moved to.
+
+        Args:
+            batch: a collated batch of pairs.
+            dataloader_idx: index of the data loader.
+
+        Returns:
+            the augmented batch.
+        """
+        if self.trainer is not None and self.trainer.training:
+            assert self.train_aug is not None
+            return self.train_aug(batch)  # type: ignore[operator]
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Keep the sampler's random state in checkpoints, so resuming continues it.
+
+        Returns:
+            the generator state and statistics.
+        """
+        if self.train_sampler is None or self.band_stats is None:
+            return {}
+        assert isinstance(self.train_sampler, PairedWindowSampler)
+        return {
+            'generator': self.train_sampler.generator.get_state(),
+            'band_stats': self.band_stats.__dict__,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved.
+
+        Args:
+            state_dict: the saved state.
+        """
+        if not state_dict:
+            return
+        self.setup('fit')
+        assert isinstance(self.train_sampler, PairedWindowSampler)
+        self.train_sampler.generator.set_state(state_dict['generator'])
+        self.band_stats = BandStats(**state_dict['band_stats'])

@@ -1,0 +1,172 @@
+"""Pretrain GLCNet on an unlabeled mosaic: the API behind ``glcgeo pretrain``.
+
+:func:`pretrain` wires :class:`~glcgeo.datamodules.GLCNetDataModule`,
+:class:`~glcgeo.tasks.GLCNetTask` and a Lightning ``Trainer`` with CSV and
+TensorBoard logs, checkpoints (``last.ckpt`` for resuming) and a progress bar.
+Its three dictionaries are the ``data``, ``model`` and ``trainer`` sections of a
+LightningCLI config, so ``torchgeo fit --config`` and ``glcgeo pretrain --config``
+read the same YAML.
+"""
+
+import os
+from typing import Any
+
+import yaml
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import (
+    ModelCheckpoint,
+    OnExceptionCheckpoint,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from .datamodules import GLCNetDataModule
+from .errors import GlcgeoError
+from .tasks import GLCNetTask
+
+__all__ = ['load_config', 'pretrain']
+
+
+def load_config(path: str) -> dict[str, dict[str, Any]]:
+    """Read the ``data``, ``model`` and ``trainer`` sections of a LightningCLI YAML.
+
+    Both ``{'init_args': {...}}`` sections (``torchgeo fit`` style) and plain
+    mappings are accepted.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        a mapping with keys ``data``, ``model``, ``trainer`` and ``seed_everything``.
+
+    Raises:
+        GlcgeoError: if the file is missing or not a YAML mapping.
+    """
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise GlcgeoError('no such config file', path) from None
+    except yaml.YAMLError as error:
+        raise GlcgeoError(
+            f'not valid YAML ({error.__class__.__name__})', path
+        ) from None
+    if not isinstance(config, dict):
+        raise GlcgeoError('config is not a YAML mapping', path)
+    sections: dict[str, Any] = {}
+    for name in ('data', 'model'):
+        section = config.get(name) or {}
+        sections[name] = dict(section.get('init_args', section))
+        sections[name].pop('class_path', None)
+    sections['trainer'] = dict(config.get('trainer') or {})
+    sections['seed_everything'] = config.get('seed_everything')
+    return sections
+
+
+def pretrain(
+    data: dict[str, Any],
+    model: dict[str, Any],
+    trainer: dict[str, Any],
+    out: str,
+    resume: bool = False,
+    seed: int = 0,
+    quiet: bool = False,
+) -> str:
+    """Pretrain GLCNet and return the path of the last checkpoint.
+
+    Args:
+        data: keyword arguments of :class:`~glcgeo.datamodules.GLCNetDataModule`.
+        model: keyword arguments of :class:`~glcgeo.tasks.GLCNetTask`
+            (``in_channels`` defaults to the mosaic's band count).
+        trainer: keyword arguments of Lightning's ``Trainer`` (``max_epochs``,
+            ``max_steps``, ``devices``, ``strategy``, ``accelerator`` ...).
+        out: output folder: ``checkpoints/``, ``logs/`` (CSV, TensorBoard),
+            ``stats.json`` and ``config.yaml``.
+        resume: continue from ``out/checkpoints/last.ckpt``.
+        seed: global seed (model initialisation, augmentation).
+        quiet: no progress bar.
+
+    Returns:
+        the path of ``last.ckpt``.
+
+    Raises:
+        GlcgeoError: for bad data or settings, before training starts.
+    """
+    checkpoints = os.path.join(out, 'checkpoints')
+    last = os.path.join(checkpoints, 'last.ckpt')
+    if resume and not os.path.exists(last):
+        raise GlcgeoError('nothing to resume: no checkpoints/last.ckpt', out)
+    if not resume and os.path.exists(last):
+        raise GlcgeoError(
+            'already holds a pretraining run; pass --resume to continue it, or '
+            'choose another --out',
+            out,
+        )
+    seed_everything(seed, workers=True, verbose=False)
+
+    # Build the data first: bad inputs fail here, before any model is built.
+    datamodule = GLCNetDataModule(**data)
+    datamodule.setup('fit')
+    assert datamodule.band_stats is not None
+    stats_path = os.path.join(out, 'stats.json')
+    datamodule.band_stats.save(stats_path)
+    model = {'in_channels': datamodule.num_bands, **model}
+    if model['in_channels'] != datamodule.num_bands:
+        raise GlcgeoError(
+            f'the mosaic has {datamodule.num_bands} bands but in_channels is '
+            f'{model["in_channels"]}',
+            datamodule.band_stats.files[0],
+        )
+    task = GLCNetTask(**model)
+    os.makedirs(out, exist_ok=True)
+
+    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+        yaml.safe_dump(
+            {
+                'seed_everything': seed,
+                'trainer': trainer,
+                'model': {'class_path': 'glcgeo.tasks.GLCNetTask', 'init_args': model},
+                'data': {
+                    'class_path': 'glcgeo.datamodules.GLCNetDataModule',
+                    'init_args': {**data, 'stats': stats_path},
+                },
+            },
+            f,
+            sort_keys=False,
+        )
+
+    trainer_args: dict[str, Any] = {
+        'max_epochs': 1,
+        'log_every_n_steps': 1,
+        # The pair sampler draws each rank's share itself.
+        'use_distributed_sampler': False,
+        'enable_progress_bar': not quiet,
+        'enable_model_summary': not quiet,
+        **trainer,
+    }
+    if (
+        trainer_args.get('devices', 1) not in (1, '1', 'auto')
+        and 'strategy' not in trainer
+    ):
+        trainer_args['strategy'] = 'ddp'
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=50),
+        # An interrupted run (Ctrl-C, a killed job) leaves last.ckpt to resume from.
+        OnExceptionCheckpoint(dirpath=checkpoints, filename='last'),
+    ]
+    if not quiet:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    logs = os.path.join(out, 'logs')
+    fit = Trainer(
+        default_root_dir=out,
+        logger=[
+            CSVLogger(logs, name='csv'),
+            TensorBoardLogger(logs, name='tensorboard'),
+        ],
+        callbacks=callbacks,
+        **trainer_args,
+    )
+    fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
+    # Periodic checkpoints may predate the last step: save the final state.
+    fit.save_checkpoint(last)
+    return last

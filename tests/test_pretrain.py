@@ -1,0 +1,147 @@
+"""End-to-end GLCNet pretraining: the task, the command line, resume, configs."""
+
+import csv
+import glob
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from glcgeo.cli import main
+from glcgeo.datamodules import GLCNetDataModule
+from glcgeo.errors import GlcgeoError
+from glcgeo.tasks import GLCNetTask
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
+QUADRANTS = os.path.join(DATA, 'landsat7_rgb_quadrants', 'rgb?.tif')
+
+#: Small settings that run a step in about a second on 2 CPU cores.
+TINY = [
+    '--backbone', 'resnet18', '--patch-size', '64', '--batch-size', '4',
+    '--length', '16', '--num-workers', '0', '--quiet',
+]  # fmt: skip
+
+
+def _losses(out: str) -> list[float]:
+    (metrics,) = glob.glob(os.path.join(out, 'logs', 'csv', '*', 'metrics.csv'))
+    with open(metrics) as f:
+        return [
+            float(row['train_loss'])
+            for row in csv.DictReader(f)
+            if row.get('train_loss')
+        ]
+
+
+def test_pretrain_cli_writes_checkpoint_logs_and_resumes(tmp_path: str) -> None:
+    out = os.path.join(tmp_path, 'run')
+    assert (
+        main(['pretrain', '--data', S2, '--out', out, '--max-steps', '3', *TINY]) == 0
+    )
+    last = os.path.join(out, 'checkpoints', 'last.ckpt')
+    checkpoint = torch.load(last, map_location='cpu', weights_only=False)
+    assert checkpoint['global_step'] == 3
+    hparams = checkpoint['hyper_parameters']
+    assert hparams['in_channels'] == 4 and len(hparams['band_mean']) == 4
+    assert all(math.isfinite(loss) for loss in _losses(out))
+    assert os.path.exists(os.path.join(out, 'stats.json'))
+    assert glob.glob(os.path.join(out, 'logs', 'tensorboard', '*', 'events.*'))
+
+    # A second run into the same folder must not silently restart it.
+    assert (
+        main(['pretrain', '--data', S2, '--out', out, '--max-steps', '5', *TINY]) == 2
+    )
+
+    assert (
+        main(
+            [
+                'pretrain',
+                '--data',
+                S2,
+                '--out',
+                out,
+                '--resume',
+                '--max-steps',
+                '5',
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    resumed = torch.load(last, map_location='cpu', weights_only=False)
+    assert resumed['global_step'] == 5
+
+
+def test_loss_decreases_on_repeated_data() -> None:
+    torch.manual_seed(0)
+    datamodule = GLCNetDataModule(
+        S2, patch_size=64, batch_size=8, length=8, region_size=16, num_workers=0
+    )
+    datamodule.setup('fit')
+    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.train_aug(batch)
+    task = GLCNetTask(backbone='resnet18', in_channels=4, gather_distributed=False)
+    optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = task.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
+
+
+@pytest.mark.parametrize(
+    ('flags', 'message'),
+    [
+        (['--data', S2, '--config', 'BANDS'], 'has 4 bands but in_channels is 3'),
+        (['--data', S2, '--patch-size', '2000'], 'but the mosaic is'),
+        (['--data', 'missing_folder'], 'no such file or folder'),
+    ],
+)
+def test_bad_settings_fail_before_training(
+    tmp_path: str, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    config = os.path.join(tmp_path, 'bands.yaml')
+    with open(config, 'w') as f:
+        yaml.safe_dump({'model': {'init_args': {'in_channels': 3}}}, f)
+    flags = [config if flag == 'BANDS' else flag for flag in flags]
+    out = os.path.join(tmp_path, 'run')
+    argv = ['pretrain', *TINY, '--max-steps', '1', '--out', out, *flags]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and error.count('\n') == 0
+    assert not os.path.exists(out)
+
+
+def test_unknown_ablation_is_a_clear_error() -> None:
+    with pytest.raises(GlcgeoError, match='unknown ablation'):
+        GLCNetTask(backbone='resnet18', ablation='bogus')
+
+
+def test_runs_under_torchgeo_fit(tmp_path: str) -> None:
+    with open('experiments/configs/glcnet_sentinel2.yaml') as f:
+        config = yaml.safe_load(f)
+    config['data']['init_args'].update(
+        paths=S2, patch_size=64, batch_size=4, length=8, num_workers=0
+    )
+    config['trainer'].update(
+        max_steps=2, default_root_dir=str(tmp_path), enable_progress_bar=False
+    )
+    path = os.path.join(tmp_path, 'config.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(config, f)
+    result = subprocess.run(
+        [sys.executable, '-m', 'torchgeo', 'fit', '--config', path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert glob.glob(os.path.join(tmp_path, '**', '*.ckpt'), recursive=True)
