@@ -10,12 +10,15 @@ class GlcgeoError(ValueError):
     API raises it unchanged so scripts can catch it.
     """
 
-    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, message: str, path: str | os.PathLike[str] | None = None
+    ) -> None:
         """Initialize a new GlcgeoError.
 
         Args:
             message: what is wrong, in one line.
             path: the file the problem is in, prefixed to the message when given.
+
         """
         self.path = None if path is None else os.fspath(path)
         super().__init__(f'{self.path}: {message}' if self.path else message)

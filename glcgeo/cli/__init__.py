@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Returns:
         the argument parser of the ``glcgeo`` command.
+
     """
     parser = argparse.ArgumentParser(
         prog='glcgeo',
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         the exit status: 0 on success, 2 for bad input, 130 when interrupted.
+
     """
     args = build_parser().parse_args(argv)
     try:
