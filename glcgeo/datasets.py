@@ -54,7 +54,7 @@ def expand_paths(
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     files: set[str] = set()
-    for path in map(os.fspath, paths):
+    for path in (os.fspath(p) for p in paths):
         if os.path.isdir(path):
             found = [
                 f

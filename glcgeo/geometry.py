@@ -11,6 +11,7 @@ Conventions used throughout glcgeo:
   (x' = M @ [x, y, 1] with x the column index of a pixel centre).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,7 +83,7 @@ class PixelGrid:
         )
 
     def boxes_to_map(
-        self, boxes: np.ndarray | list[tuple[int, int, int, int]]
+        self, boxes: np.ndarray | Sequence[tuple[int, int, int, int]]
     ) -> np.ndarray:
         """Convert pixel boxes of this grid into ground boxes.
 

@@ -27,7 +27,7 @@ from .tasks import GLCNetTask
 __all__ = ['load_config', 'pretrain']
 
 
-def load_config(path: str) -> dict[str, dict[str, Any]]:
+def load_config(path: str) -> dict[str, Any]:
     """Read the ``data``, ``model`` and ``trainer`` sections of a LightningCLI YAML.
 
     Both ``{'init_args': {...}}`` sections (``torchgeo fit`` style) and plain
@@ -56,7 +56,7 @@ def load_config(path: str) -> dict[str, dict[str, Any]]:
     sections: dict[str, Any] = {}
     for name in ('data', 'model'):
         section = config.get(name) or {}
-        sections[name] = dict(section.get('init_args', section))
+        sections[name] = dict(section.get('init_args') or section)
         sections[name].pop('class_path', None)
     sections['trainer'] = dict(config.get('trainer') or {})
     sections['seed_everything'] = config.get('seed_everything')

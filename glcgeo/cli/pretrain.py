@@ -142,7 +142,9 @@ def run(args: argparse.Namespace) -> None:
     trainer = {**config.get('trainer', {}), **_overrides(args, TRAINER_FLAGS)}
     if 'paths' not in data:
         raise GlcgeoError('no input: give --data FILES or a config with data.paths')
-    seed = args.seed if args.seed is not None else config.get('seed_everything') or 0
+    seed = (
+        args.seed if args.seed is not None else int(config.get('seed_everything') or 0)
+    )
     last = pretrain(
         data, model, trainer, args.out, resume=args.resume, seed=seed, quiet=args.quiet
     )
