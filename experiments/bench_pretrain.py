@@ -13,6 +13,7 @@ Last line: ``RESULT glcnet_steps_per_s=<x> ratio_vs_simclr=<r> data_wait_fractio
 
 import argparse
 import os
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -85,12 +86,13 @@ def run(
 ) -> tuple[float, float]:
     """Train for warm-up + steps; return (steps per second, data-wait fraction)."""
     timer = StepTimer(warmup)
-    profiler = SimpleProfiler()
+    # Written to a file rather than printed: only the figures below matter here.
+    profiler = SimpleProfiler(dirpath=tempfile.mkdtemp(), filename='profile')
     trainer = Trainer(
         accelerator='auto', devices=1, max_steps=warmup + steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[timer], profiler=profiler,
-        use_distributed_sampler=False,
+        use_distributed_sampler=False, limit_val_batches=0,
     )  # fmt: skip
     trainer.fit(task, datamodule=datamodule)
     elapsed = timer.end - timer.start
@@ -120,10 +122,14 @@ def main() -> None:
         f'size={args.size} batch={args.batch} workers={args.num_workers}'
     )
 
-    glcnet = GLCNetTask(backbone=args.backbone, in_channels=4, gather_distributed=False)
+    region_size = 48 * args.size / 224
+    glcnet = GLCNetTask(
+        backbone=args.backbone, in_channels=4, region_size=region_size,
+        gather_distributed=False,
+    )  # fmt: skip
     pairs = GLCNetDataModule(
         DATA, patch_size=args.size, batch_size=args.batch, length=length,
-        region_size=48 * args.size / 224, num_workers=args.num_workers,
+        region_size=region_size, num_workers=args.num_workers,
     )  # fmt: skip
     glcnet_rate, glcnet_wait = run(glcnet, pairs, args.steps, args.warmup)
     print(

@@ -380,7 +380,7 @@ class GeoTiffMosaic(RasterDataset):
                     max(1, round(handle.width / scale)),
                 )
                 mask = self._file_mask(handle, out_shape)
-                mask_transform = handle.transform * Affine.scale(
+                mask_transform = handle.transform @ Affine.scale(
                     handle.width / out_shape[1], handle.height / out_shape[0]
                 )
             finally:

@@ -113,8 +113,8 @@ def ground_to_pixel_boxes(boxes: np.ndarray, affine: Affine) -> np.ndarray:
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     inverse = ~affine
-    x1, y1 = inverse * (boxes[:, 0], boxes[:, 3])
-    x2, y2 = inverse * (boxes[:, 2], boxes[:, 1])
+    x1, y1 = inverse @ (boxes[:, 0], boxes[:, 3])
+    x2, y2 = inverse @ (boxes[:, 2], boxes[:, 1])
     return np.stack([x1, y1, x2, y2], axis=1)
 
 

@@ -110,7 +110,12 @@ def pretrain(
     assert datamodule.band_stats is not None
     stats_path = os.path.join(out, 'stats.json')
     datamodule.band_stats.save(stats_path)
-    model = {'in_channels': datamodule.num_bands, **model}
+    # Centre matching uses the regions' size in view pixels, as the sampler does.
+    model = {
+        'in_channels': datamodule.num_bands,
+        'region_size': datamodule.hparams['region_size'],
+        **model,
+    }
     if model['in_channels'] != datamodule.num_bands:
         raise GlcgeoError(
             f'the mosaic has {datamodule.num_bands} bands but in_channels is '

@@ -10,12 +10,9 @@ from torchgeo.tasks import BaseTask
 
 from .errors import GlcgeoError
 from .losses import GLCNetLoss
-from .models import ABLATIONS, GLCNet
+from .models import ABLATIONS, MATCHINGS, GLCNet
 
 __all__ = ['GLCNetTask']
-
-#: Ways of matching local regions across the two views.
-MATCHINGS = ('ground', 'centre')
 
 
 class GLCNetTask(BaseTask):
