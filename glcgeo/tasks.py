@@ -156,6 +156,8 @@ class GLCNetTask(BaseTask):
             {f'train_{name}': value for name, value in losses.items()},
             batch_size=batch_size,
             prog_bar=True,
+            # Each rank's loss is its share of the global one: log their mean.
+            sync_dist=True,
         )
         loss: Tensor = losses['loss']
         return loss
