@@ -108,8 +108,6 @@ def pretrain(
     datamodule = GLCNetDataModule(**data)
     datamodule.setup('fit')
     assert datamodule.band_stats is not None
-    stats_path = os.path.join(out, 'stats.json')
-    datamodule.band_stats.save(stats_path)
     # Centre matching uses the regions' size in view pixels, as the sampler does.
     model = {
         'in_channels': datamodule.num_bands,
@@ -124,6 +122,8 @@ def pretrain(
         )
     task = GLCNetTask(**model)
     os.makedirs(out, exist_ok=True)
+    stats_path = os.path.join(out, 'stats.json')
+    datamodule.band_stats.save(stats_path)
 
     with open(os.path.join(out, 'config.yaml'), 'w') as f:
         yaml.safe_dump(

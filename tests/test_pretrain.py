@@ -145,3 +145,18 @@ def test_runs_under_torchgeo_fit(tmp_path: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert glob.glob(os.path.join(tmp_path, '**', '*.ckpt'), recursive=True)
+
+
+def test_pretrain_on_two_processes(tmp_path: str) -> None:
+    """Lightning DDP on CPU (gloo): each rank draws its own share of pairs."""
+    out = os.path.join(tmp_path, 'ddp')
+    command = [sys.executable, '-m', 'glcgeo', 'pretrain', '--data', S2, '--out', out]
+    command += [*TINY, '--max-steps', '2', '--devices', '2', '--accelerator', 'cpu']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Starting with 2 processes' in result.stderr + result.stdout
+    checkpoint = torch.load(
+        os.path.join(out, 'checkpoints', 'last.ckpt'), map_location='cpu', weights_only=False
+    )
+    assert checkpoint['global_step'] == 2
+    assert all(math.isfinite(loss) for loss in _losses(out))
