@@ -239,3 +239,20 @@ def test_centre_matching_replaces_the_extent(views: dict[str, Tensor]) -> None:
 def test_invalid_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GLCNet(backbone='resnet18', **kwargs)
+
+
+def test_region_features_equal_pooling_the_full_size_map(
+    views: dict[str, Tensor],
+) -> None:
+    torch.manual_seed(0)
+    model = GLCNet(backbone='resnet18', in_channels=4).eval()
+    image, boxes = views['image1'], views['boxes1']
+    with torch.no_grad():
+        decoded = model.model.decoder(model.model.encoder(image))
+        fast = model.region_features(decoded, boxes, image.shape[-2:])
+        reference = pool_regions(model.model(image), boxes)
+    # Both are means of a bilinear interpolant of the same stride-4 map; they
+    # differ by the interpolation of the upsampled pixels: well under 1 %.
+    scale = reference.abs().max()
+    torch.testing.assert_close(fast / scale, reference / scale, atol=1e-2, rtol=0)
+    assert ((fast - reference).abs().mean() / scale) < 2e-3

@@ -2,6 +2,7 @@
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
@@ -201,6 +202,38 @@ class GLCNet(nn.Module):
         """
         return 'decoder.' if self.uses_local else 'decoder.aspp.'
 
+    def region_features(
+        self, decoded: Tensor, boxes: Tensor, image_size: tuple[int, int]
+    ) -> Tensor:
+        """Mean of the segmentation head's input-size map over each box.
+
+        The head is a 1x1 convolution followed by bilinear upsampling
+        (``align_corners=True``), both linear, so the mean of its upsampled output
+        over a box equals the 1x1 convolution of the mean of the decoder map over
+        the box mapped onto the decoder's grid (up to the interpolation of the
+        upsampled pixels: under 1 % of the map's range). Pooling at the decoder's
+        stride avoids building the [2B, 64, H, W] map and its gradient: the same
+        features for a fraction of the time and memory.
+
+        Args:
+            decoded: [N, C, h, w] decoder output (stride 4).
+            boxes: [N, R, 4] boxes in input pixels (pixel-edge convention).
+            image_size: (H, W) of the input.
+
+        Returns:
+            [N * R, local_channels] region features, image-major.
+        """
+        conv = self.model.segmentation_head[0]
+        (h, w), (height, width) = decoded.shape[-2:], image_size
+        # align_corners=True maps input pixel centre u to u * (h - 1) / (H - 1).
+        ratio = torch.tensor(
+            [(w - 1) / (width - 1), (h - 1) / (height - 1)] * 2,
+            dtype=boxes.dtype,
+            device=boxes.device,
+        )
+        pooled = pool_regions(decoded, (boxes - 0.5) * ratio + 0.5)
+        return F.linear(pooled, conv.weight.flatten(1), conv.bias)
+
     def forward(
         self, image1: Tensor, image2: Tensor, boxes1: Tensor, boxes2: Tensor
     ) -> dict[str, Tensor]:
@@ -228,14 +261,16 @@ class GLCNet(nn.Module):
                 lambda module, inputs, output: captured.append(output)
             )
             try:
-                local_map = self.model(images)
+                self.model.check_input_shape(images)
+                decoded = self.model.decoder(self.model.encoder(images))
             finally:
                 hook.remove()
             aspp = captured[0]
             boxes = torch.cat([boxes1, boxes2])
             if self.matching == 'centre':
                 boxes = centre_matched_boxes(boxes, self.region_size)
-            local = self.local_head(pool_regions(local_map, boxes))
+            regions = self.region_features(decoded, boxes, images.shape[-2:])
+            local = self.local_head(regions)
             outputs['local1'], outputs['local2'] = local.chunk(2)
         else:
             self.model.check_input_shape(images)
