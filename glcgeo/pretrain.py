@@ -141,7 +141,8 @@ def pretrain(
         )
 
     trainer_args: dict[str, Any] = {
-        'max_epochs': 1,
+        # With --max-steps alone, the step count decides when to stop.
+        'max_epochs': -1 if 'max_steps' in trainer else 1,
         'log_every_n_steps': 1,
         # The pair sampler draws each rank's share itself.
         'use_distributed_sampler': False,
