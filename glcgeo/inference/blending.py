@@ -1,0 +1,148 @@
+"""Blending overlapping tile predictions without seams, in a row band.
+
+Each tile's class scores are weighted by a 2-D Hann window: highest in the tile's
+centre, falling towards its edges, where pixels lack context and a neighbouring
+tile, in which they lie more centrally, takes over. Wherever tiles overlap, the
+blend changes smoothly, so no seam appears. The halves of the window facing the
+scene's edge are flat instead, as no other tile covers those pixels, and the window
+is sampled at pixel centres, so it never reaches zero: every covered pixel has a
+positive total weight.
+
+:class:`RowBandAccumulator` sums weighted scores for the band of scene rows that
+tiles still in progress cover and hands finished rows out, so memory grows with
+the tile height and scene width, never with the scene height.
+"""
+
+import math
+
+import numpy as np
+from rasterio.windows import Window
+
+__all__ = ['RowBandAccumulator', 'hann_window', 'tile_weights']
+
+
+def hann_window(length: int, taper_start: bool, taper_end: bool) -> np.ndarray:
+    """Compute a 1-D Hann window, optionally flat on either half.
+
+    Values are ``sin(pi (i + 0.5) / length) ** 2``, sampled at pixel centres, so
+    they lie in (0, 1].
+
+    Args:
+        length: number of pixels.
+        taper_start: fall towards the start (False: 1 from the centre to the start,
+            for a side on the scene's edge).
+        taper_end: fall towards the end (False: 1 from the centre to the end).
+
+    Returns:
+        float32 weights of shape (length,).
+
+    """
+    weights = np.sin(math.pi * (np.arange(length) + 0.5) / length) ** 2
+    centre = length // 2
+    if not taper_start:
+        weights[:centre] = 1
+    if not taper_end:
+        weights[centre:] = 1
+    return weights.astype(np.float32)
+
+
+def tile_weights(
+    height: int, width: int, edges: tuple[bool, bool, bool, bool]
+) -> np.ndarray:
+    """Compute 2-D tile weights: the outer product of two :func:`hann_window`.
+
+    Args:
+        height: tile height in pixels.
+        width: tile width in pixels.
+        edges: whether the tile touches the scene's (top, bottom, left, right) edge;
+            those sides are not tapered.
+
+    Returns:
+        float32 weights of shape (height, width) in (0, 1].
+
+    """
+    top, bottom, left, right = edges
+    rows = hann_window(height, not top, not bottom)
+    cols = hann_window(width, not left, not right)
+    return np.outer(rows, cols)
+
+
+class RowBandAccumulator:
+    """Weighted sums of tile scores over a band of scene rows.
+
+    The band starts at scene row :attr:`top` and grows downward as tiles are added;
+    :meth:`pop` hands out finished rows from its top and reuses their memory.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, width: int, channels: int, top: int = 0) -> None:
+        """Initialize a new RowBandAccumulator.
+
+        Args:
+            width: scene width in pixels.
+            channels: number of score channels (classes).
+            top: first scene row of the band.
+
+        """
+        self.top = top
+        # Rows first in every array, so that rows move and grow alike.
+        self.scores = np.zeros((0, channels, width), dtype=np.float32)
+        self.weights = np.zeros((0, width), dtype=np.float32)
+        self.valid = np.zeros((0, width), dtype=bool)
+
+    def _reserve(self, end: int) -> None:
+        """Grow the band so that it reaches scene row *end* (exclusive)."""
+        extra = end - self.top - len(self.weights)
+        if extra > 0:
+            self.scores, self.weights, self.valid = (
+                np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])
+                for a in (self.scores, self.weights, self.valid)
+            )
+
+    def add(
+        self, window: Window, scores: np.ndarray, weights: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """Add one tile's scores.
+
+        Args:
+            window: the tile's window in the scene; must not start above :attr:`top`.
+            scores: [C, H, W] class scores (e.g. probabilities) of the tile.
+            weights: [H, W] blending weights of the tile.
+            valid: [H, W] True where the input has data.
+
+        """
+        row_off = int(window.row_off) - self.top
+        col_off = int(window.col_off)
+        height, width = weights.shape
+        self._reserve(self.top + row_off + height)
+        rows = slice(row_off, row_off + height)
+        cols = slice(col_off, col_off + width)
+        self.scores[rows, :, cols] += np.moveaxis(scores * weights, 0, 1)
+        self.weights[rows, cols] += weights
+        self.valid[rows, cols] |= valid
+
+    def pop(self, end: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Remove the band's rows above scene row *end* and return their result.
+
+        Args:
+            end: scene row (exclusive) up to which all tiles have been added.
+
+        Returns:
+            (first scene row, [C, N, W] blended scores, [N, W] valid mask) for the
+            N = ``end - top`` finished rows (N may be 0). Scores are 0 where no
+            tile contributed.
+
+        """
+        count = max(0, end - self.top)
+        self._reserve(end)
+        weights = np.maximum(self.weights[:count], np.float32(1e-12))
+        blended = np.moveaxis(self.scores[:count] / weights[:, None], 1, 0)
+        result = (self.top, blended, self.valid[:count].copy())
+        # Move the unfinished rows up in place and zero the rows freed below them.
+        rows_left = len(self.weights) - count
+        for array in (self.scores, self.weights, self.valid):
+            array[:rows_left] = array[count:]
+            array[rows_left:] = 0
+        self.top += count
+        return result

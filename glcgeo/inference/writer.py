@@ -1,0 +1,204 @@
+"""Cloud Optimized GeoTIFF output, written under a temporary name and published whole.
+
+A :class:`CogWriter` takes windows of a raster as they are finished and writes them
+to a temporary striped GeoTIFF beside the destination (``.<name>.partial-<pid>``).
+:meth:`CogWriter.finish` converts it with GDAL's COG driver (tiles, DEFLATE,
+overviews) into a second temporary file; :meth:`CogWriter.commit` renames that onto
+the destination with :func:`os.replace`, which is atomic within a folder. Leaving the
+``with`` block removes whatever temporary file is left, so an error or an
+interruption never leaves a file under the destination name nor a partial file.
+"""
+
+import os
+import tempfile
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from ..errors import GlcgeoError
+
+__all__ = ['CogWriter', 'check_destination', 'class_dtype']
+
+#: Creation options of the temporary file: strips suit row-band writes, and a fast
+#: compression keeps it small for large scenes.
+PARTIAL_OPTIONS = {
+    'driver': 'GTiff',
+    'tiled': False,
+    'blockysize': 16,
+    'compress': 'deflate',
+    'zlevel': 1,
+    'bigtiff': 'if_safer',
+}
+
+
+def class_dtype(num_classes: int) -> tuple[str, int]:
+    """Choose the smallest unsigned dtype holding class ids plus a nodata value.
+
+    Args:
+        num_classes: number of classes (ids ``0 .. num_classes - 1``).
+
+    Returns:
+        (dtype name, nodata value): the dtype's largest value is nodata.
+
+    """
+    for dtype in ('uint8', 'uint16', 'uint32'):
+        largest = int(np.iinfo(dtype).max)
+        if num_classes <= largest:
+            return dtype, largest
+    raise GlcgeoError(f'too many classes: {num_classes}')
+
+
+def check_destination(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Check that an output file can be written, before any work is done.
+
+    Args:
+        path: the output file.
+        overwrite: whether an existing file may be replaced.
+
+    Raises:
+        GlcgeoError: if the folder is missing or not writable, or the file exists
+            and *overwrite* is False (or it is a folder).
+
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise GlcgeoError('output folder does not exist', folder)
+    if os.path.isdir(path):
+        raise GlcgeoError('output is a folder', path)
+    if os.path.exists(path) and not overwrite:
+        raise GlcgeoError('output exists (use --overwrite to replace it)', path)
+    # Permissions alone do not tell (root, read-only mounts): try a file.
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix='.glcgeo-probe-'):
+            pass
+    except OSError as error:
+        raise GlcgeoError(
+            f'cannot write to the output folder ({error.strerror})', folder
+        ) from None
+
+
+class CogWriter:
+    """Write a georeferenced raster window by window and publish it as a COG.
+
+    Example::
+
+        with CogWriter('map.tif', profile, colormap={0: (0, 0, 255, 255)}) as writer:
+            writer.write(classes, Window(0, 0, width, 256))
+            ...
+            writer.finish()
+            writer.commit()
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        profile: dict[str, Any],
+        *,
+        overwrite: bool = False,
+        overview_resampling: str = 'mode',
+        colormap: dict[int, tuple[int, int, int, int]] | None = None,
+        descriptions: tuple[str, ...] = (),
+        band_tags: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        scales: tuple[float, ...] | None = None,
+    ) -> None:
+        """Initialize a new CogWriter.
+
+        Args:
+            path: the destination file.
+            profile: rasterio profile of the output: ``width``, ``height``,
+                ``count``, ``dtype``, ``crs``, ``transform``, ``nodata``.
+            overwrite: whether an existing destination may be replaced.
+            overview_resampling: GDAL resampling of overviews (``'mode'`` for
+                classes, ``'average'`` for scores).
+            colormap: colour table of band 1, {value: (r, g, b, alpha)}, 0-255.
+            descriptions: one description per band.
+            band_tags: metadata of band 1 (e.g. class names).
+            tags: metadata of the dataset.
+            scales: per-band scale from stored to real values.
+
+        Raises:
+            GlcgeoError: see :func:`check_destination`.
+
+        """
+        check_destination(path, overwrite)
+        self.path = os.fspath(path)
+        folder, name = os.path.split(os.path.abspath(self.path))
+        self.partial = os.path.join(folder, f'.{name}.partial-{os.getpid()}')
+        self.partial_cog = f'{self.partial}.cog'
+        self.profile = profile
+        self.overview_resampling = overview_resampling
+        self.colormap = colormap
+        self.descriptions = descriptions
+        self.band_tags = band_tags or {}
+        self.tags = tags or {}
+        self.scales = scales
+        self._dataset: Any = None
+
+    def __enter__(self) -> Self:
+        """Create the temporary file."""
+        self._dataset = rasterio.open(
+            self.partial, 'w', **{**self.profile, **PARTIAL_OPTIONS}
+        )
+        return self
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        """Write a window of all bands.
+
+        Args:
+            array: [count, window height, window width] values of the output dtype.
+            window: where, in the output's pixels.
+
+        """
+        self._dataset.write(array, window=window)
+
+    def finish(self) -> None:
+        """Close the temporary file and convert it to a COG (still temporary)."""
+        dataset, self._dataset = self._dataset, None
+        try:
+            if self.colormap is not None:
+                dataset.write_colormap(1, self.colormap)
+            for band, description in enumerate(self.descriptions, start=1):
+                dataset.set_band_description(band, description)
+            if self.scales is not None:
+                dataset.scales = self.scales
+            dataset.update_tags(1, **self.band_tags)
+            dataset.update_tags(**self.tags)
+        finally:
+            dataset.close()
+        # The COG driver copies the colour table, descriptions, scales and tags.
+        rasterio.shutil.copy(
+            self.partial,
+            self.partial_cog,
+            driver='COG',
+            compress='deflate',
+            blocksize=512,
+            overview_resampling=self.overview_resampling,
+            bigtiff='if_safer',
+            num_threads='all_cpus',
+        )
+        os.remove(self.partial)
+
+    def commit(self) -> None:
+        """Move the finished COG onto the destination name."""
+        os.replace(self.partial_cog, self.path)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close and remove any temporary file left, whatever happened."""
+        if self._dataset is not None:
+            self._dataset.close()
+            self._dataset = None
+        for partial in (self.partial, self.partial_cog):
+            if os.path.exists(partial):
+                os.remove(partial)

@@ -1,0 +1,735 @@
+"""Tiled inference: tiling, blending, checkpoints, COG writing and the Python API."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.warp import calculate_default_transform, reproject
+from torch import nn
+from torchgeo.samplers import GriddedPatchSampler
+from torchgeo.tasks import SemanticSegmentation
+
+import glcgeo.inference.predict as predict_module
+from glcgeo.cli import main
+from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.errors import GlcgeoError
+from glcgeo.inference import (
+    CheckpointMetadata,
+    RowBandAccumulator,
+    TileGrid,
+    load_segmentation_checkpoint,
+    predict_dataset,
+    predict_raster,
+    tile_weights,
+)
+
+DATA = Path(__file__).parent / 'data'
+S2 = DATA / 'sentinel2_10m_tiles' / 'S2_L1C_18SUH_tileA_B02-B03-B04-B08.tif'
+RGB1 = DATA / 'landsat7_rgb_quadrants' / 'rgb1.tif'
+RGB1_3857 = DATA / 'landsat7_rgb_quadrants' / 'rgb1_fake_nir_epsg3857.tif'
+L8 = DATA / 'landsat8_7band' / 'l8_B1-B7_crop256.tif'
+RGBN = DATA / 'rgbn_5m_overlap' / 'rgbn.tif'
+RGBN_SUB = DATA / 'rgbn_5m_overlap' / 'rgbn_suba.tif'
+
+NUM_CLASSES = 6
+
+
+def _band_stats(path: Path) -> tuple[list[float], list[float]]:
+    """Per-band mean and std of a file's non-zero pixels."""
+    with rasterio.open(path) as src:
+        data = src.read().reshape(src.count, -1).astype(np.float64)
+    data = data[:, (data != 0).any(axis=0)]
+    return data.mean(axis=1).tolist(), data.std(axis=1).tolist()
+
+
+def _save_checkpoint(task: SemanticSegmentation, path: Path) -> Path:
+    """Save a real Lightning checkpoint of a task, as a Trainer does."""
+    trainer = lightning.Trainer(
+        accelerator='cpu',
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _fcn_task(in_channels: int) -> SemanticSegmentation:
+    """A fully convolutional TorchGeo model whose random map is not constant.
+
+    TorchGeo's default init shrinks activations layer by layer, so a random FCN
+    predicts one class everywhere; He init keeps the map input-dependent.
+    """
+    torch.manual_seed(0)
+    task = SemanticSegmentation(
+        model='fcn',
+        in_channels=in_channels,
+        num_classes=NUM_CLASSES,
+        num_filters=16,
+        weights=None,
+    )
+    for module in task.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity='leaky_relu')
+            nn.init.zeros_(module.bias)
+    return task
+
+
+@pytest.fixture(scope='module')
+def fcn_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Plain TorchGeo SemanticSegmentation checkpoints, by input band count."""
+    folder = tmp_path_factory.mktemp('fcn')
+    return {
+        bands: _save_checkpoint(_fcn_task(bands), folder / f'fcn{bands}.ckpt')
+        for bands in (3, 4)
+    }
+
+
+GLCGEO_EXTRAS = {
+    'bands': [3, 2, 1, 4],
+    'band_mean': [1000.0, 900.0, 800.0, 2000.0],
+    'band_std': [300.0, 250.0, 350.0, 700.0],
+    'class_names': ['water', 'forest', 'crop', 'urban', 'wetland'],
+    'class_colors': [
+        [0, 0, 255],
+        [0, 128, 0],
+        [255, 255, 0],
+        [255, 0, 0],
+        [0, 255, 255],
+    ],
+    'ignore_index': None,
+}
+
+
+@pytest.fixture(scope='module')
+def glcgeo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DeepLabV3+ checkpoint with the extras glcgeo's fine-tuning writes."""
+    torch.manual_seed(0)
+    task = SemanticSegmentation(
+        model='deeplabv3+', backbone='resnet18', in_channels=4, num_classes=5
+    )
+    task.hparams.update(GLCGEO_EXTRAS)
+    return _save_checkpoint(task, tmp_path_factory.mktemp('glcgeo') / 'ft.ckpt')
+
+
+def _pointwise(
+    in_channels: int, **metadata: object
+) -> tuple[nn.Module, CheckpointMetadata]:
+    """A 1x1-convolution model: its prediction of a pixel depends on that pixel only."""
+    torch.manual_seed(1)
+    model = nn.Conv2d(in_channels, NUM_CLASSES, kernel_size=1)
+    return model, CheckpointMetadata(
+        model='pointwise',
+        backbone='none',
+        in_channels=in_channels,
+        num_classes=NUM_CLASSES,
+        **metadata,  # type: ignore[arg-type]
+    )
+
+
+def _expected_pointwise(
+    model: nn.Module, path: Path, mean: list[float], std: list[float]
+) -> np.ndarray:
+    """The pointwise model's map computed over the whole image at once, in numpy."""
+    with rasterio.open(path) as src:
+        data = src.read().astype(np.float64)
+        valid = src.dataset_mask() > 0
+    x = (data - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    weight = model.weight.detach().double().numpy()[:, :, 0, 0]
+    logits = (
+        np.einsum('kc,chw->khw', weight, x)
+        + model.bias.detach().double().numpy()[:, None, None]
+    )
+    return np.where(valid, logits.argmax(axis=0), 255)
+
+
+def _read(path: Path | str) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+# Tiling and blending.
+
+
+def test_tile_grid_covers_scene_with_inward_edge_tiles() -> None:
+    grid = TileGrid(height=640, width=1000, tile_size=512, overlap=128)
+    assert grid.row_offsets == [0, 128]
+    assert grid.col_offsets == [0, 384, 488]
+    tiles = list(grid)
+    assert len(tiles) == len(grid) == 6
+    cover = np.zeros((640, 1000), int)
+    for tile in tiles:
+        w = tile.window
+        assert w.width == w.height == 512 and w.col_off + w.width <= 1000
+        cover[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] += 1
+    assert cover.min() >= 1
+    assert tiles[0].edges == (True, False, True, False)
+    assert [grid.rows_finished(t) for t in tiles] == [0, 0, 128, 128, 128, 640]
+
+
+def test_tile_grid_rounds_awkward_sizes_and_handles_small_scenes() -> None:
+    grid = TileGrid(height=640, width=640, tile_size=200, overlap=37, multiple=32)
+    # 224-pixel tiles at the asked stride of 163: the extra 24 pixels widen the overlap.
+    assert grid.tile_width == 224 and grid.col_offsets == [0, 163, 326, 416]
+    small = TileGrid(height=40, width=700, tile_size=512, overlap=128)
+    assert (small.tile_height, small.tile_width) == (40, 512)
+    assert small.row_offsets == [0]
+    with pytest.raises(GlcgeoError, match='overlap'):
+        TileGrid(height=100, width=100, tile_size=64, overlap=64)
+
+
+def test_tile_weights_peak_in_the_centre_and_stay_flat_on_scene_edges() -> None:
+    inner = tile_weights(64, 64, (False, False, False, False))
+    assert inner.min() > 0 and inner.max() <= 1
+    assert inner[32, 32] > 0.99 and inner[0, 32] < 0.01
+    corner = tile_weights(64, 64, (True, False, True, False))
+    # The top-left corner of the scene is covered by this tile only: full weight.
+    assert corner[0, 0] == 1 and corner[63, 63] < 0.01
+
+
+def test_row_band_accumulator_blends_and_hands_out_finished_rows() -> None:
+    from rasterio.windows import Window
+
+    band = RowBandAccumulator(width=4, channels=2)
+    ones = np.ones((2, 3, 4), np.float32)
+    band.add(
+        Window(0, 0, 4, 3),
+        ones * [[[1]], [[0]]],
+        np.full((3, 4), 1.0, np.float32),
+        np.ones((3, 4), bool),
+    )
+    band.add(
+        Window(0, 2, 4, 3),
+        ones * [[[0]], [[1]]],
+        np.full((3, 4), 3.0, np.float32),
+        np.zeros((3, 4), bool),
+    )
+    top, scores, valid = band.pop(2)
+    assert top == 0 and scores.shape == (2, 2, 4) and valid.all()
+    np.testing.assert_allclose(scores[:, :, 0], [[1, 1], [0, 0]])
+    top, scores, valid = band.pop(5)
+    assert top == 2 and valid[:, 0].tolist() == [True, False, False]
+    # Row 2 was covered by both tiles: weights 1 and 3.
+    np.testing.assert_allclose(scores[:, 0, 0], [0.25, 0.75])
+    assert band.top == 5
+
+
+# Checkpoints.
+
+
+def test_glcgeo_checkpoint_gives_model_and_metadata(glcgeo_checkpoint: Path) -> None:
+    model, metadata = load_segmentation_checkpoint(glcgeo_checkpoint)
+    assert (metadata.model, metadata.backbone, metadata.num_classes) == (
+        'deeplabv3+',
+        'resnet18',
+        5,
+    )
+    assert metadata.bands == (3, 2, 1, 4)
+    assert metadata.band_mean == tuple(GLCGEO_EXTRAS['band_mean'])
+    assert metadata.class_names == tuple(GLCGEO_EXTRAS['class_names'])
+    assert metadata.class_colors[2] == (255, 255, 0)
+    state = torch.load(glcgeo_checkpoint, weights_only=True)['state_dict']
+    assert torch.equal(
+        model.state_dict()['segmentation_head.0.weight'],
+        state['model.segmentation_head.0.weight'],
+    )
+    assert not model.training
+
+
+def test_finetune_task_checkpoint_loads(tmp_path: Path) -> None:
+    tasks = pytest.importorskip('glcgeo.tasks_segmentation')
+    task = tasks.FinetuneTask(
+        model='unet',
+        backbone='resnet18',
+        in_channels=4,
+        num_classes=3,
+        class_names=['water', 'land', 'cloud'],
+        band_mean=[1.0, 2.0, 3.0, 4.0],
+        band_std=[5.0, 6.0, 7.0, 8.0],
+    )
+    _, metadata = load_segmentation_checkpoint(
+        _save_checkpoint(task, tmp_path / 'finetune.ckpt')
+    )
+    assert metadata.class_names == ('water', 'land', 'cloud')
+    assert metadata.band_std == (5.0, 6.0, 7.0, 8.0)
+
+
+def test_torchgeo_checkpoint_gets_default_names_and_palette(
+    fcn_checkpoints: dict[int, Path],
+) -> None:
+    _, metadata = load_segmentation_checkpoint(fcn_checkpoints[4])
+    assert (
+        metadata.model == 'fcn'
+        and metadata.band_mean is None
+        and metadata.bands is None
+    )
+    assert metadata.class_names == tuple(f'class_{i}' for i in range(NUM_CLASSES))
+    assert len(set(metadata.class_colors)) == NUM_CLASSES
+    with pytest.raises(GlcgeoError, match='2 class names'):
+        metadata.replace(class_names=['a', 'b'])
+
+
+def test_unreadable_checkpoints_are_clear_errors(
+    tmp_path: Path, fcn_checkpoints: dict[int, Path]
+) -> None:
+    garbage = tmp_path / 'garbage.ckpt'
+    garbage.write_text('not a checkpoint')
+    plain = tmp_path / 'plain.ckpt'
+    torch.save({'weights': torch.zeros(3)}, plain)
+    mismatched = tmp_path / 'mismatched.ckpt'
+    checkpoint = torch.load(fcn_checkpoints[4], weights_only=True)
+    checkpoint['hyper_parameters']['num_classes'] = 3
+    torch.save(checkpoint, mismatched)
+    for path, message in [
+        (tmp_path / 'missing.ckpt', 'no such checkpoint'),
+        (garbage, 'not a readable checkpoint'),
+        (plain, 'not a segmentation checkpoint'),
+        (mismatched, 'weights do not fit'),
+    ]:
+        with pytest.raises(GlcgeoError, match=message):
+            load_segmentation_checkpoint(path)
+
+
+# Prediction.
+
+
+@pytest.mark.parametrize(
+    ('path', 'tile_size', 'overlap'),
+    [(S2, 512, 128), (S2, 333, 97), (RGB1, 160, 40)],
+    ids=['sentinel2-default', 'sentinel2-awkward', 'landsat-quadrant-awkward'],
+)
+def test_tiled_prediction_is_seamless(
+    tmp_path: Path,
+    fcn_checkpoints: dict[int, Path],
+    path: Path,
+    tile_size: int,
+    overlap: int,
+) -> None:
+    with rasterio.open(path) as src:
+        count = src.count
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoints[count])
+    mean, std = _band_stats(path)
+    metadata = metadata.replace(band_mean=mean, band_std=std)
+    whole = predict_raster(
+        model, metadata, path, tmp_path / 'whole.tif', tile_size=10_000, progress=False
+    )
+    tiled = predict_raster(
+        model,
+        metadata,
+        path,
+        tmp_path / 'tiled.tif',
+        tile_size=tile_size,
+        overlap=overlap,
+        progress=False,
+    )
+    assert whole.tiles == 1 and tiled.tiles > 1
+    expected, actual = _read(tmp_path / 'whole.tif'), _read(tmp_path / 'tiled.tif')
+    # The map must not be trivial for the agreement to mean anything.
+    valid = expected[expected != 255]
+    assert (np.bincount(valid, minlength=NUM_CLASSES) > 0.01 * valid.size).sum() >= 3
+    assert (expected == actual).mean() >= 0.995
+
+
+@pytest.mark.parametrize(
+    ('tile_size', 'overlap', 'tiles', 'skipped'),
+    # 128-pixel tiles over the scene and its margins; 32-pixel tiles, some of
+    # which hold margin only.
+    [(100, 10, 4 * 4, 0), (32, 8, 13 * 13, 4 * 13 - 4)],
+)
+def test_pointwise_model_gives_exact_map_with_awkward_tiles(
+    tmp_path: Path, tile_size: int, overlap: int, tiles: int, skipped: int
+) -> None:
+    mean, std = _band_stats(L8)
+    model, metadata = _pointwise(7, band_mean=tuple(mean), band_std=tuple(std))
+    summary = predict_raster(
+        model,
+        metadata,
+        L8,
+        tmp_path / 'map.tif',
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=3,
+        progress=False,
+    )
+    assert (summary.tiles, summary.skipped_tiles) == (tiles, skipped)
+    np.testing.assert_array_equal(
+        _read(tmp_path / 'map.tif'), _expected_pointwise(model, L8, mean, std)
+    )
+
+
+def _epsg4326_copy(tmp_path: Path) -> Path:
+    """Landsat quadrant warped to EPSG:4326 (degrees)."""
+    out = tmp_path / 'rgb1_4326.tif'
+    with rasterio.open(RGB1) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, 'EPSG:4326', src.width, src.height, *src.bounds
+        )
+        profile = {
+            **src.profile,
+            'crs': 'EPSG:4326',
+            'transform': transform,
+            'width': width,
+            'height': height,
+        }
+        with rasterio.open(out, 'w', **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band))
+    return out
+
+
+GEOREFERENCED = {
+    'custom-wkt': RGB1,
+    'epsg3857-1band': RGB1_3857,
+    'epsg32618-uint16': S2,
+    'epsg32618-uint8': RGBN,
+    'epsg32616-7band': L8,
+}
+
+
+@pytest.mark.parametrize('name', [*GEOREFERENCED, 'epsg4326'])
+def test_output_keeps_georeferencing_and_is_a_cog(tmp_path: Path, name: str) -> None:
+    path = GEOREFERENCED.get(name) or _epsg4326_copy(tmp_path)
+    with rasterio.open(path) as src:
+        count, crs, transform, shape = src.count, src.crs, src.transform, src.shape
+    model, metadata = _pointwise(count, class_names=tuple('abcdef'))
+    out = tmp_path / 'map.tif'
+    predict_raster(
+        model, metadata, path, out, tile_size=256, overlap=64, progress=False
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ['map.tif', *(['rgb1_4326.tif'] if name == 'epsg4326' else [])]
+    )
+    with rasterio.open(out) as dst:
+        assert dst.crs == crs and dst.crs.to_wkt() == crs.to_wkt()
+        assert dst.transform == transform and dst.shape == shape
+        assert dst.dtypes[0] == 'uint8' and dst.nodata == 255
+        assert dst.tags(ns='IMAGE_STRUCTURE')['LAYOUT'] == 'COG'
+        assert dst.profile['tiled'] and dst.compression.name == 'deflate'
+        assert dst.colormap(1)[0] == (*metadata.class_colors[0], 255)
+        assert json.loads(dst.tags(1)['class_names']) == list('abcdef')
+        if max(shape) > 512:
+            assert dst.overviews(1)
+
+
+@pytest.mark.parametrize(
+    ('path', 'empty_tiles'),
+    [(RGB1, True), (RGBN_SUB, False)],
+    ids=['rgb-uint8-frame', 'rgbn-uint8-strip'],
+)
+def test_nodata_skips_empty_tiles_and_stays_nodata(
+    tmp_path: Path, path: Path, empty_tiles: bool
+) -> None:
+    mean, std = _band_stats(path)
+    with rasterio.open(path) as src:
+        count = src.count
+    model, metadata = _pointwise(count, band_mean=tuple(mean), band_std=tuple(std))
+    summary = predict_raster(
+        model,
+        metadata,
+        path,
+        tmp_path / 'map.tif',
+        probabilities=tmp_path / 'p.tif',
+        tile_size=64,
+        overlap=16,
+        progress=False,
+    )
+    # Rgb1's wide nodata frame holds whole tiles; rgbn_suba's 11-column strip none.
+    assert (summary.skipped_tiles > 0) == empty_tiles
+    expected = _expected_pointwise(model, path, mean, std)
+    np.testing.assert_array_equal(_read(tmp_path / 'map.tif'), expected)
+    with rasterio.open(tmp_path / 'p.tif') as probabilities:
+        percent = probabilities.read()
+        assert probabilities.descriptions == metadata.class_names
+        assert probabilities.scales == (0.01,) * NUM_CLASSES
+    assert (percent[:, expected == 255] == 255).all()
+    totals = percent[:, expected != 255].sum(axis=0, dtype=int)
+    assert np.abs(totals - 100).max() <= NUM_CLASSES // 2 + 1
+
+
+def test_internal_mask_and_nan_are_nodata(tmp_path: Path) -> None:
+    masked = tmp_path / 'masked.tif'
+    with rasterio.open(S2) as src:
+        data = src.read().astype(np.float32)
+        profile = {**src.profile, 'dtype': 'float32'}
+    data[:, 500:, :] = np.nan  # bottom rows: NaN in every band
+    mask = np.full(data.shape[1:], 255, np.uint8)
+    mask[:, :200] = 0  # left columns: masked by the file's internal mask
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(masked, 'w', **profile) as dst,
+    ):
+        dst.write(data)
+        dst.write_mask(mask)
+    model, metadata = _pointwise(4)
+    summary = predict_raster(
+        model,
+        metadata,
+        masked,
+        tmp_path / 'map.tif',
+        tile_size=128,
+        overlap=32,
+        progress=False,
+    )
+    classes = _read(tmp_path / 'map.tif')
+    assert (classes[500:] == 255).all() and (classes[:, :200] == 255).all()
+    assert (classes[:500, 200:] != 255).all()
+    assert summary.skipped_tiles >= 5
+
+
+def test_ignore_index_is_never_predicted(tmp_path: Path) -> None:
+    model, metadata = _pointwise(7)
+    with torch.no_grad():
+        model.bias[0] = 1e6  # class 0 would win everywhere
+    predict_raster(
+        model,
+        metadata.replace(ignore_index=0),
+        L8,
+        tmp_path / 'map.tif',
+        progress=False,
+    )
+    classes = _read(tmp_path / 'map.tif')
+    assert 0 not in classes and (classes != 255).all()
+
+
+def test_memory_is_bounded_by_tile_rows_not_scene(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    largest: list[int] = []
+
+    class Recording(RowBandAccumulator):
+        def pop(self, end: int):  # type: ignore[no-untyped-def]
+            largest.append(len(self.weights))
+            return super().pop(end)
+
+    monkeypatch.setattr(predict_module, 'RowBandAccumulator', Recording)
+    model, metadata = _pointwise(4)
+    summary = predict_raster(
+        model,
+        metadata,
+        S2,
+        tmp_path / 'map.tif',
+        tile_size=64,
+        overlap=16,
+        batch_size=4,
+        progress=False,
+    )
+    assert summary.tiles == 15 * 15
+    # The band holds the current tile row and the next one, never the scene (640 rows).
+    assert max(largest) <= 2 * 64
+
+
+def test_predict_dataset_stitches_torchgeo_patches(
+    tmp_path: Path, fcn_checkpoints: dict[int, Path]
+) -> None:
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoints[4])
+    mean, std = _band_stats(S2)
+    metadata = metadata.replace(band_mean=mean, band_std=std)
+    dataset = GeoTiffMosaic(S2)
+    sampler = GriddedPatchSampler(dataset, size=256, stride=192)
+    result = predict_dataset(model, metadata, dataset, sampler)
+    predict_raster(model, metadata, S2, tmp_path / 'raster.tif', progress=False)
+    with rasterio.open(S2) as src:
+        assert result.transform.almost_equals(src.transform, precision=1e-9)
+    assert result.classes.shape == (640, 640)
+    # The rasters' mirrored margins change the few pixels on the scene's edges.
+    same = result.classes == _read(tmp_path / 'raster.tif')
+    assert same[8:-8, 8:-8].mean() >= 0.999
+    result.write(tmp_path / 'dataset.tif')
+    with rasterio.open(tmp_path / 'dataset.tif') as dst:
+        assert dst.crs.to_epsg() == 32618 and dst.colormap(1)
+
+
+def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:
+    model, metadata = _pointwise(4)
+    text = tmp_path / 'notes.tif'
+    text.write_text('not a raster')
+    out = tmp_path / 'out'
+    out.mkdir()
+    for source, destination, message in [
+        (tmp_path / 'missing.tif', out / 'a.tif', 'no such input'),
+        (text, out / 'a.tif', 'not a readable raster'),
+        (RGB1, out / 'a.tif', 'the input has 3 bands, the model takes 4'),
+        (S2, tmp_path / 'nowhere' / 'a.tif', 'output folder does not exist'),
+        (S2, S2, 'different files'),
+    ]:
+        with pytest.raises(GlcgeoError, match=message):
+            predict_raster(model, metadata, source, destination, progress=False)
+    assert os.listdir(out) == []
+
+
+def test_interrupted_prediction_leaves_no_file(tmp_path: Path) -> None:
+    model, metadata = _pointwise(4)
+    calls = 0
+
+    class Interrupted(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise KeyboardInterrupt
+            return model(x)
+
+    shutil.copy(S2, tmp_path / 'scene.tif')
+    with pytest.raises(KeyboardInterrupt):
+        predict_raster(
+            Interrupted(),
+            metadata,
+            tmp_path / 'scene.tif',
+            tmp_path / 'map.tif',
+            tile_size=64,
+            overlap=16,
+            progress=False,
+        )
+    assert os.listdir(tmp_path) == ['scene.tif']
+
+
+# The command line.
+
+#: ``glcgeo predict`` with arguments, returning the exit status.
+Cli = Callable[..., int]
+
+
+@pytest.fixture
+def cli() -> Cli:
+    """``glcgeo predict`` run in this process."""
+    return lambda *args: main(['predict', *map(str, args)])
+
+
+def test_cli_writes_map_with_checkpoint_metadata(
+    tmp_path: Path,
+    glcgeo_checkpoint: Path,
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out, probabilities = tmp_path / 'landcover.tif', tmp_path / 'scores.tif'
+    # The checkpoint reads bands 3, 2, 1, 4 of the 7-band Landsat-8 crop.
+    status = cli('--in', L8, '--out', out, '--model', glcgeo_checkpoint,
+                 '--probabilities', probabilities)  # fmt: skip
+    assert status == 0
+    assert 'landcover.tif: 256 x 256 pixels; tiles: 1,' in capsys.readouterr().out
+    with rasterio.open(out) as dst, rasterio.open(probabilities) as scores:
+        assert json.loads(dst.tags(1)['class_names']) == GLCGEO_EXTRAS['class_names']
+        assert dst.colormap(1)[3] == (255, 0, 0, 255)
+        assert scores.count == 5 and scores.descriptions[0] == 'water'
+
+
+def test_cli_keeps_existing_output_unless_overwrite(
+    tmp_path: Path,
+    fcn_checkpoints: dict[int, Path],
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / 'map.tif'
+    out.write_bytes(b'precious')
+    arguments = ['--in', S2, '--out', out, '--model', fcn_checkpoints[4], '--quiet']
+    assert cli(*arguments) == 2
+    assert out.read_bytes() == b'precious'
+    assert 'use --overwrite' in capsys.readouterr().err
+    assert cli(*arguments, '--overwrite') == 0
+    assert _read(out).shape == (640, 640)
+    assert sorted(os.listdir(tmp_path)) == ['map.tif']
+
+
+def test_cli_flags_override_checkpoint_metadata(
+    tmp_path: Path, glcgeo_checkpoint: Path, cli: Cli
+) -> None:
+    stats = tmp_path / 'stats.json'
+    stats.write_text(json.dumps({'mean': [0, 0, 0, 0], 'std': [1, 1, 1, 1]}))
+    names = ['a', 'b', 'c', 'd', 'e']
+    status = cli('--in', L8, '--out', tmp_path / 'm.tif', '--model', glcgeo_checkpoint,
+                 '--bands', 4, 5, 6, 7, '--stats', stats, '--class-names', *names,
+                 '--quiet')  # fmt: skip
+    assert status == 0
+    with rasterio.open(tmp_path / 'm.tif') as dst:
+        assert json.loads(dst.tags(1)['class_names']) == names
+    assert cli('--in', L8, '--out', tmp_path / 'n.tif', '--model', glcgeo_checkpoint,
+               '--class-names', 'a', '--quiet') == 2  # fmt: skip
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder where no file can be created (sysfs when running as root)."""
+    folder = tmp_path / 'read-only'
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / 'probe').touch()
+    except PermissionError:
+        yield folder
+        folder.chmod(0o755)
+        return
+    # Root ignores permissions; sysfs refuses new files even to root.
+    (folder / 'probe').unlink()
+    folder.chmod(0o755)
+    try:
+        (Path('/sys') / 'glcgeo-probe').touch()
+    except OSError:
+        yield Path('/sys')
+        return
+    pytest.skip('no folder here refuses new files')
+
+
+def test_cli_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path,
+    fcn_checkpoints: dict[int, Path],
+    read_only_folder: Path,
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = tmp_path / 'notes.txt'
+    text.write_text('hello')
+    out = tmp_path / 'out'
+    out.mkdir()
+    model = fcn_checkpoints[4]
+    cases = [
+        (tmp_path / 'missing.tif', out / 'a.tif', model, 'no such input file'),
+        (text, out / 'a.tif', model, 'not a readable raster'),
+        (RGB1, out / 'a.tif', model, 'the input has 3 bands'),
+        (S2, out / 'a.tif', text, 'not a readable checkpoint'),
+        (S2, tmp_path / 'nowhere' / 'a.tif', model, 'output folder does not exist'),
+        (S2, read_only_folder / 'a.tif', model, 'cannot write to the output folder'),
+    ]
+    for source, destination, checkpoint, message in cases:
+        status = cli('--in', source, '--out', destination, '--model', checkpoint,
+                     '--quiet')  # fmt: skip
+        assert status == 2
+        err = capsys.readouterr().err
+        assert err.startswith('glcgeo: ') and message in err and err.count('\n') == 1
+    assert os.listdir(out) == []
+    assert not (read_only_folder / 'a.tif').exists()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['INT', 'TERM'])
+def test_cli_interrupted_leaves_no_file(
+    tmp_path: Path, glcgeo_checkpoint: Path, signum: int
+) -> None:
+    shutil.copy(S2, tmp_path / 'scene.tif')
+    command = [
+        sys.executable, '-m', 'glcgeo', 'predict', '--in', 'scene.tif',
+        '--out', 'map.tif', '--model', str(glcgeo_checkpoint),
+        '--tile-size', '64', '--overlap', '16',
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # Interrupt once the run has started writing its partial output.
+    while not any('.partial' in name for name in os.listdir(tmp_path)):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert 'glcgeo: interrupted' in err
+    assert os.listdir(tmp_path) == ['scene.tif']
