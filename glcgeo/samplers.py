@@ -159,7 +159,9 @@ class PairedWindowSampler(GeoSampler):
         self.rank = rank
         self.max_tries = max_tries
 
-        grid = dataset.grid
+        # The grid is fixed: keep it rather than recompute the dataset bounds
+        # (a pass over the index) at every draw.
+        self.grid = grid = dataset.grid
         x, y, _ = dataset.bounds
         self.width = math.floor((x.stop - x.start) / grid.res[0] + 1e-6)
         self.height = math.floor((y.stop - y.start) / grid.res[1] + 1e-6)
@@ -185,7 +187,11 @@ class PairedWindowSampler(GeoSampler):
                 'nodata (or nearly) everywhere',
                 dataset.files[0],
             )
-        self.cell_probabilities = weights / weights.sum()
+        # Cumulative distribution over cells, built once: drawing by it is what
+        # rng.choice(cells, p=...) does, without rebuilding it every draw.
+        probabilities = (weights / weights.sum()).astype(np.float64)
+        self.cell_cdf = probabilities.cumsum()
+        self.cell_cdf /= self.cell_cdf[-1]
 
     def _ranks(self) -> tuple[int, int]:
         """Return (number of ranks, this rank), from the arguments or process group."""
@@ -228,7 +234,7 @@ class PairedWindowSampler(GeoSampler):
             the mean coverage of the coarse cells the box spans.
 
         """
-        ratio = self.dataset.grid.res[0] / self.cell
+        ratio = self.grid.res[0] / self.cell
         rows, cols = self.coverage.shape
         c1 = min(cols - 1, max(0, math.floor(box[0] * ratio)))
         r1 = min(rows - 1, max(0, math.floor(box[1] * ratio)))
@@ -306,9 +312,9 @@ class PairedWindowSampler(GeoSampler):
             the window, clamped inside the mosaic.
 
         """
-        rows, cols = self.coverage.shape
-        cell = int(rng.choice(rows * cols, p=self.cell_probabilities))
-        ratio = self.cell / self.dataset.grid.res[0]
+        cols = self.coverage.shape[1]
+        cell = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
+        ratio = self.cell / self.grid.res[0]
         centre_col = (cell % cols + rng.uniform()) * ratio
         centre_row = (cell // cols + rng.uniform()) * ratio
         col = min(max(0, round(centre_col - n / 2)), self.width - n)

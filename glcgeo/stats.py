@@ -8,11 +8,14 @@ prediction normalise alike.
 """
 
 import json
+import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from rasterio.features import geometry_mask
 from torch import Generator, Tensor
 
 from .datasets import GeoTiffMosaic
@@ -58,12 +61,28 @@ class BandStats:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics as JSON.
 
+        The file appears complete or not at all: it is written beside *path* and
+        moved in place, so an interrupted write never leaves half a file.
+
         Args:
             path: the JSON file to write.
 
         """
-        with open(path, 'w') as f:
-            json.dump(asdict(self), f, indent=2)
+        path = os.fspath(path)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f'.{os.path.basename(path)}.',
+            suffix='.tmp',
+            dir=os.path.dirname(os.path.abspath(path)),
+        )
+        try:
+            with os.fdopen(handle, 'w') as f:
+                json.dump(asdict(self), f, indent=2)
+            # mkstemp makes the file private (0600); statistics are meant to be shared.
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> 'BandStats':
@@ -118,14 +137,16 @@ def compute_band_stats(
     generator = generator or torch.Generator().manual_seed(0)
     grid = dataset.grid
     x, y, _ = dataset.bounds
-    width = round((x.stop - x.start) / grid.res[0])
-    height = round((y.stop - y.start) / grid.res[1])
+    # Whole pixels, as the sampler counts them (a partial last pixel is no pixel).
+    width = math.floor((x.stop - x.start) / grid.res[0] + 1e-6)
+    height = math.floor((y.stop - y.start) / grid.res[1] + 1e-6)
     size = max(1, min(window_size, width, height))
     # The pair sampler knows where the valid data is.
     sampler = PairedWindowSampler(
         dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99
     )
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    footprints = list(dataset.index.geometry)
     count = 0
     total = np.zeros(dataset.num_bands)
     total_sq = np.zeros(dataset.num_bands)
@@ -133,8 +154,16 @@ def compute_band_stats(
         window = sampler.random_window(rng, size)
         xmin, ymax = grid.to_map(window.col_off, window.row_off)
         xmax, ymin = grid.to_map(window.col_off + size, window.row_off + size)
-        image = dataset[xmin : xmax : grid.res[0], ymin : ymax : grid.res[1]]['image']
-        valid = dataset.valid_mask(image)
+        image = dataset.read_window(xmin, ymin, xmax, ymax)
+        # Gaps between files are filled with 0, which is data for files without
+        # a nodata value: keep only pixels whose centre lies on a file.
+        on_files = geometry_mask(
+            footprints,
+            out_shape=(size, size),
+            transform=grid.window_transform(window, size),
+            invert=True,
+        )
+        valid = dataset.valid_mask(image) & torch.from_numpy(on_files)
         pixels = image[:, valid].double().numpy()
         count += pixels.shape[1]
         total += pixels.sum(axis=1)

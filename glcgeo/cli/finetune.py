@@ -1,0 +1,229 @@
+"""``glcgeo finetune``: segmentation with few labels, from pretrained weights."""
+
+import argparse
+from typing import Any
+
+from ..errors import GlcgeoError
+
+#: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
+DATA_FLAGS = {
+    'images': 'images',
+    'masks': 'masks',
+    'bands': 'bands',
+    'crs': 'crs',
+    'res': 'res',
+    'nodata': 'nodata',
+    'mask_nodata': 'mask_nodata',
+    'class_values': 'class_values',
+    'class_names': 'class_names',
+    'ignore_index': 'ignore_index',
+    'patch_size': 'patch_size',
+    'block_size': 'block_size',
+    'split': 'split',
+    'split_seed': 'split_seed',
+    'min_labelled': 'min_labelled',
+    'label_fraction': 'label_fraction',
+    'num_label_patches': 'num_label_patches',
+    'seed': 'seed',
+    'batch_size': 'batch_size',
+    'eval_batch_size': 'eval_batch_size',
+    'length': 'length',
+    'stats': 'stats',
+    'augment': 'augment',
+    'num_workers': 'num_workers',
+}
+#: Flags that set FinetuneTask arguments.
+MODEL_FLAGS = {
+    'weights': 'weights',
+    'transfer': 'transfer',
+    'model': 'model',
+    'backbone': 'backbone',
+    'class_colors': 'class_colors',
+    'loss': 'loss',
+    'lr': 'lr',
+    'lr_decay': 'lr_decay',
+    'freeze_backbone': 'freeze_backbone',
+    'freeze_decoder': 'freeze_decoder',
+}
+#: Flags that set Lightning Trainer arguments.
+TRAINER_FLAGS = {
+    'epochs': 'max_epochs',
+    'max_steps': 'max_steps',
+    'devices': 'devices',
+    'accelerator': 'accelerator',
+    'strategy': 'strategy',
+    'num_nodes': 'num_nodes',
+    'precision': 'precision',
+}
+
+
+def _colour(text: str) -> list[int]:
+    """Parse an ``r,g,b`` colour (0-255 each)."""
+    try:
+        colour = [int(part) for part in text.split(',')]
+    except ValueError:
+        colour = []
+    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+        raise argparse.ArgumentTypeError(f'not an r,g,b colour (0-255): {text!r}')
+    return colour
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``glcgeo finetune``.
+
+    Args:
+        subparsers: the sub-command group of the ``glcgeo`` parser.
+    """
+    parser = subparsers.add_parser(
+        'finetune',
+        help='fine-tune a segmentation model on labelled GeoTIFFs (few labels)',
+        description=(
+            "Fine-tune TorchGeo's SemanticSegmentation (DeepLabV3+) from glcgeo, "
+            'SimCLR, MoCo or random weights on images and class masks (masks may '
+            "be in another CRS: they are warped onto the images' grid). The area "
+            'is cut into tiles dealt block-wise to train/val/test, so labelled '
+            'tiles never touch the evaluation area; the label budget is drawn from '
+            'the training tiles with --seed. The model with the best validation '
+            'Kappa is scored on the test area and written to OUT/model.ckpt (for '
+            'glcgeo predict), with metrics.json, split.geojson, config.yaml, '
+            'checkpoints/ and logs/. Flags override --config.'
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # Defaults of None mean "not given": the config file or the API default holds.
+    add = parser.add_argument
+    add('--images', nargs='+', help='image GeoTIFF files, folders or glob patterns')
+    add('--masks', nargs='+', help='class mask GeoTIFF files, folders or globs')
+    add('--out', required=True, help='output folder')
+    add('--config', help='LightningCLI YAML (trainer/model/data sections)')
+    add('--overwrite', action='store_true', help='replace an earlier run in OUT')
+    add('--weights', help='start checkpoint: glcgeo export, SimCLR or MoCo [random]')
+    add(
+        '--transfer',
+        choices=('encoder', 'encoder+decoder'),
+        help='pretrained parts to load [encoder]',
+    )
+    add('--model', help='smp architecture [deeplabv3+]')
+    add('--backbone', help='smp encoder [resnet50]')
+    add('--bands', nargs='+', help='1-based image bands or names [all]')
+    add('--crs', help="CRS to work in [the first image's]")
+    add('--res', type=float, help="pixel size in CRS units [the first image's]")
+    add('--nodata', type=float, help="image nodata overriding the files' own")
+    add('--mask-nodata', type=float, help="mask nodata overriding the files' own")
+    add(
+        '--class-values',
+        type=int,
+        nargs='+',
+        help='raw mask value of each class, in class order [all values found]',
+    )
+    add('--class-names', nargs='+', help='one name per class [the raw values]')
+    add(
+        '--class-colors',
+        type=_colour,
+        nargs='+',
+        metavar='R,G,B',
+        help='one colour per class, for maps [a default palette]',
+    )
+    add('--ignore-index', type=int, help='class id of ignored pixels [255]')
+    add('--patch-size', type=int, help='tile side in pixels [256]')
+    add('--block-size', type=int, help='side of a split block, in tiles [4]')
+    add(
+        '--split',
+        type=float,
+        nargs=3,
+        metavar=('TRAIN', 'VAL', 'TEST'),
+        help='shares of blocks per split [0.6 0.2 0.2]',
+    )
+    add('--split-seed', type=int, help='seed of the block deal [0]')
+    add('--min-labelled', type=float, help='least labelled share of a tile [0.5]')
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        '--label-fraction', type=float, help='share of training tiles labelled [1.0]'
+    )
+    budget.add_argument(
+        '--num-label-patches', type=int, help='number of labelled training tiles'
+    )
+    add('--seed', type=int, help='seed of the label draw and of training [0]')
+    add('--batch-size', type=int, help='training tiles per batch [16]')
+    add('--eval-batch-size', type=int, help='validation/test tiles per batch [64]')
+    add('--length', type=int, help='training tiles per epoch [labelled tiles]')
+    add('--stats', help="band statistics JSON [the start weights', or computed]")
+    add(
+        '--no-augment',
+        dest='augment',
+        action='store_false',
+        default=None,
+        help='no random flips and rotations',
+    )
+    add('--num-workers', type=int, help='data loader workers [0]')
+    add('--loss', choices=('ce', 'jaccard', 'focal', 'dice'), help='loss [ce]')
+    add('--lr', type=float, help='Adam learning rate [1e-4]')
+    add('--lr-decay', type=float, help='learning rate factor per epoch [0.98]')
+    add('--freeze-backbone', action='store_true', default=None, help='train decoder')
+    add('--freeze-decoder', action='store_true', default=None, help='train head')
+    add('--epochs', type=int, help='epochs [150]')
+    add('--max-steps', type=int, help='stop after this many steps')
+    add('--devices', help='devices per node, e.g. 1, 2 or auto')
+    add('--accelerator', help='cpu, gpu or auto [auto]')
+    add('--strategy', help='Lightning strategy')
+    add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
+    add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
+    add('--quiet', action='store_true', help='no progress bar nor summary')
+    parser.set_defaults(func=run)
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The arguments the user gave among *flags*, renamed for the API."""
+    values = {flags[k]: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    if 'devices' in values and str(values['devices']).isdigit():
+        values['devices'] = int(values['devices'])
+    return values
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run ``glcgeo finetune``.
+
+    Args:
+        args: the parsed command line.
+
+    Raises:
+        GlcgeoError: when images or masks are missing.
+    """
+    from ..finetune import finetune
+    from ..pretrain import load_config
+
+    config = load_config(args.config) if args.config else {}
+    data = {**config.get('data', {}), **_overrides(args, DATA_FLAGS)}
+    # A budget on the command line replaces the config's, whichever kind it is.
+    for given, other in (
+        ('label_fraction', 'num_label_patches'),
+        ('num_label_patches', 'label_fraction'),
+    ):
+        if getattr(args, given) is not None:
+            data.pop(other, None)
+    model = {**config.get('model', {}), **_overrides(args, MODEL_FLAGS)}
+    trainer = {**config.get('trainer', {}), **_overrides(args, TRAINER_FLAGS)}
+    for key in ('images', 'masks'):
+        if key not in data:
+            raise GlcgeoError(
+                f'no {key}: give --{key} FILES or a config with data.{key}'
+            )
+    seed = int(config.get('seed_everything') or data.get('seed') or 0)
+    result = finetune(
+        data,
+        model,
+        trainer,
+        args.out,
+        seed=seed,
+        quiet=args.quiet,
+        overwrite=args.overwrite,
+    )
+    test = ', '.join(
+        f'{key.removeprefix("test_")} {value:.3f}'
+        for key, value in result.test.items()
+        if key in ('test_OA', 'test_Kappa', 'test_mIoU', 'test_mF1')
+    )
+    print(
+        f'glcgeo: {result.label_tiles} labelled tiles; test {test}; model written '
+        f'to {result.checkpoint}'
+    )

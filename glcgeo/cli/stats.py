@@ -1,0 +1,94 @@
+"""``glcgeo stats``: per-band normalisation statistics of a mosaic."""
+
+import argparse
+import os
+from typing import Any
+
+from ..datasets import GeoTiffMosaic
+from ..errors import GlcgeoError
+from ..stats import BandStats, compute_band_stats
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``glcgeo stats``.
+
+    Args:
+        subparsers: the sub-command group of the ``glcgeo`` parser.
+    """
+    parser = subparsers.add_parser(
+        'stats',
+        help='per-band mean and standard deviation of a mosaic, as JSON',
+        description=(
+            'Estimate per-band mean and standard deviation of raw pixel values from '
+            'random windows of the valid area of GeoTIFF mosaics (nodata excluded), '
+            'print them and write them as JSON for glcgeo pretrain/finetune --stats.'
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add('--data', nargs='+', required=True, help='GeoTIFF files, folders or globs')
+    add('--out', required=True, help='statistics JSON to write')
+    add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
+    add('--crs', help="CRS to reproject to (default: the first file's)")
+    add('--res', type=float, help="pixel size in CRS units (default: the first file's)")
+    add('--nodata', type=float, help="nodata value overriding the files' own")
+    add('--windows', type=int, default=64, help='random windows to read')
+    add('--window-size', type=int, default=128, help='window side in pixels')
+    add('--seed', type=int, default=0, help='seed of the window draw')
+    add('--overwrite', action='store_true', help='replace --out if it exists')
+    parser.set_defaults(func=run)
+
+
+def format_table(stats: BandStats, names: list[str]) -> str:
+    """Format statistics as a plain-text table, one band per row.
+
+    Args:
+        stats: the statistics.
+        names: a name per band, in the order of *stats*.
+
+    Returns:
+        the table, without a trailing newline.
+    """
+    rows = [f'{"band":>6} {"name":<12} {"mean":>14} {"std":>14}']
+    for index, name, mean, std in zip(
+        stats.bands, names, stats.mean, stats.std, strict=True
+    ):
+        rows.append(f'{index:>6} {name:<12} {mean:>14.4f} {std:>14.4f}')
+    return '\n'.join(rows)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Compute, print and write the statistics.
+
+    Args:
+        args: the parsed command line.
+
+    Raises:
+        GlcgeoError: when --out exists (without --overwrite) or its folder does not,
+            or for bad input data.
+    """
+    import torch
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.overwrite:
+        raise GlcgeoError('output exists; give --overwrite to replace it', out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise GlcgeoError('output folder does not exist', os.path.dirname(out))
+    if args.windows < 1 or args.window_size < 1:
+        raise GlcgeoError('--windows and --window-size must be >= 1')
+    dataset = GeoTiffMosaic(
+        args.data, bands=args.bands, crs=args.crs, res=args.res, nodata=args.nodata
+    )
+    stats = compute_band_stats(
+        dataset,
+        windows=args.windows,
+        window_size=args.window_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    names = [dataset.all_bands[i - 1] for i in stats.bands]
+    print(format_table(stats, names))
+    stats.save(out)
+    print(
+        f'glcgeo: statistics of {len(stats.files)} file(s) from {stats.pixels} '
+        f'valid pixels written to {out}'
+    )

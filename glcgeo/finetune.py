@@ -1,0 +1,313 @@
+"""Fine-tune a segmentation model with few labels: the API behind ``glcgeo finetune``.
+
+:func:`finetune` wires :class:`~glcgeo.labelled.SegmentationDataModule`,
+:class:`~glcgeo.tasks_segmentation.FinetuneTask` and a Lightning ``Trainer``:
+it trains on the label budget, keeps the checkpoint with the best validation
+Kappa, scores it once on the test area, and writes under ``out``:
+
+* ``model.ckpt``: the selected model with the metadata ``glcgeo predict`` reads;
+* ``metrics.json``: validation and test scores, split and budget sizes;
+* ``split.geojson``: every tile with its split and whether it was labelled;
+* ``config.yaml``: the settings, as a LightningCLI config;
+* ``checkpoints/`` (Lightning's ``best.ckpt`` and ``last.ckpt``) and ``logs/``.
+
+Its three dictionaries are the ``data``, ``model`` and ``trainer`` sections of a
+LightningCLI config, so ``glcgeo finetune --config`` and ``torchgeo fit --config``
+read the same YAML.
+"""
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import geopandas as gpd
+import shapely
+import torch
+import yaml
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torchgeo.datasets import IntersectionDataset
+
+from .errors import GlcgeoError
+from .labelled import SPLITS, SegmentationDataModule
+from .stats import BandStats
+from .tasks_segmentation import FinetuneTask, read_checkpoint
+
+__all__ = ['FinetuneResult', 'finetune', 'pretrained_band_stats']
+
+#: Files and folders :func:`finetune` writes under its output folder.
+OUTPUTS = (
+    'model.ckpt',
+    'metrics.json',
+    'split.geojson',
+    'config.yaml',
+    'checkpoints',
+    'logs',
+)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tuning run produced.
+
+    Attributes:
+        checkpoint: the selected model (``out/model.ckpt``), for ``glcgeo predict``.
+        val: validation scores of the selected model (``val_Kappa`` ...).
+        test: test scores of the selected model (``test_Kappa`` ...).
+        label_tiles: number of labelled training tiles used.
+        tiles: number of tiles in each split.
+
+    """
+
+    checkpoint: str
+    val: dict[str, float]
+    test: dict[str, float]
+    label_tiles: int
+    tiles: dict[str, int]
+
+
+def pretrained_band_stats(path: str) -> BandStats | None:
+    """The normalisation a pretrained checkpoint was trained with, if it says.
+
+    Fine-tuning must feed the pretrained layers the inputs they learnt from, so
+    glcgeo exports and GLCNet checkpoints carry their statistics.
+
+    Args:
+        path: a start checkpoint.
+
+    Returns:
+        its statistics, or None when its hyperparameters hold none.
+
+    """
+    hparams = read_checkpoint(path)['hyper_parameters']
+    if hparams.get('band_mean') is None or hparams.get('band_std') is None:
+        return None
+    bands = hparams.get('bands') or list(range(1, len(hparams['band_mean']) + 1))
+    return BandStats(
+        mean=list(hparams['band_mean']),
+        std=list(hparams['band_std']),
+        bands=list(bands),
+    )
+
+
+def _check_destination(out: str, overwrite: bool) -> None:
+    """Refuse to mix a new run with an old one unless told to replace it."""
+    existing = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if existing and not overwrite:
+        raise GlcgeoError(
+            f'already holds a fine-tuning run ({", ".join(existing)}); pass '
+            '--overwrite to replace it, or choose another --out',
+            out,
+        )
+
+
+def _remove_outputs(out: str) -> None:
+    """Delete what an earlier run wrote (only glcgeo's own outputs)."""
+    for name in OUTPUTS:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _scores(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """Scalar scores of one split, as plain floats (NaN for undefined classes)."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key.startswith(prefix) and not key.endswith('loss')
+    }
+
+
+def _json_scores(scores: dict[str, float]) -> dict[str, float | None]:
+    """Scores for JSON, which has no NaN: undefined scores become null."""
+    return {k: None if math.isnan(v) else v for k, v in scores.items()}
+
+
+def _write_split(datamodule: SegmentationDataModule, path: str) -> dict[str, int]:
+    """Write every tile's extent, split and label status as GeoJSON.
+
+    Returns:
+        number of tiles per split.
+    """
+    split = datamodule.tile_split
+    assert split is not None and datamodule.dataset is not None
+    labelled = set(datamodule.label_tiles)
+    rows = []
+    for name in SPLITS:
+        for tile in split.tiles[name]:
+            rows.append(
+                {
+                    'split': name,
+                    'row': tile[0],
+                    'col': tile[1],
+                    'block_row': split.block_of(tile)[0],
+                    'block_col': split.block_of(tile)[1],
+                    'labelled_pixels': round(split.labelled[tile], 4),
+                    'in_label_budget': tile in labelled,
+                    'geometry': shapely.box(*split.bounds(tile)),
+                }
+            )
+    assert isinstance(datamodule.dataset, IntersectionDataset)
+    crs = datamodule.dataset.crs
+    frame = gpd.GeoDataFrame(rows, geometry='geometry', crs=crs)
+    frame.to_file(path, driver='GeoJSON')
+    return {name: len(split.tiles[name]) for name in SPLITS}
+
+
+def finetune(
+    data: dict[str, Any],
+    model: dict[str, Any],
+    trainer: dict[str, Any],
+    out: str,
+    seed: int = 0,
+    quiet: bool = False,
+    overwrite: bool = False,
+) -> FinetuneResult:
+    """Fine-tune on a label budget, select on validation, score on test.
+
+    Args:
+        data: keyword arguments of :class:`~glcgeo.labelled.SegmentationDataModule`
+            (``images``, ``masks``, ``label_fraction`` ...). Without ``stats``, a
+            start checkpoint's own statistics are used, else the images'.
+        model: keyword arguments of :class:`~glcgeo.tasks_segmentation.FinetuneTask`
+            (``weights``, ``transfer``, ``backbone`` ...); ``in_channels``,
+            ``num_classes``, ``class_names`` and ``ignore_index`` default to the
+            data's.
+        trainer: keyword arguments of Lightning's ``Trainer`` (``max_epochs``,
+            ``max_steps``, ``accelerator``, ``devices`` ...).
+        out: output folder (see the module doc).
+        seed: global seed (model head initialisation, augmentation, dropout).
+        quiet: no progress bar, model summary nor TensorBoard log.
+        overwrite: replace the outputs of an earlier run in *out*.
+
+    Returns:
+        the selected checkpoint and its scores.
+
+    Raises:
+        GlcgeoError: for bad data, weights or settings, before anything is written.
+
+    """
+    _check_destination(out, overwrite)
+    seed_everything(seed, workers=True, verbose=False)
+    data = dict(data)
+    weights = model.get('weights')
+    if weights is not None and data.get('stats') is None:
+        data['stats'] = pretrained_band_stats(weights)
+        if data['stats'] is not None and data.get('bands') is None:
+            data['bands'] = data['stats'].bands
+    # Build the data and the model first: bad inputs fail before any file is written.
+    datamodule = SegmentationDataModule(**data)
+    datamodule.setup('fit')
+    assert datamodule.band_stats is not None and datamodule.encoder is not None
+    stats = datamodule.band_stats
+    model = {
+        'in_channels': datamodule.num_bands,
+        'num_classes': len(datamodule.encoder.class_values),
+        'class_names': datamodule.class_names,
+        'ignore_index': datamodule.hparams['ignore_index'],
+        'bands': datamodule.band_indexes,
+        'band_mean': list(stats.mean),
+        'band_std': list(stats.std),
+        **model,
+    }
+    task = FinetuneTask(**model)
+
+    if overwrite:
+        _remove_outputs(out)
+    os.makedirs(out, exist_ok=True)
+    tiles = _write_split(datamodule, os.path.join(out, 'split.geojson'))
+    data_config = {k: v for k, v in data.items() if k != 'stats'}
+    if isinstance(data.get('stats'), str):
+        data_config['stats'] = data['stats']
+    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+        yaml.safe_dump(
+            {
+                'seed_everything': seed,
+                'trainer': trainer,
+                'model': {
+                    'class_path': 'glcgeo.tasks_segmentation.FinetuneTask',
+                    'init_args': model,
+                },
+                'data': {
+                    'class_path': 'glcgeo.labelled.SegmentationDataModule',
+                    'init_args': data_config,
+                },
+            },
+            f,
+            sort_keys=False,
+        )
+
+    checkpoints = os.path.join(out, 'checkpoints')
+    selection = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename='best',
+        monitor=FinetuneTask.monitor,
+        mode=FinetuneTask.mode,
+        save_last=True,
+    )
+    callbacks: list[Any] = [selection]
+    if not quiet:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    logs = os.path.join(out, 'logs')
+    loggers: list[Any] = [CSVLogger(logs, name='csv')]
+    if not quiet:
+        loggers.append(TensorBoardLogger(logs, name='tensorboard'))
+    trainer_args: dict[str, Any] = {
+        'max_epochs': 150,
+        'log_every_n_steps': 1,
+        'enable_progress_bar': not quiet,
+        'enable_model_summary': not quiet,
+        'num_sanity_val_steps': 0,
+        **trainer,
+    }
+    fit = Trainer(
+        default_root_dir=out, logger=loggers, callbacks=callbacks, **trainer_args
+    )
+    fit.fit(task, datamodule=datamodule)
+    best = selection.best_model_path
+    if not best:
+        raise GlcgeoError('training ended before any validation', out)
+    # Score the selected model once on each evaluation area.
+    validated = fit.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+    tested = fit.test(task, datamodule=datamodule, ckpt_path=best, verbose=not quiet)
+    checkpoint = torch.load(best, map_location='cpu', weights_only=True)
+    model_path = os.path.join(out, 'model.ckpt')
+    # Weights and metadata only: what predict and TorchGeo need, without optimiser.
+    torch.save(
+        {
+            'state_dict': checkpoint['state_dict'],
+            'hyper_parameters': checkpoint['hyper_parameters'],
+            'pytorch-lightning_version': checkpoint['pytorch-lightning_version'],
+            'epoch': checkpoint['epoch'],
+            'global_step': checkpoint['global_step'],
+        },
+        model_path,
+    )
+    result = FinetuneResult(
+        checkpoint=model_path,
+        val=_scores(validated[0], 'val_'),
+        test=_scores(tested[0], 'test_'),
+        label_tiles=len(datamodule.label_tiles),
+        tiles=tiles,
+    )
+    with open(os.path.join(out, 'metrics.json'), 'w') as f:
+        json.dump(
+            {
+                'selected_epoch': checkpoint['epoch'],
+                'val': _json_scores(result.val),
+                'test': _json_scores(result.test),
+                'label_tiles': result.label_tiles,
+                'tiles': result.tiles,
+                'class_names': datamodule.class_names,
+            },
+            f,
+            indent=2,
+        )
+    return result

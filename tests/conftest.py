@@ -1,0 +1,148 @@
+"""Shared fixtures: the committed CC0 imagery of tests/data and small rasters in tmp."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+from glcgeo.datasets import GeoTiffMosaic
+
+DATA = Path(__file__).parent / 'data'
+S2_TILES = DATA / 'sentinel2_10m_tiles'
+S2_TILE_A = S2_TILES / 'S2_L1C_18SUH_tileA_B02-B03-B04-B08.tif'
+S2_TILE_B = S2_TILES / 'S2_L1C_18SUH_tileB_B02-B03-B04-B08.tif'
+QUADRANT_DIR = DATA / 'landsat7_rgb_quadrants'
+QUADRANTS = [QUADRANT_DIR / f'rgb{i}.tif' for i in range(1, 5)]
+RGB1_3857 = QUADRANT_DIR / 'rgb1_fake_nir_epsg3857.tif'
+LANDSAT8 = DATA / 'landsat8_7band' / 'l8_B1-B7_crop256.tif'
+RGBN_DIR = DATA / 'rgbn_5m_overlap'
+RGBN = RGBN_DIR / 'rgbn.tif'
+RGBN_SUBTILES = [RGBN_DIR / 'rgbn_suba.tif', RGBN_DIR / 'rgbn_subb.tif']
+
+#: Top-left corner of the off_grid_s2_tile fixture (m, EPSG:32618): off the metre
+#: grid, so float32 (0.25 m steps at this northing) is 0.12 m off.
+OFF_GRID_ORIGIN = (438730.37, 4176460.37)
+
+#: Every shipped mosaic: name -> the paths given to GeoTiffMosaic.
+SHIPPED_MOSAICS: dict[str, list[Path]] = {
+    'sentinel2_tiles_utm': [S2_TILES],
+    'landsat7_quadrants_custom_wkt': QUADRANTS,
+    'landsat7_epsg3857': [RGB1_3857],
+    'rgbn_5m_subtiles_nodata': RGBN_SUBTILES,
+    'landsat8_7band': [LANDSAT8],
+}
+
+#: Georeferencing of synthetic rasters: 10 m pixels at a UTM 18N northing.
+SYNTHETIC_TRANSFORM = from_origin(500_000.0, 4_170_000.0, 10.0, 10.0)
+
+#: Writes a raster: (file name, [C, H, W] array, keyword overrides) -> its path.
+RasterWriter = Callable[..., Path]
+
+
+@pytest.fixture(scope='session', params=sorted(SHIPPED_MOSAICS))
+def shipped_mosaic(request: pytest.FixtureRequest) -> GeoTiffMosaic:
+    """Each shipped mosaic in its own CRS and resolution (one per test parameter)."""
+    return GeoTiffMosaic(SHIPPED_MOSAICS[request.param])
+
+
+@pytest.fixture(scope='session')
+def s2_mosaic() -> GeoTiffMosaic:
+    """The two overlapping Sentinel-2 tiles, EPSG:32618 at 10 m, northing ~4.17e6."""
+    return GeoTiffMosaic(S2_TILES)
+
+
+@pytest.fixture(scope='session')
+def quadrant_mosaic() -> GeoTiffMosaic:
+    """The four Landsat-7 quadrants: custom WKT CRS, 3 x uint8, nodata=0 frame."""
+    return GeoTiffMosaic(QUADRANTS)
+
+
+def write_raster(
+    path: Path,
+    array: np.ndarray,
+    crs: str | None = 'EPSG:32618',
+    transform: Affine = SYNTHETIC_TRANSFORM,
+    nodata: float | None = None,
+    **options: object,
+) -> Path:
+    """Write a [C, H, W] array as a GeoTIFF.
+
+    Args:
+        path: the file to write.
+        array: pixel values; their dtype is the file's.
+        crs: the file's CRS, or None for a file without one.
+        transform: pixel -> map transform.
+        nodata: the file's nodata tag.
+        options: GeoTIFF creation options (tiled, compress, ...).
+
+    Returns:
+        *path*.
+    """
+    profile = {
+        **options,
+        'driver': 'GTiff',
+        'count': array.shape[0],
+        'height': array.shape[1],
+        'width': array.shape[2],
+        'dtype': array.dtype,
+        'crs': crs,
+        'transform': transform,
+        'nodata': nodata,
+    }
+    with rasterio.open(path, 'w', **profile) as dst:
+        dst.write(array)
+    return path
+
+
+@pytest.fixture
+def make_raster(tmp_path: Path) -> RasterWriter:
+    """Write small synthetic rasters into tmp_path, for cases real files lack."""
+
+    def make(name: str, array: np.ndarray, **kwargs: object) -> Path:
+        return write_raster(tmp_path / name, array, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope='session')
+def mixed_crs_quadrants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """rgb1 and rgb2 in their custom WKT beside rgb3 warped to EPSG:3857.
+
+    Returns:
+        [rgb1.tif, rgb2.tif, rgb3_epsg3857.tif].
+    """
+    out = tmp_path_factory.mktemp('mixed_crs') / 'rgb3_epsg3857.tif'
+    with rasterio.open(QUADRANTS[2]) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, 'EPSG:3857', src.width, src.height, *src.bounds
+        )
+        profile = src.profile | {
+            'crs': 'EPSG:3857',
+            'transform': transform,
+            'width': width,
+            'height': height,
+        }
+        with rasterio.open(out, 'w', **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(
+                    rasterio.band(src, band),
+                    rasterio.band(dst, band),
+                    resampling=Resampling.nearest,
+                )
+    return [QUADRANTS[0], QUADRANTS[1], out]
+
+
+@pytest.fixture(scope='session')
+def off_grid_s2_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sentinel-2 tile A (10 m) moved to the corner OFF_GRID_ORIGIN."""
+    path = tmp_path_factory.mktemp('off_grid') / 'tileA_off_grid.tif'
+    with rasterio.open(S2_TILE_A) as src:
+        profile = src.profile | {'transform': from_origin(*OFF_GRID_ORIGIN, 10, 10)}
+        with rasterio.open(path, 'w', **profile) as dst:
+            dst.write(src.read())
+    return path

@@ -1,0 +1,376 @@
+"""Fine-tuning: spatial splits, label budgets, start weights, finetune + predict."""
+
+import json
+import os
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from torch.utils.data import DataLoader
+from torchgeo.tasks import MoCo, SemanticSegmentation, SimCLR
+
+from glcgeo.cli import main
+from glcgeo.errors import GlcgeoError
+from glcgeo.finetune import finetune, pretrained_band_stats
+from glcgeo.labelled import (
+    SPLITS,
+    GeoTiffMask,
+    MaskEncoder,
+    SegmentationDataModule,
+    TileSampler,
+    draw_label_tiles,
+)
+from glcgeo.tasks_segmentation import FinetuneTask, load_start_weights
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
+LABELS = os.path.join(DATA, 'demo_labels', 's2_pseudo_labels.tif')
+CONFIG = os.path.join(
+    os.path.dirname(__file__), '..', 'experiments', 'configs',
+    'finetune_sentinel2_demo.yaml',
+)  # fmt: skip
+NAMES = ['water', 'vegetation', 'other land']
+NC = os.path.join(
+    os.path.dirname(__file__), '..', '..', 'shared', 'data', 'labeled',
+    'nc_landsat7_landcover',
+)  # fmt: skip
+needs_nc = pytest.mark.skipif(
+    not os.path.isdir(NC), reason='../shared/data (NC land cover) is absent'
+)
+
+#: A budget small enough to fine-tune in seconds on 2 CPU cores.
+TINY_DATA = {
+    'images': S2,
+    'masks': LABELS,
+    'class_names': NAMES,
+    'patch_size': 32,
+    'block_size': 4,
+    'batch_size': 4,
+    'eval_batch_size': 16,
+    'length': 8,
+}
+TINY_MODEL = {'backbone': 'resnet18', 'lr': 1e-3}
+TINY_TRAINER = {
+    'max_epochs': 2,
+    'limit_val_batches': 1,
+    'limit_test_batches': 1,
+    'accelerator': 'cpu',
+}
+
+
+@pytest.fixture(scope='module')
+def demo_data() -> SegmentationDataModule:
+    datamodule = SegmentationDataModule(**TINY_DATA, label_fraction=0.05, seed=3)
+    datamodule.setup('fit')
+    return datamodule
+
+
+def test_splits_are_spatially_disjoint_and_labels_come_from_train(
+    demo_data: SegmentationDataModule,
+) -> None:
+    split = demo_data.tile_split
+    assert split is not None
+    assert split.class_values == [0, 1, 2]
+    boxes = {
+        name: shapely.union_all([shapely.box(*split.bounds(t)) for t in tiles])
+        for name, tiles in split.tiles.items()
+    }
+    assert all(split.tiles[name] for name in SPLITS)
+    for a, b in (('train', 'val'), ('train', 'test'), ('val', 'test')):
+        # Tiles of different splits may share an edge, never any area.
+        assert boxes[a].intersection(boxes[b]).area == 0
+        blocks_a = {split.block_of(t) for t in split.tiles[a]}
+        assert blocks_a.isdisjoint({split.block_of(t) for t in split.tiles[b]})
+    assert set(demo_data.label_tiles) <= set(split.tiles['train'])
+    assert len(demo_data.label_tiles) == round(0.05 * len(split.tiles['train']))
+    # Kept tiles hold at least min_labelled of class pixels.
+    assert min(split.labelled.values()) >= 0.5
+
+
+def test_label_budget_is_seeded_nested_and_leaves_the_split_alone(
+    demo_data: SegmentationDataModule,
+) -> None:
+    split = demo_data.tile_split
+    assert split is not None
+    again = SegmentationDataModule(**TINY_DATA, label_fraction=0.05, seed=3)
+    again.setup('fit')
+    assert again.label_tiles == demo_data.label_tiles
+    other = SegmentationDataModule(**TINY_DATA, label_fraction=0.2, seed=4)
+    other.setup('fit')
+    assert other.tile_split is not None
+    # The evaluation area depends on split_seed only.
+    assert other.tile_split.tiles == split.tiles
+    train = split.tiles['train']
+    draws = {
+        seed: draw_label_tiles(
+            train, 0.2, generator=torch.Generator().manual_seed(seed)
+        )
+        for seed in (3, 4)
+    }
+    assert draws[3] != draws[4]
+    assert other.label_tiles == draws[4]
+    small = draw_label_tiles(train, 0.05, generator=torch.Generator().manual_seed(3))
+    assert set(small) <= set(draws[3])
+    assert small == demo_data.label_tiles
+    assert len(draw_label_tiles(train, num_label_patches=7)) == 7
+    with pytest.raises(GlcgeoError, match='label fraction'):
+        draw_label_tiles(train, 1.5)
+    with pytest.raises(GlcgeoError, match='asked for'):
+        draw_label_tiles(train, num_label_patches=len(train) + 1)
+
+
+def test_training_batches_hold_labelled_tiles_with_ignored_nodata(
+    demo_data: SegmentationDataModule,
+) -> None:
+    batch = next(iter(demo_data.train_dataloader()))
+    assert batch['image'].shape == (4, 4, 32, 32)
+    assert batch['mask'].shape == (4, 32, 32)
+    values = set(batch['mask'].unique().tolist())
+    assert values <= {0, 1, 2, 255}
+    # Masks read through the data module equal the file, encoded (255 stays).
+    query = demo_data.tile_split.query(demo_data.label_tiles[0])  # type: ignore[union-attr]
+    sample = demo_data.dataset[query]  # type: ignore[index]
+    with rasterio.open(LABELS) as src:
+        window = rasterio.windows.from_bounds(
+            query[0].start, query[1].start, query[0].stop, query[1].stop,
+            src.transform,
+        )  # fmt: skip
+        raw = src.read(1, window=window)
+    assert np.array_equal(sample['mask'].numpy(), raw.astype(np.int64))
+
+
+def test_tile_sampler_shows_every_tile_equally_often() -> None:
+    queries = ['a', 'b', 'c']
+    drawn = list(TileSampler(queries, 7, torch.Generator().manual_seed(0)))  # type: ignore[arg-type]
+    assert len(drawn) == 7 and sorted(drawn[:3]) == queries
+    assert sorted(drawn[3:6]) == queries
+    assert list(TileSampler(queries)) == queries  # type: ignore[arg-type]
+
+
+def test_mask_encoder_ignores_other_values_and_pixels_without_image() -> None:
+    encoder = MaskEncoder([1, 5, 7], ignore_index=255)
+    raw = torch.tensor([[1, 5, 7], [0, 3, 5]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    sample = encoder({'mask': raw, 'valid': valid})
+    assert sample['mask'].tolist() == [[0, 1, 255], [255, 255, 1]]
+    assert 'valid' not in sample
+    with pytest.raises(GlcgeoError, match='also a class id'):
+        MaskEncoder([0, 1], ignore_index=1)
+
+
+def _ssl_checkpoint(task: pl.LightningModule, path: str) -> str:
+    """Train a TorchGeo SSL task for one step and save its Lightning checkpoint."""
+    images = [{'image': torch.rand(4, 32, 32)} for _ in range(4)]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        accelerator='cpu',
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, DataLoader(images, batch_size=4))
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    'ssl_task',
+    [
+        lambda: SimCLR(model='resnet18', in_channels=4, size=32, memory_bank_size=0),
+        lambda: MoCo(model='resnet18', in_channels=4, size=32, hidden_dim=32),
+    ],
+    ids=['simclr', 'moco'],
+)
+def test_simclr_and_moco_backbones_load_into_the_encoder(
+    ssl_task: type, tmp_path: str
+) -> None:
+    task = ssl_task()
+    path = _ssl_checkpoint(task, os.path.join(tmp_path, 'ssl.ckpt'))
+    # TorchGeo's own loader finds no weights in these checkpoints.
+    with pytest.raises(RuntimeError, match='Missing key'):
+        SemanticSegmentation(
+            model='deeplabv3+', backbone='resnet18', in_channels=4, num_classes=3,
+            weights=path,
+        )  # fmt: skip
+    model = FinetuneTask(
+        backbone='resnet18', in_channels=4, num_classes=3, weights=path
+    ).model
+    backbone = task.backbone.state_dict()
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, backbone[key]), key
+    with pytest.raises(GlcgeoError, match='backbone only'):
+        load_start_weights(model, path, transfer='encoder+decoder')
+    with pytest.raises(GlcgeoError, match='does not fit'):
+        FinetuneTask(backbone='resnet34', in_channels=4, num_classes=3, weights=path)
+
+
+def test_random_start_and_missing_weights() -> None:
+    a = FinetuneTask(backbone='resnet18', in_channels=4, num_classes=3)
+    assert a.hparams['transfer'] == 'encoder' and 'weights' not in a.hparams
+    with pytest.raises(GlcgeoError, match='no such checkpoint'):
+        FinetuneTask(backbone='resnet18', in_channels=4, weights='missing.ckpt')
+    with pytest.raises(GlcgeoError, match='unknown transfer'):
+        FinetuneTask(backbone='resnet18', in_channels=4, transfer='decoder')
+
+
+@pytest.mark.parametrize('transfer', ['encoder', 'encoder+decoder'])
+def test_glcnet_export_loads_encoder_or_encoder_and_decoder(
+    transfer: str, tmp_path: str
+) -> None:
+    export = pytest.importorskip('glcgeo.export')
+    from glcgeo.tasks import GLCNetTask
+
+    stats = {
+        'band_mean': [1.0, 2, 3, 4],
+        'band_std': [5.0, 6, 7, 8],
+        'bands': [4, 3, 2, 1],
+    }
+    pretrained = GLCNetTask(backbone='resnet18', in_channels=4, **stats)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(pretrained)
+    checkpoint = os.path.join(tmp_path, 'glcnet.ckpt')
+    trainer.save_checkpoint(checkpoint)
+    weights = os.path.join(tmp_path, 'weights.ckpt')
+    export.export_weights(checkpoint, weights)
+    # Fine-tuning normalises as pretraining did.
+    band_stats = pretrained_band_stats(weights)
+    assert band_stats is not None
+    assert (band_stats.mean, band_stats.std, band_stats.bands) == tuple(stats.values())
+    model = FinetuneTask(
+        backbone='resnet18',
+        in_channels=4,
+        num_classes=3,
+        weights=weights,
+        transfer=transfer,
+    ).model
+    source = pretrained.model.model.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith('encoder.') or (
+            transfer == 'encoder+decoder' and key.startswith('decoder.')
+        ):
+            assert torch.equal(value, source[key]), key
+    decoder_equal = all(
+        torch.equal(value, source[key])
+        for key, value in model.state_dict().items()
+        if key.startswith('decoder.') and value.is_floating_point() and value.ndim > 1
+    )
+    assert decoder_equal == (transfer == 'encoder+decoder')
+
+
+def test_finetune_then_predict_on_real_imagery(tmp_path: str) -> None:
+    from glcgeo.inference import load_segmentation_checkpoint, predict_raster
+
+    out = os.path.join(tmp_path, 'ft')
+    result = finetune(
+        {**TINY_DATA, 'num_label_patches': 6},
+        {**TINY_MODEL, 'class_colors': [[0, 0, 255], [0, 255, 0], [200, 150, 100]]},
+        TINY_TRAINER,
+        out,
+        quiet=True,
+    )
+    assert result.label_tiles == 6
+    for key in ('test_OA', 'test_Kappa', 'test_mIoU', 'test_F1_water'):
+        assert 0 <= result.test[key] <= 1 or key == 'test_Kappa'
+    with open(os.path.join(out, 'metrics.json')) as f:
+        written = json.load(f)
+    assert written['test']['test_Kappa'] == pytest.approx(result.test['test_Kappa'])
+    assert sum(written['tiles'].values()) > 0
+    assert os.path.exists(os.path.join(out, 'split.geojson'))
+
+    model, metadata = load_segmentation_checkpoint(result.checkpoint)
+    assert metadata.class_names == tuple(NAMES)
+    assert metadata.bands == (1, 2, 3, 4) and metadata.num_classes == 3
+    assert metadata.class_colors[0] == (0, 0, 255)
+    scene = os.path.join(S2, 'S2_L1C_18SUH_tileA_B02-B03-B04-B08.tif')
+    landcover = os.path.join(tmp_path, 'landcover.tif')
+    predict_raster(
+        model, metadata, scene, landcover, tile_size=128, overlap=32, progress=False
+    )
+    with rasterio.open(landcover) as dst, rasterio.open(scene) as src:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert set(np.unique(dst.read(1)).tolist()) <= {0, 1, 2}
+
+    # The same folder again: refused without --overwrite, nothing touched.
+    before = os.path.getmtime(result.checkpoint)
+    with pytest.raises(GlcgeoError, match='already holds'):
+        finetune(TINY_DATA, TINY_MODEL, TINY_TRAINER, out, quiet=True)
+    assert os.path.getmtime(result.checkpoint) == before
+
+
+def test_cli_reports_bad_input_in_one_line_and_writes_nothing(
+    tmp_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = os.path.join(tmp_path, 'ft')
+    base = ['finetune', '--images', S2, '--out', out, '--patch-size', '32', '--quiet']
+    assert main([*base, '--masks', os.path.join(tmp_path, 'none.tif')]) == 2
+    assert main(base) == 2
+    assert main([*base, '--masks', LABELS, '--label-fraction', '0']) == 2
+    assert main([*base, '--masks', LABELS, '--split', '0.5', '0.5', '0.5']) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith('glcgeo: ') for line in lines)
+    assert 'no such file' in lines[0] and 'no masks' in lines[1]
+    assert 'label fraction' in lines[2] and 'sum to 1' in lines[3]
+    assert not os.path.exists(out)
+
+
+def test_cli_finetunes_from_a_simclr_checkpoint_with_the_demo_config(
+    tmp_path: str,
+) -> None:
+    ssl = SimCLR(model='resnet18', in_channels=4, size=32, memory_bank_size=0)
+    weights = _ssl_checkpoint(ssl, os.path.join(tmp_path, 'simclr.ckpt'))
+    out = os.path.join(tmp_path, 'ft')
+    args = [
+        'finetune', '--config', CONFIG, '--out', out, '--weights', weights,
+        '--transfer', 'encoder', '--patch-size', '32', '--split', '0.9', '0.05',
+        '0.05', '--batch-size', '4', '--length', '4', '--num-label-patches', '4',
+        '--epochs', '1',
+        '--accelerator', 'cpu', '--quiet',
+    ]  # fmt: skip
+    assert main(args) == 0
+    checkpoint = torch.load(os.path.join(out, 'model.ckpt'), weights_only=True)
+    hparams = checkpoint['hyper_parameters']
+    assert hparams['class_names'] == NAMES and hparams['backbone'] == 'resnet18'
+    assert len(hparams['band_mean']) == 4
+    assert main(args) == 2  # the run exists
+    assert main([*args, '--overwrite']) == 0
+
+
+@needs_nc
+def test_masks_in_another_crs_are_warped_onto_the_image_grid() -> None:
+    image = os.path.join(NC, 'lsat7_2000_6band.tif')
+    labels = os.path.join(NC, 'landclass_7class.tif')
+    with rasterio.open(image) as src, rasterio.open(labels) as lab:
+        # EPSG:32119 images, EPSG:3358 labels (rasterio calls them equivalent).
+        assert src.crs.to_wkt() != lab.crs.to_wkt()
+        raw = lab.read(1)
+        bounds = src.bounds
+        res = src.res[0]
+    masks = GeoTiffMask(labels, crs=rasterio.open(image).crs, res=res)
+    mask = masks[bounds.left : bounds.right : res, bounds.bottom : bounds.top : res]
+    assert np.array_equal(mask['mask'].numpy(), raw.astype(np.int64))
+
+
+@needs_nc
+def test_finetune_on_nc_land_cover(tmp_path: str) -> None:
+    result = finetune(
+        {
+            'images': os.path.join(NC, 'lsat7_2000_6band.tif'),
+            'masks': os.path.join(NC, 'landclass_7class.tif'),
+            'patch_size': 32,
+            'block_size': 2,
+            'batch_size': 8,
+            'length': 16,
+            'label_fraction': 0.05,
+        },
+        TINY_MODEL,
+        {**TINY_TRAINER, 'limit_val_batches': 2, 'limit_test_batches': 2},
+        os.path.join(tmp_path, 'nc'),
+        quiet=True,
+    )
+    assert result.tiles['train'] > result.tiles['test'] > 0
+    assert result.test['test_OA'] > 0.2
