@@ -156,7 +156,9 @@ def test_pretrain_on_two_processes(tmp_path: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Starting with 2 processes' in result.stderr + result.stdout
     checkpoint = torch.load(
-        os.path.join(out, 'checkpoints', 'last.ckpt'), map_location='cpu', weights_only=False
+        os.path.join(out, 'checkpoints', 'last.ckpt'),
+        map_location='cpu',
+        weights_only=False,
     )
     assert checkpoint['global_step'] == 2
     assert all(math.isfinite(loss) for loss in _losses(out))

@@ -269,7 +269,8 @@ class GLCNet(nn.Module):
             boxes = torch.cat([boxes1, boxes2])
             if self.matching == 'centre':
                 boxes = centre_matched_boxes(boxes, self.region_size)
-            regions = self.region_features(decoded, boxes, images.shape[-2:])
+            height, width = images.shape[-2:]
+            regions = self.region_features(decoded, boxes, (height, width))
             local = self.local_head(regions)
             outputs['local1'], outputs['local2'] = local.chunk(2)
         else:
