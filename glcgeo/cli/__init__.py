@@ -12,6 +12,20 @@ from collections.abc import Sequence
 
 from ..errors import GlcgeoError
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default only when it says something.
+
+    Options whose default is None (worked out later, e.g. from a checkpoint or a
+    config) or False (a switch) describe their default in their own help text.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
 COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict')
 

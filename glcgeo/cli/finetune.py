@@ -4,6 +4,7 @@ import argparse
 from typing import Any
 
 from ..errors import GlcgeoError
+from . import HelpFormatter
 
 #: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -88,7 +89,7 @@ def add_parser(subparsers: Any) -> None:
             'glcgeo predict), with metrics.json, split.geojson, config.yaml, '
             'checkpoints/ and logs/. Flags override --config.'
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     # Defaults of None mean "not given": the config file or the API default holds.
     add = parser.add_argument

@@ -5,6 +5,7 @@ from typing import Any
 
 from ..errors import GlcgeoError
 from ..models import ABLATIONS
+from . import HelpFormatter
 
 #: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -60,7 +61,7 @@ def add_parser(subparsers: Any) -> None:
             'Writes checkpoints/, logs/ (CSV and TensorBoard), stats.json and '
             'config.yaml under --out. Flags override --config.'
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     # Defaults of None mean "not given": the config file or the API default holds.
     add = parser.add_argument

@@ -7,6 +7,7 @@ from typing import Any
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..stats import BandStats, compute_band_stats
+from . import HelpFormatter
 
 
 def add_parser(subparsers: Any) -> None:
@@ -23,7 +24,7 @@ def add_parser(subparsers: Any) -> None:
             'random windows of the valid area of GeoTIFF mosaics (nodata excluded), '
             'print them and write them as JSON for glcgeo pretrain/finetune --stats.'
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add('--data', nargs='+', required=True, help='GeoTIFF files, folders or globs')
