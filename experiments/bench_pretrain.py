@@ -8,6 +8,11 @@ SimpleProfiler separates the time spent waiting for the next batch.
 
     python experiments/bench_pretrain.py [--backbone resnet18] [--size 128] [--batch 16]
 
+It also times the two networks alone (forward and backward on random inputs of
+the same shape, no data, augmentation, loss or optimiser): GLCNet runs
+DeepLabV3+ (an encoder dilated to output stride 16, ASPP and decoder) where
+SimCLR runs the plain backbone, so that ratio bounds the training-step ratio.
+
 Last line: ``RESULT glcnet_steps_per_s=<x> ratio_vs_simclr=<r> data_wait_fraction=<f>``.
 """
 
@@ -104,6 +109,28 @@ def run(
     return timer.steps / elapsed, wait / elapsed
 
 
+def network_seconds(forward: Any, batch: int, size: int, repeats: int = 3) -> float:
+    """Seconds of one forward and backward pass of a network, after a warm-up.
+
+    Args:
+        forward: maps two [batch, 4, size, size] views to a list of outputs.
+        batch: pairs per batch.
+        size: view side in pixels.
+        repeats: timed passes.
+
+    Returns:
+        the mean time of a pass.
+    """
+    views = torch.randn(2, batch, 4, size, size)
+    elapsed = 0.0
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        sum(output.square().mean() for output in forward(*views)).backward()
+        if i > 0:
+            elapsed += time.perf_counter() - start
+    return elapsed / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--backbone', default='resnet18')
@@ -144,6 +171,21 @@ def main() -> None:
     simclr_rate, simclr_wait = run(simclr, patches, args.steps, args.warmup)
     print(
         f'simclr: {simclr_rate:.3f} steps/s, data wait {simclr_wait:.1%} of step time'
+    )
+
+    # The networks alone, same views: the bound of the training-step ratio.
+    side = int(region_size)
+    boxes = torch.tensor([0.0, 0.0, side, side]).expand(args.batch, 4, 4)
+    glcnet_net = network_seconds(
+        lambda x1, x2: list(glcnet.model(x1, x2, boxes, boxes).values()),
+        args.batch, args.size,
+    )  # fmt: skip
+    simclr_net = network_seconds(
+        lambda x1, x2: [simclr(x1)[0], simclr(x2)[0]], args.batch, args.size
+    )
+    print(
+        f'networks alone (forward + backward): glcnet {glcnet_net:.3f} s, '
+        f'simclr {simclr_net:.3f} s, ratio bound {simclr_net / glcnet_net:.3f}'
     )
 
     print(
