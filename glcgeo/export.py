@@ -35,6 +35,7 @@ from segmentation_models_pytorch.base import SegmentationModel
 from torch import Tensor, nn
 from torchgeo.tasks.utils import extract_backbone
 
+from .checkpoints import read_checkpoint
 from .errors import GlcgeoError
 from .models import GLCNet
 
@@ -95,33 +96,6 @@ class LoadReport:
 
     loaded: list[str]
     skipped: list[str]
-
-
-def _load_checkpoint(path: StrPath) -> dict[str, Any]:
-    """Read a checkpoint safely (tensors and plain Python values only).
-
-    Raises:
-        GlcgeoError: if the file is missing or not a readable checkpoint.
-    """
-    if not os.path.isfile(path):
-        raise GlcgeoError('no such checkpoint file', path)
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:
-        # The first sentence only: torch's advice to retry with weights_only=False
-        # does not apply to a file that is not a checkpoint at all.
-        message = str(error).strip() or 'no details'
-        reason = message.split('. ')[0].splitlines()[0][:200]
-        raise GlcgeoError(
-            f'not a readable checkpoint ({type(error).__name__}: {reason})', path
-        ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(
-        checkpoint.get('state_dict'), dict
-    ):
-        raise GlcgeoError('not a Lightning checkpoint (no state_dict)', path)
-    if not isinstance(checkpoint.get('hyper_parameters'), dict):
-        raise GlcgeoError('not a Lightning checkpoint (no hyper_parameters)', path)
-    return checkpoint
 
 
 def _require(
@@ -196,7 +170,7 @@ def export_weights(
         raise GlcgeoError('output exists; pass --overwrite to replace it', out)
     if not out.parent.is_dir():
         raise GlcgeoError('output folder does not exist', out.parent)
-    content = _load_checkpoint(checkpoint)
+    content = read_checkpoint(checkpoint)
     network = _pretrained_network(content, checkpoint)
     hp = content['hyper_parameters']
     if hp.get('band_mean') is None or hp.get('band_std') is None:
@@ -281,7 +255,7 @@ def read_weights(path: StrPath) -> PretrainedWeights:
     Raises:
         GlcgeoError: if the file is missing, unreadable or not glcgeo weights.
     """
-    checkpoint = _load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     hp = checkpoint['hyper_parameters']
     _require(hp, ('backbone', 'in_channels'), path)
     state_dict: dict[str, Tensor] = checkpoint['state_dict']

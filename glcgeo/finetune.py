@@ -33,10 +33,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchgeo.datasets import IntersectionDataset
 
+from .checkpoints import read_checkpoint
 from .errors import GlcgeoError
 from .labelled import SPLITS, SegmentationDataModule
 from .stats import BandStats
-from .tasks_segmentation import FinetuneTask, read_checkpoint
+from .tasks_segmentation import FinetuneTask
 
 __all__ = ['FinetuneResult', 'finetune', 'pretrained_band_stats']
 

@@ -12,7 +12,6 @@ import inspect
 import os
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import nn
 from torch.optim import Adam
@@ -20,6 +19,7 @@ from torch.optim.lr_scheduler import ExponentialLR
 from torchgeo.tasks import SemanticSegmentation
 from torchmetrics import MetricCollection
 
+from .checkpoints import read_checkpoint
 from .errors import GlcgeoError
 from .metrics import SegmentationMetrics
 
@@ -28,39 +28,12 @@ __all__ = [
     'FinetuneTask',
     'checkpoint_kind',
     'load_start_weights',
-    'read_checkpoint',
 ]
 
 #: Which parts of a pretrained DeepLabV3+ start the fine-tuning. The authors
 #: transfer the encoder (backbone and ASPP live in smp's encoder and decoder
 #: respectively, so 'encoder+decoder' is the closest to their transfer).
 TRANSFERS = ('encoder', 'encoder+decoder')
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a Lightning checkpoint safely (tensors and plain values only).
-
-    Args:
-        path: the ``.ckpt`` file.
-
-    Returns:
-        the checkpoint, with ``state_dict`` and ``hyper_parameters``.
-
-    Raises:
-        GlcgeoError: if the file is missing or not a Lightning checkpoint.
-
-    """
-    if not os.path.isfile(path):
-        raise GlcgeoError('no such checkpoint file', path)
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise GlcgeoError(f'not a readable checkpoint ({reason})', path) from None
-    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
-        raise GlcgeoError('not a Lightning checkpoint (no state_dict)', path)
-    checkpoint.setdefault('hyper_parameters', {})
-    return checkpoint
 
 
 def checkpoint_kind(checkpoint: dict[str, Any]) -> str:

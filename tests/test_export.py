@@ -232,7 +232,7 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
     [
         ('missing', 'no such checkpoint file'),
         ('geotiff', 'not a readable checkpoint'),
-        ('no_hparams', 'no hyper_parameters'),
+        ('no_hparams', 'not a GLCNet checkpoint'),
         ('wrong_backbone', 'weights do not fit'),
     ],
 )

@@ -289,6 +289,8 @@ def test_unreadable_checkpoints_are_clear_errors(
     garbage.write_text('not a checkpoint')
     plain = tmp_path / 'plain.ckpt'
     torch.save({'weights': torch.zeros(3)}, plain)
+    bare = tmp_path / 'bare.ckpt'
+    torch.save({'state_dict': {'model.weight': torch.zeros(3)}}, bare)
     mismatched = tmp_path / 'mismatched.ckpt'
     checkpoint = torch.load(fcn_checkpoints[4], weights_only=True)
     checkpoint['hyper_parameters']['num_classes'] = 3
@@ -296,7 +298,8 @@ def test_unreadable_checkpoints_are_clear_errors(
     for path, message in [
         (tmp_path / 'missing.ckpt', 'no such checkpoint'),
         (garbage, 'not a readable checkpoint'),
-        (plain, 'not a segmentation checkpoint'),
+        (plain, 'not a Lightning checkpoint'),
+        (bare, 'not a segmentation checkpoint'),
         (mismatched, 'weights do not fit'),
     ]:
         with pytest.raises(GlcgeoError, match=message):

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import GlcgeoError
 
@@ -24,6 +25,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
+
+
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The options the user gave among *flags*, renamed for the API.
+
+    Args:
+        args: the parsed command line.
+        flags: option attribute -> API argument name.
+
+    Returns:
+        the given options (not None) by API name; ``devices`` as an int when it
+        is a number (Lightning reads the string '2' as a device list).
+    """
+    values = {flags[k]: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    if 'devices' in values and str(values['devices']).isdigit():
+        values['devices'] = int(values['devices'])
+    return values
 
 
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.

@@ -4,7 +4,7 @@ import argparse
 from typing import Any
 
 from ..errors import GlcgeoError
-from . import HelpFormatter
+from . import HelpFormatter, flag_overrides
 
 #: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -173,14 +173,6 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The arguments the user gave among *flags*, renamed for the API."""
-    values = {flags[k]: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    if 'devices' in values and str(values['devices']).isdigit():
-        values['devices'] = int(values['devices'])
-    return values
-
-
 def run(args: argparse.Namespace) -> None:
     """Run ``glcgeo finetune``.
 
@@ -194,7 +186,7 @@ def run(args: argparse.Namespace) -> None:
     from ..pretrain import load_config
 
     config = load_config(args.config) if args.config else {}
-    data = {**config.get('data', {}), **_overrides(args, DATA_FLAGS)}
+    data = {**config.get('data', {}), **flag_overrides(args, DATA_FLAGS)}
     # A budget on the command line replaces the config's, whichever kind it is.
     for given, other in (
         ('label_fraction', 'num_label_patches'),
@@ -202,8 +194,8 @@ def run(args: argparse.Namespace) -> None:
     ):
         if getattr(args, given) is not None:
             data.pop(other, None)
-    model = {**config.get('model', {}), **_overrides(args, MODEL_FLAGS)}
-    trainer = {**config.get('trainer', {}), **_overrides(args, TRAINER_FLAGS)}
+    model = {**config.get('model', {}), **flag_overrides(args, MODEL_FLAGS)}
+    trainer = {**config.get('trainer', {}), **flag_overrides(args, TRAINER_FLAGS)}
     for key in ('images', 'masks'):
         if key not in data:
             raise GlcgeoError(

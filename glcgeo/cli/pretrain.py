@@ -5,7 +5,7 @@ from typing import Any
 
 from ..errors import GlcgeoError
 from ..models import ABLATIONS
-from . import HelpFormatter
+from . import HelpFormatter, flag_overrides
 
 #: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -118,14 +118,6 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The arguments the user gave among *flags*, renamed for the API."""
-    values = {flags[k]: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    if 'devices' in values and str(values['devices']).isdigit():
-        values['devices'] = int(values['devices'])
-    return values
-
-
 def run(args: argparse.Namespace) -> None:
     """Run ``glcgeo pretrain``.
 
@@ -138,9 +130,9 @@ def run(args: argparse.Namespace) -> None:
     from ..pretrain import load_config, pretrain
 
     config = load_config(args.config) if args.config else {}
-    data = {**config.get('data', {}), **_overrides(args, DATA_FLAGS)}
-    model = {**config.get('model', {}), **_overrides(args, MODEL_FLAGS)}
-    trainer = {**config.get('trainer', {}), **_overrides(args, TRAINER_FLAGS)}
+    data = {**config.get('data', {}), **flag_overrides(args, DATA_FLAGS)}
+    model = {**config.get('model', {}), **flag_overrides(args, MODEL_FLAGS)}
+    trainer = {**config.get('trainer', {}), **flag_overrides(args, TRAINER_FLAGS)}
     if 'paths' not in data:
         raise GlcgeoError('no input: give --data FILES or a config with data.paths')
     seed = (

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
-import torch
 from torch import nn
 from torchgeo.tasks import SemanticSegmentation
 
+from ..checkpoints import read_checkpoint
 from ..errors import GlcgeoError
 
 __all__ = ['CheckpointMetadata', 'default_palette', 'load_segmentation_checkpoint']
@@ -167,17 +167,8 @@ def load_segmentation_checkpoint(
             segmentation checkpoint whose weights fit its hyperparameters.
 
     """
-    if not os.path.isfile(path):
-        raise GlcgeoError('no such checkpoint file', path)
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # unpickling a foreign file fails in many ways
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GlcgeoError(f'not a readable checkpoint ({reason})', path) from None
-    if not isinstance(checkpoint, dict):
-        raise GlcgeoError('not a Lightning checkpoint', path)
-    hparams = checkpoint.get('hyper_parameters') or {}
-    state_dict = checkpoint.get('state_dict') or {}
+    checkpoint = read_checkpoint(path)
+    hparams, state_dict = checkpoint['hyper_parameters'], checkpoint['state_dict']
     missing = [k for k in ('model', 'backbone', 'in_channels') if k not in hparams]
     if missing or not state_dict:
         raise GlcgeoError(
