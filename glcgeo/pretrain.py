@@ -9,6 +9,7 @@ read the same YAML.
 """
 
 import os
+import warnings
 from typing import Any
 
 import yaml
@@ -172,7 +173,17 @@ def pretrain(
         callbacks=callbacks,
         **trainer_args,
     )
-    fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
-    # Periodic checkpoints may predate the last step: save the final state.
-    fit.save_checkpoint(last)
+    with warnings.catch_warnings():
+        # Pretraining has no validation, and a new run (checked above) has no
+        # last.ckpt for OnExceptionCheckpoint's implicit ckpt_path='last'.
+        for message in (
+            r'`val_dataloader` but have no `validation_step`',
+            r'`\.fit\(ckpt_path=None\)` was called without a model',
+            r'there is no last checkpoint available',
+        ):
+            warnings.filterwarnings('ignore', message=f'.*{message}')
+        fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
+    # Periodic checkpoints may predate the last step: save the final state, in
+    # full (optimiser, loops, data module), to resume from.
+    fit.save_checkpoint(last, weights_only=False)
     return last

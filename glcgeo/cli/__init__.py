@@ -7,7 +7,9 @@ independent of each other.
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     """
     args = build_parser().parse_args(argv)
+    # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
+    warnings.filterwarnings('ignore', message=r'`isinstance\(treespec, LeafSpec\)`')
+    if getattr(args, 'quiet', False):
+        # --quiet silences Lightning's information lines too (devices, tips).
+        logging.getLogger('lightning.pytorch').setLevel(logging.WARNING)
     try:
         args.func(args)
     except GlcgeoError as error:
