@@ -154,7 +154,7 @@ def test_pretrain_on_two_processes(tmp_path: str) -> None:
     command += [*TINY, '--max-steps', '2', '--devices', '2', '--accelerator', 'cpu']
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'Starting with 2 processes' in result.stderr + result.stdout
+    assert 'GLOBAL_RANK: 1, MEMBER: 2/2' in result.stderr + result.stdout
     checkpoint = torch.load(
         os.path.join(out, 'checkpoints', 'last.ckpt'),
         map_location='cpu',
