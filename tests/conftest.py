@@ -1,11 +1,15 @@
 """Shared fixtures: the committed CC0 imagery of tests/data and small rasters in tmp."""
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from affine import Affine
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
@@ -146,3 +150,37 @@ def off_grid_s2_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with rasterio.open(path, 'w', **profile) as dst:
             dst.write(src.read())
     return path
+
+
+#: Runs ``torchgeo fit`` on a shipped YAML config with some values replaced.
+TorchGeoFit = Callable[[str, dict[str, Any], dict[str, Any]], None]
+
+
+@pytest.fixture
+def torchgeo_fit(tmp_path: Path) -> TorchGeoFit:
+    """Run TorchGeo's own command on a config, in a subprocess, as a user would.
+
+    The callable takes the config file, the ``data.init_args`` and the ``trainer``
+    values to replace; it checks that the run succeeds and writes a checkpoint
+    under ``tmp_path``.
+    """
+
+    def run(config_file: str, data: dict[str, Any], trainer: dict[str, Any]) -> None:
+        with open(config_file) as f:
+            config = yaml.safe_load(f)
+        config['data']['init_args'].update(data)
+        config['trainer'].update(
+            default_root_dir=str(tmp_path), enable_progress_bar=False, **trainer
+        )
+        path = tmp_path / 'config.yaml'
+        path.write_text(yaml.safe_dump(config))
+        result = subprocess.run(
+            [sys.executable, '-m', 'torchgeo', 'fit', '--config', str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert list(tmp_path.glob('**/*.ckpt'))
+
+    return run

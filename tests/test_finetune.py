@@ -9,6 +9,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+from conftest import TorchGeoFit
 from torch.utils.data import DataLoader
 from torchgeo.tasks import MoCo, SemanticSegmentation, SimCLR
 
@@ -341,6 +342,12 @@ def test_cli_finetunes_from_a_simclr_checkpoint_with_the_demo_config(
 
 
 @needs_nc
+def test_demo_config_runs_under_torchgeo_fit(torchgeo_fit: TorchGeoFit) -> None:
+    torchgeo_fit(
+        CONFIG, {'images': S2, 'masks': LABELS}, {'max_steps': 2, 'max_epochs': 1}
+    )
+
+
 def test_masks_in_another_crs_are_warped_onto_the_image_grid() -> None:
     image = os.path.join(NC, 'lsat7_2000_6band.tif')
     labels = os.path.join(NC, 'landclass_7class.tif')

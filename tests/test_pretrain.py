@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import TorchGeoFit
 
 from glcgeo.cli import main
 from glcgeo.datamodules import GLCNetDataModule
@@ -125,26 +126,12 @@ def test_unknown_ablation_is_a_clear_error() -> None:
         GLCNetTask(backbone='resnet18', ablation='bogus')
 
 
-def test_runs_under_torchgeo_fit(tmp_path: str) -> None:
-    with open('experiments/configs/glcnet_sentinel2.yaml') as f:
-        config = yaml.safe_load(f)
-    config['data']['init_args'].update(
-        paths=S2, patch_size=64, batch_size=4, length=8, num_workers=0
+def test_runs_under_torchgeo_fit(torchgeo_fit: TorchGeoFit) -> None:
+    torchgeo_fit(
+        'experiments/configs/glcnet_sentinel2.yaml',
+        {'paths': S2, 'patch_size': 64, 'batch_size': 4, 'length': 8, 'num_workers': 0},
+        {'max_steps': 2},
     )
-    config['trainer'].update(
-        max_steps=2, default_root_dir=str(tmp_path), enable_progress_bar=False
-    )
-    path = os.path.join(tmp_path, 'config.yaml')
-    with open(path, 'w') as f:
-        yaml.safe_dump(config, f)
-    result = subprocess.run(
-        [sys.executable, '-m', 'torchgeo', 'fit', '--config', path],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert glob.glob(os.path.join(tmp_path, '**', '*.ckpt'), recursive=True)
 
 
 def test_pretrain_on_two_processes(tmp_path: str) -> None:
