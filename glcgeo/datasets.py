@@ -20,7 +20,7 @@ import rasterio.errors
 import torch
 from affine import Affine
 from pyproj import CRS as PROJ_CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rasterio.merge import copy_first
 from rasterio.vrt import WarpedVRT
@@ -36,6 +36,10 @@ from .samplers import WindowPair
 from .views import cut_views
 
 __all__ = ['GeoTiffMosaic', 'expand_paths']
+
+#: Band mask flags under which a masked pixel holds the file's nodata value (or
+#: none is masked), so that a plain read equals a masked one filled with nodata.
+PLAIN_MASKS = ([MaskFlags.all_valid], [MaskFlags.nodata])
 
 #: File name endings that :func:`expand_paths` collects from folders.
 RASTER_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF', '.vrt', '.jp2')
@@ -326,7 +330,8 @@ class GeoTiffMosaic(RasterDataset):
         xres, yres = self.res
         shape = (round((ymax - ymin) / yres), round((xmax - xmin) / xres))
         if self.cache:
-            handles = [self._cached_load_warp_file(path, self.crs) for path in files]
+            pid = os.getpid()
+            handles = [self._open_in_process(pid, path) for path in files]
             pieces = [self._grid_piece(h, xmin, ymax, shape) for h in handles]
             if _fits(handles[0].nodata, handles[0].dtypes[0]) and all(
                 piece is not None for piece in pieces
@@ -393,7 +398,19 @@ class GeoTiffMosaic(RasterDataset):
         """
         first = handles[0]
         nodata = 0.0 if first.nodata is None else first.nodata
-        out = np.full((self.num_bands, *shape), nodata, dtype=first.dtypes[0])
+        window, rows, cols = pieces[0]
+        covered = (rows.stop - rows.start, cols.stop - cols.start) == shape
+        flags = [first.mask_flag_enums[i - 1] for i in self.band_indexes_selected]
+        if covered and all(f in PLAIN_MASKS for f in flags):
+            # The first file fills the whole output, and its masked pixels hold
+            # its nodata, the fill: its plain read is the composite so far,
+            # without the fill, masks and copies (most of a view's cost).
+            out = first.read(
+                self.band_indexes_selected, window=window, out_dtype=first.dtypes[0]
+            )
+            handles, pieces = handles[1:], pieces[1:]
+        else:
+            out = np.full((self.num_bands, *shape), nodata, dtype=first.dtypes[0])
         for handle, (window, rows, cols) in zip(handles, pieces, strict=True):
             if window.width == 0 or window.height == 0:
                 continue
@@ -404,6 +421,8 @@ class GeoTiffMosaic(RasterDataset):
                 still_nodata = region == nodata
             else:
                 still_nodata = np.isclose(region, nodata)
+            if not still_nodata.any():
+                continue  # the files above cover this one here
             data = handle.read(self.band_indexes_selected, window=window, masked=True)
             copy_first(region, data, still_nodata, np.ma.getmaskarray(data))
         return torch.from_numpy(out)
@@ -531,7 +550,9 @@ class GeoTiffMosaic(RasterDataset):
             r0 = int(window.row_off - union.row_off)
             c1, r1 = c0 + int(window.width), r0 + int(window.height)
             sample[f'window{k}'] = torch.tensor([c0, r0, c1, r1])
-            sample[f'valid{k}'] = valid[r0:r1, c0:c1].float().mean()
+            sample[f'valid{k}'] = valid[r0:r1, c0:c1].sum() / (
+                window.width * window.height
+            )
             view_affine = grid.window_transform(window, pair.size)
             sample[f'transform{k}'] = torch.tensor(view_affine[:6], dtype=torch.float64)
             sample[f'boxes{k}'] = torch.from_numpy(
@@ -554,20 +575,23 @@ class GeoTiffMosaic(RasterDataset):
 
         Args:
             filepath: the file.
-            crs: the CRS to warp to.
+            crs: the CRS to warp to: the dataset's, as TorchGeo's reads pass it.
 
         Returns:
             the open (possibly warped) file.
         """
-        return self._open_in_process(os.getpid(), filepath, crs)
+        del crs
+        return self._open_in_process(os.getpid(), filepath)
 
     @functools.lru_cache(maxsize=128)  # noqa: B019 (as TorchGeo's own handle cache)
-    def _open_in_process(
-        self, pid: int, filepath: str, crs: PROJ_CRS
-    ) -> DatasetReader | WarpedVRT:
-        """Open a file for process *pid* (part of the cache key only)."""
+    def _open_in_process(self, pid: int, filepath: str) -> DatasetReader | WarpedVRT:
+        """Open a file in the dataset CRS for process *pid* (a cache key only).
+
+        The CRS is no key: it is always the dataset's, and hashing a pyproj CRS
+        exports its WKT (~35 us a read, as much as the rest of the lookup).
+        """
         del pid
-        return self._load_warp_file(filepath, crs)
+        return self._load_warp_file(filepath, self.crs)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (the dataset lives as long as its cache)
     def coverage_grid(self, cell: float) -> tuple[np.ndarray, PixelGrid]:
