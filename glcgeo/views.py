@@ -39,7 +39,9 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     whole-pixel offsets is an exact crop. Bilinear samples at a view's edge
     (scale not 1) take up to half a pixel of the union just outside it: the
     ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
-    :func:`~glcgeo.datamodules.collate_unions` pads by replicating them).
+    :func:`~glcgeo.datamodules.collate_unions` pads by replicating them). A NaN
+    (float nodata) also turns its left, upper and upper-left neighbours NaN, even
+    at scale 1: bilinear weights of 0 still multiply it.
 
     Args:
         batch: the union form (:meth:`~glcgeo.datasets.GeoTiffMosaic.read_union`)
