@@ -7,9 +7,10 @@ DataLoader with the same sampler, batch size and worker processes:
 * glcgeo: the loader of :class:`~glcgeo.datamodules.GLCNetDataModule` itself.
   Its workers read each pair's union window once, in the files' dtype, with the
   pair's geometry and valid fractions (``GeoTiffMosaic.read_union``), and
-  ``collate_unions`` pads the unions of a batch to the largest. The views are
-  not made here: they are cut and resized after transfer, on the training
-  device (``glcgeo.views.cut_views``);
+  ``collate_unions`` pads the unions of a batch to the largest (so it ships
+  nearly twice the bytes of the raw reads here). The views are not made here:
+  they are cut and resized after transfer, on the training device
+  (``glcgeo.views.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
   covers and returns the arrays, collated into one buffer per batch (the
@@ -80,9 +81,6 @@ class RawReads(Dataset[list[np.ndarray]]):
         self.files = mosaic.files
         self.grid = mosaic.grid
         self.handles: dict[int, list[DatasetReader]] = {}
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, pair: WindowPair) -> list[np.ndarray]:
         # Files opened once per worker process (a forked handle is not shareable).
