@@ -13,8 +13,8 @@ DataLoader with the same sampler, batch size and worker processes:
   (``glcgeo.views.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
-  covers and returns the arrays, collated into one buffer per batch (the
-  cheapest way to ship them to the main process);
+  covers and returns the arrays, collated into one flat buffer per batch (one
+  transfer a batch to the main process);
 * two reads: the naive way, two TorchGeo slice reads per pair
   (``mosaic[xmin:xmax:res, ymin:ymax:res]``, each view at its own resolution).
 
