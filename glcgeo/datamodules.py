@@ -1,26 +1,76 @@
 """Lightning data modules over GeoTIFF mosaics."""
 
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datamodules import GeoDataModule
+from torchgeo.datasets.utils import Sample
 
 from .datasets import GeoTiffMosaic
 from .samplers import PairedWindowSampler
 from .stats import BandStats, compute_band_stats
-from .views import TwoViewAugmentation
+from .views import TwoViewAugmentation, cut_views
 
-__all__ = ['GLCNetDataModule']
+__all__ = ['GLCNetDataModule', 'collate_unions']
+
+
+def collate_unions(samples: Iterable[Sample]) -> dict[str, Tensor]:
+    """Collate pairs in the union form, padding union windows to the largest.
+
+    Each union is padded at its bottom and right by repeating its last row and
+    column: :func:`~glcgeo.views.cut_views` samples at most half a pixel past a
+    view's edge, where roi_align clamps to an unpadded union's edge pixels, so a
+    padded union gives the same views as the unpadded one and the padding brings
+    no value of its own into a view. The windows stay where they are (top-left
+    aligned), in union pixels.
+
+    Args:
+        samples: :meth:`~glcgeo.datasets.GeoTiffMosaic.read_union` samples, whose
+            unions may differ in height and width.
+
+    Returns:
+        ``union`` [B, C, H, W] in the samples' dtype, with H and W the largest,
+        and every other key stacked (:func:`torch.utils.data.default_collate`).
+    """
+    pairs = list(samples)
+    unions = [pair['union'] for pair in pairs]
+    height = max(union.shape[-2] for union in unions)
+    width = max(union.shape[-1] for union in unions)
+    shape = (len(unions), unions[0].shape[0], height, width)
+    if get_worker_info() is None:
+        batch = unions[0].new_empty(shape)
+    else:
+        # Filled in shared memory, a worker's batch reaches the main process
+        # without the copy into it that sending a tensor makes, as in
+        # default_collate (whose way this is).
+        storage = unions[0]._typed_storage()._new_shared(math.prod(shape))
+        batch = unions[0].new(storage).resize_(shape)
+    # Copied by numpy: torch's copies of uint16 are ~3x slower (2.x).
+    for padded, union in zip(batch.numpy(), unions, strict=True):
+        rows, cols = union.shape[-2:]
+        padded[:, :rows, :cols] = union.numpy()
+        padded[:, rows:, :cols] = padded[:, rows - 1 : rows, :cols]
+        padded[:, :, cols:] = padded[:, :, cols - 1 : cols]
+    rest = [{k: v for k, v in pair.items() if k != 'union'} for pair in pairs]
+    collated: dict[str, Tensor] = default_collate(rest)
+    collated['union'] = batch
+    return collated
 
 
 class GLCNetDataModule(GeoDataModule):
     """Pairs of overlapping views from an unlabeled mosaic, for GLCNet pretraining.
 
     Reads pairs with :class:`~glcgeo.samplers.PairedWindowSampler` from a
-    :class:`~glcgeo.datasets.GeoTiffMosaic` and augments them on device with
-    :class:`~glcgeo.views.TwoViewAugmentation` after transfer. Normalisation
-    statistics are read from *stats* or computed from the mosaic by sampling.
+    :class:`~glcgeo.datasets.GeoTiffMosaic` in the union form (workers only read
+    each pair's union window, in the files' dtype; :func:`collate_unions`), then,
+    after transfer, cuts both views on the device (:func:`~glcgeo.views.cut_views`)
+    and augments them there with :class:`~glcgeo.views.TwoViewAugmentation`.
+    Normalisation statistics are read from *stats* or computed from the mosaic by
+    sampling.
 
     Under DDP, each rank draws its own share of pairs (the sampler is rank-aware),
     so Lightning must not wrap it: train with ``use_distributed_sampler=False``.
@@ -82,6 +132,7 @@ class GLCNetDataModule(GeoDataModule):
         )
         self.save_hyperparameters()
         self.band_stats: BandStats | None = None
+        self.collate_fn = collate_unions
 
     def setup(self, stage: str) -> None:
         """Build the mosaic, its statistics, the pair sampler and the augmentation.
@@ -94,6 +145,8 @@ class GLCNetDataModule(GeoDataModule):
             return
         hp = self.hparams
         dataset = GeoTiffMosaic(**self.kwargs)
+        # Workers only read: the views are cut on the device, after transfer.
+        dataset.cut_pairs = False
         if hp['stats'] is not None:
             self.band_stats = BandStats.load(hp['stats'])
         else:
@@ -121,15 +174,18 @@ class GLCNetDataModule(GeoDataModule):
     def on_after_batch_transfer(
         self, batch: dict[str, Tensor], dataloader_idx: int
     ) -> dict[str, Tensor]:
-        """Augment both views on the device they were moved to.
+        """Cut both views on the device the batch was moved to, then augment them.
 
         Args:
-            batch: a collated batch of pairs.
+            batch: a batch of pairs in the union form (:func:`collate_unions`).
             dataloader_idx: index of the data loader.
 
         Returns:
-            the augmented batch.
+            the batch with views ``image1``, ``image2`` [B, C, patch_size,
+            patch_size] (see :func:`~glcgeo.views.cut_views`), augmented when
+            training.
         """
+        batch = cut_views(batch, self.hparams['patch_size'])
         if self.trainer is not None and self.trainer.training:
             assert self.train_aug is not None
             return self.train_aug(batch)  # type: ignore[operator]

@@ -3,7 +3,8 @@
 :class:`GeoTiffMosaic` indexes any set of GeoTIFFs (paths, folders or globs) of any band
 count and dtype, reprojects them to one CRS and resolution, and reads either a plain
 TorchGeo slice or a :class:`~glcgeo.samplers.WindowPair` (two overlapping views read
-from one union window).
+from one union window, cut on the CPU or, in the union form, on the device by
+:func:`~glcgeo.views.cut_views`).
 """
 
 import functools
@@ -17,10 +18,9 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import torch
-import torch.nn.functional as F
 from affine import Affine
 from pyproj import CRS as PROJ_CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rasterio.merge import copy_first
 from rasterio.vrt import WarpedVRT
@@ -33,8 +33,13 @@ from torchgeo.datasets.utils import GeoSlice, Sample
 from .errors import GlcgeoError
 from .geometry import PixelGrid, ground_to_pixel_boxes
 from .samplers import WindowPair
+from .views import cut_views
 
 __all__ = ['GeoTiffMosaic', 'expand_paths']
+
+#: Band mask flags under which a masked pixel holds the file's nodata value (or
+#: none is masked), so that a plain read equals a masked one filled with nodata.
+PLAIN_MASKS = ([MaskFlags.all_valid], [MaskFlags.nodata])
 
 #: File name endings that :func:`expand_paths` collects from folders.
 RASTER_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF', '.vrt', '.jp2')
@@ -133,7 +138,9 @@ class GeoTiffMosaic(RasterDataset):
     :class:`~torchgeo.datasets.RasterDataset`, but ``bounds`` and ``transform`` are
     returned as float64 (TorchGeo's float32 loses decimetres at UTM northings).
     Indexing with a :class:`~glcgeo.samplers.WindowPair` reads the pair's union
-    window once and cuts both views from it.
+    window once and cuts both views from it (:meth:`read_pair`), or, when
+    :attr:`cut_pairs` is False, returns the union window uncut for the views to be
+    cut on the device (:meth:`read_union`).
 
     A pixel is nodata where every selected band equals the nodata value (or is NaN).
 
@@ -209,6 +216,9 @@ class GeoTiffMosaic(RasterDataset):
         # TorchGeo maps band names to indexes; with duplicate names use ours.
         self.band_indexes = list(self.band_indexes_selected)
         del count
+        #: Whether indexing with a WindowPair cuts the views (:meth:`read_pair`) or
+        #: returns the union form (:meth:`read_union`), as GLCNetDataModule sets.
+        self.cut_pairs = True
 
     @staticmethod
     def _resolve_bands(
@@ -269,7 +279,24 @@ class GeoTiffMosaic(RasterDataset):
         ]
 
     def read_window(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Tensor:
-        """Read a ground box at the dataset's resolution.
+        """Read a ground box at the dataset's resolution, as float32.
+
+        Args:
+            xmin: left edge, in the dataset CRS.
+            ymin: bottom edge.
+            xmax: right edge.
+            ymax: top edge.
+
+        Returns:
+            [C, H, W] float32 raw values (nodata where no file has data).
+
+        Raises:
+            IndexError: if no file intersects the box.
+        """
+        return self.read_raw(xmin, ymin, xmax, ymax).float()
+
+    def read_raw(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Tensor:
+        """Read a ground box at the dataset's resolution, in the files' dtype.
 
         The pixels of the TorchGeo slice read ``self[xmin:xmax, ymin:ymax]``: the
         same files in the same order, first file on top. Files on the dataset's
@@ -286,7 +313,9 @@ class GeoTiffMosaic(RasterDataset):
             ymax: top edge.
 
         Returns:
-            [C, H, W] float32 raw values (nodata where no file has data).
+            [C, H, W] raw values in the first file's dtype (as TorchGeo's
+            ``array_to_tensor`` maps it for files off the pixel grid), nodata where
+            no file has data.
 
         Raises:
             IndexError: if no file intersects the box.
@@ -301,15 +330,15 @@ class GeoTiffMosaic(RasterDataset):
         xres, yres = self.res
         shape = (round((ymax - ymin) / yres), round((xmax - xmin) / xres))
         if self.cache:
-            handles = [self._cached_load_warp_file(path, self.crs) for path in files]
+            pid = os.getpid()
+            handles = [self._open_in_process(pid, path) for path in files]
             pieces = [self._grid_piece(h, xmin, ymax, shape) for h in handles]
             if _fits(handles[0].nodata, handles[0].dtypes[0]) and all(
                 piece is not None for piece in pieces
             ):
                 return self._composite(handles, pieces, shape)  # type: ignore[arg-type]
         box = (slice(xmin, xmax, xres), slice(ymin, ymax, yres))
-        data = self._merge_or_stack(files, box, self.band_indexes, out_crs=self.crs)
-        return data.to(torch.float32)
+        return self._merge_or_stack(files, box, self.band_indexes, out_crs=self.crs)
 
     def _grid_piece(
         self,
@@ -365,11 +394,23 @@ class GeoTiffMosaic(RasterDataset):
             shape: (rows, cols) of the output.
 
         Returns:
-            [C, rows, cols] float32 raw values.
+            [C, rows, cols] raw values in the first file's dtype.
         """
         first = handles[0]
         nodata = 0.0 if first.nodata is None else first.nodata
-        out = np.full((self.num_bands, *shape), nodata, dtype=first.dtypes[0])
+        window, rows, cols = pieces[0]
+        covered = (rows.stop - rows.start, cols.stop - cols.start) == shape
+        flags = [first.mask_flag_enums[i - 1] for i in self.band_indexes_selected]
+        if covered and all(f in PLAIN_MASKS for f in flags):
+            # The first file fills the whole output, and its masked pixels hold
+            # its nodata, the fill: its plain read is the composite so far,
+            # without the fill, masks and copies (most of a view's cost).
+            out = first.read(
+                self.band_indexes_selected, window=window, out_dtype=first.dtypes[0]
+            )
+            handles, pieces = handles[1:], pieces[1:]
+        else:
+            out = np.full((self.num_bands, *shape), nodata, dtype=first.dtypes[0])
         for handle, (window, rows, cols) in zip(handles, pieces, strict=True):
             if window.width == 0 or window.height == 0:
                 continue
@@ -380,23 +421,38 @@ class GeoTiffMosaic(RasterDataset):
                 still_nodata = region == nodata
             else:
                 still_nodata = np.isclose(region, nodata)
+            if not still_nodata.any():
+                continue  # the files above cover this one here
             data = handle.read(self.band_indexes_selected, window=window, masked=True)
             copy_first(region, data, still_nodata, np.ma.getmaskarray(data))
-        return torch.from_numpy(out.astype(np.float32))
+        return torch.from_numpy(out)
 
     def valid_mask(self, image: Tensor) -> Tensor:
         """Pixels holding data: not every band equal to nodata, and no NaN.
 
         Args:
-            image: [C, H, W] or [B, C, H, W] raw values.
+            image: [C, H, W] or [B, C, H, W] raw values, of any dtype.
 
         Returns:
             a boolean [H, W] (or [B, H, W]) mask, True where there is data.
 
         """
-        invalid = torch.isnan(image).any(dim=-3)
-        if self.file_nodata is not None and not math.isnan(self.file_nodata):
-            invalid |= (image == self.file_nodata).all(dim=-3)
+        nodata = self.file_nodata
+        if image.is_floating_point():
+            invalid = torch.isnan(image).any(dim=-3)
+        else:
+            invalid = torch.zeros(
+                image.shape[-2:], dtype=torch.bool, device=image.device
+            ).expand(*image.shape[:-3], -1, -1)
+            # An integer image never holds a nodata value its dtype cannot hold
+            # (compared as its dtype, -9999 would match uint16 55537).
+            info = torch.iinfo(image.dtype)
+            if nodata is not None and not (
+                info.min <= nodata <= info.max and float(nodata).is_integer()
+            ):
+                nodata = None
+        if nodata is not None and not math.isnan(nodata):
+            invalid = invalid | (image == nodata).all(dim=-3)
         return ~invalid
 
     def __getitem__(self, index: GeoSlice | WindowPair) -> Sample:
@@ -411,11 +467,11 @@ class GeoTiffMosaic(RasterDataset):
             for a slice: ``image`` [C, H, W] float32, ``bounds`` float64
             (xmin, xmax, xres, ymin, ymax, yres) and ``transform`` float64
             (a, b, c, d, e, f of the rasterio affine). For a pair: see
-            :meth:`read_pair`.
+            :meth:`read_pair`, or :meth:`read_union` if :attr:`cut_pairs` is False.
 
         """
         if isinstance(index, WindowPair):
-            return self.read_pair(index)
+            return self.read_pair(index) if self.cut_pairs else self.read_union(index)
         transforms, self.transforms = self.transforms, None
         try:
             sample = super().__getitem__(index)
@@ -434,21 +490,49 @@ class GeoTiffMosaic(RasterDataset):
     def read_pair(self, pair: WindowPair) -> Sample:
         """Read a pair's union window once and cut both views from it.
 
-        Each view is the pair's window of the read grid, resized (antialiased
-        bilinear) to ``pair.size`` pixels when its scale differs from 1.
+        The views are cut by :func:`~glcgeo.views.cut_views`, as the data module
+        cuts them on the device: each view is the pair's window of the read grid,
+        resized (antialiased bilinear) to ``pair.size`` pixels when its scale
+        differs from 1.
 
         Args:
             pair: the two windows, in pixels of :attr:`grid`.
 
         Returns:
-            a sample with, for view ``k`` in 1, 2: ``image{k}`` [C, size, size]
-            float32 raw values, ``transform{k}`` float64 [6] (rasterio affine,
-            pixel -> dataset CRS), ``valid{k}`` the fraction of its pixels with data;
-            and ``regions`` float64 [R, 4] ground boxes (xmin, ymin, xmax, ymax in
-            the dataset CRS) inside the overlap, ``boxes{k}`` float32 [R, 4] the same
-            boxes in view-``k`` pixels (x1, y1, x2, y2; pixel-edge convention),
-            ``overlap`` float64 [4] the overlap as a ground box.
+            the sample of :meth:`read_union` with ``union``, ``window1`` and
+            ``window2`` replaced by, for view ``k`` in 1, 2, ``image{k}``
+            [C, size, size] float32 raw values; then passed through *transforms*.
+        """
+        sample = self.read_union(pair)
+        batch = cut_views(
+            {key: value[None] for key, value in sample.items()}, pair.size
+        )
+        sample = {key: value[0] for key, value in batch.items()}
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample
 
+    def read_union(self, pair: WindowPair) -> Sample:
+        """Read a pair's union window once, uncut, with both views' geometry.
+
+        Cheap enough for DataLoader workers: one read in the files' dtype (no
+        conversion, no resizing) and the valid fractions on those raw values. The
+        views are cut later, by :func:`~glcgeo.views.cut_views` on a batch.
+
+        Args:
+            pair: the two windows, in pixels of :attr:`grid`.
+
+        Returns:
+            a sample with ``union`` [C, H, W] raw values of the union window in
+            the files' dtype (see :meth:`read_raw`) and, for view ``k`` in 1, 2:
+            ``window{k}`` int64 [4] its window in union pixels (x1, y1, x2, y2;
+            pixel-edge convention), ``transform{k}`` float64 [6] (rasterio affine,
+            view pixel -> dataset CRS, once resized to ``pair.size``),
+            ``valid{k}`` the fraction of its pixels with data; and ``regions``
+            float64 [R, 4] ground boxes (xmin, ymin, xmax, ymax in the dataset CRS)
+            inside the overlap, ``boxes{k}`` float32 [R, 4] the same boxes in
+            view-``k`` pixels (x1, y1, x2, y2; pixel-edge convention), ``overlap``
+            float64 [4] the overlap as a ground box.
         """
         grid = self.grid
         union = pair.union
@@ -456,38 +540,26 @@ class GeoTiffMosaic(RasterDataset):
         xmax, ymin = grid.to_map(
             union.col_off + union.width, union.row_off + union.height
         )
-        raw = self.read_window(xmin, ymin, xmax, ymax)
+        raw = self.read_raw(xmin, ymin, xmax, ymax)
         # One mask for the union: both views' valid fractions are cut from it.
         valid = self.valid_mask(raw)
         regions = grid.boxes_to_map(pair.regions)
-        sample: Sample = {}
+        sample: Sample = {'union': raw}
         for k, window in ((1, pair.view1), (2, pair.view2)):
-            r0, c0 = (
-                int(window.row_off - union.row_off),
-                int(window.col_off - union.col_off),
+            c0 = int(window.col_off - union.col_off)
+            r0 = int(window.row_off - union.row_off)
+            c1, r1 = c0 + int(window.width), r0 + int(window.height)
+            sample[f'window{k}'] = torch.tensor([c0, r0, c1, r1])
+            sample[f'valid{k}'] = valid[r0:r1, c0:c1].sum() / (
+                window.width * window.height
             )
-            rows = slice(r0, r0 + window.height)
-            cols = slice(c0, c0 + window.width)
-            crop = raw[:, rows, cols]
-            sample[f'valid{k}'] = valid[rows, cols].float().mean()
-            if crop.shape[-1] != pair.size or crop.shape[-2] != pair.size:
-                crop = F.interpolate(
-                    crop[None],
-                    size=(pair.size, pair.size),
-                    mode='bilinear',
-                    antialias=True,
-                    align_corners=False,
-                )[0]
             view_affine = grid.window_transform(window, pair.size)
-            sample[f'image{k}'] = crop
             sample[f'transform{k}'] = torch.tensor(view_affine[:6], dtype=torch.float64)
             sample[f'boxes{k}'] = torch.from_numpy(
                 ground_to_pixel_boxes(regions, view_affine)
             ).float()
         sample['regions'] = torch.from_numpy(regions)
         sample['overlap'] = torch.from_numpy(grid.boxes_to_map([pair.overlap]))[0]
-        if self.transforms is not None:
-            sample = self.transforms(sample)
         return sample
 
     # TorchGeo's version is an lru_cache wrapper, hence the type: ignore.
@@ -503,20 +575,23 @@ class GeoTiffMosaic(RasterDataset):
 
         Args:
             filepath: the file.
-            crs: the CRS to warp to.
+            crs: the CRS to warp to: the dataset's, as TorchGeo's reads pass it.
 
         Returns:
             the open (possibly warped) file.
         """
-        return self._open_in_process(os.getpid(), filepath, crs)
+        del crs
+        return self._open_in_process(os.getpid(), filepath)
 
     @functools.lru_cache(maxsize=128)  # noqa: B019 (as TorchGeo's own handle cache)
-    def _open_in_process(
-        self, pid: int, filepath: str, crs: PROJ_CRS
-    ) -> DatasetReader | WarpedVRT:
-        """Open a file for process *pid* (part of the cache key only)."""
+    def _open_in_process(self, pid: int, filepath: str) -> DatasetReader | WarpedVRT:
+        """Open a file in the dataset CRS for process *pid* (a cache key only).
+
+        The CRS is no key: it is always the dataset's, and hashing a pyproj CRS
+        exports its WKT (~35 us a read, as much as the rest of the lookup).
+        """
         del pid
-        return self._load_warp_file(filepath, crs)
+        return self._load_warp_file(filepath, self.crs)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (the dataset lives as long as its cache)
     def coverage_grid(self, cell: float) -> tuple[np.ndarray, PixelGrid]:

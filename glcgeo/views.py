@@ -1,4 +1,8 @@
-"""Two-view augmentation on device that records its geometry.
+"""Cutting and two-view augmentation on device, recording the geometry.
+
+:func:`cut_views` cuts both views of each pair from its union window and resizes
+them, after the batch reaches the device (TorchGeo's way: raw patches from the
+loader, the pixel work on the accelerator).
 
 GLCNet augments the second view only (GLCNET.md section 3): flips, rot90, per-band
 colour jitter, copying one band to all, Gaussian blur and salt noise. Geometric ops
@@ -13,10 +17,52 @@ import math
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
 from .geometry import transform_pixel_boxes
 
-__all__ = ['BandJitter', 'BandToAll', 'SaltNoise', 'TwoViewAugmentation']
+__all__ = ['BandJitter', 'BandToAll', 'SaltNoise', 'TwoViewAugmentation', 'cut_views']
+
+#: Keys of the union form (GeoTiffMosaic.read_union) that cut_views replaces.
+UNION_KEYS = ('union', 'window1', 'window2')
+
+
+def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
+    """Cut both views of each pair from its union window and resize them.
+
+    One :func:`torchvision.ops.roi_align` call over the batch (``aligned=True``:
+    a window's edges are pixel edges). Each output pixel averages
+    ``ceil(scale)`` x ``ceil(scale)`` bilinear samples spread over the
+    ``scale``-pixel wide bin it covers (roi_align's adaptive sampling ratio),
+    so a downscaled view is antialiased much as
+    ``F.interpolate(..., antialias=True)`` would, and a view at scale 1 with
+    whole-pixel offsets is an exact crop. Bilinear samples at a view's edge
+    (scale not 1) take up to half a pixel of the union just outside it: the
+    ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
+    :func:`~glcgeo.datamodules.collate_unions` pads by replicating them). A NaN
+    (float nodata) also turns its left, upper and upper-left neighbours NaN, even
+    at scale 1: bilinear weights of 0 still multiply it.
+
+    Args:
+        batch: the union form (:meth:`~glcgeo.datasets.GeoTiffMosaic.read_union`)
+            collated: ``union`` [B, C, H, W] raw values of any dtype, ``window1``,
+            ``window2`` [B, 4] each view's window in union pixels (x1, y1, x2, y2;
+            pixel-edge convention), and any other keys.
+        size: width and height of each view, in pixels.
+
+    Returns:
+        the other keys of *batch*, with ``image1`` and ``image2``
+        [B, C, size, size] float32 raw values.
+    """
+    union = batch['union'].float()
+    index = torch.arange(len(union), device=union.device, dtype=union.dtype)[:, None]
+    rois = torch.cat(
+        [torch.cat([index, batch[f'window{k}'].to(union)], dim=1) for k in (1, 2)]
+    )
+    images = roi_align(union, rois, output_size=size, sampling_ratio=0, aligned=True)
+    views = {key: value for key, value in batch.items() if key not in UNION_KEYS}
+    views['image1'], views['image2'] = images.split(len(union))
+    return views
 
 
 def _apply_mask(batch_size: int, p: float, device: torch.device) -> Tensor:

@@ -16,6 +16,7 @@ from glcgeo.cli import main
 from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.errors import GlcgeoError
 from glcgeo.tasks import GLCNetTask
+from glcgeo.views import cut_views
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
@@ -84,7 +85,7 @@ def test_loss_decreases_on_repeated_data() -> None:
     )
     datamodule.setup('fit')
     batch = next(iter(datamodule.train_dataloader()))
-    batch = datamodule.train_aug(batch)
+    batch = datamodule.train_aug(cut_views(batch, 64))
     task = GLCNetTask(backbone='resnet18', in_channels=4, gather_distributed=False)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
     losses = []
