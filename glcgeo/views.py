@@ -39,9 +39,10 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     whole-pixel offsets is an exact crop. Bilinear samples at a view's edge
     (scale not 1) take up to half a pixel of the union just outside it: the
     ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
-    :func:`~glcgeo.datamodules.collate_unions` pads by replicating them). A NaN
-    (float nodata) also turns its left, upper and upper-left neighbours NaN, even
-    at scale 1: bilinear weights of 0 still multiply it.
+    :func:`~glcgeo.datamodules.collate_unions` pads by replicating them). NaN
+    (float nodata) does not spread: where a union holds NaN, each output pixel is
+    the weighted mean of its valid samples only, and NaN where it has none, so a
+    view at scale 1 keeps exactly the source's NaN pixels.
 
     Args:
         batch: the union form (:meth:`~glcgeo.datasets.GeoTiffMosaic.read_union`)
@@ -59,7 +60,21 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     rois = torch.cat(
         [torch.cat([index, batch[f'window{k}'].to(union)], dim=1) for k in (1, 2)]
     )
-    images = roi_align(union, rois, output_size=size, sampling_ratio=0, aligned=True)
+    missing = torch.isnan(union)
+    if not missing.any():
+        images = roi_align(
+            union, rois, output_size=size, sampling_ratio=0, aligned=True
+        )
+    else:
+        # Bilinear weights of 0 still multiply a NaN: resample the valid values
+        # and their weights, and divide (a normalised convolution).
+        weight = (~missing).to(union)
+        both = roi_align(
+            torch.cat([union.nan_to_num(0.0), weight], dim=1),
+            rois, output_size=size, sampling_ratio=0, aligned=True,
+        )  # fmt: skip
+        values, total = both.chunk(2, dim=1)
+        images = torch.where(total > 1e-6, values / total, torch.nan)
     views = {key: value for key, value in batch.items() if key not in UNION_KEYS}
     views['image1'], views['image2'] = images.split(len(union))
     return views
@@ -221,10 +236,14 @@ class TwoViewAugmentation(nn.Module):
             K.RandomGaussianBlur(kernel_size=7, sigma=(0.8, 1.4), p=blur_p),
             SaltNoise(salt),
         )
+        mean = torch.as_tensor(mean, dtype=torch.float32)
         self.normalize = K.Normalize(
-            mean=torch.as_tensor(mean, dtype=torch.float32),
-            std=torch.as_tensor(std, dtype=torch.float32),
+            mean=mean, std=torch.as_tensor(std, dtype=torch.float32)
         )
+        # Nodata pixels (NaN) left in an accepted view become the band mean, 0
+        # after normalisation: the network must never see a NaN.
+        self.fill: Tensor
+        self.register_buffer('fill', mean[:, None, None], persistent=False)
 
     @torch.no_grad()
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -235,10 +254,15 @@ class TwoViewAugmentation(nn.Module):
                 ``boxes2`` [B, R, 4] pixel boxes of the matched regions.
 
         Returns:
-            the batch with normalised, augmented images, moved ``boxes2``, and
-            ``matrix1``, ``matrix2`` [B, 3, 3].
+            the batch with normalised, augmented images (NaN nodata pixels set to
+            the band mean first), moved ``boxes2``, and ``matrix1``, ``matrix2``
+            [B, 3, 3].
         """
-        image2 = self.geometric(batch['image2'].float())
+        image1, image2 = (
+            torch.where(torch.isnan(image), self.fill, image)
+            for image in (batch['image1'].float(), batch['image2'].float())
+        )
+        image2 = self.geometric(image2)
         matrix2 = self.geometric.transform_matrix
         if matrix2 is None:
             matrix2 = torch.eye(3, device=image2.device).expand(len(image2), 3, 3)
@@ -248,6 +272,6 @@ class TwoViewAugmentation(nn.Module):
         batch['boxes2'] = transform_pixel_boxes(batch['boxes2'], matrix2)
         batch['matrix2'] = matrix2
         batch['matrix1'] = torch.eye(3, device=image2.device).expand_as(matrix2)
-        batch['image1'] = self.normalize(batch['image1'].float())
+        batch['image1'] = self.normalize(image1)
         batch['image2'] = self.normalize(self.photometric(image2))
         return batch

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from glcgeo.datamodules import GLCNetDataModule, collate_unions
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.samplers import PairedWindowSampler
-from glcgeo.views import cut_views
+from glcgeo.views import TwoViewAugmentation, cut_views
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -54,6 +54,41 @@ def test_scale_one_is_an_exact_crop(dtype: torch.dtype) -> None:
     assert views['image1'].dtype == torch.float32
     assert torch.equal(views['image1'][0], values[:, 3:67, 7:71].float())
     assert torch.equal(views['image2'][0], values[:, 20:84, 50:114].float())
+
+
+def test_nan_nodata_does_not_spread() -> None:
+    values = smooth(90, 120, bands=2)
+    values[0, 30:34, 40:45] = torch.nan  # a nodata hole in one band only
+    batch = union_batch(values, [7, 3, 71, 67], [10, 10, 110, 90])
+    views = cut_views(batch, 64)
+    # At scale 1, exactly the source's NaN pixels, and its other values.
+    expected = values[:, 3:67, 7:71]
+    assert torch.equal(torch.isnan(views['image1'][0]), torch.isnan(expected))
+    assert torch.equal(views['image1'][0].nan_to_num(-1), expected.nan_to_num(-1))
+    # Resized: no NaN unless a pixel has no valid sample, band 2 untouched.
+    resized = views['image2'][0]
+    assert 0 < torch.isnan(resized[0]).sum() <= 4 * 5
+    assert not torch.isnan(resized[1]).any()
+    valid = cut_views(
+        union_batch(values.nan_to_num(1000), [10, 10, 110, 90], [10, 10, 110, 90]), 64
+    )
+    far = ~torch.isnan(resized[0])
+    far[10:40, 15:45] = False  # away from the hole, the same as without it
+    assert torch.allclose(resized[0][far], valid['image1'][0, 0][far])
+
+
+def test_augmented_views_never_hold_nan() -> None:
+    image = smooth(64, 64, bands=3)[None].repeat(4, 1, 1, 1)
+    image[:, :, 5:9, 5:9] = torch.nan
+    augment = TwoViewAugmentation(mean=[1000.0] * 3, std=[300.0] * 3)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).expand(4, 1, 4)
+    batch = augment(
+        {'image1': image, 'image2': image.clone(), 'boxes1': boxes, 'boxes2': boxes}
+    )
+    for key in ('image1', 'image2'):
+        assert torch.isfinite(batch[key]).all()
+    # A nodata pixel of view 1 is the band mean: 0 once normalised.
+    assert torch.all(batch['image1'][:, :, 5:9, 5:9] == 0)
 
 
 @pytest.mark.parametrize('side', [257, 300, 420, 160])

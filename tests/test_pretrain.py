@@ -6,11 +6,14 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import torch
 import yaml
-from conftest import TorchGeoFit
+from conftest import RasterWriter, TorchGeoFit
 
 from glcgeo.cli import main
 from glcgeo.datamodules import GLCNetDataModule
@@ -20,6 +23,7 @@ from glcgeo.views import cut_views
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
+L8 = os.path.join(DATA, 'landsat8_7band', 'l8_B1-B7_crop256.tif')
 QUADRANTS = os.path.join(DATA, 'landsat7_rgb_quadrants', 'rgb?.tif')
 
 #: Small settings that run a step in about a second on 2 CPU cores.
@@ -76,6 +80,24 @@ def test_pretrain_cli_writes_checkpoint_logs_and_resumes(tmp_path: str) -> None:
     )
     resumed = torch.load(last, map_location='cpu', weights_only=False)
     assert resumed['global_step'] == 5
+
+
+def test_pretrains_on_float_mosaic_with_nan_nodata(
+    tmp_path: Path, make_raster: RasterWriter
+) -> None:
+    """float32 reflectance with NaN holes: the network never sees a NaN."""
+    with rasterio.open(L8) as src:
+        reflectance = src.read().astype(np.float32) / 10000
+        crs, transform = src.crs, src.transform
+    reflectance[:, 100:150, 40:220] = np.nan
+    path = make_raster(
+        'l8_float.tif', reflectance, crs=crs, transform=transform, nodata=np.nan
+    )
+    out = str(tmp_path / 'run')
+    flags = ['--max-steps', '3', '--max-nodata', '0.3', *TINY]
+    assert main(['pretrain', '--data', str(path), '--out', out, *flags]) == 0
+    losses = _losses(out)
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
 
 
 def test_loss_decreases_on_repeated_data() -> None:
