@@ -29,6 +29,35 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+#: Lightning Trainer options shared by the training commands -> Trainer arguments.
+TRAINER_FLAGS = {
+    'epochs': 'max_epochs',
+    'max_steps': 'max_steps',
+    'devices': 'devices',
+    'accelerator': 'accelerator',
+    'strategy': 'strategy',
+    'num_nodes': 'num_nodes',
+    'precision': 'precision',
+}
+
+
+def add_trainer_options(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """Add the Lightning Trainer options of :data:`TRAINER_FLAGS` to a command.
+
+    Args:
+        parser: the sub-command's parser.
+        epochs: the command's default number of epochs, for the help text.
+    """
+    add = parser.add_argument
+    add('--epochs', type=int, help=f'epochs [{epochs}]')
+    add('--max-steps', type=int, help='stop after this many steps')
+    add('--devices', help='devices per node, e.g. 1, 2 or auto [auto: all GPUs, else 1 CPU]')
+    add('--accelerator', help='cpu, gpu or auto [auto]')
+    add('--strategy', help='Lightning strategy [ddp over several devices]')
+    add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
+    add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
+
+
 def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
     """The options the user gave among *flags*, renamed for the API.
 

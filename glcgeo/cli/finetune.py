@@ -4,7 +4,7 @@ import argparse
 from typing import Any
 
 from ..errors import GlcgeoError
-from . import HelpFormatter, flag_overrides
+from . import TRAINER_FLAGS, HelpFormatter, add_trainer_options, flag_overrides
 
 #: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -47,15 +47,6 @@ MODEL_FLAGS = {
     'freeze_decoder': 'freeze_decoder',
 }
 #: Flags that set Lightning Trainer arguments.
-TRAINER_FLAGS = {
-    'epochs': 'max_epochs',
-    'max_steps': 'max_steps',
-    'devices': 'devices',
-    'accelerator': 'accelerator',
-    'strategy': 'strategy',
-    'num_nodes': 'num_nodes',
-    'precision': 'precision',
-}
 
 
 def _colour(text: str) -> list[int]:
@@ -162,13 +153,7 @@ def add_parser(subparsers: Any) -> None:
     add('--lr-decay', type=float, help='learning rate factor per epoch [0.98]')
     add('--freeze-backbone', action='store_true', default=None, help='train decoder')
     add('--freeze-decoder', action='store_true', default=None, help='train head')
-    add('--epochs', type=int, help='epochs [150]')
-    add('--max-steps', type=int, help='stop after this many steps')
-    add('--devices', help='devices per node, e.g. 1, 2 or auto')
-    add('--accelerator', help='cpu, gpu or auto [auto]')
-    add('--strategy', help='Lightning strategy')
-    add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
-    add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
+    add_trainer_options(parser, epochs=150)
     add('--quiet', action='store_true', help='no progress bar nor summary')
     parser.set_defaults(func=run)
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from ..errors import GlcgeoError
 from ..models import ABLATIONS
-from . import HelpFormatter, flag_overrides
+from . import TRAINER_FLAGS, HelpFormatter, add_trainer_options, flag_overrides
 
 #: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -35,15 +35,6 @@ MODEL_FLAGS = {
     'lr': 'lr',
 }
 #: Flags that set Lightning Trainer arguments.
-TRAINER_FLAGS = {
-    'epochs': 'max_epochs',
-    'max_steps': 'max_steps',
-    'devices': 'devices',
-    'accelerator': 'accelerator',
-    'strategy': 'strategy',
-    'num_nodes': 'num_nodes',
-    'precision': 'precision',
-}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -106,13 +97,7 @@ def add_parser(subparsers: Any) -> None:
     add('--lam', type=float, help='weight of the global loss [0.5]')
     add('--temperature', type=float, help='NT-Xent temperature [0.5]')
     add('--lr', type=float, help='Adam learning rate per process [1e-3]')
-    add('--epochs', type=int, help='epochs [1]')
-    add('--max-steps', type=int, help='stop after this many steps')
-    add('--devices', help='devices per node, e.g. 1, 2 or auto [1]')
-    add('--accelerator', help='cpu, gpu or auto [auto]')
-    add('--strategy', help='Lightning strategy [ddp when devices > 1]')
-    add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
-    add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
+    add_trainer_options(parser, epochs=1)
     add('--seed', type=int, default=None, help='random seed [0]')
     add('--quiet', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
