@@ -51,7 +51,7 @@ def add_trainer_options(parser: argparse.ArgumentParser, epochs: int) -> None:
     add = parser.add_argument
     add('--epochs', type=int, help=f'epochs [{epochs}]')
     add('--max-steps', type=int, help='stop after this many steps')
-    add('--devices', help='devices per node, e.g. 1, 2 or auto [auto: all GPUs, else 1 CPU]')
+    add('--devices', help='devices per node: 1, 2 ... or auto [auto]')
     add('--accelerator', help='cpu, gpu or auto [auto]')
     add('--strategy', help='Lightning strategy [ddp over several devices]')
     add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
