@@ -32,7 +32,8 @@ def load_config(path: str) -> dict[str, Any]:
     """Read the ``data``, ``model`` and ``trainer`` sections of a LightningCLI YAML.
 
     Both ``{'init_args': {...}}`` sections (``torchgeo fit`` style) and plain
-    mappings are accepted.
+    mappings are accepted. The trainer's ``default_root_dir``, ``logger`` and
+    ``callbacks`` are left out: glcgeo writes its own under ``--out``.
 
     Args:
         path: the YAML file.
@@ -60,6 +61,10 @@ def load_config(path: str) -> dict[str, Any]:
         sections[name] = dict(section.get('init_args') or section)
         sections[name].pop('class_path', None)
     sections['trainer'] = dict(config.get('trainer') or {})
+    # glcgeo's commands write logs and checkpoints under their --out folder: a
+    # config's own places are for `torchgeo fit`.
+    for key in ('default_root_dir', 'logger', 'callbacks'):
+        sections['trainer'].pop(key, None)
     sections['seed_everything'] = config.get('seed_everything')
     return sections
 
