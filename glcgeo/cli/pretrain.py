@@ -1,6 +1,7 @@
 """``glcgeo pretrain``: GLCNet pretraining on an unlabeled mosaic."""
 
 import argparse
+import os
 from typing import Any
 
 from ..errors import GlcgeoError
@@ -59,7 +60,12 @@ def add_parser(subparsers: Any) -> None:
     add('--data', nargs='+', help='GeoTIFF files, folders or glob patterns')
     add('--out', required=True, help='output folder')
     add('--config', help='LightningCLI YAML (trainer/model/data sections)')
-    add('--resume', action='store_true', help='continue from OUT/checkpoints/last.ckpt')
+    add(
+        '--resume',
+        action='store_true',
+        help='continue from OUT/checkpoints/last.ckpt with the settings of '
+        'OUT/config.yaml (flags override them)',
+    )
     add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
     add('--crs', help="CRS to reproject to (default: the first file's)")
     add('--res', type=float, help="pixel size in CRS units (default: the first file's)")
@@ -114,7 +120,12 @@ def run(args: argparse.Namespace) -> None:
     """
     from ..pretrain import load_config, pretrain
 
-    config = load_config(args.config) if args.config else {}
+    config_file = args.config
+    if config_file is None and args.resume:
+        # A resumed run keeps the settings it started with (flags still override).
+        saved = os.path.join(args.out, 'config.yaml')
+        config_file = saved if os.path.exists(saved) else None
+    config = load_config(config_file) if config_file else {}
     data = {**config.get('data', {}), **flag_overrides(args, DATA_FLAGS)}
     model = {**config.get('model', {}), **flag_overrides(args, MODEL_FLAGS)}
     trainer = {**config.get('trainer', {}), **flag_overrides(args, TRAINER_FLAGS)}
