@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .. import __version__
 from ..errors import GlcgeoError
 
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog='glcgeo',
         description='GLCNet self-supervised pretraining on georeferenced mosaics.',
     )
+    parser.add_argument('--version', action='version', version=f'glcgeo {__version__}')
     subparsers = parser.add_subparsers(dest='command', required=True)
     for name in COMMANDS:
         module = importlib.import_module(f'{__name__}.{name}')
