@@ -7,10 +7,10 @@ DataLoader with the same sampler, batch size and worker processes:
 * glcgeo: the loader of :class:`~glcgeo.datamodules.GLCNetDataModule` itself.
   Its workers read each pair's union window once, in the files' dtype, with the
   pair's geometry and valid fractions (``GeoTiffMosaic.read_union``), and
-  ``collate_unions`` pads the unions of a batch to the largest (so it ships
-  nearly twice the bytes of the raw reads here). The views are not made here:
-  they are cut and resized after transfer, on the training device
-  (``glcgeo.views.cut_views``);
+  ``collate_unions`` packs the unions of a batch, unpadded, into one buffer
+  (the bytes of the raw reads, plus the geometry). The views are not made
+  here: the unions are padded, cut and resized after transfer, on the training
+  device (``glcgeo.views.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
   covers and returns the arrays, collated into one flat buffer per batch (one
@@ -24,8 +24,9 @@ Also printed, as context only (not in the RESULT ratios): the raw reads in one
 process with no DataLoader (the shipped files are small: after the first round
 every tile sits in GDAL's block cache, so this is a copy of cached uint16 pixels,
 ~0.3 ms a pair, faster than any worker can ship them on a 2-core machine); and
-the cost per pair of ``cut_views`` on this machine's CPU, the work moved out of
-the workers (on a GPU it is a small part of a training step).
+the cost per pair of ``cut_views`` on this machine's CPU (unpacking and padding
+the unions included), the work moved out of the workers (on a GPU it is a small
+part of a training step).
 
 Last line: ``RESULT pairs_per_s=<x> ratio_vs_raw_read=<r> ratio_vs_two_reads=<s>``
 with x the glcgeo loader's pairs/s, r = x / raw read through the loader, s = x /
@@ -232,7 +233,8 @@ def main() -> None:
         )
     cut = time_cut(datamodule, args)
     print(
-        f'views cut after transfer (cut_views, both views, on this CPU with '
+        f'views cut after transfer (cut_views: unions unpacked and padded, both '
+        f'views cut; on this CPU with '
         f'{torch.get_num_threads()} threads): {cut:.2f} ms a pair'
     )
     print(
