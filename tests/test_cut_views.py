@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from glcgeo.datamodules import GLCNetDataModule, collate_unions
 from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.geometry import ground_to_pixel_boxes
 from glcgeo.samplers import PairedWindowSampler
 from glcgeo.views import TwoViewAugmentation, cut_views, unpack_unions
 
@@ -253,3 +254,38 @@ def test_data_module_yields_unions_and_cuts_them_after_transfer() -> None:
     assert 'union' not in views
     assert views['image1'].shape == views['image2'].shape == (4, 4, 32, 32)
     assert views['boxes1'].shape == (4, 4, 4)
+
+
+def test_batched_union_geometry_is_each_pairs_own(s2_mosaic: GeoTiffMosaic) -> None:
+    """The geometry computed for a batch of pairs at once (what a DataLoader's
+    __getitems__ reads) is, to the bit, what each pair's own affine gives."""
+    mosaic = GeoTiffMosaic(s2_mosaic.files)
+    mosaic.cut_pairs = False
+    sampler = PairedWindowSampler(
+        mosaic, size=48, length=16, scale=(0.6, 1.6), generator=seeded(4)
+    )
+    pairs = list(sampler)
+    samples = mosaic.__getitems__(pairs)
+    grid = mosaic.grid
+    for pair, sample in zip(pairs, samples, strict=True):
+        alone = mosaic.read_union(pair)
+        assert sample.keys() == alone.keys()
+        for key, value in alone.items():
+            assert value.dtype == sample[key].dtype and torch.equal(value, sample[key])
+        regions = grid.boxes_to_map(pair.regions)
+        assert torch.equal(sample['regions'], torch.from_numpy(regions))
+        for k, window in ((1, pair.view1), (2, pair.view2)):
+            affine = grid.window_transform(window, pair.size)
+            assert sample[f'transform{k}'].tolist() == list(affine[:6])
+            boxes = ground_to_pixel_boxes(regions, affine).astype(np.float32)
+            assert torch.equal(sample[f'boxes{k}'], torch.from_numpy(boxes))
+            x1, y1 = (
+                window.col_off - pair.union.col_off,
+                window.row_off - pair.union.row_off,
+            )
+            assert sample[f'window{k}'].tolist() == [
+                x1,
+                y1,
+                x1 + window.width,
+                y1 + window.height,
+            ]
