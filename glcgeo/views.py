@@ -39,10 +39,10 @@ def unpack_unions(union: Tensor, shape: Tensor) -> Tensor:
     """Unpack unions packed end to end into one batch, padded to the largest.
 
     Each union is padded at its bottom and right by repeating its last row and
-    column (one gather, whose clamped indexes are the padding): :func:`cut_views`
-    samples at most half a pixel past a view's edge, where roi_align clamps to an
-    unpadded union's edge pixels, so a padded union gives the same views as the
-    unpadded one and the padding brings no value of its own into a view.
+    column: :func:`cut_views` samples at most half a pixel past a view's edge,
+    where roi_align clamps to an unpadded union's edge pixels, so a padded union
+    gives the same views as the unpadded one and the padding brings no value of
+    its own into a view.
 
     Args:
         union: [N] the unions' values, each flattened in (C, H, W) order, end to
@@ -52,28 +52,24 @@ def unpack_unions(union: Tensor, shape: Tensor) -> Tensor:
     Returns:
         [B, C, H, W] float32 unions, with H and W the largest, top-left aligned.
     """
-    # Converted before the gather: fewer values than the padded batch, and the
-    # device may not index every integer dtype (uint16).
+    # Converted before unpacking, as roi_align needs: fewer values to convert
+    # than the padded batch holds.
     values = union.float()
-    shape = shape.to(device=values.device, dtype=torch.int64)
-    # The padded size sets the output shape: read once (a sync on a device).
-    bands, height, width = shape.amax(dim=0).tolist()
-    channels, rows, cols = shape.unbind(dim=1)
-    sizes = channels * rows * cols
-    start = (sizes.cumsum(0) - sizes)[:, None, None, None]
-    band = torch.arange(bands, device=values.device)[None, :, None, None]
-    row = torch.arange(height, device=values.device)[None]
-    col = torch.arange(width, device=values.device)[None]
-    # Clamping to the last row and column repeats them into the padding.
-    row = torch.minimum(row, rows[:, None] - 1) * cols[:, None]
-    col = torch.minimum(col, cols[:, None] - 1)
-    index = (
-        start
-        + band * (rows * cols)[:, None, None, None]
-        + row[:, None, :, None]
-        + col[:, None, None, :]
-    )
-    return values.take(index)
+    # The shapes set the output's: read once (a sync on a device).
+    shapes = shape.tolist()
+    height = max(rows for _, rows, _ in shapes)
+    width = max(cols for _, _, cols in shapes)
+    batch = values.new_empty((len(shapes), shapes[0][0], height, width))
+    # Three copies a union: one gather of all (its index as large as the batch,
+    # in int64) costs ~10x more on a CPU, and more memory on a device.
+    start = 0
+    for padded, (bands, rows, cols) in zip(batch, shapes, strict=True):
+        end = start + bands * rows * cols
+        padded[:, :rows, :cols] = values[start:end].view(bands, rows, cols)
+        padded[:, rows:, :cols] = padded[:, rows - 1 : rows, :cols]
+        padded[:, :, cols:] = padded[:, :, cols - 1 : cols]
+        start = end
+    return batch
 
 
 def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
