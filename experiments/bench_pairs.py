@@ -7,10 +7,10 @@ DataLoader with the same sampler, batch size and worker processes:
 * glcgeo: the loader of :class:`~glcgeo.datamodules.GLCNetDataModule` itself.
   Its workers read each pair's union window once, in the files' dtype, with the
   pair's geometry and valid fractions (``GeoTiffMosaic.read_union``), and
-  ``collate_unions`` pads the unions of a batch to the largest (so it ships
-  nearly twice the bytes of the raw reads here). The views are not made here:
-  they are cut and resized after transfer, on the training device
-  (``glcgeo.views.cut_views``);
+  ``collate_unions`` packs the unions of a batch, unpadded, into one buffer
+  (the bytes of the raw reads, plus the geometry). The views are not made
+  here: the unions are padded, cut and resized after transfer, on the training
+  device (``glcgeo.views.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
   covers and returns the arrays, collated into one flat buffer per batch (one
@@ -24,8 +24,9 @@ Also printed, as context only (not in the RESULT ratios): the raw reads in one
 process with no DataLoader (the shipped files are small: after the first round
 every tile sits in GDAL's block cache, so this is a copy of cached uint16 pixels,
 ~0.3 ms a pair, faster than any worker can ship them on a 2-core machine); and
-the cost per pair of ``cut_views`` on this machine's CPU, the work moved out of
-the workers (on a GPU it is a small part of a training step).
+the cost per pair of ``cut_views`` on this machine's CPU (unpacking and padding
+the unions included), the work moved out of the workers (on a GPU it is a small
+part of a training step).
 
 Last line: ``RESULT pairs_per_s=<x> ratio_vs_raw_read=<r> ratio_vs_two_reads=<s>``
 with x the glcgeo loader's pairs/s, r = x / raw read through the loader, s = x /
@@ -33,6 +34,7 @@ two reads (target: r >= 0.8 and s >= 1.5).
 """
 
 import argparse
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -49,7 +51,7 @@ from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.geometry import PixelGrid
 from glcgeo.samplers import PairedWindowSampler, WindowPair
-from glcgeo.views import cut_views
+from glcgeo.views import cut_views, unpack_unions
 
 DATA = os.path.join(
     os.path.dirname(__file__), '..', 'tests', 'data', 'sentinel2_10m_tiles'
@@ -161,16 +163,29 @@ def time_raw_reads(mosaic: GeoTiffMosaic, pairs: list[WindowPair]) -> float:
             src.close()
 
 
-def time_cut(datamodule: GLCNetDataModule, args: argparse.Namespace) -> float:
-    """Milliseconds per pair of cutting both views of a batch on this CPU."""
+def time_cut(
+    datamodule: GLCNetDataModule, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Milliseconds per pair of cutting both views of a batch on this CPU.
+
+    Returns:
+        (cut_views in all, of which unpacking and padding the unions), each the
+        best of a few runs.
+    """
     dataset = datamodule.train_dataset
     assert isinstance(dataset, GeoTiffMosaic)
     pairs = list(sampler(dataset, args))[: args.batch]
-    batch = datamodule.collate_fn([dataset.read_union(pair) for pair in pairs])
+    batch = datamodule.collate_fn(dataset.read_unions(pairs))
     cut_views(batch, args.size)  # warm up
-    start = time.perf_counter()
-    cut_views(batch, args.size)
-    return (time.perf_counter() - start) / len(pairs) * 1000
+    cut, unpack = math.inf, math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        cut_views(batch, args.size)
+        cut = min(cut, time.perf_counter() - start)
+        start = time.perf_counter()
+        unpack_unions(batch['union'], batch['union_shape'])
+        unpack = min(unpack, time.perf_counter() - start)
+    return cut / len(pairs) * 1000, unpack / len(pairs) * 1000
 
 
 def main() -> None:
@@ -230,10 +245,11 @@ def main() -> None:
             f'{raw:.1f} (1 process, no loader: {single:.1f}), glcgeo data module '
             f'loader {glcgeo:.1f}, two TorchGeo reads per pair {naive:.1f}'
         )
-    cut = time_cut(datamodule, args)
+    cut, unpack = time_cut(datamodule, args)
     print(
         f'views cut after transfer (cut_views, both views, on this CPU with '
-        f'{torch.get_num_threads()} threads): {cut:.2f} ms a pair'
+        f'{torch.get_num_threads()} threads): {cut:.2f} ms a pair, of which '
+        f'unpacking and padding the unions {unpack:.2f} ms'
     )
     print(
         f'RESULT pairs_per_s={glcgeo:.1f} ratio_vs_raw_read={glcgeo / raw:.2f} '

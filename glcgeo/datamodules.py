@@ -1,6 +1,5 @@
 """Lightning data modules over GeoTIFF mosaics."""
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,45 +18,45 @@ __all__ = ['GLCNetDataModule', 'collate_unions']
 
 
 def collate_unions(samples: Iterable[Sample]) -> dict[str, Tensor]:
-    """Collate pairs in the union form, padding union windows to the largest.
+    """Collate pairs in the union form, packing the union windows into one buffer.
 
-    Each union is padded at its bottom and right by repeating its last row and
-    column: :func:`~glcgeo.views.cut_views` samples at most half a pixel past a
-    view's edge, where roi_align clamps to an unpadded union's edge pixels, so a
-    padded union gives the same views as the unpadded one and the padding brings
-    no value of its own into a view. The windows stay where they are (top-left
-    aligned), in union pixels.
+    The unions of a batch differ in size. Padding them to the largest in the
+    workers would ship nearly twice their bytes (and fill as much fresh shared
+    memory); instead they are packed end to end, unpadded, in one flat buffer,
+    with their shapes, and :func:`~glcgeo.views.cut_views` pads them on the
+    device (:func:`~glcgeo.views.unpack_unions`).
 
     Args:
         samples: :meth:`~glcgeo.datasets.GeoTiffMosaic.read_union` samples, whose
             unions may differ in height and width.
 
     Returns:
-        ``union`` [B, C, H, W] in the samples' dtype, with H and W the largest,
-        and every other key stacked (:func:`torch.utils.data.default_collate`).
+        ``union`` [N] the unions' raw values, flattened (C, H, W order) and
+        concatenated, in the samples' dtype; ``union_shape`` int64 [B, 3] each
+        union's (C, H, W); and every other key stacked
+        (:func:`torch.utils.data.default_collate`).
     """
     pairs = list(samples)
     unions = [pair['union'] for pair in pairs]
-    height = max(union.shape[-2] for union in unions)
-    width = max(union.shape[-1] for union in unions)
-    shape = (len(unions), unions[0].shape[0], height, width)
+    total = sum(union.numel() for union in unions)
     if get_worker_info() is None:
-        batch = unions[0].new_empty(shape)
+        flat = unions[0].new_empty(total)
     else:
         # Filled in shared memory, a worker's batch reaches the main process
         # without the copy into it that sending a tensor makes, as in
         # default_collate (whose way this is).
-        storage = unions[0]._typed_storage()._new_shared(math.prod(shape))
-        batch = unions[0].new(storage).resize_(shape)
+        storage = unions[0]._typed_storage()._new_shared(total)
+        flat = unions[0].new(storage)
     # Copied by numpy: torch's copies of uint16 are ~3x slower (2.x).
-    for padded, union in zip(batch.numpy(), unions, strict=True):
-        rows, cols = union.shape[-2:]
-        padded[:, :rows, :cols] = union.numpy()
-        padded[:, rows:, :cols] = padded[:, rows - 1 : rows, :cols]
-        padded[:, :, cols:] = padded[:, :, cols - 1 : cols]
+    packed, start = flat.numpy(), 0
+    for union in unions:
+        end = start + union.numel()
+        packed[start:end] = union.numpy().reshape(-1)
+        start = end
     rest = [{k: v for k, v in pair.items() if k != 'union'} for pair in pairs]
     collated: dict[str, Tensor] = default_collate(rest)
-    collated['union'] = batch
+    collated['union'] = flat
+    collated['union_shape'] = torch.tensor([union.shape for union in unions])
     return collated
 
 

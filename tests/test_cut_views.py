@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from glcgeo.datamodules import GLCNetDataModule, collate_unions
 from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.geometry import ground_to_pixel_boxes
 from glcgeo.samplers import PairedWindowSampler
-from glcgeo.views import TwoViewAugmentation, cut_views
+from glcgeo.views import TwoViewAugmentation, cut_views, unpack_unions
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -138,8 +139,10 @@ def test_padding_never_enters_a_view() -> None:
             }
         )
     batch = collate_unions(samples)
-    assert batch['union'].shape == (3, 2, 96, 96)
+    assert batch['union'].shape == (sum(s['union'].numel() for s in samples),)
     assert batch['union'].dtype == torch.int16
+    assert batch['union_shape'].tolist() == [[2, h, w] for h, w in shapes]
+    assert unpack_unions(batch['union'], batch['union_shape']).shape == (3, 2, 96, 96)
     views = cut_views(batch, 64)
     for i, sample in enumerate(samples):
         alone = cut_views({k: v[None] for k, v in sample.items()}, 64)
@@ -153,22 +156,30 @@ def test_padding_never_enters_a_view() -> None:
 
 
 @pytest.mark.parametrize('dtype', ['uint8', 'int16', 'uint16', 'float32'])
-def test_collate_pads_by_repeating_edges_and_stacks_the_rest(dtype: str) -> None:
-    small = torch.from_numpy(np.arange(12).reshape(1, 3, 4).astype(dtype))
-    large = torch.from_numpy(np.full((1, 5, 6), 7).astype(dtype))
+def test_collate_packs_and_unpacking_pads_by_repeating_edges(dtype: str) -> None:
+    small = torch.from_numpy(np.arange(24).reshape(2, 3, 4).astype(dtype))
+    large = torch.from_numpy(np.full((2, 5, 6), 7).astype(dtype))
     geometry = {'window1': torch.tensor([0, 0, 2, 2]), 'valid1': torch.tensor(0.5)}
     batch = collate_unions([{'union': small, **geometry}, {'union': large, **geometry}])
+    # Shipped packed, in the samples' dtype: no padding in the batch.
     assert batch['union'].dtype == small.dtype
-    assert batch['union'].shape == (2, 1, 5, 6)
-    padded = batch['union'][0, 0].numpy()
-    np.testing.assert_array_equal(padded[:3, :4], small[0].numpy())
-    np.testing.assert_array_equal(
-        padded[3:, :4], np.repeat(small[0, -1:].numpy(), 2, axis=0)
-    )
-    np.testing.assert_array_equal(padded[:, 4:], np.repeat(padded[:, 3:4], 2, axis=1))
-    assert torch.equal(batch['union'][1], large)
+    assert torch.equal(batch['union'], torch.cat([small.ravel(), large.ravel()]))
+    assert batch['union_shape'].tolist() == [[2, 3, 4], [2, 5, 6]]
     assert torch.equal(batch['window1'], torch.tensor([[0, 0, 2, 2]] * 2))
     assert batch['valid1'].shape == (2,)
+    unions = unpack_unions(batch['union'], batch['union_shape'])
+    assert unions.dtype == torch.float32
+    assert unions.shape == (2, 2, 5, 6)
+    padded = unions[0].numpy()
+    expected = small.float().numpy()
+    np.testing.assert_array_equal(padded[:, :3, :4], expected)
+    np.testing.assert_array_equal(
+        padded[:, 3:, :4], np.repeat(expected[:, -1:], 2, axis=1)
+    )
+    np.testing.assert_array_equal(
+        padded[:, :, 4:], np.repeat(padded[:, :, 3:4], 2, axis=2)
+    )
+    assert torch.equal(unions[1], large.float())
 
 
 def test_collated_unions_cut_the_views_of_read_pair(s2_mosaic: GeoTiffMosaic) -> None:
@@ -188,6 +199,7 @@ def test_collated_unions_cut_the_views_of_read_pair(s2_mosaic: GeoTiffMosaic) ->
     )
     batches = list(loader)
     assert all(b['union'].dtype == torch.uint16 for b in batches)
+    assert all(b['union_shape'].unique(dim=0).shape[0] > 1 for b in batches)
     expected = [s2_mosaic.read_pair(pair) for pair in pairs()]
     shapes = {
         tuple(u.shape) for u in (s2_mosaic.read_union(p)['union'] for p in pairs())
@@ -242,3 +254,38 @@ def test_data_module_yields_unions_and_cuts_them_after_transfer() -> None:
     assert 'union' not in views
     assert views['image1'].shape == views['image2'].shape == (4, 4, 32, 32)
     assert views['boxes1'].shape == (4, 4, 4)
+
+
+def test_batched_union_geometry_is_each_pairs_own(s2_mosaic: GeoTiffMosaic) -> None:
+    """The geometry computed for a batch of pairs at once (what a DataLoader's
+    __getitems__ reads) is, to the bit, what each pair's own affine gives."""
+    mosaic = GeoTiffMosaic(s2_mosaic.files)
+    mosaic.cut_pairs = False
+    sampler = PairedWindowSampler(
+        mosaic, size=48, length=16, scale=(0.6, 1.6), generator=seeded(4)
+    )
+    pairs = list(sampler)
+    samples = mosaic.__getitems__(pairs)
+    grid = mosaic.grid
+    for pair, sample in zip(pairs, samples, strict=True):
+        alone = mosaic.read_union(pair)
+        assert sample.keys() == alone.keys()
+        for key, value in alone.items():
+            assert value.dtype == sample[key].dtype and torch.equal(value, sample[key])
+        regions = grid.boxes_to_map(pair.regions)
+        assert torch.equal(sample['regions'], torch.from_numpy(regions))
+        for k, window in ((1, pair.view1), (2, pair.view2)):
+            affine = grid.window_transform(window, pair.size)
+            assert sample[f'transform{k}'].tolist() == list(affine[:6])
+            boxes = ground_to_pixel_boxes(regions, affine).astype(np.float32)
+            assert torch.equal(sample[f'boxes{k}'], torch.from_numpy(boxes))
+            x1, y1 = (
+                window.col_off - pair.union.col_off,
+                window.row_off - pair.union.row_off,
+            )
+            assert sample[f'window{k}'].tolist() == [
+                x1,
+                y1,
+                x1 + window.width,
+                y1 + window.height,
+            ]

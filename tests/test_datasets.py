@@ -344,3 +344,27 @@ def test_read_window_composites_files_first_on_top(
     box = (x.start + 3000, y.start + 2000, x.start + 6000, y.start + 4500)
     torchgeo = s2_mosaic[box[0] : box[2] : 10.0, box[1] : box[3] : 10.0]['image']
     assert torch.equal(s2_mosaic.read_window(*box), torchgeo)
+
+
+def test_read_window_is_the_torchgeo_read_across_file_edges(
+    s2_mosaic: GeoTiffMosaic,
+) -> None:
+    """Boxes that the first file covering them only partly covers: composited
+    as TorchGeo's read."""
+    mosaic = s2_mosaic
+    x, y, _ = mosaic.bounds
+    res = mosaic.res[0]
+    rng = np.random.default_rng(0)
+    read = 0
+    while read < 6:
+        width, height = (int(v) for v in rng.integers(40, 200, size=2))
+        col = int(rng.integers(0, (x.stop - x.start) / res - width))
+        row = int(rng.integers(0, (y.stop - y.start) / res - height))
+        xmin, ymax = mosaic.grid.to_map(col, row)
+        xmax, ymin = mosaic.grid.to_map(col + width, row + height)
+        try:
+            torchgeo = mosaic[xmin:xmax:res, ymin:ymax:res]['image']
+        except IndexError:  # between the files
+            continue
+        assert torch.equal(mosaic.read_window(xmin, ymin, xmax, ymax), torchgeo)
+        read += 1
