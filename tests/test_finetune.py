@@ -341,13 +341,13 @@ def test_cli_finetunes_from_a_simclr_checkpoint_with_the_demo_config(
     assert main([*args, '--overwrite']) == 0
 
 
-@needs_nc
 def test_demo_config_runs_under_torchgeo_fit(torchgeo_fit: TorchGeoFit) -> None:
     torchgeo_fit(
         CONFIG, {'images': S2, 'masks': LABELS}, {'max_steps': 2, 'max_epochs': 1}
     )
 
 
+@needs_nc
 def test_masks_in_another_crs_are_warped_onto_the_image_grid() -> None:
     image = os.path.join(NC, 'lsat7_2000_6band.tif')
     labels = os.path.join(NC, 'landclass_7class.tif')
