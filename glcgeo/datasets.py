@@ -549,7 +549,8 @@ class GeoTiffMosaic(RasterDataset):
                 :class:`~glcgeo.samplers.PairedWindowSampler`.
 
         Returns:
-            for a slice: ``image`` [C, H, W] float32, ``bounds`` float64
+            for a slice: ``image`` [C, H, W] float32 (at the mosaic's resolution,
+            the files' own pixels: see :meth:`read_raw`), ``bounds`` float64
             (xmin, xmax, xres, ymin, ymax, yres) and ``transform`` float64
             (a, b, c, d, e, f of the rasterio affine). For a pair: see
             :meth:`read_pair`, or :meth:`read_union` if :attr:`cut_pairs` is False.
@@ -557,12 +558,25 @@ class GeoTiffMosaic(RasterDataset):
         """
         if isinstance(index, WindowPair):
             return self.read_pair(index) if self.cut_pairs else self.read_union(index)
-        transforms, self.transforms = self.transforms, None
-        try:
-            sample = super().__getitem__(index)
-        finally:
-            self.transforms = transforms
         x, y, _ = self._disambiguate_slice(index)
+        xres, yres = self.res
+        if math.isclose(x.step, xres, rel_tol=1e-9) and math.isclose(
+            y.step, yres, rel_tol=1e-9
+        ):
+            # At the mosaic's resolution, whole-pixel reads return the files' own
+            # pixels; TorchGeo's merge reads fractional windows with nearest
+            # resampling, which on some grids (e.g. the quadrants' 300.038 x
+            # 300.042 m pixels) takes a neighbouring pixel.
+            data = self.read_raw(x.start, y.start, x.stop, y.stop).to(self.dtype)
+            sample: Sample = (
+                {'image': data} if self.is_image else {'mask': data.squeeze(-3)}
+            )
+        else:
+            transforms, self.transforms = self.transforms, None
+            try:
+                sample = super().__getitem__(index)
+            finally:
+                self.transforms = transforms
         sample['bounds'] = torch.tensor(
             [x.start, x.stop, x.step, y.start, y.stop, y.step], dtype=torch.float64
         )

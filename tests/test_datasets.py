@@ -66,6 +66,22 @@ def test_slice_is_the_files_pixels_with_float64_georeferencing(path: Path) -> No
     ]
 
 
+def test_slices_are_the_files_pixels_on_a_non_square_grid(
+    quadrant_mosaic: GeoTiffMosaic,
+) -> None:
+    """300.038 x 300.042 m pixels: TorchGeo's merge (fractional windows, nearest)
+    takes a neighbouring pixel in about half of these windows; glcgeo's reads
+    at the mosaic's resolution are whole-pixel."""
+    rng = np.random.default_rng(0)
+    with rasterio.open(QUADRANTS[0]) as src:
+        for _ in range(20):
+            col, row = (int(v) for v in rng.integers(0, 300, size=2))
+            window = Window(col, row, 100, 100)
+            sample = read_slice(quadrant_mosaic, src.window_transform(window), 100, 100)
+            expected = src.read(window=window).astype(np.float32)
+            np.testing.assert_array_equal(sample['image'].numpy(), expected)
+
+
 def test_overlapping_tiles_form_one_mosaic(s2_mosaic: GeoTiffMosaic) -> None:
     x, y, _ = s2_mosaic.bounds
     # Tile A's top-left corner to tile B's bottom-right corner.
