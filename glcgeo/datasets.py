@@ -31,7 +31,7 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from .errors import GlcgeoError
-from .geometry import PixelGrid
+from .geometry import PixelGrid, ground_to_pixel_boxes
 from .samplers import WindowPair
 from .views import cut_views
 
@@ -134,11 +134,6 @@ def _union_geometry(
 ) -> dict[str, np.ndarray]:
     """The geometry of pairs in the union form, computed for all of them at once.
 
-    Vectorised over pairs, with the float64 operations of
-    :meth:`PixelGrid.window_transform <glcgeo.geometry.PixelGrid.window_transform>`
-    and :func:`~glcgeo.geometry.ground_to_pixel_boxes` for one pair (a north-up
-    affine's inverse is affine's own formula with its zero terms left out).
-
     Args:
         grid: the mosaic's pixel grid.
         pairs: the pairs, all with the same number of regions.
@@ -157,7 +152,7 @@ def _union_geometry(
         dtype=np.int64,
     )
     origin = np.array([(p.union.col_off, p.union.row_off) for p in pairs], np.int64)
-    size = np.array([p.size for p in pairs], dtype=np.float64)
+    sizes = np.array([p.size for p in pairs], dtype=np.float64)
     regions = grid.boxes_to_map(
         np.array([p.regions for p in pairs], dtype=np.float64).reshape(-1, 4)
     ).reshape(count, -1, 4)
@@ -165,29 +160,14 @@ def _union_geometry(
         'regions': regions,
         'overlap': grid.boxes_to_map([p.overlap for p in pairs]),
     }
-    (xres, yres), zero = grid.res, np.zeros(count)
     for k in (1, 2):
         col, row, width, height = views[:, k - 1].T
         c0, r0 = col - origin[:, 0], row - origin[:, 1]
         geometry[f'window{k}'] = np.stack([c0, r0, c0 + width, r0 + height], axis=1)
-        # PixelGrid.window_transform, for every pair.
-        a, c = xres * width / size, grid.x0 + col * xres
-        e, f = -yres * height / size, grid.y0 - row * yres
-        geometry[f'transform{k}'] = np.stack([a, zero, c, zero, e, f], axis=1)
-        # ground_to_pixel_boxes: the view's inverse affine on the box corners.
-        idet = 1.0 / (a * e)
-        ra, re = (e * idet)[:, None], (a * idet)[:, None]
-        rc, rf = -c[:, None] * ra, -f[:, None] * re
-        pixels = np.stack(
-            [
-                regions[..., 0] * ra + rc,
-                regions[..., 3] * re + rf,
-                regions[..., 2] * ra + rc,
-                regions[..., 1] * re + rf,
-            ],
-            axis=-1,
-        )
-        geometry[f'boxes{k}'] = pixels.astype(np.float32)
+        affines = grid.window_affines(views[:, k - 1], sizes)
+        geometry[f'transform{k}'] = affines
+        boxes = ground_to_pixel_boxes(regions, affines)
+        geometry[f'boxes{k}'] = boxes.astype(np.float32)
     return geometry
 
 

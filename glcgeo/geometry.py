@@ -72,15 +72,26 @@ class PixelGrid:
             the view's pixel -> map transform.
 
         """
-        x, y = self.to_map(window.col_off, window.row_off)
-        return Affine(
-            self.res[0] * window.width / size,
-            0.0,
-            x,
-            0.0,
-            -self.res[1] * window.height / size,
-            y,
-        )
+        box = (window.col_off, window.row_off, window.width, window.height)
+        return Affine(*self.window_affines(np.array([box]), np.array([size]))[0])
+
+    def window_affines(self, windows: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """:meth:`window_transform` of many windows at once.
+
+        Args:
+            windows: [B, 4] (col_off, row_off, width, height) in grid pixels.
+            sizes: [B] each view's width and height in pixels.
+
+        Returns:
+            [B, 6] float64 (a, b, c, d, e, f) of each view's pixel -> map transform.
+
+        """
+        col, row, width, height = np.asarray(windows, dtype=np.float64).T
+        x, y = self.to_map(col, row)  # type: ignore[arg-type]
+        zero = np.zeros(len(col))
+        a = self.res[0] * width / sizes
+        e = -self.res[1] * height / sizes
+        return np.stack([a, zero, x, zero, e, y], axis=1)
 
     def boxes_to_map(
         self, boxes: np.ndarray | Sequence[tuple[int, int, int, int]]
@@ -100,22 +111,33 @@ class PixelGrid:
         return np.stack([xmin, ymin, xmax, ymax], axis=1)
 
 
-def ground_to_pixel_boxes(boxes: np.ndarray, affine: Affine) -> np.ndarray:
-    """Project ground boxes into the pixels of a north-up view.
+def ground_to_pixel_boxes(boxes: np.ndarray, affine: Affine | np.ndarray) -> np.ndarray:
+    """Project ground boxes into the pixels of a north-up view (or of many).
 
     Args:
-        boxes: [R, 4] (xmin, ymin, xmax, ymax) in the view's CRS.
-        affine: the view's pixel -> map transform (north-up, no rotation).
+        boxes: [R, 4] (xmin, ymin, xmax, ymax) in the view's CRS, or [B, R, 4]
+            with one view per leading index.
+        affine: the view's pixel -> map transform (north-up, no rotation), or
+            [B, 6] (a, b, c, d, e, f) of each view's.
 
     Returns:
-        [R, 4] float64 (x1, y1, x2, y2) in view pixels, pixel-edge convention.
+        [R, 4] (or [B, R, 4]) float64 (x1, y1, x2, y2) in view pixels, pixel-edge
+        convention.
 
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    inverse = ~affine
-    x1, y1 = inverse @ (boxes[:, 0], boxes[:, 3])
-    x2, y2 = inverse @ (boxes[:, 2], boxes[:, 1])
-    return np.stack([x1, y1, x2, y2], axis=1)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if isinstance(affine, Affine):
+        boxes = boxes.reshape(-1, 4)
+        a, c, e, f = (np.float64(v) for v in (affine.a, affine.c, affine.e, affine.f))
+    else:
+        a, _, c, _, e, f = (v[:, None] for v in np.asarray(affine, np.float64).T)
+    # The north-up inverse, with the operations of affine's own ~ and @.
+    idet = 1.0 / (a * e)
+    ra, re = e * idet, a * idet
+    rc, rf = -c * ra, -f * re
+    x1, y1 = boxes[..., 0] * ra + rc, boxes[..., 3] * re + rf
+    x2, y2 = boxes[..., 2] * ra + rc, boxes[..., 1] * re + rf
+    return np.stack([x1, y1, x2, y2], axis=-1)
 
 
 def transform_pixel_boxes(boxes: Tensor, matrix: Tensor) -> Tensor:

@@ -57,6 +57,29 @@ def test_ground_boxes_round_trip_through_any_view() -> None:
     )
 
 
+def test_batched_forms_are_bit_identical_to_affines_own() -> None:
+    """The [B, ...] forms used for a batch of pairs, against affine's ~ and @."""
+    windows = np.array([[1000, 2000, 300, 300], [7, 11, 150, 150], [0, 5, 97, 97]])
+    sizes = np.array([224, 224, 64])
+    affines = UTM_GRID.window_affines(windows, sizes)
+    ground = UTM_GRID.boxes_to_map([[10, 20, 58, 68], [1003, 2010, 1040, 2047]])
+    boxes = ground_to_pixel_boxes(np.broadcast_to(ground, (3, 2, 4)), affines)
+    for window, size, row, view_boxes in zip(
+        windows, sizes, affines, boxes, strict=True
+    ):
+        col, row_off, width, height = (int(v) for v in window)
+        x, y = UTM_GRID.to_map(col, row_off)
+        res = UTM_GRID.res
+        affine = Affine(res[0] * width / size, 0, x, 0, -res[1] * height / size, y)
+        assert row.tolist() == list(affine[:6])
+        assert UTM_GRID.window_transform(Window(*window), int(size)) == affine
+        inverse = ~affine
+        x1, y1 = inverse @ (ground[:, 0], ground[:, 3])
+        x2, y2 = inverse @ (ground[:, 2], ground[:, 1])
+        assert view_boxes.tolist() == np.stack([x1, y1, x2, y2], axis=1).tolist()
+        assert ground_to_pixel_boxes(ground, affine).tolist() == view_boxes.tolist()
+
+
 def _flip_rotate_matrix(size: int, hflip: bool, vflip: bool, quarter_turns: int):
     """Kornia-convention (pixel centre) matrix of flips then counter-clockwise rot90s,
     and the same operation applied to a [C, H, W] image with torch."""
