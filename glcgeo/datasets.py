@@ -341,13 +341,14 @@ class GeoTiffMosaic(RasterDataset):
     def read_raw(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Tensor:
         """Read a ground box at the dataset's resolution, in the files' dtype.
 
-        The pixels of the TorchGeo slice read ``self[xmin:xmax, ymin:ymax]``: the
-        same files in the same order, first file on top. Files on the dataset's
-        pixel grid are read by whole-pixel windows and composited as
-        ``rasterio.merge`` does, skipping its resampled reads of fractional
-        windows and the slice read's queries of the spatial index (together ~8x
+        The files that TorchGeo's slice read would merge, in the same order, first
+        file on top. Files on the dataset's pixel grid are read by whole-pixel
+        windows and composited as ``rasterio.merge`` does, skipping its resampled
+        reads of fractional windows (which, on some grids, take a neighbouring
+        pixel) and the slice read's queries of the spatial index (together ~8x
         the cost of the read itself for a 224-pixel view); other files go through
-        ``rasterio.merge`` as in TorchGeo.
+        ``rasterio.merge`` as in TorchGeo. Slices at the dataset's resolution
+        (``self[xmin:xmax:xres, ymin:ymax:yres]``) are read here.
 
         Args:
             xmin: left edge, in the dataset CRS.
@@ -511,10 +512,7 @@ class GeoTiffMosaic(RasterDataset):
             ).expand(*image.shape[:-3], -1, -1)
             # An integer image never holds a nodata value its dtype cannot hold
             # (compared as its dtype, -9999 would match uint16 55537).
-            info = torch.iinfo(image.dtype)
-            if nodata is not None and not (
-                info.min <= nodata <= info.max and float(nodata).is_integer()
-            ):
+            if not _fits(nodata, str(image.dtype).removeprefix('torch.')):
                 nodata = None
         if nodata is not None and not math.isnan(nodata):
             invalid = invalid | (image == nodata).all(dim=-3)

@@ -278,7 +278,7 @@ def finetune(
     # Score the selected model once on each evaluation area.
     validated = fit.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     tested = fit.test(task, datamodule=datamodule, ckpt_path=best, verbose=not quiet)
-    checkpoint = torch.load(best, map_location='cpu', weights_only=True)
+    checkpoint = read_checkpoint(best)
     model_path = os.path.join(out, 'model.ckpt')
     # Weights and metadata only: what predict and TorchGeo need, without optimiser.
     torch.save(

@@ -111,19 +111,14 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
         [torch.cat([index, batch[f'window{k}'].to(union)], dim=1) for k in (1, 2)]
     )
     missing = torch.isnan(union)
-    if not missing.any():
-        images = roi_align(
-            union, rois, output_size=size, sampling_ratio=0, aligned=True
-        )
-    else:
+    has_nan = bool(missing.any())
+    if has_nan:
         # Bilinear weights of 0 still multiply a NaN: resample the valid values
         # and their weights, and divide (a normalised convolution).
-        weight = (~missing).to(union)
-        both = roi_align(
-            torch.cat([union.nan_to_num(0.0), weight], dim=1),
-            rois, output_size=size, sampling_ratio=0, aligned=True,
-        )  # fmt: skip
-        values, total = both.chunk(2, dim=1)
+        union = torch.cat([union.nan_to_num(0.0), (~missing).to(union)], dim=1)
+    images = roi_align(union, rois, output_size=size, sampling_ratio=0, aligned=True)
+    if has_nan:
+        values, total = images.chunk(2, dim=1)
         images = torch.where(total > 1e-6, values / total, torch.nan)
     views = {key: value for key, value in batch.items() if key not in UNION_KEYS}
     views['image1'], views['image2'] = images.split(len(union))
