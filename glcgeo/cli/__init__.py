@@ -76,6 +76,34 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str,
     return values
 
 
+def config_sections(
+    config: dict[str, Any],
+    args: argparse.Namespace,
+    data_flags: dict[str, str],
+    model_flags: dict[str, str],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The data, model and trainer arguments of a config, the flags overriding it.
+
+    Args:
+        config: sections of a config file (``glcgeo.pretrain.load_config``), or {}.
+        args: the parsed command line.
+        data_flags: data option attribute -> data module argument.
+        model_flags: model option attribute -> task argument.
+
+    Returns:
+        (data, model, trainer) keyword arguments.
+    """
+    data, model, trainer = (
+        {**config.get(section, {}), **flag_overrides(args, flags)}
+        for section, flags in (
+            ('data', data_flags),
+            ('model', model_flags),
+            ('trainer', TRAINER_FLAGS),
+        )
+    )
+    return data, model, trainer
+
+
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
 COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict')
 

@@ -4,7 +4,7 @@ import argparse
 from typing import Any
 
 from ..errors import GlcgeoError
-from . import TRAINER_FLAGS, HelpFormatter, add_trainer_options, flag_overrides
+from . import HelpFormatter, add_trainer_options, config_sections
 
 #: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> None:
     from ..pretrain import load_config
 
     config = load_config(args.config) if args.config else {}
-    data = {**config.get('data', {}), **flag_overrides(args, DATA_FLAGS)}
+    data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
     # A budget on the command line replaces the config's, whichever kind it is.
     for given, other in (
         ('label_fraction', 'num_label_patches'),
@@ -179,8 +179,6 @@ def run(args: argparse.Namespace) -> None:
     ):
         if getattr(args, given) is not None:
             data.pop(other, None)
-    model = {**config.get('model', {}), **flag_overrides(args, MODEL_FLAGS)}
-    trainer = {**config.get('trainer', {}), **flag_overrides(args, TRAINER_FLAGS)}
     for key in ('images', 'masks'):
         if key not in data:
             raise GlcgeoError(

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import GlcgeoError
 from ..models import ABLATIONS
-from . import TRAINER_FLAGS, HelpFormatter, add_trainer_options, flag_overrides
+from . import HelpFormatter, add_trainer_options, config_sections
 
 #: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -126,9 +126,7 @@ def run(args: argparse.Namespace) -> None:
         saved = os.path.join(args.out, 'config.yaml')
         config_file = saved if os.path.exists(saved) else None
     config = load_config(config_file) if config_file else {}
-    data = {**config.get('data', {}), **flag_overrides(args, DATA_FLAGS)}
-    model = {**config.get('model', {}), **flag_overrides(args, MODEL_FLAGS)}
-    trainer = {**config.get('trainer', {}), **flag_overrides(args, TRAINER_FLAGS)}
+    data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
     if 'paths' not in data:
         raise GlcgeoError('no input: give --data FILES or a config with data.paths')
     seed = (
