@@ -62,9 +62,7 @@ def read_union(
     handles: Sequence[DatasetReader], grid: PixelGrid, pair: WindowPair
 ) -> list[np.ndarray]:
     """Rasterio reads of a pair's union window from each file it covers."""
-    union = pair.union
-    xmin, ymax = grid.to_map(union.col_off, union.row_off)
-    xmax, ymin = grid.to_map(union.col_off + union.width, union.row_off + union.height)
+    xmin, ymin, xmax, ymax = grid.window_bounds(pair.union)
     reads = []
     for src in handles:
         b = src.bounds

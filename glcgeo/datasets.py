@@ -634,12 +634,7 @@ class GeoTiffMosaic(RasterDataset):
         }
         samples = []
         for i, pair in enumerate(pairs):
-            union = pair.union
-            xmin, ymax = grid.to_map(union.col_off, union.row_off)
-            xmax, ymin = grid.to_map(
-                union.col_off + union.width, union.row_off + union.height
-            )
-            raw = self.read_raw(xmin, ymin, xmax, ymax)
+            raw = self.read_raw(*grid.window_bounds(pair.union))
             # One mask for the union: both views' valid fractions are cut from it.
             valid = self.valid_mask(raw)
             sample: Sample = {'union': raw}

@@ -61,6 +61,22 @@ class PixelGrid:
         """
         return self.x0 + col * self.res[0], self.y0 - row * self.res[1]
 
+    def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
+        """The ground box of a window of this grid.
+
+        Args:
+            window: window of this grid, in grid pixels.
+
+        Returns:
+            (xmin, ymin, xmax, ymax) in the grid's CRS, float64.
+
+        """
+        xmin, ymax = self.to_map(window.col_off, window.row_off)
+        xmax, ymin = self.to_map(
+            window.col_off + window.width, window.row_off + window.height
+        )
+        return xmin, ymin, xmax, ymax
+
     def window_transform(self, window: Window, size: int) -> Affine:
         """Transform of a view made of *window* resized to *size* x *size* pixels.
 

@@ -24,6 +24,7 @@ import kornia.augmentation as K
 import numpy as np
 import torch
 from pyproj import CRS as PROJ_CRS
+from rasterio.windows import Window
 from torch import Generator, Tensor
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import IntersectionDataset
@@ -208,11 +209,8 @@ class TileSplit:
 
         """
         row, col = tile
-        xmin, ymax = self.grid.to_map(col * self.tile_size, row * self.tile_size)
-        xmax, ymin = self.grid.to_map(
-            (col + 1) * self.tile_size, (row + 1) * self.tile_size
-        )
-        return xmin, ymin, xmax, ymax
+        size = self.tile_size
+        return self.grid.window_bounds(Window(col * size, row * size, size, size))
 
     def query(self, tile: TileIndex) -> GeoSlice:
         """The TorchGeo query that reads a tile at the grid's resolution.
@@ -311,10 +309,8 @@ def split_tiles(
             # Read whole blocks (clipped to the tiled area): one read per block.
             width = min(span, (columns - block_col * block_size) * tile_size)
             height = min(span, (rows - block_row * block_size) * tile_size)
-            xmin, ymax = grid.to_map(block_col * span, block_row * span)
-            xmax, ymin = grid.to_map(
-                block_col * span + width, block_row * span + height
-            )
+            block = Window(block_col * span, block_row * span, width, height)
+            xmin, ymin, xmax, ymax = grid.window_bounds(block)
             query = (slice(xmin, xmax, grid.res[0]), slice(ymin, ymax, grid.res[1]))
             try:
                 raw = masks[query]['mask'].numpy()

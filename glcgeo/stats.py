@@ -152,8 +152,7 @@ def compute_band_stats(
     total_sq = np.zeros(dataset.num_bands)
     for _ in range(windows):
         window = sampler.random_window(rng, size)
-        xmin, ymax = grid.to_map(window.col_off, window.row_off)
-        xmax, ymin = grid.to_map(window.col_off + size, window.row_off + size)
+        xmin, ymin, xmax, ymax = grid.window_bounds(window)
         image = dataset.read_window(xmin, ymin, xmax, ymax)
         # Gaps between files are filled with 0, which is data for files without
         # a nodata value: keep only pixels whose centre lies on a file.
