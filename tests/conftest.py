@@ -113,20 +113,18 @@ def make_raster(tmp_path: Path) -> RasterWriter:
     return make
 
 
-@pytest.fixture(scope='session')
-def mixed_crs_quadrants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """rgb1 and rgb2 in their custom WKT beside rgb3 warped to EPSG:3857.
+def warp_raster(path: Path, out: Path, crs: str) -> Path:
+    """Write *path* reprojected to *crs* (nearest neighbour, GDAL's default grid).
 
     Returns:
-        [rgb1.tif, rgb2.tif, rgb3_epsg3857.tif].
+        *out*.
     """
-    out = tmp_path_factory.mktemp('mixed_crs') / 'rgb3_epsg3857.tif'
-    with rasterio.open(QUADRANTS[2]) as src:
+    with rasterio.open(path) as src:
         transform, width, height = calculate_default_transform(
-            src.crs, 'EPSG:3857', src.width, src.height, *src.bounds
+            src.crs, crs, src.width, src.height, *src.bounds
         )
         profile = src.profile | {
-            'crs': 'EPSG:3857',
+            'crs': crs,
             'transform': transform,
             'width': width,
             'height': height,
@@ -138,6 +136,18 @@ def mixed_crs_quadrants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                     rasterio.band(dst, band),
                     resampling=Resampling.nearest,
                 )
+    return out
+
+
+@pytest.fixture(scope='session')
+def mixed_crs_quadrants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """rgb1 and rgb2 in their custom WKT beside rgb3 warped to EPSG:3857.
+
+    Returns:
+        [rgb1.tif, rgb2.tif, rgb3_epsg3857.tif].
+    """
+    out = tmp_path_factory.mktemp('mixed_crs') / 'rgb3_epsg3857.tif'
+    warp_raster(QUADRANTS[2], out, 'EPSG:3857')
     return [QUADRANTS[0], QUADRANTS[1], out]
 
 

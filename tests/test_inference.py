@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.warp import calculate_default_transform, reproject
+from conftest import warp_raster
 from torch import nn
 from torchgeo.samplers import GriddedPatchSampler
 from torchgeo.tasks import SemanticSegmentation
@@ -375,22 +375,7 @@ def test_pointwise_model_gives_exact_map_with_awkward_tiles(
 
 def _epsg4326_copy(tmp_path: Path) -> Path:
     """Landsat quadrant warped to EPSG:4326 (degrees)."""
-    out = tmp_path / 'rgb1_4326.tif'
-    with rasterio.open(RGB1) as src:
-        transform, width, height = calculate_default_transform(
-            src.crs, 'EPSG:4326', src.width, src.height, *src.bounds
-        )
-        profile = {
-            **src.profile,
-            'crs': 'EPSG:4326',
-            'transform': transform,
-            'width': width,
-            'height': height,
-        }
-        with rasterio.open(out, 'w', **profile) as dst:
-            for band in range(1, src.count + 1):
-                reproject(rasterio.band(src, band), rasterio.band(dst, band))
-    return out
+    return warp_raster(RGB1, tmp_path / 'rgb1_4326.tif', 'EPSG:4326')
 
 
 GEOREFERENCED = {
