@@ -110,14 +110,16 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     rois = torch.cat(
         [torch.cat([index, batch[f'window{k}'].to(union)], dim=1) for k in (1, 2)]
     )
-    missing = torch.isnan(union)
-    has_nan = bool(missing.any())
-    if has_nan:
+    # Integer rasters hold no NaN: skip the scan of the batch (and its sync).
+    missing = torch.isnan(union) if batch['union'].is_floating_point() else None
+    if missing is not None and not missing.any():
+        missing = None
+    if missing is not None:
         # Bilinear weights of 0 still multiply a NaN: resample the valid values
         # and their weights, and divide (a normalised convolution).
         union = torch.cat([union.nan_to_num(0.0), (~missing).to(union)], dim=1)
     images = roi_align(union, rois, output_size=size, sampling_ratio=0, aligned=True)
-    if has_nan:
+    if missing is not None:
         values, total = images.chunk(2, dim=1)
         images = torch.where(total > 1e-6, values / total, torch.nan)
     views = {key: value for key, value in batch.items() if key not in UNION_KEYS}
