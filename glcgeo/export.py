@@ -24,10 +24,8 @@ pretraining settings.
 """
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +36,7 @@ from torchgeo.tasks.utils import extract_backbone
 from .checkpoints import read_checkpoint
 from .errors import GlcgeoError
 from .models import GLCNet
+from .outputs import atomic_write, check_destination
 
 __all__ = [
     'LoadReport',
@@ -161,15 +160,13 @@ def export_weights(
         the exported weights.
 
     Raises:
-        GlcgeoError: if *out* exists (without *overwrite*) or its folder does not,
-            or if *checkpoint* is missing, unreadable or not a GLCNet pretraining
-            checkpoint. Nothing is written then.
+        GlcgeoError: if *out* cannot be written (see
+            :func:`~glcgeo.outputs.check_destination`: it exists without
+            *overwrite*, or it is *checkpoint*), or if *checkpoint* is missing,
+            unreadable or not a GLCNet pretraining checkpoint. Nothing is
+            written then.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise GlcgeoError('output exists; pass --overwrite to replace it', out)
-    if not out.parent.is_dir():
-        raise GlcgeoError('output folder does not exist', out.parent)
+    check_destination(out, overwrite, inputs=[checkpoint])
     content = read_checkpoint(checkpoint)
     network = _pretrained_network(content, checkpoint)
     hp = content['hyper_parameters']
@@ -223,24 +220,14 @@ def export_weights(
 
 
 def _write_checked(
-    content: dict[str, Any], weights: PretrainedWeights, out: Path
+    content: dict[str, Any], weights: PretrainedWeights, out: StrPath
 ) -> None:
-    """Save *content* beside *out*, check TorchGeo reads it, then move it in place."""
-    handle, temporary = tempfile.mkstemp(
-        prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent
-    )
-    os.close(handle)
-    try:
-        # mkstemp makes the file private (0600); weights are meant to be shared.
-        os.chmod(temporary, 0o644)
+    """Save *content* as *out*, once TorchGeo has read it back as it was meant."""
+    with atomic_write(out) as temporary:
         torch.save(content, temporary)
         name, encoder = extract_backbone(temporary)
         if name != weights.backbone or encoder.keys() != weights.encoder.keys():
             raise RuntimeError('TorchGeo does not read the exported encoder back')
-        os.replace(temporary, out)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def read_weights(path: StrPath) -> PretrainedWeights:

@@ -36,6 +36,7 @@ from torchgeo.datasets import IntersectionDataset
 from .checkpoints import read_checkpoint
 from .errors import GlcgeoError
 from .labelled import SPLITS, SegmentationDataModule
+from .outputs import atomic_write
 from .stats import BandStats
 from .tasks_segmentation import FinetuneTask
 
@@ -227,7 +228,8 @@ def finetune(
     data_config = {k: v for k, v in data.items() if k != 'stats'}
     if isinstance(data.get('stats'), str):
         data_config['stats'] = data['stats']
-    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+    config_path = os.path.join(out, 'config.yaml')
+    with atomic_write(config_path) as temporary, open(temporary, 'w') as f:
         yaml.safe_dump(
             {
                 'seed_everything': seed,
@@ -281,16 +283,17 @@ def finetune(
     checkpoint = read_checkpoint(best)
     model_path = os.path.join(out, 'model.ckpt')
     # Weights and metadata only: what predict and TorchGeo need, without optimiser.
-    torch.save(
-        {
-            'state_dict': checkpoint['state_dict'],
-            'hyper_parameters': checkpoint['hyper_parameters'],
-            'pytorch-lightning_version': checkpoint['pytorch-lightning_version'],
-            'epoch': checkpoint['epoch'],
-            'global_step': checkpoint['global_step'],
-        },
-        model_path,
-    )
+    with atomic_write(model_path) as temporary:
+        torch.save(
+            {
+                'state_dict': checkpoint['state_dict'],
+                'hyper_parameters': checkpoint['hyper_parameters'],
+                'pytorch-lightning_version': checkpoint['pytorch-lightning_version'],
+                'epoch': checkpoint['epoch'],
+                'global_step': checkpoint['global_step'],
+            },
+            temporary,
+        )
     result = FinetuneResult(
         checkpoint=model_path,
         val=_scores(validated[0], 'val_'),
@@ -298,7 +301,8 @@ def finetune(
         label_tiles=len(datamodule.label_tiles),
         tiles=tiles,
     )
-    with open(os.path.join(out, 'metrics.json'), 'w') as f:
+    metrics_path = os.path.join(out, 'metrics.json')
+    with atomic_write(metrics_path) as temporary, open(temporary, 'w') as f:
         json.dump(
             {
                 'selected_epoch': checkpoint['epoch'],

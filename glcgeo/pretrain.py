@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .datamodules import GLCNetDataModule
 from .errors import GlcgeoError
+from .outputs import OutputFile, atomic_write
 from .tasks import GLCNetTask
 
 __all__ = ['load_config', 'pretrain']
@@ -131,7 +132,8 @@ def pretrain(
     stats_path = os.path.join(out, 'stats.json')
     datamodule.band_stats.save(stats_path)
 
-    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+    config_path = os.path.join(out, 'config.yaml')
+    with atomic_write(config_path) as temporary, open(temporary, 'w') as f:
         yaml.safe_dump(
             {
                 'seed_everything': seed,
@@ -190,5 +192,9 @@ def pretrain(
         fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
     # Periodic checkpoints may predate the last step: save the final state, in
     # full (optimiser, loops, data module), to resume from.
-    fit.save_checkpoint(last, weights_only=False)
+    with OutputFile(last) as output:
+        fit.save_checkpoint(output.temporary, weights_only=False)
+        # Only the first process writes checkpoints.
+        if fit.is_global_zero:
+            output.commit()
     return last

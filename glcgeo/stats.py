@@ -10,7 +10,6 @@ prediction normalise alike.
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import Generator, Tensor
 
 from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
+from .outputs import atomic_write
 
 __all__ = ['BandStats', 'compute_band_stats']
 
@@ -68,21 +68,8 @@ class BandStats:
             path: the JSON file to write.
 
         """
-        path = os.fspath(path)
-        handle, temporary = tempfile.mkstemp(
-            prefix=f'.{os.path.basename(path)}.',
-            suffix='.tmp',
-            dir=os.path.dirname(os.path.abspath(path)),
-        )
-        try:
-            with os.fdopen(handle, 'w') as f:
-                json.dump(asdict(self), f, indent=2)
-            # mkstemp makes the file private (0600); statistics are meant to be shared.
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        with atomic_write(path) as temporary, open(temporary, 'w') as f:
+            json.dump(asdict(self), f, indent=2)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> 'BandStats':

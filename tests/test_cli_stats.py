@@ -51,7 +51,7 @@ def test_keeps_existing_output_unless_overwrite(
     args = ['stats', '--data', str(LANDSAT8), '--out', str(out), '--windows', '2']
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert error == f'glcgeo: {out}: output exists; give --overwrite to replace it\n'
+    assert error == f'glcgeo: {out}: output exists (use --overwrite to replace it)\n'
     assert out.read_text() == 'keep me'
     assert main([*args, '--overwrite']) == 0
     assert BandStats.load(out).bands == list(range(1, 8))

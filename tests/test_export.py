@@ -207,6 +207,20 @@ def test_cli_exports_and_refuses_to_overwrite(
     assert os.listdir(tmp_path) == ['weights.ckpt']
 
 
+def test_cli_never_replaces_the_checkpoint_it_exports(
+    cli: Callable[[list[str]], int],
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / 'last.ckpt'
+    source.write_bytes(checkpoint.read_bytes())
+    args = ['export', '--checkpoint', str(source), '--out', str(source)]
+    assert cli([*args, '--overwrite']) == 2
+    assert 'output and input must be different' in capsys.readouterr().err
+    assert source.read_bytes() == checkpoint.read_bytes()
+
+
 def bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
     no_hparams = tmp_path / 'no_hparams.ckpt'
     torch.save({'state_dict': {}}, no_hparams)

@@ -631,6 +631,25 @@ def test_cli_keeps_existing_output_unless_overwrite(
     assert sorted(os.listdir(tmp_path)) == ['map.tif']
 
 
+def test_cli_never_replaces_its_model_or_input(
+    tmp_path: Path,
+    fcn_checkpoints: dict[int, Path],
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = tmp_path / 'model.ckpt'
+    shutil.copy(fcn_checkpoints[4], model)
+    scene = tmp_path / 'scene.tif'
+    shutil.copy(S2, scene)
+    for out in (model, scene):
+        status = cli('--in', scene, '--out', out, '--model', model, '--overwrite',
+                     '--quiet')  # fmt: skip
+        assert status == 2
+        assert 'output and input must be different' in capsys.readouterr().err
+    assert model.read_bytes() == fcn_checkpoints[4].read_bytes()
+    assert scene.read_bytes() == Path(S2).read_bytes()
+
+
 def test_cli_flags_override_checkpoint_metadata(
     tmp_path: Path, glcgeo_checkpoint: Path, cli: Cli
 ) -> None:

@@ -10,7 +10,8 @@ from types import FrameType
 from typing import Any
 
 from ..errors import GlcgeoError
-from ..inference import check_destination, load_segmentation_checkpoint, predict_raster
+from ..inference import load_segmentation_checkpoint, predict_raster
+from ..outputs import check_destination
 
 
 def add_parser(subparsers: Any) -> None:
@@ -139,9 +140,10 @@ def run(args: argparse.Namespace) -> None:
         GlcgeoError: for bad input, before any tile is predicted.
     """
     # Cheap checks first, so a mistake is reported before the model loads.
+    inputs = [path for path in (args.source, args.model, args.stats) if path]
     for output in (args.out, args.probabilities):
         if output is not None:
-            check_destination(output, args.overwrite)
+            check_destination(output, args.overwrite, inputs)
     mean, std = args.mean, args.std
     if args.stats is not None:
         if mean is not None or std is not None:

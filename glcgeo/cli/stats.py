@@ -4,8 +4,9 @@ import argparse
 import os
 from typing import Any
 
-from ..datasets import GeoTiffMosaic
+from ..datasets import GeoTiffMosaic, expand_paths
 from ..errors import GlcgeoError
+from ..outputs import check_destination
 from ..stats import BandStats, compute_band_stats
 from . import HelpFormatter
 
@@ -65,16 +66,14 @@ def run(args: argparse.Namespace) -> None:
         args: the parsed command line.
 
     Raises:
-        GlcgeoError: when --out exists (without --overwrite) or its folder does not,
-            or for bad input data.
+        GlcgeoError: when --out cannot be written (it exists without --overwrite,
+            its folder does not, or it is one of the inputs), or for bad input
+            data.
     """
     import torch
 
     out = os.path.abspath(args.out)
-    if os.path.exists(out) and not args.overwrite:
-        raise GlcgeoError('output exists; give --overwrite to replace it', out)
-    if not os.path.isdir(os.path.dirname(out)):
-        raise GlcgeoError('output folder does not exist', os.path.dirname(out))
+    check_destination(out, args.overwrite, inputs=expand_paths(args.data))
     if args.windows < 1 or args.window_size < 1:
         raise GlcgeoError('--windows and --window-size must be >= 1')
     dataset = GeoTiffMosaic(

@@ -8,6 +8,7 @@ Example::
     predict_raster(model, metadata, 'scene.tif', 'landcover.tif')
 """
 
+from ..outputs import check_destination
 from .blending import RowBandAccumulator, hann_window, tile_weights
 from .checkpoint import (
     CheckpointMetadata,
@@ -23,7 +24,7 @@ from .predict import (
     resolve_device,
 )
 from .tiling import Tile, TileGrid, tile_offsets
-from .writer import CogWriter, check_destination, class_dtype
+from .writer import CogWriter, class_dtype
 
 __all__ = [
     'CheckpointMetadata',

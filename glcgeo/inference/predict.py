@@ -32,10 +32,11 @@ from tqdm import tqdm
 
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
+from ..outputs import check_destination
 from .blending import RowBandAccumulator, tile_weights
 from .checkpoint import CheckpointMetadata
 from .tiling import Tile, TileGrid
-from .writer import CogWriter, check_destination, class_dtype
+from .writer import CogWriter, class_dtype
 
 __all__ = [
     'PredictionSummary',
@@ -503,11 +504,10 @@ def predict_raster(
     outputs = [os.fspath(destination)]
     if probabilities is not None:
         outputs.append(os.fspath(probabilities))
-    paths = {os.path.abspath(path) for path in [os.fspath(source), *outputs]}
-    if len(paths) != len(outputs) + 1:
-        raise GlcgeoError('the input and outputs must be different files', outputs[0])
+    if len({os.path.realpath(output) for output in outputs}) != len(outputs):
+        raise GlcgeoError('the class map and probabilities must be different files')
     for output in outputs:
-        check_destination(output, overwrite)
+        check_destination(output, overwrite, inputs=[source])
     if batch_size < 1:
         raise GlcgeoError(f'batch size must be positive, got {batch_size}')
     torch_device = resolve_device(device)

@@ -1,16 +1,15 @@
 """Cloud Optimized GeoTIFF output, written under a temporary name and published whole.
 
 A :class:`CogWriter` takes windows of a raster as they are finished and writes them
-to a temporary striped GeoTIFF beside the destination (``.<name>.partial-<pid>``).
+to a temporary striped GeoTIFF beside the destination.
 :meth:`CogWriter.finish` converts it with GDAL's COG driver (tiles, DEFLATE,
 overviews) into a second temporary file; :meth:`CogWriter.commit` renames that onto
-the destination with :func:`os.replace`, which is atomic within a folder. Leaving the
-``with`` block removes whatever temporary file is left, so an error or an
-interruption never leaves a file under the destination name nor a partial file.
+the destination (both temporary files are :class:`~glcgeo.outputs.OutputFile`).
+Leaving the ``with`` block removes whatever temporary file is left, so an error or
+an interruption never leaves a file under the destination name nor a partial file.
 """
 
 import os
-import tempfile
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,8 +19,9 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from ..errors import GlcgeoError
+from ..outputs import OutputFile, check_destination
 
-__all__ = ['CogWriter', 'check_destination', 'class_dtype']
+__all__ = ['CogWriter', 'class_dtype']
 
 #: Creation options of the temporary file: strips suit row-band writes, and a fast
 #: compression keeps it small for large scenes.
@@ -50,35 +50,6 @@ def class_dtype(num_classes: int) -> tuple[str, int]:
         if num_classes <= largest:
             return dtype, largest
     raise GlcgeoError(f'too many classes: {num_classes}')
-
-
-def check_destination(path: str | os.PathLike[str], overwrite: bool) -> None:
-    """Check that an output file can be written, before any work is done.
-
-    Args:
-        path: the output file.
-        overwrite: whether an existing file may be replaced.
-
-    Raises:
-        GlcgeoError: if the folder is missing or not writable, or the file exists
-            and *overwrite* is False (or it is a folder).
-
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise GlcgeoError('output folder does not exist', folder)
-    if os.path.isdir(path):
-        raise GlcgeoError('output is a folder', path)
-    if os.path.exists(path) and not overwrite:
-        raise GlcgeoError('output exists (use --overwrite to replace it)', path)
-    # Permissions alone do not tell (root, read-only mounts): try a file.
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix='.glcgeo-probe-'):
-            pass
-    except OSError as error:
-        raise GlcgeoError(
-            f'cannot write to the output folder ({error.strerror})', folder
-        ) from None
 
 
 class CogWriter:
@@ -124,14 +95,15 @@ class CogWriter:
             scales: per-band scale from stored to real values.
 
         Raises:
-            GlcgeoError: see :func:`check_destination`.
+            GlcgeoError: see :func:`~glcgeo.outputs.check_destination`.
 
         """
         check_destination(path, overwrite)
         self.path = os.fspath(path)
-        folder, name = os.path.split(os.path.abspath(self.path))
-        self.partial = os.path.join(folder, f'.{name}.partial-{os.getpid()}')
-        self.partial_cog = f'{self.partial}.cog'
+        # The striped file written window by window, never published, and the
+        # COG made from it, published whole.
+        self._striped = OutputFile(path)
+        self._cog = OutputFile(path)
         self.profile = profile
         self.overview_resampling = overview_resampling
         self.colormap = colormap
@@ -144,7 +116,7 @@ class CogWriter:
     def __enter__(self) -> Self:
         """Create the temporary file."""
         self._dataset = rasterio.open(
-            self.partial, 'w', **{**self.profile, **PARTIAL_OPTIONS}
+            self._striped.temporary, 'w', **{**self.profile, **PARTIAL_OPTIONS}
         )
         return self
 
@@ -174,8 +146,8 @@ class CogWriter:
             dataset.close()
         # The COG driver copies the colour table, descriptions, scales and tags.
         rasterio.shutil.copy(
-            self.partial,
-            self.partial_cog,
+            self._striped.temporary,
+            self._cog.temporary,
             driver='COG',
             compress='deflate',
             blocksize=512,
@@ -183,11 +155,11 @@ class CogWriter:
             bigtiff='if_safer',
             num_threads='all_cpus',
         )
-        os.remove(self.partial)
+        self._striped.discard()
 
     def commit(self) -> None:
         """Move the finished COG onto the destination name."""
-        os.replace(self.partial_cog, self.path)
+        self._cog.commit()
 
     def __exit__(
         self,
@@ -199,6 +171,5 @@ class CogWriter:
         if self._dataset is not None:
             self._dataset.close()
             self._dataset = None
-        for partial in (self.partial, self.partial_cog):
-            if os.path.exists(partial):
-                os.remove(partial)
+        self._striped.discard()
+        self._cog.discard()
