@@ -6,11 +6,11 @@ DataLoader with the same sampler, batch size and worker processes:
 
 * glcgeo: the loader of :class:`~glcgeo.datamodules.GLCNetDataModule` itself.
   Its workers read each pair's union window once, in the files' dtype, with the
-  pair's geometry and valid fractions (``GeoTiffMosaic.read_union``), and
+  pair's geometry and valid fractions (``GeoTiffUnions.read_union``), and
   ``collate_unions`` packs the unions of a batch, unpadded, into one buffer
   (the bytes of the raw reads, plus the geometry). The views are not made
   here: the unions are padded, cut and resized after transfer, on the training
-  device (``glcgeo.views.cut_views``);
+  device (``glcgeo.pairs.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
   covers and returns the arrays, collated into one flat buffer per batch (one
@@ -50,8 +50,8 @@ from torch.utils.data import DataLoader, Dataset
 from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.geometry import PixelGrid
-from glcgeo.samplers import PairedWindowSampler, WindowPair
-from glcgeo.views import cut_views, unpack_unions
+from glcgeo.pairs import WindowPair, cut_views, unpack_unions
+from glcgeo.samplers import PairedWindowSampler
 
 DATA = os.path.join(
     os.path.dirname(__file__), '..', 'tests', 'data', 'sentinel2_10m_tiles'

@@ -1,72 +1,27 @@
 """Lightning data modules over GeoTIFF mosaics."""
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datamodules import GeoDataModule
-from torchgeo.datasets.utils import Sample
 
 from .datasets import GeoTiffMosaic
+from .pairs import GeoTiffUnions, collate_unions, cut_views
 from .samplers import PairedWindowSampler
 from .stats import BandStats, compute_band_stats
-from .views import TwoViewAugmentation, cut_views
+from .views import TwoViewAugmentation
 
-__all__ = ['GLCNetDataModule', 'collate_unions']
-
-
-def collate_unions(samples: Iterable[Sample]) -> dict[str, Tensor]:
-    """Collate pairs in the union form, packing the union windows into one buffer.
-
-    The unions of a batch differ in size. Padding them to the largest in the
-    workers would ship nearly twice their bytes (and fill as much fresh shared
-    memory); instead they are packed end to end, unpadded, in one flat buffer,
-    with their shapes, and :func:`~glcgeo.views.cut_views` pads them on the
-    device (:func:`~glcgeo.views.unpack_unions`).
-
-    Args:
-        samples: :meth:`~glcgeo.datasets.GeoTiffMosaic.read_union` samples, whose
-            unions may differ in height and width.
-
-    Returns:
-        ``union`` [N] the unions' raw values, flattened (C, H, W order) and
-        concatenated, in the samples' dtype; ``union_shape`` int64 [B, 3] each
-        union's (C, H, W); and every other key stacked
-        (:func:`torch.utils.data.default_collate`).
-    """
-    pairs = list(samples)
-    unions = [pair['union'] for pair in pairs]
-    total = sum(union.numel() for union in unions)
-    if get_worker_info() is None:
-        flat = unions[0].new_empty(total)
-    else:
-        # Filled in shared memory, a worker's batch reaches the main process
-        # without the copy into it that sending a tensor makes, as in
-        # default_collate (whose way this is).
-        storage = unions[0]._typed_storage()._new_shared(total)
-        flat = unions[0].new(storage)
-    # Copied by numpy: torch's copies of uint16 are ~3x slower (2.x).
-    packed, start = flat.numpy(), 0
-    for union in unions:
-        end = start + union.numel()
-        packed[start:end] = union.numpy().reshape(-1)
-        start = end
-    rest = [{k: v for k, v in pair.items() if k != 'union'} for pair in pairs]
-    collated: dict[str, Tensor] = default_collate(rest)
-    collated['union'] = flat
-    collated['union_shape'] = torch.tensor([union.shape for union in unions])
-    return collated
+__all__ = ['GLCNetDataModule']
 
 
 class GLCNetDataModule(GeoDataModule):
     """Pairs of overlapping views from an unlabeled mosaic, for GLCNet pretraining.
 
     Reads pairs with :class:`~glcgeo.samplers.PairedWindowSampler` from a
-    :class:`~glcgeo.datasets.GeoTiffMosaic` in the union form (workers only read
-    each pair's union window, in the files' dtype; :func:`collate_unions`), then,
-    after transfer, cuts both views on the device (:func:`~glcgeo.views.cut_views`)
+    :class:`~glcgeo.pairs.GeoTiffUnions` (workers only read each pair's union
+    window, in the files' dtype; :func:`~glcgeo.pairs.collate_unions`), then,
+    after transfer, cuts both views on the device (:func:`~glcgeo.pairs.cut_views`)
     and augments them there with :class:`~glcgeo.views.TwoViewAugmentation`.
     Normalisation statistics are read from *stats* or computed from the mosaic by
     sampling.
@@ -118,7 +73,7 @@ class GLCNetDataModule(GeoDataModule):
             num_workers: data loader worker processes.
         """
         super().__init__(
-            GeoTiffMosaic,
+            GeoTiffUnions,
             batch_size=batch_size,
             patch_size=patch_size,
             length=length,
@@ -143,9 +98,8 @@ class GLCNetDataModule(GeoDataModule):
         if stage != 'fit' or self.train_sampler is not None:
             return
         hp = self.hparams
-        dataset = GeoTiffMosaic(**self.kwargs)
         # Workers only read: the views are cut on the device, after transfer.
-        dataset.cut_pairs = False
+        dataset = GeoTiffUnions(**self.kwargs)
         if hp['stats'] is not None:
             self.band_stats = BandStats.load(hp['stats'])
         else:
@@ -176,12 +130,13 @@ class GLCNetDataModule(GeoDataModule):
         """Cut both views on the device the batch was moved to, then augment them.
 
         Args:
-            batch: a batch of pairs in the union form (:func:`collate_unions`).
+            batch: a batch of pairs in the union form
+                (:func:`~glcgeo.pairs.collate_unions`).
             dataloader_idx: index of the data loader.
 
         Returns:
             the batch with views ``image1``, ``image2`` [B, C, patch_size,
-            patch_size] (see :func:`~glcgeo.views.cut_views`), augmented when
+            patch_size] (see :func:`~glcgeo.pairs.cut_views`), augmented when
             training.
         """
         batch = cut_views(batch, self.hparams['patch_size'])

@@ -1,10 +1,9 @@
 """GeoTIFF mosaics as TorchGeo datasets.
 
 :class:`GeoTiffMosaic` indexes any set of GeoTIFFs (paths, folders or globs) of any band
-count and dtype, reprojects them to one CRS and resolution, and reads either a plain
-TorchGeo slice or a :class:`~glcgeo.samplers.WindowPair` (two overlapping views read
-from one union window, cut on the CPU or, in the union form, on the device by
-:func:`~glcgeo.views.cut_views`).
+count and dtype, reprojects them to one CRS and resolution, and reads TorchGeo
+slices of it; :class:`GeoTiffMask` reads class masks the same way. Reading window
+pairs is :mod:`glcgeo.pairs`' job.
 """
 
 import functools
@@ -31,9 +30,7 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from .errors import GlcgeoError
-from .geometry import PixelGrid, ground_to_pixel_boxes
-from .samplers import WindowPair
-from .views import cut_views
+from .geometry import PixelGrid
 
 __all__ = ['GeoTiffMosaic', 'expand_paths']
 
@@ -129,48 +126,6 @@ def _check_raster(path: str, crs_given: bool) -> tuple[int, str, float | None]:
         raise GlcgeoError(f'not a readable raster ({reason})', path) from None
 
 
-def _union_geometry(
-    grid: PixelGrid, pairs: Sequence[WindowPair]
-) -> dict[str, np.ndarray]:
-    """The geometry of pairs in the union form, computed for all of them at once.
-
-    Args:
-        grid: the mosaic's pixel grid.
-        pairs: the pairs, all with the same number of regions.
-
-    Returns:
-        [B, ...] arrays of the keys of
-        :meth:`GeoTiffMosaic.read_union` but ``union`` and ``valid{k}``.
-    """
-    count = len(pairs)
-    # [B, 2 views, 4] (col, row, width, height) in grid pixels, and the unions.
-    views = np.array(
-        [
-            [(w.col_off, w.row_off, w.width, w.height) for w in (p.view1, p.view2)]
-            for p in pairs
-        ],
-        dtype=np.int64,
-    )
-    origin = np.array([(p.union.col_off, p.union.row_off) for p in pairs], np.int64)
-    sizes = np.array([p.size for p in pairs], dtype=np.float64)
-    regions = grid.boxes_to_map(
-        np.array([p.regions for p in pairs], dtype=np.float64).reshape(-1, 4)
-    ).reshape(count, -1, 4)
-    geometry = {
-        'regions': regions,
-        'overlap': grid.boxes_to_map([p.overlap for p in pairs]),
-    }
-    for k in (1, 2):
-        col, row, width, height = views[:, k - 1].T
-        c0, r0 = col - origin[:, 0], row - origin[:, 1]
-        geometry[f'window{k}'] = np.stack([c0, r0, c0 + width, r0 + height], axis=1)
-        affines = grid.window_affines(views[:, k - 1], sizes)
-        geometry[f'transform{k}'] = affines
-        boxes = ground_to_pixel_boxes(regions, affines)
-        geometry[f'boxes{k}'] = boxes.astype(np.float32)
-    return geometry
-
-
 class GeoTiffMosaic(RasterDataset):
     """A mosaic of GeoTIFFs of any band count, dtype, CRS and nodata.
 
@@ -179,10 +134,6 @@ class GeoTiffMosaic(RasterDataset):
     with a TorchGeo slice ``ds[xmin:xmax:xres, ymin:ymax:yres]`` works as for any
     :class:`~torchgeo.datasets.RasterDataset`, but ``bounds`` and ``transform`` are
     returned as float64 (TorchGeo's float32 loses decimetres at UTM northings).
-    Indexing with a :class:`~glcgeo.samplers.WindowPair` reads the pair's union
-    window once and cuts both views from it (:meth:`read_pair`), or, when
-    :attr:`cut_pairs` is False, returns the union window uncut for the views to be
-    cut on the device (:meth:`read_union`).
 
     A pixel is nodata where every selected band equals the nodata value (or is NaN).
 
@@ -235,7 +186,6 @@ class GeoTiffMosaic(RasterDataset):
                 for f, (c, _, _) in zip(files, infos, strict=True)
             )
             raise GlcgeoError(f'files have different band counts ({detail})', files[0])
-        count = infos[0][0]
         with rasterio.open(files[0]) as src:
             descriptions = [d or f'B{i + 1}' for i, d in enumerate(src.descriptions)]
         self.all_bands = tuple(descriptions)
@@ -257,10 +207,6 @@ class GeoTiffMosaic(RasterDataset):
         )
         # TorchGeo maps band names to indexes; with duplicate names use ours.
         self.band_indexes = list(self.band_indexes_selected)
-        del count
-        #: Whether indexing with a WindowPair cuts the views (:meth:`read_pair`) or
-        #: returns the union form (:meth:`read_union`), as GLCNetDataModule sets.
-        self.cut_pairs = True
         self._mask_flags: dict[str, Sequence[Sequence[MaskFlags]]] = {}
 
     @staticmethod
@@ -518,24 +464,19 @@ class GeoTiffMosaic(RasterDataset):
             invalid = invalid | (image == nodata).all(dim=-3)
         return ~invalid
 
-    def __getitem__(self, index: GeoSlice | WindowPair) -> Sample:
-        """Read a TorchGeo slice, or both views of a window pair.
+    def __getitem__(self, index: GeoSlice) -> Sample:
+        """Read a TorchGeo slice.
 
         Args:
-            index: ``[xmin:xmax:xres, ymin:ymax:yres]`` in the dataset CRS, or a
-                :class:`~glcgeo.samplers.WindowPair` from
-                :class:`~glcgeo.samplers.PairedWindowSampler`.
+            index: ``[xmin:xmax:xres, ymin:ymax:yres]`` in the dataset CRS.
 
         Returns:
-            for a slice: ``image`` [C, H, W] float32 (at the mosaic's resolution,
-            the files' own pixels: see :meth:`read_raw`), ``bounds`` float64
+            ``image`` [C, H, W] float32 (at the mosaic's resolution, the files'
+            own pixels: see :meth:`read_raw`), ``bounds`` float64
             (xmin, xmax, xres, ymin, ymax, yres) and ``transform`` float64
-            (a, b, c, d, e, f of the rasterio affine). For a pair: see
-            :meth:`read_pair`, or :meth:`read_union` if :attr:`cut_pairs` is False.
+            (a, b, c, d, e, f of the rasterio affine).
 
         """
-        if isinstance(index, WindowPair):
-            return self.read_pair(index) if self.cut_pairs else self.read_union(index)
         x, y, _ = self._disambiguate_slice(index)
         xres, yres = self.res
         if math.isclose(x.step, xres, rel_tol=1e-9) and math.isclose(
@@ -563,107 +504,6 @@ class GeoTiffMosaic(RasterDataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
-
-    def read_pair(self, pair: WindowPair) -> Sample:
-        """Read a pair's union window once and cut both views from it.
-
-        The views are cut by :func:`~glcgeo.views.cut_views`, as the data module
-        cuts them on the device: each view is the pair's window of the read grid,
-        resized (antialiased bilinear) to ``pair.size`` pixels when its scale
-        differs from 1.
-
-        Args:
-            pair: the two windows, in pixels of :attr:`grid`.
-
-        Returns:
-            the sample of :meth:`read_union` with ``union``, ``window1`` and
-            ``window2`` replaced by, for view ``k`` in 1, 2, ``image{k}``
-            [C, size, size] float32 raw values; then passed through *transforms*.
-        """
-        sample = self.read_union(pair)
-        batch = cut_views(
-            {key: value[None] for key, value in sample.items()}, pair.size
-        )
-        sample = {key: value[0] for key, value in batch.items()}
-        if self.transforms is not None:
-            sample = self.transforms(sample)
-        return sample
-
-    def read_union(self, pair: WindowPair) -> Sample:
-        """Read a pair's union window once, uncut, with both views' geometry.
-
-        Cheap enough for DataLoader workers: one read in the files' dtype (no
-        conversion, no resizing) and the valid fractions on those raw values. The
-        views are cut later, by :func:`~glcgeo.views.cut_views` on a batch.
-
-        Args:
-            pair: the two windows, in pixels of :attr:`grid`.
-
-        Returns:
-            a sample with ``union`` [C, H, W] raw values of the union window in
-            the files' dtype (see :meth:`read_raw`) and, for view ``k`` in 1, 2:
-            ``window{k}`` int64 [4] its window in union pixels (x1, y1, x2, y2;
-            pixel-edge convention), ``transform{k}`` float64 [6] (rasterio affine,
-            view pixel -> dataset CRS, once resized to ``pair.size``),
-            ``valid{k}`` the fraction of its pixels with data; and ``regions``
-            float64 [R, 4] ground boxes (xmin, ymin, xmax, ymax in the dataset CRS)
-            inside the overlap, ``boxes{k}`` float32 [R, 4] the same boxes in
-            view-``k`` pixels (x1, y1, x2, y2; pixel-edge convention), ``overlap``
-            float64 [4] the overlap as a ground box.
-        """
-        return self.read_unions([pair])[0]
-
-    def read_unions(self, pairs: Sequence[WindowPair]) -> list[Sample]:
-        """Read pairs' union windows, each once, uncut, with both views' geometry.
-
-        The samples of :meth:`read_union`, for pairs drawn by one sampler (the
-        same number of regions each). The geometry of all pairs is computed at
-        once, in float64 arrays, of which each sample's tensors are views: a
-        batch of pairs costs the DataLoader workers little more than their reads.
-
-        Args:
-            pairs: the pairs, in pixels of :attr:`grid`.
-
-        Returns:
-            one sample per pair, as :meth:`read_union` returns it.
-        """
-        grid = self.grid
-        geometry = {
-            key: torch.from_numpy(value)
-            for key, value in _union_geometry(grid, pairs).items()
-        }
-        samples = []
-        for i, pair in enumerate(pairs):
-            raw = self.read_raw(*grid.window_bounds(pair.union))
-            # One mask for the union: both views' valid fractions are cut from it.
-            valid = self.valid_mask(raw)
-            sample: Sample = {'union': raw}
-            for k in (1, 2):
-                sample[f'window{k}'] = window = geometry[f'window{k}'][i]
-                c0, r0, c1, r1 = window.tolist()
-                sample[f'valid{k}'] = valid[r0:r1, c0:c1].sum() / (
-                    (c1 - c0) * (r1 - r0)
-                )
-            for key in ('transform1', 'transform2', 'boxes1', 'boxes2'):
-                sample[key] = geometry[key][i]
-            sample['regions'] = geometry['regions'][i]
-            sample['overlap'] = geometry['overlap'][i]
-            samples.append(sample)
-        return samples
-
-    def __getitems__(self, indices: Sequence[GeoSlice | WindowPair]) -> list[Sample]:
-        """Read a batch of samples (as a DataLoader does, when a dataset has this).
-
-        Args:
-            indices: what :meth:`__getitem__` takes, one per sample.
-
-        Returns:
-            ``[self[index] for index in indices]``, with the geometry of window
-            pairs in the union form computed once for the batch (:meth:`read_unions`).
-        """
-        if not self.cut_pairs and all(isinstance(i, WindowPair) for i in indices):
-            return self.read_unions(indices)  # type: ignore[arg-type]
-        return [self[index] for index in indices]
 
     # TorchGeo's version is an lru_cache wrapper, hence the type: ignore.
     def _cached_load_warp_file(  # type: ignore[override]

@@ -21,11 +21,15 @@ from rasterio.windows import Window
 from torch import Tensor
 
 __all__ = [
+    'PixelBox',
     'PixelGrid',
     'ground_to_pixel_boxes',
     'project_ground_boxes',
     'transform_pixel_boxes',
 ]
+
+#: A pixel box (col1, row1, col2, row2) of a grid, pixel-edge convention.
+PixelBox = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,13 @@
 """Samplers that draw pairs of overlapping windows over the same ground.
 
-:class:`PairedWindowSampler` yields :class:`WindowPair` records: two windows of a
-mosaic's pixel grid that overlap by a controlled fraction, each at its own scale,
-plus ground regions inside their overlap for GLCNet's local matching. A
-:class:`~glcgeo.datasets.GeoTiffMosaic` reads a pair's union window once and cuts
-both views from it.
+:class:`PairedWindowSampler` yields :class:`~glcgeo.pairs.WindowPair` records:
+two windows of a mosaic's pixel grid that overlap by a controlled fraction, each at
+its own scale, plus ground regions inside their overlap for GLCNet's local
+matching; :mod:`glcgeo.pairs` reads them.
 """
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,40 +16,12 @@ from rasterio.windows import Window
 from torch import Generator
 from torchgeo.samplers import GeoSampler
 
+from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
+from .geometry import PixelBox
+from .pairs import WindowPair
 
-if TYPE_CHECKING:
-    from .datasets import GeoTiffMosaic
-
-__all__ = ['PairedWindowSampler', 'WindowPair']
-
-#: A pixel box (col1, row1, col2, row2) of the mosaic grid, pixel-edge convention.
-PixelBox = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class WindowPair:
-    """Two overlapping windows of a mosaic's pixel grid, and where they match.
-
-    All windows and boxes are in pixels of the mosaic's grid
-    (:attr:`glcgeo.datasets.GeoTiffMosaic.grid`).
-
-    Attributes:
-        view1: the first view's window (read pixels; resized to *size*).
-        view2: the second view's window.
-        union: the smallest window holding both views: the one window read.
-        overlap: the intersection of the two views.
-        regions: ground regions inside the overlap, matched across the views.
-        size: width and height of each view after resizing, in pixels.
-
-    """
-
-    view1: Window
-    view2: Window
-    union: Window
-    overlap: PixelBox
-    regions: tuple[PixelBox, ...]
-    size: int
+__all__ = ['PairedWindowSampler']
 
 
 def _box(window: Window) -> PixelBox:
@@ -91,15 +60,17 @@ class PairedWindowSampler(GeoSampler):
 
     Example::
 
-        sampler = PairedWindowSampler(mosaic, size=224, length=1000)
-        loader = DataLoader(mosaic, batch_size=32, sampler=sampler, num_workers=2)
+        unions = GeoTiffUnions('tiles/*.tif')
+        sampler = PairedWindowSampler(unions, size=224, length=1000)
+        loader = DataLoader(unions, batch_size=32, sampler=sampler,
+                            collate_fn=collate_unions, num_workers=2)
 
     .. versionadded:: 0.1
     """
 
     def __init__(
         self,
-        dataset: 'GeoTiffMosaic',
+        dataset: GeoTiffMosaic,
         size: int = 224,
         length: int = 1000,
         overlap: tuple[float, float] = (0.3, 1.0),
@@ -213,7 +184,8 @@ class PairedWindowSampler(GeoSampler):
         """Yield this rank's share of one epoch of pairs.
 
         Yields:
-            window pairs for :meth:`glcgeo.datasets.GeoTiffMosaic.read_pair`.
+            window pairs, for :class:`~glcgeo.pairs.GeoTiffUnions` or
+            :class:`~glcgeo.pairs.GeoTiffPairs`.
 
         """
         world, rank = self._ranks()

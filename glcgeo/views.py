@@ -1,8 +1,4 @@
-"""Cutting and two-view augmentation on device, recording the geometry.
-
-:func:`cut_views` cuts both views of each pair from its union window and resizes
-them, after the batch reaches the device (TorchGeo's way: raw patches from the
-loader, the pixel work on the accelerator).
+"""Two-view augmentation on device, recording the geometry.
 
 GLCNet augments the second view only (GLCNET.md section 3): flips, rot90, per-band
 colour jitter, copying one band to all, Gaussian blur and salt noise. Geometric ops
@@ -17,7 +13,6 @@ import math
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from .geometry import transform_pixel_boxes
 
@@ -26,105 +21,7 @@ __all__ = [
     'BandToAll',
     'SaltNoise',
     'TwoViewAugmentation',
-    'cut_views',
-    'unpack_unions',
 ]
-
-#: Keys of the union form (GeoTiffMosaic.read_union, collate_unions) that
-#: cut_views replaces.
-UNION_KEYS = ('union', 'union_shape', 'window1', 'window2')
-
-
-def unpack_unions(union: Tensor, shape: Tensor) -> Tensor:
-    """Unpack unions packed end to end into one batch, padded to the largest.
-
-    Each union is padded at its bottom and right by repeating its last row and
-    column: :func:`cut_views` samples at most half a pixel past a view's edge,
-    where roi_align clamps to an unpadded union's edge pixels, so a padded union
-    gives the same views as the unpadded one and the padding brings no value of
-    its own into a view.
-
-    Args:
-        union: [N] the unions' values, each flattened in (C, H, W) order, end to
-            end (:func:`~glcgeo.datamodules.collate_unions`), of any dtype.
-        shape: int64 [B, 3] each union's (C, H, W); C is the same for all.
-
-    Returns:
-        [B, C, H, W] float32 unions, with H and W the largest, top-left aligned.
-    """
-    # Converted before unpacking, as roi_align needs: fewer values to convert
-    # than the padded batch holds.
-    values = union.float()
-    # The shapes set the output's: read once (a sync on a device).
-    shapes = shape.tolist()
-    height = max(rows for _, rows, _ in shapes)
-    width = max(cols for _, _, cols in shapes)
-    batch = values.new_empty((len(shapes), shapes[0][0], height, width))
-    # Three copies a union: one gather of all (its index as large as the batch,
-    # in int64) costs ~10x more on a CPU, and more memory on a device.
-    start = 0
-    for padded, (bands, rows, cols) in zip(batch, shapes, strict=True):
-        end = start + bands * rows * cols
-        padded[:, :rows, :cols] = values[start:end].view(bands, rows, cols)
-        padded[:, rows:, :cols] = padded[:, rows - 1 : rows, :cols]
-        padded[:, :, cols:] = padded[:, :, cols - 1 : cols]
-        start = end
-    return batch
-
-
-def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
-    """Cut both views of each pair from its union window and resize them.
-
-    One :func:`torchvision.ops.roi_align` call over the batch (``aligned=True``:
-    a window's edges are pixel edges). Each output pixel averages
-    ``ceil(scale)`` x ``ceil(scale)`` bilinear samples spread over the
-    ``scale``-pixel wide bin it covers (roi_align's adaptive sampling ratio),
-    so a downscaled view is antialiased much as
-    ``F.interpolate(..., antialias=True)`` would, and a view at scale 1 with
-    whole-pixel offsets is an exact crop. Bilinear samples at a view's edge
-    (scale not 1) take up to half a pixel of the union just outside it: the
-    ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
-    :func:`unpack_unions` pads by replicating them). NaN
-    (float nodata) does not spread: where a union holds NaN, each output pixel is
-    the weighted mean of its valid samples only, and NaN where it has none, so a
-    view at scale 1 keeps exactly the source's NaN pixels.
-
-    Args:
-        batch: the union form (:meth:`~glcgeo.datasets.GeoTiffMosaic.read_union`)
-            collated: ``union`` [B, C, H, W] raw values of any dtype, or
-            packed as :func:`~glcgeo.datamodules.collate_unions` ships them
-            (``union`` [N] and ``union_shape`` [B, 3]; see :func:`unpack_unions`),
-            ``window1``, ``window2`` [B, 4] each view's window in union pixels
-            (x1, y1, x2, y2; pixel-edge convention), and any other keys.
-        size: width and height of each view, in pixels.
-
-    Returns:
-        the other keys of *batch*, with ``image1`` and ``image2``
-        [B, C, size, size] float32 raw values.
-    """
-    if 'union_shape' in batch:
-        union = unpack_unions(batch['union'], batch['union_shape'])
-    else:
-        union = batch['union'].float()
-    index = torch.arange(len(union), device=union.device, dtype=union.dtype)[:, None]
-    rois = torch.cat(
-        [torch.cat([index, batch[f'window{k}'].to(union)], dim=1) for k in (1, 2)]
-    )
-    # Integer rasters hold no NaN: skip the scan of the batch (and its sync).
-    missing = torch.isnan(union) if batch['union'].is_floating_point() else None
-    if missing is not None and not missing.any():
-        missing = None
-    if missing is not None:
-        # Bilinear weights of 0 still multiply a NaN: resample the valid values
-        # and their weights, and divide (a normalised convolution).
-        union = torch.cat([union.nan_to_num(0.0), (~missing).to(union)], dim=1)
-    images = roi_align(union, rois, output_size=size, sampling_ratio=0, aligned=True)
-    if missing is not None:
-        values, total = images.chunk(2, dim=1)
-        images = torch.where(total > 1e-6, values / total, torch.nan)
-    views = {key: value for key, value in batch.items() if key not in UNION_KEYS}
-    views['image1'], views['image2'] = images.split(len(union))
-    return views
 
 
 def _apply_mask(batch_size: int, p: float, device: torch.device) -> Tensor:

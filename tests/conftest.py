@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import torch
 import yaml
 from affine import Affine
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.pairs import GeoTiffPairs
 
 DATA = Path(__file__).parent / 'data'
 S2_TILES = DATA / 'sentinel2_10m_tiles'
@@ -54,6 +56,12 @@ def shipped_mosaic(request: pytest.FixtureRequest) -> GeoTiffMosaic:
     return GeoTiffMosaic(SHIPPED_MOSAICS[request.param])
 
 
+@pytest.fixture(scope='session', params=sorted(SHIPPED_MOSAICS))
+def shipped_pairs(request: pytest.FixtureRequest) -> GeoTiffPairs:
+    """Each shipped mosaic read by window pairs (one per test parameter)."""
+    return GeoTiffPairs(SHIPPED_MOSAICS[request.param])
+
+
 @pytest.fixture(scope='session')
 def s2_mosaic() -> GeoTiffMosaic:
     """The two overlapping Sentinel-2 tiles, EPSG:32618 at 10 m, northing ~4.17e6."""
@@ -61,9 +69,29 @@ def s2_mosaic() -> GeoTiffMosaic:
 
 
 @pytest.fixture(scope='session')
+def s2_pairs() -> GeoTiffPairs:
+    """The Sentinel-2 tiles read by window pairs."""
+    return GeoTiffPairs(S2_TILES)
+
+
+@pytest.fixture(scope='session')
 def quadrant_mosaic() -> GeoTiffMosaic:
     """The four Landsat-7 quadrants: custom WKT CRS, 3 x uint8, nodata=0 frame."""
     return GeoTiffMosaic(QUADRANTS)
+
+
+@pytest.fixture(scope='session')
+def quadrant_pairs() -> GeoTiffPairs:
+    """The Landsat-7 quadrants read by window pairs."""
+    return GeoTiffPairs(QUADRANTS)
+
+
+def direct_read(
+    mosaic: GeoTiffMosaic, transform: torch.Tensor, size: int
+) -> torch.Tensor:
+    """An independent TorchGeo read of a view's ground window at its resolution."""
+    a, _, c, _, e, f = transform.tolist()
+    return mosaic[c : c + a * size : a, f + e * size : f : -e]['image']
 
 
 def write_raster(

@@ -10,13 +10,13 @@ from conftest import S2_TILES
 from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
-from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.geometry import (
     PixelGrid,
     ground_to_pixel_boxes,
     project_ground_boxes,
     transform_pixel_boxes,
 )
+from glcgeo.pairs import GeoTiffPairs
 from glcgeo.samplers import PairedWindowSampler
 from glcgeo.views import TwoViewAugmentation
 
@@ -139,7 +139,7 @@ def test_ground_boxes_land_on_the_same_pixels_through_recorded_augmentation() ->
     """Real pairs, kornia's recorded flips/rot90: each region's pixels, tagged with
     their index in the un-augmented view, are found inside the projected box, each
     exactly where the recorded matrix sends it."""
-    mosaic = GeoTiffMosaic(S2_TILES)
+    mosaic = GeoTiffPairs(S2_TILES)
     size, count = 64, 16
     sampler = PairedWindowSampler(
         mosaic,

@@ -18,8 +18,8 @@ from conftest import RasterWriter, TorchGeoFit
 from glcgeo.cli import main
 from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.errors import GlcgeoError
+from glcgeo.pairs import cut_views
 from glcgeo.tasks import GLCNetTask
-from glcgeo.views import cut_views
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
