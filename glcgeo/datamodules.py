@@ -10,7 +10,7 @@ from .datasets import GeoTiffMosaic
 from .pairs import GeoTiffUnions, collate_unions, cut_views
 from .samplers import PairedWindowSampler
 from .stats import BandStats, compute_band_stats
-from .views import TwoViewAugmentation
+from .transforms import TwoViewAugmentation
 
 __all__ = ['GLCNetDataModule']
 
@@ -22,7 +22,7 @@ class GLCNetDataModule(GeoDataModule):
     :class:`~glcgeo.pairs.GeoTiffUnions` (workers only read each pair's union
     window, in the files' dtype; :func:`~glcgeo.pairs.collate_unions`), then,
     after transfer, cuts both views on the device (:func:`~glcgeo.pairs.cut_views`)
-    and augments them there with :class:`~glcgeo.views.TwoViewAugmentation`.
+    and augments them there with :class:`~glcgeo.transforms.TwoViewAugmentation`.
     Normalisation statistics are read from *stats* or computed from the mosaic by
     sampling.
 

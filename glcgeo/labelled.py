@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pyproj import CRS as PROJ_CRS
 from rasterio.windows import Window
-from torch import Generator, Tensor
+from torch import Generator, Tensor, nn
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import IntersectionDataset
 from torchgeo.datasets.utils import GeoSlice, Sample, merge_samples
@@ -35,6 +35,7 @@ from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .geometry import PixelGrid
 from .stats import BandStats, compute_band_stats
+from .transforms import normalize_bands
 
 __all__ = [
     'SPLITS',
@@ -144,14 +145,14 @@ class MaskEncoder:
 
         Args:
             sample: a sample with ``mask`` (and optionally ``valid``: [H, W] bool,
-                True where the image holds data; it is removed).
+                True where the image holds data; it is kept, for normalisation).
 
         Returns:
             the sample with ``mask`` as class ids.
 
         """
         mask = self.encode(sample['mask'])
-        valid = sample.pop('valid', None)
+        valid = sample.get('valid')
         if valid is not None:
             mask[~valid] = self.ignore_index
         sample['mask'] = mask
@@ -480,8 +481,9 @@ class SegmentationDataModule(GeoDataModule):
     and the label budget is drawn from the training tiles by
     :func:`draw_label_tiles` (seed *seed*). Training draws *length* labelled tiles
     per epoch with random flips and 90-degree rotations; validation and test read
-    each of their tiles once. Images are normalised with per-band statistics of
-    raw values (:class:`~glcgeo.stats.BandStats`).
+    each of their tiles once. Images are normalised on the device with per-band
+    statistics of raw values (:class:`~glcgeo.stats.BandStats`), their nodata
+    pixels set to 0 (:func:`~glcgeo.transforms.normalize_bands`).
 
     .. versionadded:: 0.1
     """
@@ -635,11 +637,11 @@ class SegmentationDataModule(GeoDataModule):
         self.band_stats = self._band_stats(images)
         self.mean = torch.tensor(self.band_stats.mean)
         self.std = torch.tensor(self.band_stats.std)
-        normalize = K.Normalize(mean=self.mean, std=self.std)
-        self.aug = K.AugmentationSequential(normalize, data_keys=None, keepdim=True)
+        # Normalised in on_after_batch_transfer: validation and test batches
+        # need nothing more.
+        self.aug = nn.Identity()
         if hp['augment']:
             self.train_aug = K.AugmentationSequential(
-                normalize,
                 K.RandomHorizontalFlip(),
                 K.RandomVerticalFlip(),
                 K.RandomRotation90(times=(0, 3)),
@@ -654,6 +656,24 @@ class SegmentationDataModule(GeoDataModule):
         )
         self.val_sampler = TileSampler([split.query(t) for t in split.tiles['val']])
         self.test_sampler = TileSampler([split.query(t) for t in split.tiles['test']])
+
+    def on_after_batch_transfer(self, batch: Sample, dataloader_idx: int) -> Sample:
+        """Normalise the images on the device, then augment training batches.
+
+        Args:
+            batch: ``image`` [B, C, H, W] raw values, ``valid`` [B, H, W] (True
+                where the image holds data; removed), ``mask`` and the rest.
+            dataloader_idx: index of the data loader.
+
+        Returns:
+            the batch with ``image`` normalised by
+            :func:`~glcgeo.transforms.normalize_bands` (0 where there is no data),
+            flipped and rotated when training with *augment*.
+        """
+        batch['image'] = normalize_bands(
+            batch['image'], self.mean, self.std, batch.pop('valid')
+        )
+        return super().on_after_batch_transfer(batch, dataloader_idx)
 
     @staticmethod
     def _tiled_area(

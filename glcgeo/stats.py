@@ -20,6 +20,7 @@ from torch import Generator, Tensor
 from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .outputs import atomic_write
+from .transforms import normalize_bands
 
 __all__ = ['BandStats', 'compute_band_stats']
 
@@ -44,19 +45,18 @@ class BandStats:
     pixels: int = 0
     files: list[str] = field(default_factory=list)
 
-    def normalize(self, image: Tensor) -> Tensor:
-        """Apply ``(x - mean) / std`` over the band dimension.
+    def normalize(self, image: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Normalise raw values with these statistics (:func:`normalize_bands`).
 
         Args:
             image: [..., C, H, W] raw values.
+            valid: [..., H, W] True where a pixel holds data, or None.
 
         Returns:
-            the normalised image, float32.
+            the normalised image, float32, 0 where there is no data.
 
         """
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=image.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=image.device)
-        return (image.float() - mean[:, None, None]) / std[:, None, None]
+        return normalize_bands(image, self.mean, self.std, valid)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics as JSON.

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import shapely
 import torch
-from conftest import TorchGeoFit
+from conftest import RasterWriter, TorchGeoFit
 from torch.utils.data import DataLoader
 from torchgeo.tasks import MoCo, SemanticSegmentation, SimCLR
 
@@ -24,6 +24,7 @@ from glcgeo.labelled import (
     TileSampler,
     draw_label_tiles,
 )
+from glcgeo.stats import BandStats
 from glcgeo.tasks_segmentation import FinetuneTask, load_start_weights
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
@@ -143,6 +144,39 @@ def test_training_batches_hold_labelled_tiles_with_ignored_nodata(
     assert np.array_equal(sample['mask'].numpy(), raw.astype(np.int64))
 
 
+def test_batches_are_normalised_with_nodata_set_to_zero(
+    make_raster: RasterWriter,
+) -> None:
+    """Images with -9999 and NaN nodata: normalised on transfer, nodata is 0."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(100, 200, (4, 64, 64)).astype(np.float32)
+    # Nodata in every tile: a -9999 square and a NaN in one band.
+    image[:, 3:64:16, 3:64:16] = -9999
+    image[:, 4:64:16, 3:64:16] = -9999
+    image[2, 10:64:16, 10:64:16] = np.nan
+    images = make_raster('image.tif', image, nodata=-9999)
+    masks = make_raster('mask.tif', rng.integers(1, 3, (1, 64, 64), dtype='uint8'))
+    stats = BandStats(mean=[150.0] * 4, std=[30.0] * 4, bands=[1, 2, 3, 4])
+    datamodule = SegmentationDataModule(
+        str(images), str(masks), patch_size=16, block_size=1, stats=stats,
+        split=(0.5, 0.25, 0.25), eval_batch_size=64,
+    )  # fmt: skip
+    datamodule.setup('fit')
+    for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+        batch = next(iter(loader))
+        raw, valid = batch['image'].clone(), batch['valid'].clone()
+        assert (~valid).any() and valid.any()
+        batch = datamodule.on_after_batch_transfer(batch, 0)
+        assert 'valid' not in batch and torch.isfinite(batch['image']).all()
+        expected = (raw - 150) / 30
+        assert torch.all(batch['image'].permute(1, 0, 2, 3)[:, ~valid] == 0)
+        torch.testing.assert_close(
+            batch['image'].permute(1, 0, 2, 3)[:, valid],
+            expected.permute(1, 0, 2, 3)[:, valid],
+        )
+        assert torch.all(batch['mask'][~valid] == 255)
+
+
 def test_tile_sampler_shows_every_tile_equally_often() -> None:
     queries = ['a', 'b', 'c']
     drawn = list(TileSampler(queries, 7, torch.Generator().manual_seed(0)))  # type: ignore[arg-type]
@@ -157,7 +191,7 @@ def test_mask_encoder_ignores_other_values_and_pixels_without_image() -> None:
     valid = torch.tensor([[True, True, False], [True, True, True]])
     sample = encoder({'mask': raw, 'valid': valid})
     assert sample['mask'].tolist() == [[0, 1, 255], [255, 255, 1]]
-    assert 'valid' not in sample
+    assert sample['valid'] is valid  # kept for normalisation
     with pytest.raises(GlcgeoError, match='also a class id'):
         MaskEncoder([0, 1], ignore_index=1)
 

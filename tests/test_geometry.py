@@ -18,7 +18,7 @@ from glcgeo.geometry import (
 )
 from glcgeo.pairs import GeoTiffPairs
 from glcgeo.samplers import PairedWindowSampler
-from glcgeo.views import TwoViewAugmentation
+from glcgeo.transforms import TwoViewAugmentation
 
 #: A grid at a UTM northing of ~4.17e6 m with an origin off the metre grid.
 UTM_GRID = PixelGrid(x0=438730.123, y0=4176460.456, res=(0.3, 0.3))

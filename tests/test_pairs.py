@@ -32,7 +32,6 @@ from glcgeo.pairs import (
     unpack_unions,
 )
 from glcgeo.samplers import PairedWindowSampler
-from glcgeo.views import TwoViewAugmentation
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -94,20 +93,6 @@ def test_nan_nodata_does_not_spread() -> None:
     far = ~torch.isnan(resized[0])
     far[10:40, 15:45] = False  # away from the hole, the same as without it
     assert torch.allclose(resized[0][far], valid['image1'][0, 0][far])
-
-
-def test_augmented_views_never_hold_nan() -> None:
-    image = smooth(64, 64, bands=3)[None].repeat(4, 1, 1, 1)
-    image[:, :, 5:9, 5:9] = torch.nan
-    augment = TwoViewAugmentation(mean=[1000.0] * 3, std=[300.0] * 3)
-    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).expand(4, 1, 4)
-    batch = augment(
-        {'image1': image, 'image2': image.clone(), 'boxes1': boxes, 'boxes2': boxes}
-    )
-    for key in ('image1', 'image2'):
-        assert torch.isfinite(batch[key]).all()
-    # A nodata pixel of view 1 is the band mean: 0 once normalised.
-    assert torch.all(batch['image1'][:, :, 5:9, 5:9] == 0)
 
 
 @pytest.mark.parametrize('side', [257, 300, 420, 160])

@@ -15,6 +15,7 @@ the patches in memory.
 import json
 import os
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..outputs import check_destination
+from ..transforms import normalize_bands
 from .blending import RowBandAccumulator, tile_weights
 from .checkpoint import CheckpointMetadata
 from .tiling import Tile, TileGrid
@@ -192,15 +194,12 @@ def _prepare(
         [C, H', W'] float32, H' and W' multiples of :data:`PAD_MULTIPLE`.
 
     """
-    image = data.astype(np.float32)
-    if metadata.band_mean is not None and metadata.band_std is not None:
-        mean = np.asarray(metadata.band_mean, np.float32)[:, None, None]
-        std = np.asarray(metadata.band_std, np.float32)[:, None, None]
-        image = (image - mean) / std
-        # Nodata becomes the band mean, so that fill values (0, or -9999) do not
-        # reach the predictions of neighbouring valid pixels as extreme inputs.
-        image[:, ~valid] = 0
-    image[np.isnan(image)] = 0
+    mean: Sequence[float] = metadata.band_mean or [0.0] * len(data)
+    std: Sequence[float] = metadata.band_std or [1.0] * len(data)
+    # A model without statistics takes raw values, whose band means are unknown:
+    # there nodata keeps its value, and only NaN (never an input) becomes 0.
+    holds_data = torch.from_numpy(valid) if metadata.band_mean is not None else None
+    image = normalize_bands(torch.from_numpy(data), mean, std, holds_data).numpy()
     height, width = valid.shape
     pad_rows = -height % PAD_MULTIPLE
     pad_cols = -width % PAD_MULTIPLE

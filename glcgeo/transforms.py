@@ -1,4 +1,8 @@
-"""Two-view augmentation on device, recording the geometry.
+"""Transforms of raw band values: the one normalisation, and GLCNet's augmentation.
+
+:func:`normalize_bands` is how every model input is normalised (pretraining views,
+fine-tuning tiles, prediction tiles): per-band mean and standard deviation of raw
+values, then pixels without data set to 0, the band mean.
 
 GLCNet augments the second view only (GLCNET.md section 3): flips, rot90, per-band
 colour jitter, copying one band to all, Gaussian blur and salt noise. Geometric ops
@@ -9,6 +13,7 @@ count and act on raw values before normalisation.
 """
 
 import math
+from collections.abc import Sequence
 
 import kornia.augmentation as K
 import torch
@@ -21,7 +26,46 @@ __all__ = [
     'BandToAll',
     'SaltNoise',
     'TwoViewAugmentation',
+    'normalize_bands',
 ]
+
+
+def normalize_bands(
+    image: Tensor,
+    mean: Tensor | Sequence[float],
+    std: Tensor | Sequence[float],
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Normalise raw band values, then set pixels without data to 0 (the band mean).
+
+    ``(x - mean) / std`` per band; then every band of a pixel that *valid* marks
+    as nodata, and any NaN, becomes 0: the band mean, so that fill values (0,
+    -9999) and NaN never reach a network as extreme inputs.
+
+    Args:
+        image: [..., C, H, W] raw values, of any dtype.
+        mean: [C] mean of each band's raw values.
+        std: [C] standard deviation of each band's raw values (> 0).
+        valid: [..., H, W] bool, True where a pixel holds data (e.g.
+            :meth:`~glcgeo.datasets.GeoTiffMosaic.valid_mask`); None when the
+            image marks nodata by NaN only.
+
+    Returns:
+        [..., C, H, W] float32 normalised values, 0 where there is no data.
+    """
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=image.device)
+    std = torch.as_tensor(std, dtype=torch.float32, device=image.device)
+    normalized = (image.float() - mean[:, None, None]) / std[:, None, None]
+    if valid is not None:
+        normalized = normalized.masked_fill(~valid.unsqueeze(-3), 0.0)
+    if image.is_floating_point():
+        normalized = normalized.masked_fill(torch.isnan(normalized), 0.0)
+    return normalized
+
+
+def _holds_data(image: Tensor) -> Tensor:
+    """[B, H, W] True where no band of a [B, C, H, W] image is NaN (nodata)."""
+    return ~torch.isnan(image).any(dim=-3)
 
 
 def _apply_mask(batch_size: int, p: float, device: torch.device) -> Tensor:
@@ -128,9 +172,10 @@ class TwoViewAugmentation(nn.Module):
 
     The first view is only normalised. The second view goes through random flips
     (no flip with probability 0.4), rot90 (probability 0.8), then the photometric
-    ops, then normalisation. Matched-region boxes (``boxes2``) are moved through the
-    recorded geometric matrix, and the matrix is kept as ``matrix2`` ([B, 3, 3],
-    kornia's pixel-centre convention; ``matrix1`` is the identity).
+    ops, then normalisation (both by :func:`normalize_bands`: nodata is 0).
+    Matched-region boxes (``boxes2``) are moved through the recorded geometric
+    matrix, and the matrix is kept as ``matrix2`` ([B, 3, 3], kornia's
+    pixel-centre convention; ``matrix1`` is the identity).
 
     Example::
 
@@ -180,33 +225,34 @@ class TwoViewAugmentation(nn.Module):
             K.RandomGaussianBlur(kernel_size=7, sigma=(0.8, 1.4), p=blur_p),
             SaltNoise(salt),
         )
-        mean = torch.as_tensor(mean, dtype=torch.float32)
-        self.normalize = K.Normalize(
-            mean=mean, std=torch.as_tensor(std, dtype=torch.float32)
-        )
-        # Nodata pixels (NaN) left in an accepted view become the band mean, 0
-        # after normalisation: the network must never see a NaN.
-        self.fill: Tensor
-        self.register_buffer('fill', mean[:, None, None], persistent=False)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.std = torch.as_tensor(std, dtype=torch.float32)
 
     @torch.no_grad()
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Augment a two-view batch.
 
         Args:
-            batch: ``image1``, ``image2`` [B, C, H, W] raw values and ``boxes1``,
-                ``boxes2`` [B, R, 4] pixel boxes of the matched regions.
+            batch: ``image1``, ``image2`` [B, C, H, W] raw values (NaN where
+                there is no data) and ``boxes1``, ``boxes2`` [B, R, 4] pixel
+                boxes of the matched regions.
 
         Returns:
-            the batch with normalised, augmented images (NaN nodata pixels set to
-            the band mean first), moved ``boxes2``, and ``matrix1``, ``matrix2``
-            [B, 3, 3].
+            the batch with augmented images, normalised by
+            :func:`normalize_bands` (0 where there is no data), moved
+            ``boxes2``, and ``matrix1``, ``matrix2`` [B, 3, 3].
         """
-        image1, image2 = (
-            torch.where(torch.isnan(image), self.fill, image)
-            for image in (batch['image1'].float(), batch['image2'].float())
-        )
-        image2 = self.geometric(image2)
+        image1 = batch['image1'].float()
+        image2 = batch['image2'].float()
+        # The data module is not moved to the device the batches are on.
+        mean, std = self.mean.to(image2.device), self.std.to(image2.device)
+        valid2 = _holds_data(image2)[:, None]
+        # The photometric ops mix pixels (blur, band means): nodata enters them
+        # as the band mean, what normalisation makes of it anyway.
+        image2 = torch.where(valid2, image2, mean[:, None, None])
+        # The flips and rotations move the valid mask with the pixels.
+        moved = self.geometric(torch.cat([image2, valid2.to(image2)], dim=1))
+        image2, valid2 = moved[:, :-1], moved[:, -1] > 0.5
         matrix2 = self.geometric.transform_matrix
         if matrix2 is None:
             matrix2 = torch.eye(3, device=image2.device).expand(len(image2), 3, 3)
@@ -216,6 +262,6 @@ class TwoViewAugmentation(nn.Module):
         batch['boxes2'] = transform_pixel_boxes(batch['boxes2'], matrix2)
         batch['matrix2'] = matrix2
         batch['matrix1'] = torch.eye(3, device=image2.device).expand_as(matrix2)
-        batch['image1'] = self.normalize(image1)
-        batch['image2'] = self.normalize(self.photometric(image2))
+        batch['image1'] = normalize_bands(image1, mean, std, _holds_data(image1))
+        batch['image2'] = normalize_bands(self.photometric(image2), mean, std, valid2)
         return batch
