@@ -10,11 +10,14 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import shapely
 import torch
 import torch.distributed as dist
+from rasterio.features import geometry_mask
 from rasterio.windows import Window
+from shapely import Polygon
 from torch import Generator
-from torchgeo.samplers import GeoSampler
+from torchgeo.samplers import SpatialSampler
 
 from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
@@ -42,7 +45,7 @@ def _area(box: PixelBox) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
-class PairedWindowSampler(GeoSampler):
+class PairedWindowSampler(SpatialSampler):
     """Draw pairs of overlapping windows over the same ground, GLCNet style.
 
     Each pair is drawn as follows: a first window centred on a random point of the
@@ -53,6 +56,8 @@ class PairedWindowSampler(GeoSampler):
     each view covered by the other lies in *overlap*; windows with more than
     *max_nodata* nodata are rejected; finally *regions* ground boxes inside the
     overlap, spread apart, for local matching.
+
+    With a region of interest, both views of every pair lie inside it.
 
     Under distributed training each rank yields every ``world_size``-th pair of one
     seeded stream, so ranks draw disjoint shares and ``k`` ranks see the same
@@ -68,6 +73,8 @@ class PairedWindowSampler(GeoSampler):
     .. versionadded:: 0.1
     """
 
+    strategy = 'random'
+
     def __init__(
         self,
         dataset: GeoTiffMosaic,
@@ -82,6 +89,7 @@ class PairedWindowSampler(GeoSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         max_tries: int = 1000,
+        roi: Polygon | None = None,
     ) -> None:
         """Initialize a new PairedWindowSampler.
 
@@ -103,10 +111,12 @@ class PairedWindowSampler(GeoSampler):
             num_replicas: number of ranks (defaults to the process group's size).
             rank: this rank (defaults to the process group's rank).
             max_tries: draws allowed per pair before giving up with an error.
+            roi: region of interest, in the dataset CRS, that every view lies in
+                (defaults to the whole mosaic).
 
         Raises:
             GlcgeoError: if a view is larger than the mosaic, the arguments are out
-                of range, or the mosaic holds (almost) no valid data.
+                of range, or the mosaic (inside *roi*) holds (almost) no valid data.
 
         """
         if size < 1 or length < 1 or regions < 0:
@@ -117,6 +127,10 @@ class PairedWindowSampler(GeoSampler):
             raise ValueError(f'scale must satisfy 0 < min <= max, got {scale}')
         if not 0 <= max_nodata < 1:
             raise ValueError(f'max_nodata must be in [0, 1), got {max_nodata}')
+        super().__init__(dataset, roi=roi)
+        self.roi = roi
+        if roi is not None:
+            shapely.prepare(roi)  # one containment test per view drawn
         self.dataset = dataset
         self.size = size
         self.length = length
@@ -147,14 +161,23 @@ class PairedWindowSampler(GeoSampler):
         # windows by their nodata fraction without reading them.
         self.cell = size * scale[0] / 8 * grid.res[0]
         coverage, self.coverage_grid = dataset.coverage_grid(self.cell)
+        if roi is not None:
+            # Cells outside the region count as nodata: no view centre there.
+            coverage = coverage * geometry_mask(
+                [roi],
+                out_shape=coverage.shape,
+                transform=self.coverage_grid.affine,
+                invert=True,
+            )
         self.coverage = coverage
         self.integral = (
             np.pad(coverage.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         )
         weights = np.where(coverage >= 1 - max_nodata, coverage, 0.0).ravel()
         if weights.sum() <= 0:
+            where = 'the region of interest' if roi is not None else 'the mosaic'
             raise GlcgeoError(
-                f'no area with at most {max_nodata:.0%} nodata: the mosaic is '
+                f'no area with at most {max_nodata:.0%} nodata: {where} is '
                 'nodata (or nearly) everywhere',
                 dataset.files[0],
             )
@@ -206,12 +229,13 @@ class PairedWindowSampler(GeoSampler):
             the mean coverage of the coarse cells the box spans.
 
         """
-        ratio = self.grid.res[0] / self.cell
+        # Cells per pixel along columns (x) and rows (y): pixels may not be square.
+        col_ratio, row_ratio = (res / self.cell for res in self.grid.res)
         rows, cols = self.coverage.shape
-        c1 = min(cols - 1, max(0, math.floor(box[0] * ratio)))
-        r1 = min(rows - 1, max(0, math.floor(box[1] * ratio)))
-        c2 = min(cols, max(c1 + 1, math.ceil(box[2] * ratio)))
-        r2 = min(rows, max(r1 + 1, math.ceil(box[3] * ratio)))
+        c1 = min(cols - 1, max(0, math.floor(box[0] * col_ratio)))
+        r1 = min(rows - 1, max(0, math.floor(box[1] * row_ratio)))
+        c2 = min(cols, max(c1 + 1, math.ceil(box[2] * col_ratio)))
+        r2 = min(rows, max(r1 + 1, math.ceil(box[3] * row_ratio)))
         s = self.integral
         total = s[r2, c2] - s[r1, c2] - s[r2, c1] + s[r1, c1]
         return float(total / ((r2 - r1) * (c2 - c1)))
@@ -258,6 +282,8 @@ class PairedWindowSampler(GeoSampler):
                 continue
             if min(self.valid_fraction(b) for b in (box1, box2, overlap)) < min_valid:
                 continue
+            if not (self._in_roi(box1) and self._in_roi(box2)):
+                continue
             union = Window(
                 min(box1[0], box2[0]),
                 min(box1[1], box2[1]),
@@ -273,6 +299,12 @@ class PairedWindowSampler(GeoSampler):
             self.dataset.files[0],
         )
 
+    def _in_roi(self, box: PixelBox) -> bool:
+        """Whether a box of the mosaic grid lies inside the region of interest."""
+        if self.roi is None:
+            return True
+        return bool(self.roi.covers(shapely.box(*self.grid.boxes_to_map([box])[0])))
+
     def random_window(self, rng: np.random.Generator, n: int) -> Window:
         """Draw a window of n x n mosaic pixels centred on a random point with data.
 
@@ -286,9 +318,10 @@ class PairedWindowSampler(GeoSampler):
         """
         cols = self.coverage.shape[1]
         cell = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
-        ratio = self.cell / self.grid.res[0]
-        centre_col = (cell % cols + rng.uniform()) * ratio
-        centre_row = (cell // cols + rng.uniform()) * ratio
+        # Pixels per cell along columns (x) and rows (y).
+        col_ratio, row_ratio = (self.cell / res for res in self.grid.res)
+        centre_col = (cell % cols + rng.uniform()) * col_ratio
+        centre_row = (cell // cols + rng.uniform()) * row_ratio
         col = min(max(0, round(centre_col - n / 2)), self.width - n)
         row = min(max(0, round(centre_row - n / 2)), self.height - n)
         return Window(col, row, n, n)

@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 import torch
+from affine import Affine
 from conftest import (
     QUADRANTS,
     RGBN_SUBTILES,
@@ -201,3 +203,58 @@ def test_ranks_draw_disjoint_shares_of_the_one_process_stream(
     assert not set(rank0) & set(rank1)
     interleaved = [p for both in zip(rank0, rank1, strict=True) for p in both]
     assert interleaved == single[:24]
+
+
+def test_non_square_pixels_place_windows_on_their_own_rows(
+    make_raster: RasterWriter,
+) -> None:
+    """10 m columns, 40 m rows, data in the top half only: the sampler finds the
+    rows of its coverage cells with the y resolution, the columns with the x one."""
+    array = np.zeros((1, 100, 200), 'uint16')
+    array[:, :50] = 7
+    path = make_raster(
+        'non_square.tif',
+        array,
+        transform=Affine(10.0, 0.0, 500_000.0, 0.0, -40.0, 4_170_000.0),
+        nodata=0,
+    )
+    mosaic = GeoTiffPairs(path)
+    assert mosaic.res == (10.0, 40.0)
+    sampler = PairedWindowSampler(
+        mosaic, size=16, length=40, scale=(1.0, 1.0), generator=seeded(0)
+    )
+    assert sampler.valid_fraction((0, 10, 16, 26)) == 1.0
+    assert sampler.valid_fraction((0, 60, 16, 76)) == 0.0
+    assert sampler.valid_fraction((100, 42, 116, 58)) == 0.5
+    for pair in sampler:
+        sample = mosaic.read_union(pair)
+        assert sample['valid1'] >= 0.9 and sample['valid2'] >= 0.9
+
+
+@pytest.mark.parametrize('scale', [(1.0, 1.0), (0.7, 1.15)])
+def test_pairs_stay_inside_a_region_of_interest(
+    quadrant_mosaic: GeoTiffMosaic, scale: tuple[float, float]
+) -> None:
+    x, y, _ = quadrant_mosaic.bounds
+    width, height = x.stop - x.start, y.stop - y.start
+    # An L-shaped region in the middle of the mosaic, in its CRS.
+    roi = shapely.union(
+        shapely.box(
+            x.start + 0.2 * width, y.start + 0.2 * height,
+            x.start + 0.5 * width, y.start + 0.8 * height,
+        ),
+        shapely.box(
+            x.start + 0.2 * width, y.start + 0.2 * height,
+            x.start + 0.8 * width, y.start + 0.5 * height,
+        ),
+    )  # fmt: skip
+    sampler = PairedWindowSampler(
+        quadrant_mosaic, size=32, length=100, scale=scale, roi=roi
+    )
+    grid = quadrant_mosaic.grid
+    for pair in sampler:
+        for view in (pair.view1, pair.view2):
+            assert roi.covers(shapely.box(*grid.window_bounds(view)))
+    outside = shapely.box(x.start, y.start, x.start + 10, y.start + 10)
+    with pytest.raises(GlcgeoError, match='region of interest is nodata'):
+        PairedWindowSampler(quadrant_mosaic, size=32, roi=outside)
