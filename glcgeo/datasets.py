@@ -32,7 +32,7 @@ from torchgeo.datasets.utils import GeoSlice, Sample
 from .errors import GlcgeoError
 from .geometry import PixelGrid
 
-__all__ = ['GeoTiffMosaic', 'expand_paths']
+__all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths']
 
 #: Band mask flags under which a masked pixel holds the file's nodata value (or
 #: none is masked), so that a plain read equals a masked one filled with nodata.
@@ -608,3 +608,40 @@ class GeoTiffMosaic(RasterDataset):
         else:
             valid = ~((data == nodata) | np.isnan(data)).all(axis=0)
         return valid.astype(np.float32)
+
+
+class GeoTiffMask(GeoTiffMosaic):
+    """Class masks in GeoTIFFs: one band of integer class values.
+
+    Samples hold ``mask`` [H, W] int64 instead of ``image``. Resampling is nearest
+    neighbour (TorchGeo's choice for integer data), so class values are never
+    blended. Areas outside the files read as the nodata value.
+
+    .. versionadded:: 0.1
+    """
+
+    is_image = False
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        band: int = 1,
+        crs: PROJ_CRS | str | int | None = None,
+        res: float | tuple[float, float] | None = None,
+        nodata: float | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+    ) -> None:
+        """Initialize a new GeoTiffMask.
+
+        Args:
+            paths: files, folders or glob patterns of the masks.
+            band: 1-based band holding the class values.
+            crs: CRS to reproject to (defaults to the first file's).
+            res: pixel size in units of *crs* (defaults to the first file's).
+            nodata: value of unlabelled pixels overriding the files' own.
+            transforms: a function applied to each sample.
+
+        """
+        super().__init__(
+            paths, bands=[band], crs=crs, res=res, nodata=nodata, transforms=transforms
+        )

@@ -1,6 +1,6 @@
 """Fine-tune a segmentation model with few labels: the API behind ``glcgeo finetune``.
 
-:func:`finetune` wires :class:`~glcgeo.labelled.SegmentationDataModule`,
+:func:`finetune` wires :class:`~glcgeo.datamodules.SegmentationDataModule`,
 :class:`~glcgeo.tasks_segmentation.FinetuneTask` and a Lightning ``Trainer``:
 it trains on the label budget, keeps the checkpoint with the best validation
 Kappa, scores it once on the test area, and writes under ``out``:
@@ -34,9 +34,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchgeo.datasets import IntersectionDataset
 
 from .checkpoints import read_checkpoint
+from .datamodules import SegmentationDataModule
 from .errors import GlcgeoError
-from .labelled import SPLITS, SegmentationDataModule
 from .outputs import atomic_write
+from .splits import SPLITS
 from .stats import BandStats
 from .tasks_segmentation import FinetuneTask
 
@@ -175,7 +176,7 @@ def finetune(
     """Fine-tune on a label budget, select on validation, score on test.
 
     Args:
-        data: keyword arguments of :class:`~glcgeo.labelled.SegmentationDataModule`
+        data: keyword arguments of :class:`~glcgeo.datamodules.SegmentationDataModule`
             (``images``, ``masks``, ``label_fraction`` ...). Without ``stats``, a
             start checkpoint's own statistics are used, else the images'.
         model: keyword arguments of :class:`~glcgeo.tasks_segmentation.FinetuneTask`
@@ -239,7 +240,7 @@ def finetune(
                     'init_args': model,
                 },
                 'data': {
-                    'class_path': 'glcgeo.labelled.SegmentationDataModule',
+                    'class_path': 'glcgeo.datamodules.SegmentationDataModule',
                     'init_args': data_config,
                 },
             },

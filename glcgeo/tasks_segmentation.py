@@ -149,7 +149,7 @@ class FinetuneTask(SemanticSegmentation):
     * the paper's optimiser: Adam at *lr*, multiplied by *lr_decay* every epoch;
     * metadata for ``glcgeo predict`` in the hyperparameters: *bands*,
       *band_mean*, *band_std*, *class_names*, *class_colors*, *ignore_index*
-      (filled from :class:`~glcgeo.labelled.SegmentationDataModule` at fit start
+      (filled from :class:`~glcgeo.datamodules.SegmentationDataModule` at fit start
       when not given).
 
     .. versionadded:: 0.1

@@ -7,23 +7,16 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import rasterio
-import shapely
 import torch
 from conftest import RasterWriter, TorchGeoFit
 from torch.utils.data import DataLoader
 from torchgeo.tasks import MoCo, SemanticSegmentation, SimCLR
 
 from glcgeo.cli import main
+from glcgeo.datamodules import MaskEncoder, SegmentationDataModule
+from glcgeo.datasets import GeoTiffMask
 from glcgeo.errors import GlcgeoError
 from glcgeo.finetune import finetune, pretrained_band_stats
-from glcgeo.labelled import (
-    SPLITS,
-    GeoTiffMask,
-    MaskEncoder,
-    SegmentationDataModule,
-    TileSampler,
-    draw_label_tiles,
-)
 from glcgeo.stats import BandStats
 from glcgeo.tasks_segmentation import FinetuneTask, load_start_weights
 
@@ -68,60 +61,6 @@ def demo_data() -> SegmentationDataModule:
     datamodule = SegmentationDataModule(**TINY_DATA, label_fraction=0.05, seed=3)
     datamodule.setup('fit')
     return datamodule
-
-
-def test_splits_are_spatially_disjoint_and_labels_come_from_train(
-    demo_data: SegmentationDataModule,
-) -> None:
-    split = demo_data.tile_split
-    assert split is not None
-    assert split.class_values == [0, 1, 2]
-    boxes = {
-        name: shapely.union_all([shapely.box(*split.bounds(t)) for t in tiles])
-        for name, tiles in split.tiles.items()
-    }
-    assert all(split.tiles[name] for name in SPLITS)
-    for a, b in (('train', 'val'), ('train', 'test'), ('val', 'test')):
-        # Tiles of different splits may share an edge, never any area.
-        assert boxes[a].intersection(boxes[b]).area == 0
-        blocks_a = {split.block_of(t) for t in split.tiles[a]}
-        assert blocks_a.isdisjoint({split.block_of(t) for t in split.tiles[b]})
-    assert set(demo_data.label_tiles) <= set(split.tiles['train'])
-    assert len(demo_data.label_tiles) == round(0.05 * len(split.tiles['train']))
-    # Kept tiles hold at least min_labelled of class pixels.
-    assert min(split.labelled.values()) >= 0.5
-
-
-def test_label_budget_is_seeded_nested_and_leaves_the_split_alone(
-    demo_data: SegmentationDataModule,
-) -> None:
-    split = demo_data.tile_split
-    assert split is not None
-    again = SegmentationDataModule(**TINY_DATA, label_fraction=0.05, seed=3)
-    again.setup('fit')
-    assert again.label_tiles == demo_data.label_tiles
-    other = SegmentationDataModule(**TINY_DATA, label_fraction=0.2, seed=4)
-    other.setup('fit')
-    assert other.tile_split is not None
-    # The evaluation area depends on split_seed only.
-    assert other.tile_split.tiles == split.tiles
-    train = split.tiles['train']
-    draws = {
-        seed: draw_label_tiles(
-            train, 0.2, generator=torch.Generator().manual_seed(seed)
-        )
-        for seed in (3, 4)
-    }
-    assert draws[3] != draws[4]
-    assert other.label_tiles == draws[4]
-    small = draw_label_tiles(train, 0.05, generator=torch.Generator().manual_seed(3))
-    assert set(small) <= set(draws[3])
-    assert small == demo_data.label_tiles
-    assert len(draw_label_tiles(train, num_label_patches=7)) == 7
-    with pytest.raises(GlcgeoError, match='label fraction'):
-        draw_label_tiles(train, 1.5)
-    with pytest.raises(GlcgeoError, match='asked for'):
-        draw_label_tiles(train, num_label_patches=len(train) + 1)
 
 
 def test_training_batches_hold_labelled_tiles_with_ignored_nodata(
@@ -175,14 +114,6 @@ def test_batches_are_normalised_with_nodata_set_to_zero(
             expected.permute(1, 0, 2, 3)[:, valid],
         )
         assert torch.all(batch['mask'][~valid] == 255)
-
-
-def test_tile_sampler_shows_every_tile_equally_often() -> None:
-    queries = ['a', 'b', 'c']
-    drawn = list(TileSampler(queries, 7, torch.Generator().manual_seed(0)))  # type: ignore[arg-type]
-    assert len(drawn) == 7 and sorted(drawn[:3]) == queries
-    assert sorted(drawn[3:6]) == queries
-    assert list(TileSampler(queries)) == queries  # type: ignore[arg-type]
 
 
 def test_mask_encoder_ignores_other_values_and_pixels_without_image() -> None:

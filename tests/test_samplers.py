@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.errors import GlcgeoError
 from glcgeo.pairs import GeoTiffPairs, WindowPair
-from glcgeo.samplers import PairedWindowSampler
+from glcgeo.samplers import PairedWindowSampler, TileSampler
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -258,3 +258,48 @@ def test_pairs_stay_inside_a_region_of_interest(
     outside = shapely.box(x.start, y.start, x.start + 10, y.start + 10)
     with pytest.raises(GlcgeoError, match='region of interest is nodata'):
         PairedWindowSampler(quadrant_mosaic, size=32, roi=outside)
+
+
+def _tile_queries(mosaic: GeoTiffMosaic, size: int = 32) -> list[tuple[slice, slice]]:
+    """The queries of the mosaic's whole size-pixel tiles, row by row."""
+    grid = mosaic.grid
+    x, y, _ = mosaic.bounds
+    columns = int((x.stop - x.start) / grid.res[0]) // size
+    rows = int((y.stop - y.start) / grid.res[1]) // size
+    queries = []
+    for row in range(rows):
+        for col in range(columns):
+            xmin, ymin, xmax, ymax = grid.window_bounds(
+                Window(col * size, row * size, size, size)
+            )
+            queries.append(
+                (slice(xmin, xmax, grid.res[0]), slice(ymin, ymax, grid.res[1]))
+            )
+    return queries
+
+
+def test_tile_sampler_shows_every_tile_equally_often(s2_mosaic: GeoTiffMosaic) -> None:
+    queries = _tile_queries(s2_mosaic)[:3]
+    drawn = list(TileSampler(s2_mosaic, queries, length=7, generator=seeded(0)))
+    assert len(drawn) == 7
+    assert set(drawn[:3]) == set(drawn[3:6]) == set(queries)
+    assert list(TileSampler(s2_mosaic, queries)) == queries
+    assert TileSampler(s2_mosaic, queries).strategy == 'sequential'
+
+
+def test_tiles_stay_inside_a_region_of_interest(s2_mosaic: GeoTiffMosaic) -> None:
+    queries = _tile_queries(s2_mosaic)
+    x, y, _ = s2_mosaic.bounds
+    roi = shapely.box(x.start + 1000, y.start + 2000, x.start + 3500, y.start + 4100)
+    sampler = TileSampler(s2_mosaic, queries, roi=roi)
+    inside = list(sampler)
+    assert 0 < len(inside) == len(sampler) < len(queries)
+    for xs, ys in inside:
+        assert roi.covers(shapely.box(xs.start, ys.start, xs.stop, ys.stop))
+    # Every tile inside the region is kept.
+    assert len(inside) == sum(
+        roi.covers(shapely.box(q[0].start, q[1].start, q[0].stop, q[1].stop))
+        for q in queries
+    )
+    drawn = list(TileSampler(s2_mosaic, queries, length=50, roi=roi))
+    assert len(drawn) == 50 and set(drawn) <= set(inside)

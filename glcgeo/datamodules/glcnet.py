@@ -1,4 +1,4 @@
-"""Lightning data modules over GeoTIFF mosaics."""
+"""GLCNet pretraining data: pairs of overlapping views from an unlabeled mosaic."""
 
 from typing import Any
 
@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 from torchgeo.datamodules import GeoDataModule
 
-from .datasets import GeoTiffMosaic
-from .pairs import GeoTiffUnions, collate_unions, cut_views
-from .samplers import PairedWindowSampler
-from .stats import BandStats, compute_band_stats
-from .transforms import TwoViewAugmentation
+from ..datasets import GeoTiffMosaic
+from ..pairs import GeoTiffUnions, collate_unions, cut_views
+from ..samplers import PairedWindowSampler
+from ..stats import BandStats, compute_band_stats
+from ..transforms import TwoViewAugmentation
 
 __all__ = ['GLCNetDataModule']
 
