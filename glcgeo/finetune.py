@@ -1,7 +1,7 @@
 """Fine-tune a segmentation model with few labels: the API behind ``glcgeo finetune``.
 
 :func:`finetune` wires :class:`~glcgeo.datamodules.SegmentationDataModule`,
-:class:`~glcgeo.tasks_segmentation.FinetuneTask` and a Lightning ``Trainer``:
+:class:`~glcgeo.tasks.FinetuneTask` and a Lightning ``Trainer``:
 it trains on the label budget, keeps the checkpoint with the best validation
 Kappa, scores it once on the test area, and writes under ``out``:
 
@@ -26,20 +26,19 @@ from typing import Any
 
 import geopandas as gpd
 import shapely
-import torch
 import yaml
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchgeo.datasets import IntersectionDataset
 
-from .checkpoints import read_checkpoint
+from .checkpoints import read_band_metadata, write_model_checkpoint
 from .datamodules import SegmentationDataModule
 from .errors import GlcgeoError
 from .outputs import atomic_write
 from .splits import SPLITS
 from .stats import BandStats
-from .tasks_segmentation import FinetuneTask
+from .tasks import FinetuneTask
 
 __all__ = ['FinetuneResult', 'finetune', 'pretrained_band_stats']
 
@@ -78,23 +77,22 @@ def pretrained_band_stats(path: str) -> BandStats | None:
     """The normalisation a pretrained checkpoint was trained with, if it says.
 
     Fine-tuning must feed the pretrained layers the inputs they learnt from, so
-    glcgeo exports and GLCNet checkpoints carry their statistics.
+    glcgeo exports, GLCNet and segmentation checkpoints carry their statistics
+    (:class:`~glcgeo.checkpoints.BandMetadata`).
 
     Args:
         path: a start checkpoint.
 
     Returns:
-        its statistics, or None when its hyperparameters hold none.
+        its statistics, or None when it holds none.
 
     """
-    hparams = read_checkpoint(path)['hyper_parameters']
-    if hparams.get('band_mean') is None or hparams.get('band_std') is None:
+    metadata = read_band_metadata(path)
+    if metadata.band_mean is None or metadata.band_std is None:
         return None
-    bands = hparams.get('bands') or list(range(1, len(hparams['band_mean']) + 1))
+    bands = metadata.bands or range(1, len(metadata.band_mean) + 1)
     return BandStats(
-        mean=list(hparams['band_mean']),
-        std=list(hparams['band_std']),
-        bands=list(bands),
+        mean=list(metadata.band_mean), std=list(metadata.band_std), bands=list(bands)
     )
 
 
@@ -179,7 +177,7 @@ def finetune(
         data: keyword arguments of :class:`~glcgeo.datamodules.SegmentationDataModule`
             (``images``, ``masks``, ``label_fraction`` ...). Without ``stats``, a
             start checkpoint's own statistics are used, else the images'.
-        model: keyword arguments of :class:`~glcgeo.tasks_segmentation.FinetuneTask`
+        model: keyword arguments of :class:`~glcgeo.tasks.FinetuneTask`
             (``weights``, ``transfer``, ``backbone`` ...); ``in_channels``,
             ``num_classes``, ``class_names`` and ``ignore_index`` default to the
             data's.
@@ -208,16 +206,13 @@ def finetune(
     # Build the data and the model first: bad inputs fail before any file is written.
     datamodule = SegmentationDataModule(**data)
     datamodule.setup('fit')
-    assert datamodule.band_stats is not None and datamodule.encoder is not None
-    stats = datamodule.band_stats
+    assert datamodule.encoder is not None
     model = {
         'in_channels': datamodule.num_bands,
         'num_classes': len(datamodule.encoder.class_values),
         'class_names': datamodule.class_names,
         'ignore_index': datamodule.hparams['ignore_index'],
-        'bands': datamodule.band_indexes,
-        'band_mean': list(stats.mean),
-        'band_std': list(stats.std),
+        **datamodule.band_metadata.to_hyperparameters(),
         **model,
     }
     task = FinetuneTask(**model)
@@ -236,7 +231,7 @@ def finetune(
                 'seed_everything': seed,
                 'trainer': trainer,
                 'model': {
-                    'class_path': 'glcgeo.tasks_segmentation.FinetuneTask',
+                    'class_path': 'glcgeo.tasks.FinetuneTask',
                     'init_args': model,
                 },
                 'data': {
@@ -281,20 +276,8 @@ def finetune(
     # Score the selected model once on each evaluation area.
     validated = fit.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     tested = fit.test(task, datamodule=datamodule, ckpt_path=best, verbose=not quiet)
-    checkpoint = read_checkpoint(best)
     model_path = os.path.join(out, 'model.ckpt')
-    # Weights and metadata only: what predict and TorchGeo need, without optimiser.
-    with atomic_write(model_path) as temporary:
-        torch.save(
-            {
-                'state_dict': checkpoint['state_dict'],
-                'hyper_parameters': checkpoint['hyper_parameters'],
-                'pytorch-lightning_version': checkpoint['pytorch-lightning_version'],
-                'epoch': checkpoint['epoch'],
-                'global_step': checkpoint['global_step'],
-            },
-            temporary,
-        )
+    checkpoint = write_model_checkpoint(best, model_path)
     result = FinetuneResult(
         checkpoint=model_path,
         val=_scores(validated[0], 'val_'),

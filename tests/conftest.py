@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import rasterio
@@ -14,6 +15,7 @@ import yaml
 from affine import Affine
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from torch.utils.data import DataLoader
 
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.pairs import GeoTiffPairs
@@ -228,3 +230,24 @@ def torchgeo_fit(tmp_path: Path) -> TorchGeoFit:
         assert 'Error in sys.excepthook' not in result.stderr
 
     return run
+
+
+def save_ssl_checkpoint(task: pl.LightningModule, path: str) -> str:
+    """Train a TorchGeo SSL task (SimCLR, MoCo) one step and save its checkpoint.
+
+    Returns:
+        *path*.
+    """
+    images = [{'image': torch.rand(4, 32, 32)} for _ in range(4)]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        accelerator='cpu',
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, DataLoader(images, batch_size=4))
+    trainer.save_checkpoint(path)
+    return path

@@ -3,22 +3,19 @@
 import json
 import os
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import RasterWriter, TorchGeoFit
-from torch.utils.data import DataLoader
-from torchgeo.tasks import MoCo, SemanticSegmentation, SimCLR
+from conftest import RasterWriter, TorchGeoFit, save_ssl_checkpoint
+from torchgeo.tasks import SimCLR
 
 from glcgeo.cli import main
 from glcgeo.datamodules import MaskEncoder, SegmentationDataModule
 from glcgeo.datasets import GeoTiffMask
 from glcgeo.errors import GlcgeoError
-from glcgeo.finetune import finetune, pretrained_band_stats
+from glcgeo.finetune import finetune
 from glcgeo.stats import BandStats
-from glcgeo.tasks_segmentation import FinetuneTask, load_start_weights
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
@@ -127,107 +124,6 @@ def test_mask_encoder_ignores_other_values_and_pixels_without_image() -> None:
         MaskEncoder([0, 1], ignore_index=1)
 
 
-def _ssl_checkpoint(task: pl.LightningModule, path: str) -> str:
-    """Train a TorchGeo SSL task for one step and save its Lightning checkpoint."""
-    images = [{'image': torch.rand(4, 32, 32)} for _ in range(4)]
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=1,
-        accelerator='cpu',
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(task, DataLoader(images, batch_size=4))
-    trainer.save_checkpoint(path)
-    return path
-
-
-@pytest.mark.parametrize(
-    'ssl_task',
-    [
-        lambda: SimCLR(model='resnet18', in_channels=4, size=32, memory_bank_size=0),
-        lambda: MoCo(model='resnet18', in_channels=4, size=32, hidden_dim=32),
-    ],
-    ids=['simclr', 'moco'],
-)
-def test_simclr_and_moco_backbones_load_into_the_encoder(
-    ssl_task: type, tmp_path: str
-) -> None:
-    task = ssl_task()
-    path = _ssl_checkpoint(task, os.path.join(tmp_path, 'ssl.ckpt'))
-    # TorchGeo's own loader finds no weights in these checkpoints.
-    with pytest.raises(RuntimeError, match='Missing key'):
-        SemanticSegmentation(
-            model='deeplabv3+', backbone='resnet18', in_channels=4, num_classes=3,
-            weights=path,
-        )  # fmt: skip
-    model = FinetuneTask(
-        backbone='resnet18', in_channels=4, num_classes=3, weights=path
-    ).model
-    backbone = task.backbone.state_dict()
-    for key, value in model.encoder.state_dict().items():
-        assert torch.equal(value, backbone[key]), key
-    with pytest.raises(GlcgeoError, match='backbone only'):
-        load_start_weights(model, path, transfer='encoder+decoder')
-    with pytest.raises(GlcgeoError, match='does not fit'):
-        FinetuneTask(backbone='resnet34', in_channels=4, num_classes=3, weights=path)
-
-
-def test_random_start_and_missing_weights() -> None:
-    a = FinetuneTask(backbone='resnet18', in_channels=4, num_classes=3)
-    assert a.hparams['transfer'] == 'encoder' and 'weights' not in a.hparams
-    with pytest.raises(GlcgeoError, match='no such checkpoint'):
-        FinetuneTask(backbone='resnet18', in_channels=4, weights='missing.ckpt')
-    with pytest.raises(GlcgeoError, match='unknown transfer'):
-        FinetuneTask(backbone='resnet18', in_channels=4, transfer='decoder')
-
-
-@pytest.mark.parametrize('transfer', ['encoder', 'encoder+decoder'])
-def test_glcnet_export_loads_encoder_or_encoder_and_decoder(
-    transfer: str, tmp_path: str
-) -> None:
-    export = pytest.importorskip('glcgeo.export')
-    from glcgeo.tasks import GLCNetTask
-
-    stats = {
-        'band_mean': [1.0, 2, 3, 4],
-        'band_std': [5.0, 6, 7, 8],
-        'bands': [4, 3, 2, 1],
-    }
-    pretrained = GLCNetTask(backbone='resnet18', in_channels=4, **stats)
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False)
-    trainer.strategy.connect(pretrained)
-    checkpoint = os.path.join(tmp_path, 'glcnet.ckpt')
-    trainer.save_checkpoint(checkpoint)
-    weights = os.path.join(tmp_path, 'weights.ckpt')
-    export.export_weights(checkpoint, weights)
-    # Fine-tuning normalises as pretraining did.
-    band_stats = pretrained_band_stats(weights)
-    assert band_stats is not None
-    assert (band_stats.mean, band_stats.std, band_stats.bands) == tuple(stats.values())
-    model = FinetuneTask(
-        backbone='resnet18',
-        in_channels=4,
-        num_classes=3,
-        weights=weights,
-        transfer=transfer,
-    ).model
-    source = pretrained.model.model.state_dict()
-    for key, value in model.state_dict().items():
-        if key.startswith('encoder.') or (
-            transfer == 'encoder+decoder' and key.startswith('decoder.')
-        ):
-            assert torch.equal(value, source[key]), key
-    decoder_equal = all(
-        torch.equal(value, source[key])
-        for key, value in model.state_dict().items()
-        if key.startswith('decoder.') and value.is_floating_point() and value.ndim > 1
-    )
-    assert decoder_equal == (transfer == 'encoder+decoder')
-
-
 def test_finetune_then_predict_on_real_imagery(tmp_path: str) -> None:
     from glcgeo.inference import load_segmentation_checkpoint, predict_raster
 
@@ -288,7 +184,7 @@ def test_cli_finetunes_from_a_simclr_checkpoint_with_the_demo_config(
     tmp_path: str,
 ) -> None:
     ssl = SimCLR(model='resnet18', in_channels=4, size=32, memory_bank_size=0)
-    weights = _ssl_checkpoint(ssl, os.path.join(tmp_path, 'simclr.ckpt'))
+    weights = save_ssl_checkpoint(ssl, os.path.join(tmp_path, 'simclr.ckpt'))
     out = os.path.join(tmp_path, 'ft')
     args = [
         'finetune', '--config', CONFIG, '--out', out, '--weights', weights,

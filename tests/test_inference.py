@@ -33,6 +33,7 @@ from glcgeo.inference import (
     predict_raster,
     tile_weights,
 )
+from glcgeo.tasks import FinetuneTask
 
 DATA = Path(__file__).parent / 'data'
 S2 = DATA / 'sentinel2_10m_tiles' / 'S2_L1C_18SUH_tileA_B02-B03-B04-B08.tif'
@@ -250,8 +251,7 @@ def test_glcgeo_checkpoint_gives_model_and_metadata(glcgeo_checkpoint: Path) -> 
 
 
 def test_finetune_task_checkpoint_loads(tmp_path: Path) -> None:
-    tasks = pytest.importorskip('glcgeo.tasks_segmentation')
-    task = tasks.FinetuneTask(
+    task = FinetuneTask(
         model='unet',
         backbone='resnet18',
         in_channels=4,

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torchgeo.datamodules import GeoDataModule
 
+from ..checkpoints import BandMetadata
 from ..datasets import GeoTiffMosaic
 from ..pairs import GeoTiffUnions, collate_unions, cut_views
 from ..samplers import PairedWindowSampler
@@ -123,6 +124,17 @@ class GLCNetDataModule(GeoDataModule):
         """Number of bands of each view (after :meth:`setup`)."""
         assert isinstance(self.train_dataset, GeoTiffMosaic)
         return self.train_dataset.num_bands
+
+    @property
+    def band_metadata(self) -> BandMetadata:
+        """The bands and statistics of the views, as checkpoints keep them."""
+        assert self.band_stats is not None
+        stats = self.band_stats
+        return BandMetadata(
+            bands=tuple(stats.bands),
+            band_mean=tuple(stats.mean),
+            band_std=tuple(stats.std),
+        )
 
     def on_after_batch_transfer(
         self, batch: dict[str, Tensor], dataloader_idx: int

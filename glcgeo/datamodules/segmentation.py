@@ -17,6 +17,7 @@ from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import IntersectionDataset
 from torchgeo.datasets.utils import Sample, merge_samples
 
+from ..checkpoints import BandMetadata
 from ..datasets import GeoTiffMask, GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..geometry import PixelGrid
@@ -362,6 +363,17 @@ class SegmentationDataModule(GeoDataModule):
         """Number of image bands (after :meth:`setup`)."""
         assert self.band_stats is not None
         return len(self.band_stats.mean)
+
+    @property
+    def band_metadata(self) -> BandMetadata:
+        """The image bands read and their statistics, as checkpoints keep them."""
+        assert self.band_stats is not None
+        stats = self.band_stats
+        return BandMetadata(
+            bands=tuple(self.band_indexes),
+            band_mean=tuple(stats.mean),
+            band_std=tuple(stats.std),
+        )
 
     @property
     def band_indexes(self) -> list[int]:

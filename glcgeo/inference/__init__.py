@@ -8,13 +8,13 @@ Example::
     predict_raster(model, metadata, 'scene.tif', 'landcover.tif')
 """
 
-from ..outputs import check_destination
-from .blending import RowBandAccumulator, hann_window, tile_weights
-from .checkpoint import (
+from ..checkpoints import (
     CheckpointMetadata,
     default_palette,
     load_segmentation_checkpoint,
 )
+from ..outputs import check_destination
+from .blending import RowBandAccumulator, hann_window, tile_weights
 from .predict import (
     PredictionSummary,
     SegmentationMap,

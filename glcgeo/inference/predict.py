@@ -31,12 +31,12 @@ from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler
 from tqdm import tqdm
 
+from ..checkpoints import CheckpointMetadata
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..outputs import check_destination
 from ..transforms import normalize_bands
 from .blending import RowBandAccumulator, tile_weights
-from .checkpoint import CheckpointMetadata
 from .tiling import Tile, TileGrid
 from .writer import CogWriter, class_dtype
 

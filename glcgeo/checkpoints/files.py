@@ -1,16 +1,21 @@
-"""Reading Lightning checkpoints safely, for every glcgeo command that takes one."""
+"""Lightning checkpoint files: reading them safely, writing a model's weights."""
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from .errors import GlcgeoError
+from ..errors import GlcgeoError
+from ..outputs import atomic_write
 
-__all__ = ['read_checkpoint']
+__all__ = ['read_checkpoint', 'state_dict_part', 'write_model_checkpoint']
+
+StrPath = str | os.PathLike[str]
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_checkpoint(path: StrPath) -> dict[str, Any]:
     """Read a Lightning checkpoint with ``torch.load(weights_only=True)``.
 
     Only tensors and plain Python values are unpickled, so reading a checkpoint
@@ -45,3 +50,33 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(checkpoint.get('hyper_parameters'), dict):
         checkpoint['hyper_parameters'] = {}
     return checkpoint
+
+
+def write_model_checkpoint(source: StrPath, path: StrPath) -> dict[str, Any]:
+    """Write a Lightning checkpoint's weights and metadata, without optimiser state.
+
+    What prediction and TorchGeo need (a fine-tuning run's ``model.ckpt``),
+    written whole or not at all (:func:`~glcgeo.outputs.atomic_write`).
+
+    Args:
+        source: the Lightning checkpoint.
+        path: the file to write.
+
+    Returns:
+        the source checkpoint, as read.
+    """
+    checkpoint = read_checkpoint(source)
+    keys = ('state_dict', 'hyper_parameters', 'pytorch-lightning_version')
+    content = {key: checkpoint[key] for key in (*keys, 'epoch', 'global_step')}
+    with atomic_write(path) as temporary:
+        torch.save(content, temporary)
+    return checkpoint
+
+
+def state_dict_part(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries under *prefix*, with the prefix removed."""
+    return {
+        key.removeprefix(prefix): value
+        for key, value in state_dict.items()
+        if key.startswith(prefix)
+    }

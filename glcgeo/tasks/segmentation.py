@@ -1,137 +1,33 @@
 """Fine-tuning a segmentation model from pretrained or random weights.
 
 :class:`FinetuneTask` is TorchGeo's :class:`~torchgeo.tasks.SemanticSegmentation`
-with the start weights glcgeo compares (random, glcgeo/GLCNet exports with or
-without their decoder, TorchGeo's SimCLR and MoCo checkpoints), scores from one
-global confusion matrix (:class:`~glcgeo.metrics.SegmentationMetrics`), the
-paper's schedule (Adam, learning rate x *lr_decay* per epoch), and the metadata
-that ``glcgeo predict`` reads back from its checkpoints.
+with the start weights glcgeo compares (random, glcgeo exports and GLCNet
+pretraining checkpoints with or without their decoder, glcgeo segmentation
+checkpoints, TorchGeo's SimCLR and MoCo checkpoints), scores from one global
+confusion matrix (:class:`~glcgeo.metrics.SegmentationMetrics`), the paper's
+schedule (Adam, learning rate x *lr_decay* per epoch), and the metadata that
+``glcgeo predict`` reads back from its checkpoints.
 """
 
 import inspect
-import os
-from typing import Any, Literal
+from typing import Literal
 
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
-from torch import nn
 from torch.optim import Adam
 from torch.optim.lr_scheduler import ExponentialLR
 from torchgeo.tasks import SemanticSegmentation
 from torchmetrics import MetricCollection
 
-from .checkpoints import read_checkpoint
-from .errors import GlcgeoError
-from .metrics import SegmentationMetrics
+from ..errors import GlcgeoError
+from ..export import load_pretrained
+from ..metrics import SegmentationMetrics
 
-__all__ = [
-    'TRANSFERS',
-    'FinetuneTask',
-    'checkpoint_kind',
-    'load_start_weights',
-]
+__all__ = ['TRANSFERS', 'FinetuneTask']
 
 #: Which parts of a pretrained DeepLabV3+ start the fine-tuning. The authors
 #: transfer the encoder (backbone and ASPP live in smp's encoder and decoder
 #: respectively, so 'encoder+decoder' is the closest to their transfer).
 TRANSFERS = ('encoder', 'encoder+decoder')
-
-
-def checkpoint_kind(checkpoint: dict[str, Any]) -> str:
-    """Tell a TorchGeo SimCLR/MoCo checkpoint from a segmentation-model one.
-
-    TorchGeo's SimCLR and MoCo tasks keep a timm backbone under ``backbone.*``
-    (and MoCo a ``backbone_momentum.*`` copy); TorchGeo's ``extract_backbone``
-    looks for ``model.*`` keys in them and returns an empty state dict. glcgeo
-    exports and segmentation checkpoints hold smp's model under ``model.*``.
-
-    Args:
-        checkpoint: a checkpoint from :func:`read_checkpoint`.
-
-    Returns:
-        'ssl_backbone' (SimCLR, MoCo and other ``backbone.*`` tasks) or
-        'segmentation' (glcgeo exports, SemanticSegmentation checkpoints).
-
-    """
-    keys = checkpoint['state_dict'].keys()
-    if any(k.startswith('backbone.') for k in keys) and not any(
-        k.startswith('model.') for k in keys
-    ):
-        return 'ssl_backbone'
-    return 'segmentation'
-
-
-def _load_ssl_backbone(
-    model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike[str]
-) -> None:
-    """Load a SimCLR/MoCo timm ResNet backbone into smp's encoder.
-
-    timm's and smp's ResNets name their layers alike (``conv1``, ``layer1.0.bn1``
-    ...); the classifier, absent from smp's encoder, is left out.
-    """
-    encoder = model.get_submodule('encoder')
-    expected = encoder.state_dict()
-    weights = {
-        key.removeprefix('backbone.'): value
-        for key, value in checkpoint['state_dict'].items()
-        if key.startswith('backbone.')
-    }
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        name = checkpoint['hyper_parameters'].get('model', 'its backbone')
-        raise GlcgeoError(
-            f'backbone {name} does not fit the encoder (missing {missing[0]} and '
-            f'{len(missing) - 1} more)',
-            path,
-        )
-    for key, value in expected.items():
-        if weights[key].shape != value.shape:
-            raise GlcgeoError(
-                f'{key} has shape {tuple(weights[key].shape)}, the encoder '
-                f'{tuple(value.shape)} (other in_channels or backbone?)',
-                path,
-            )
-    encoder.load_state_dict({key: weights[key] for key in expected})
-
-
-def load_start_weights(
-    model: nn.Module, path: str | os.PathLike[str], transfer: str = 'encoder'
-) -> str:
-    """Load pretrained weights into an smp segmentation model.
-
-    Args:
-        model: smp model (e.g. ``SemanticSegmentation(...).model``).
-        path: a glcgeo export or GLCNet checkpoint, a segmentation checkpoint, or a
-            TorchGeo SimCLR/MoCo checkpoint.
-        transfer: 'encoder' or 'encoder+decoder' (glcgeo/segmentation checkpoints
-            only: SimCLR and MoCo have no decoder).
-
-    Returns:
-        the kind of checkpoint loaded (see :func:`checkpoint_kind`).
-
-    Raises:
-        GlcgeoError: for an unknown transfer, an unreadable checkpoint, or weights
-            that do not fit the model.
-
-    """
-    if transfer not in TRANSFERS:
-        raise GlcgeoError(
-            f'unknown transfer {transfer!r}; choose one of {", ".join(TRANSFERS)}'
-        )
-    checkpoint = read_checkpoint(path)
-    kind = checkpoint_kind(checkpoint)
-    if kind == 'ssl_backbone':
-        if transfer != 'encoder':
-            raise GlcgeoError(
-                'a SimCLR/MoCo checkpoint holds a backbone only: use transfer '
-                "'encoder'",
-                path,
-            )
-        _load_ssl_backbone(model, checkpoint, path)
-        return kind
-    from .export import load_pretrained
-
-    load_pretrained(model, os.fspath(path), decoder=transfer == 'encoder+decoder')
-    return kind
 
 
 class FinetuneTask(SemanticSegmentation):
@@ -140,9 +36,9 @@ class FinetuneTask(SemanticSegmentation):
     TorchGeo's :class:`~torchgeo.tasks.SemanticSegmentation` (the same smp model,
     loss and steps), with:
 
-    * *weights*: a checkpoint path loaded by :func:`load_start_weights` (TorchGeo
-      itself loads encoders only and finds nothing in its own SimCLR/MoCo
-      checkpoints);
+    * *weights*: a checkpoint path loaded by :func:`~glcgeo.export.load_pretrained`
+      (TorchGeo itself loads encoders only and finds nothing in its own
+      SimCLR/MoCo checkpoints);
     * metrics: OA, Kappa, mIoU, mF1 and per-class F1/IoU from one global
       confusion matrix, logged as ``{train,val,test}_<score>``; checkpoints are
       selected on ``val_Kappa``;
@@ -187,7 +83,9 @@ class FinetuneTask(SemanticSegmentation):
             model: smp architecture (DeepLabV3+ in the paper).
             backbone: smp encoder name (ResNet-50 in the paper).
             weights: start weights: None for random, or a checkpoint path (glcgeo
-                export or GLCNet checkpoint, segmentation checkpoint, TorchGeo
+                export, GLCNet pretraining checkpoint such as
+                ``runs/x/checkpoints/last.ckpt``, glcgeo or TorchGeo segmentation
+                checkpoint such as a fine-tuning run's ``model.ckpt``, TorchGeo
                 SimCLR/MoCo checkpoint). Not saved in the hyperparameters, as in
                 TorchGeo: a fine-tuned checkpoint reloads without it.
             transfer: 'encoder' or 'encoder+decoder' (pretrained decoder too).
@@ -254,7 +152,11 @@ class FinetuneTask(SemanticSegmentation):
         self.hparams['labels'] = self.hparams['class_names']
         super().configure_models()
         if self.start_weights is not None:
-            load_start_weights(self.model, self.start_weights, self.hparams['transfer'])
+            load_pretrained(
+                self.model,
+                self.start_weights,
+                decoder=self.hparams['transfer'] == 'encoder+decoder',
+            )
 
     def configure_metrics(self) -> None:
         """Scores from one global confusion matrix per split (see class doc)."""
@@ -296,9 +198,7 @@ class FinetuneTask(SemanticSegmentation):
                 f'num_classes={hp["num_classes"]}'
             )
         if hp['band_mean'] is None:
-            hp['band_mean'] = list(stats.mean)
-            hp['band_std'] = list(stats.std)
-            hp['bands'] = list(datamodule.band_indexes)
+            hp.update(datamodule.band_metadata.to_hyperparameters())
         if hp['class_names'] is None and names is not None:
             hp['class_names'] = list(names)
             hp['labels'] = list(names)

@@ -1,4 +1,4 @@
-"""Lightning tasks: GLCNet self-supervised pretraining as a TorchGeo task."""
+"""GLCNet self-supervised pretraining as a TorchGeo task."""
 
 from typing import Any
 
@@ -8,9 +8,9 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchgeo.tasks import BaseTask
 
-from .errors import GlcgeoError
-from .losses import GLCNetLoss
-from .models import ABLATIONS, MATCHINGS, GLCNet
+from ..errors import GlcgeoError
+from ..losses import GLCNetLoss
+from ..models import ABLATIONS, MATCHINGS, GLCNet
 
 __all__ = ['GLCNetTask']
 
@@ -132,9 +132,7 @@ class GLCNetTask(BaseTask):
                 stats.files[0] if stats.files else None,
             )
         if self.hparams['band_mean'] is None:
-            self.hparams['band_mean'] = list(stats.mean)
-            self.hparams['band_std'] = list(stats.std)
-            self.hparams['bands'] = list(stats.bands)
+            self.hparams.update(datamodule.band_metadata.to_hyperparameters())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Compute the GLCNet loss of one batch of view pairs.
