@@ -13,29 +13,27 @@ Kappa, scores it once on the test area, and writes under ``out``:
 
 Its three dictionaries are the ``data``, ``model`` and ``trainer`` sections of a
 LightningCLI config, so ``glcgeo finetune --config`` and ``torchgeo fit --config``
-read the same YAML.
+read the same YAML (:mod:`glcgeo.runs`).
 """
 
 import json
 import math
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
 import shapely
-import yaml
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torchgeo.datasets import IntersectionDataset
 
 from .checkpoints import read_band_metadata, write_model_checkpoint
 from .datamodules import SegmentationDataModule
 from .errors import GlcgeoError
 from .outputs import atomic_write
+from .runs import RunFolder
 from .splits import SPLITS
 from .stats import BandStats
 from .tasks import FinetuneTask
@@ -96,27 +94,6 @@ def pretrained_band_stats(path: str) -> BandStats | None:
     )
 
 
-def _check_destination(out: str, overwrite: bool) -> None:
-    """Refuse to mix a new run with an old one unless told to replace it."""
-    existing = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
-    if existing and not overwrite:
-        raise GlcgeoError(
-            f'already holds a fine-tuning run ({", ".join(existing)}); pass '
-            '--overwrite to replace it, or choose another --out',
-            out,
-        )
-
-
-def _remove_outputs(out: str) -> None:
-    """Delete what an earlier run wrote (only glcgeo's own outputs)."""
-    for name in OUTPUTS:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-
-
 def _scores(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
     """Scalar scores of one split, as plain floats (NaN for undefined classes)."""
     return {
@@ -158,7 +135,8 @@ def _write_split(datamodule: SegmentationDataModule, path: str) -> dict[str, int
     assert isinstance(datamodule.dataset, IntersectionDataset)
     crs = datamodule.dataset.crs
     frame = gpd.GeoDataFrame(rows, geometry='geometry', crs=crs)
-    frame.to_file(path, driver='GeoJSON')
+    with atomic_write(path) as temporary:
+        frame.to_file(temporary, driver='GeoJSON')
     return {name: len(split.tiles[name]) for name in SPLITS}
 
 
@@ -195,7 +173,14 @@ def finetune(
         GlcgeoError: for bad data, weights or settings, before anything is written.
 
     """
-    _check_destination(out, overwrite)
+    run = RunFolder(out, OUTPUTS)
+    existing = run.existing()
+    if existing and not overwrite:
+        raise GlcgeoError(
+            f'already holds a fine-tuning run ({", ".join(existing)}); pass '
+            '--overwrite to replace it, or choose another --out',
+            out,
+        )
     seed_everything(seed, workers=True, verbose=False)
     data = dict(data)
     weights = model.get('weights')
@@ -218,56 +203,36 @@ def finetune(
     task = FinetuneTask(**model)
 
     if overwrite:
-        _remove_outputs(out)
+        inputs = [
+            path for path in (weights, data.get('stats')) if isinstance(path, str)
+        ]
+        run.clear(inputs)
     os.makedirs(out, exist_ok=True)
-    tiles = _write_split(datamodule, os.path.join(out, 'split.geojson'))
+    tiles = _write_split(datamodule, run.join('split.geojson'))
     data_config = {k: v for k, v in data.items() if k != 'stats'}
     if isinstance(data.get('stats'), str):
         data_config['stats'] = data['stats']
-    config_path = os.path.join(out, 'config.yaml')
-    with atomic_write(config_path) as temporary, open(temporary, 'w') as f:
-        yaml.safe_dump(
-            {
-                'seed_everything': seed,
-                'trainer': trainer,
-                'model': {
-                    'class_path': 'glcgeo.tasks.FinetuneTask',
-                    'init_args': model,
-                },
-                'data': {
-                    'class_path': 'glcgeo.datamodules.SegmentationDataModule',
-                    'init_args': data_config,
-                },
-            },
-            f,
-            sort_keys=False,
-        )
+    run.write_config(
+        seed,
+        trainer,
+        'glcgeo.tasks.FinetuneTask',
+        model,
+        'glcgeo.datamodules.SegmentationDataModule',
+        data_config,
+    )
 
-    checkpoints = os.path.join(out, 'checkpoints')
     selection = ModelCheckpoint(
-        dirpath=checkpoints,
+        dirpath=run.join('checkpoints'),
         filename='best',
         monitor=FinetuneTask.monitor,
         mode=FinetuneTask.mode,
         save_last=True,
     )
-    callbacks: list[Any] = [selection]
-    if not quiet:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
-    logs = os.path.join(out, 'logs')
-    loggers: list[Any] = [CSVLogger(logs, name='csv')]
-    if not quiet:
-        loggers.append(TensorBoardLogger(logs, name='tensorboard'))
-    trainer_args: dict[str, Any] = {
-        'max_epochs': 150,
-        'log_every_n_steps': 1,
-        'enable_progress_bar': not quiet,
-        'enable_model_summary': not quiet,
-        'num_sanity_val_steps': 0,
-        **trainer,
-    }
-    fit = Trainer(
-        default_root_dir=out, logger=loggers, callbacks=callbacks, **trainer_args
+    fit = run.trainer(
+        {'max_epochs': 150, 'num_sanity_val_steps': 0, **trainer},
+        [selection],
+        quiet,
+        tensorboard=not quiet,
     )
     fit.fit(task, datamodule=datamodule)
     best = selection.best_model_path
@@ -276,7 +241,7 @@ def finetune(
     # Score the selected model once on each evaluation area.
     validated = fit.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     tested = fit.test(task, datamodule=datamodule, ckpt_path=best, verbose=not quiet)
-    model_path = os.path.join(out, 'model.ckpt')
+    model_path = run.join('model.ckpt')
     checkpoint = write_model_checkpoint(best, model_path)
     result = FinetuneResult(
         checkpoint=model_path,
@@ -285,8 +250,7 @@ def finetune(
         label_tiles=len(datamodule.label_tiles),
         tiles=tiles,
     )
-    metrics_path = os.path.join(out, 'metrics.json')
-    with atomic_write(metrics_path) as temporary, open(temporary, 'w') as f:
+    with atomic_write(run.join('metrics.json')) as temporary, open(temporary, 'w') as f:
         json.dump(
             {
                 'selected_epoch': checkpoint['epoch'],

@@ -85,7 +85,7 @@ def config_sections(
     """The data, model and trainer arguments of a config, the flags overriding it.
 
     Args:
-        config: sections of a config file (``glcgeo.pretrain.load_config``), or {}.
+        config: sections of a config file (``glcgeo.runs.load_config``), or {}.
         args: the parsed command line.
         data_flags: data option attribute -> data module argument.
         model_flags: model option attribute -> task argument.

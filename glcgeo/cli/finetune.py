@@ -89,7 +89,11 @@ def add_parser(subparsers: Any) -> None:
     add('--out', required=True, help='output folder')
     add('--config', help='LightningCLI YAML (trainer/model/data sections)')
     add('--overwrite', action='store_true', help='replace an earlier run in OUT')
-    add('--weights', help='start checkpoint: glcgeo export, SimCLR or MoCo [random]')
+    add(
+        '--weights',
+        help='start checkpoint: glcgeo export, GLCNet pretraining (RUN/checkpoints/'
+        'last.ckpt), fine-tuned model.ckpt, SimCLR or MoCo [random]',
+    )
     add(
         '--transfer',
         choices=('encoder', 'encoder+decoder'),
@@ -168,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
         GlcgeoError: when images or masks are missing.
     """
     from ..finetune import finetune
-    from ..pretrain import load_config
+    from ..runs import load_config
 
     config = load_config(args.config) if args.config else {}
     data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> None:
     Raises:
         GlcgeoError: when no data is given.
     """
-    from ..pretrain import load_config, pretrain
+    from ..pretrain import pretrain
+    from ..runs import load_config
 
     config_file = args.config
     if config_file is None and args.resume:

@@ -1,0 +1,77 @@
+"""Run folders: the config they keep, what they replace, and what they never do."""
+
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glcgeo.errors import GlcgeoError
+from glcgeo.runs import RunFolder, load_config
+
+OUTPUTS = ('model.ckpt', 'config.yaml', 'checkpoints', 'logs')
+
+
+def test_config_is_a_lightning_cli_config_that_load_config_reads(
+    tmp_path: Path,
+) -> None:
+    run = RunFolder(str(tmp_path), OUTPUTS)
+    path = run.write_config(
+        3,
+        {'max_steps': 5},
+        'glcgeo.tasks.GLCNetTask',
+        {'backbone': 'resnet18'},
+        'glcgeo.datamodules.GLCNetDataModule',
+        {'paths': ['tiles/'], 'overlap': [0.3, 1.0]},
+    )
+    assert os.listdir(tmp_path) == ['config.yaml']
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    for section in ('model', 'data'):
+        module, _, name = config[section]['class_path'].rpartition('.')
+        assert getattr(importlib.import_module(module), name)
+    assert load_config(path) == {
+        'data': {'paths': ['tiles/'], 'overlap': [0.3, 1.0]},
+        'model': {'backbone': 'resnet18'},
+        'trainer': {'max_steps': 5},
+        'seed_everything': 3,
+    }
+
+
+def test_shipped_configs_name_classes_that_exist() -> None:
+    configs = Path(__file__).parent.parent / 'experiments' / 'configs'
+    for path in configs.glob('*.yaml'):
+        config = yaml.safe_load(path.read_text())
+        for section in ('model', 'data'):
+            module, _, name = config[section]['class_path'].rpartition('.')
+            assert getattr(importlib.import_module(module), name), path
+
+
+def test_clear_removes_the_outputs_only(tmp_path: Path) -> None:
+    run = RunFolder(str(tmp_path), OUTPUTS)
+    for name in ('model.ckpt', 'notes.txt'):
+        (tmp_path / name).write_text(name)
+    (tmp_path / 'checkpoints').mkdir()
+    (tmp_path / 'checkpoints' / 'best.ckpt').write_text('best')
+    assert run.existing() == ['model.ckpt', 'checkpoints']
+    run.clear()
+    assert os.listdir(tmp_path) == ['notes.txt']
+
+
+def test_clear_never_deletes_an_input(tmp_path: Path) -> None:
+    """A new run that starts from the old run's checkpoint must not delete it."""
+    run = RunFolder(str(tmp_path), OUTPUTS)
+    (tmp_path / 'checkpoints').mkdir()
+    best = tmp_path / 'checkpoints' / 'best.ckpt'
+    best.write_text('weights')
+    (tmp_path / 'model.ckpt').write_text('model')
+    for source in (best, tmp_path / 'model.ckpt', tmp_path / '.' / 'model.ckpt'):
+        with pytest.raises(GlcgeoError, match='an input lies in the outputs'):
+            run.clear([source])
+    assert best.read_text() == 'weights'
+    assert (tmp_path / 'model.ckpt').read_text() == 'model'
+    # An input beside the outputs, whose name starts like one, is no output.
+    (tmp_path / 'model.ckpt.bak').write_text('kept')
+    run.clear([tmp_path / 'model.ckpt.bak'])
+    assert os.listdir(tmp_path) == ['model.ckpt.bak']
