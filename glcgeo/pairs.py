@@ -119,6 +119,7 @@ class GeoTiffUnions(GeoTiffMosaic):
     Indexing with a :class:`WindowPair` reads the pair's union window once,
     uncut (:meth:`read_union`); a batch of pairs (a DataLoader's
     ``__getitems__``) computes their geometry at once (:meth:`read_unions`).
+    What a pair reads as is :meth:`read_pairs`, which subclasses change.
     TorchGeo slices read as from any :class:`~glcgeo.datasets.GeoTiffMosaic`.
 
     Example::
@@ -133,18 +134,18 @@ class GeoTiffUnions(GeoTiffMosaic):
     """
 
     def __getitem__(self, index: GeoSlice | WindowPair) -> Sample:  # type: ignore[override]
-        """Read a pair's union window, or a TorchGeo slice.
+        """Read a window pair, or a TorchGeo slice.
 
         Args:
             index: a :class:`WindowPair`, or ``[xmin:xmax:xres, ymin:ymax:yres]``
                 in the dataset CRS.
 
         Returns:
-            see :meth:`read_union`, or, for a slice,
+            see :meth:`read_pairs`, or, for a slice,
             :meth:`glcgeo.datasets.GeoTiffMosaic.__getitem__`.
         """
         if isinstance(index, WindowPair):
-            return self.read_union(index)
+            return self.read_pairs([index])[0]
         return super().__getitem__(index)
 
     def __getitems__(self, indices: Sequence[GeoSlice | WindowPair]) -> list[Sample]:
@@ -154,12 +155,23 @@ class GeoTiffUnions(GeoTiffMosaic):
             indices: what :meth:`__getitem__` takes, one per sample.
 
         Returns:
-            ``[self[index] for index in indices]``, with the geometry of window
-            pairs computed once for the batch (:meth:`read_unions`).
+            ``[self[index] for index in indices]``, window pairs read together
+            (:meth:`read_pairs`).
         """
         if all(isinstance(i, WindowPair) for i in indices):
-            return self.read_unions(indices)  # type: ignore[arg-type]
+            return self.read_pairs(indices)  # type: ignore[arg-type]
         return [self[index] for index in indices]
+
+    def read_pairs(self, pairs: Sequence[WindowPair]) -> list[Sample]:
+        """The samples of window pairs: here, their union form.
+
+        Args:
+            pairs: the pairs, in pixels of :attr:`grid`.
+
+        Returns:
+            :meth:`read_unions`, whose geometry is computed once for all pairs.
+        """
+        return self.read_unions(pairs)
 
     def read_union(self, pair: WindowPair) -> Sample:
         """Read a pair's union window once, uncut, with both views' geometry.
@@ -229,7 +241,7 @@ class GeoTiffPairs(GeoTiffUnions):
 
     The views of the training path (:func:`cut_views`), pair by pair, for use
     outside training: indexing with a :class:`WindowPair` returns both views
-    (:meth:`read_pair`), passed through *transforms*.
+    (:meth:`read_pair`), passed through *transforms*, instead of the union form.
 
     Example::
 
@@ -240,31 +252,16 @@ class GeoTiffPairs(GeoTiffUnions):
     .. versionadded:: 0.1
     """
 
-    def __getitem__(self, index: GeoSlice | WindowPair) -> Sample:  # type: ignore[override]
-        """Read both views of a window pair, or a TorchGeo slice.
+    def read_pairs(self, pairs: Sequence[WindowPair]) -> list[Sample]:
+        """The samples of window pairs: here, both views of each.
 
         Args:
-            index: a :class:`WindowPair`, or ``[xmin:xmax:xres, ymin:ymax:yres]``
-                in the dataset CRS.
+            pairs: the pairs, in pixels of :attr:`grid`.
 
         Returns:
-            see :meth:`read_pair`, or, for a slice,
-            :meth:`glcgeo.datasets.GeoTiffMosaic.__getitem__`.
+            :meth:`read_pair` of each pair.
         """
-        if isinstance(index, WindowPair):
-            return self.read_pair(index)
-        return super().__getitem__(index)
-
-    def __getitems__(self, indices: Sequence[GeoSlice | WindowPair]) -> list[Sample]:
-        """Read a batch of samples, one by one.
-
-        Args:
-            indices: what :meth:`__getitem__` takes, one per sample.
-
-        Returns:
-            ``[self[index] for index in indices]``.
-        """
-        return [self[index] for index in indices]
+        return [self.read_pair(pair) for pair in pairs]
 
     def read_pair(self, pair: WindowPair) -> Sample:
         """Read a pair's union window once and cut both views from it.

@@ -10,6 +10,7 @@ prediction normalise alike.
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from rasterio.features import geometry_mask
 from torch import Generator, Tensor
 
+from .checkpoints import BandMetadata
 from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .outputs import atomic_write
@@ -57,6 +59,22 @@ class BandStats:
 
         """
         return normalize_bands(image, self.mean, self.std, valid)
+
+    def metadata(self, bands: Sequence[int] | None = None) -> BandMetadata:
+        """These statistics as the band metadata checkpoints keep.
+
+        Args:
+            bands: 1-based band indexes of the files a model reads (defaults to
+                :attr:`bands`).
+
+        Returns:
+            the metadata.
+        """
+        return BandMetadata(
+            bands=tuple(self.bands if bands is None else bands),
+            band_mean=tuple(self.mean),
+            band_std=tuple(self.std),
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics as JSON.

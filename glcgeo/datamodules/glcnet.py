@@ -129,12 +129,7 @@ class GLCNetDataModule(GeoDataModule):
     def band_metadata(self) -> BandMetadata:
         """The bands and statistics of the views, as checkpoints keep them."""
         assert self.band_stats is not None
-        stats = self.band_stats
-        return BandMetadata(
-            bands=tuple(stats.bands),
-            band_mean=tuple(stats.mean),
-            band_std=tuple(stats.std),
-        )
+        return self.band_stats.metadata()
 
     def on_after_batch_transfer(
         self, batch: dict[str, Tensor], dataloader_idx: int

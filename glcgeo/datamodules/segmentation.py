@@ -368,12 +368,7 @@ class SegmentationDataModule(GeoDataModule):
     def band_metadata(self) -> BandMetadata:
         """The image bands read and their statistics, as checkpoints keep them."""
         assert self.band_stats is not None
-        stats = self.band_stats
-        return BandMetadata(
-            bands=tuple(self.band_indexes),
-            band_mean=tuple(stats.mean),
-            band_std=tuple(stats.std),
-        )
+        return self.band_stats.metadata(self.band_indexes)
 
     @property
     def band_indexes(self) -> list[int]:

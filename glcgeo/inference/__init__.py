@@ -17,14 +17,13 @@ from ..outputs import check_destination
 from .blending import RowBandAccumulator, hann_window, tile_weights
 from .predict import (
     PredictionSummary,
-    SegmentationMap,
     predict_dataset,
     predict_raster,
-    prediction_grid,
     resolve_device,
 )
+from .reading import prediction_grid
 from .tiling import Tile, TileGrid, tile_offsets
-from .writer import CogWriter, class_dtype
+from .writer import CogWriter, SegmentationMap, class_dtype
 
 __all__ = [
     'CheckpointMetadata',

@@ -1,4 +1,4 @@
-"""Cloud Optimized GeoTIFF output, written under a temporary name and published whole.
+"""Prediction outputs: class and probability maps, as Cloud Optimized GeoTIFFs.
 
 A :class:`CogWriter` takes windows of a raster as they are finished and writes them
 to a temporary striped GeoTIFF beside the destination.
@@ -7,21 +7,43 @@ overviews) into a second temporary file; :meth:`CogWriter.commit` renames that o
 the destination (both temporary files are :class:`~glcgeo.outputs.OutputFile`).
 Leaving the ``with`` block removes whatever temporary file is left, so an error or
 an interruption never leaves a file under the destination name nor a partial file.
+
+:func:`class_writer` and :func:`probability_writer` make the writers of a class
+map (colour table, class names) and of per-class percentages;
+:func:`write_rows` writes finished rows of scores into them; a
+:class:`SegmentationMap` is a class map held in memory.
 """
 
+import json
 import os
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from rasterio.windows import Window
 
+from ..checkpoints import CheckpointMetadata
 from ..errors import GlcgeoError
 from ..outputs import OutputFile, check_destination
+from .blending import RowBandAccumulator
 
-__all__ = ['CogWriter', 'class_dtype']
+__all__ = [
+    'PROBABILITY_NODATA',
+    'CogWriter',
+    'SegmentationMap',
+    'class_dtype',
+    'class_ids',
+    'class_writer',
+    'probability_writer',
+    'write_rows',
+]
+
+#: Nodata value of the per-class probability file (stored as percent, 0-100).
+PROBABILITY_NODATA = 255
 
 #: Creation options of the temporary file: strips suit row-band writes, and a fast
 #: compression keeps it small for large scenes.
@@ -173,3 +195,131 @@ class CogWriter:
             self._dataset = None
         self._striped.discard()
         self._cog.discard()
+
+
+def class_ids(scores: np.ndarray, metadata: CheckpointMetadata) -> np.ndarray:
+    """[H, W] most probable class of [K, H, W] scores, never the ignored class."""
+    if metadata.ignore_index is not None and 0 <= metadata.ignore_index < len(scores):
+        scores = scores.copy()
+        scores[metadata.ignore_index] = -1
+    return scores.argmax(axis=0)
+
+
+def class_writer(
+    path: str | os.PathLike[str],
+    metadata: CheckpointMetadata,
+    width: int,
+    height: int,
+    crs: Any,
+    transform: Affine,
+    overwrite: bool,
+) -> CogWriter:
+    """Make a writer of a class map with colour table, class names and nodata."""
+    dtype, nodata = class_dtype(metadata.num_classes)
+    colormap = {i: (*rgb, 255) for i, rgb in enumerate(metadata.class_colors)}
+    colormap[nodata] = (0, 0, 0, 0)
+    profile = {
+        'width': width,
+        'height': height,
+        'count': 1,
+        'dtype': dtype,
+        'crs': crs,
+        'transform': transform,
+        'nodata': nodata,
+    }
+    return CogWriter(
+        path,
+        profile,
+        overwrite=overwrite,
+        overview_resampling='mode',
+        colormap=colormap,
+        descriptions=('class',),
+        band_tags={'class_names': json.dumps(list(metadata.class_names))},
+        tags={'model': f'{metadata.model} {metadata.backbone}'},
+    )
+
+
+def probability_writer(
+    path: str | os.PathLike[str],
+    metadata: CheckpointMetadata,
+    width: int,
+    height: int,
+    crs: Any,
+    transform: Affine,
+    overwrite: bool,
+) -> CogWriter:
+    """Make a writer of per-class probabilities in percent, one band per class."""
+    profile = {
+        'width': width,
+        'height': height,
+        'count': metadata.num_classes,
+        'dtype': 'uint8',
+        'crs': crs,
+        'transform': transform,
+        'nodata': PROBABILITY_NODATA,
+    }
+    return CogWriter(
+        path,
+        profile,
+        overwrite=overwrite,
+        overview_resampling='average',
+        descriptions=metadata.class_names,
+        scales=(0.01,) * metadata.num_classes,
+    )
+
+
+def write_rows(
+    writers: list[CogWriter],
+    accumulator: RowBandAccumulator,
+    end: int,
+    metadata: CheckpointMetadata,
+) -> None:
+    """Write the finished rows above scene row *end* to the class (and score) files."""
+    top, scores, valid = accumulator.pop(end)
+    if not len(valid):
+        return
+    window = Window(0, top, valid.shape[1], valid.shape[0])
+    class_writer, *probability_writers = writers
+    classes = class_ids(scores, metadata).astype(class_writer.profile['dtype'])
+    classes[~valid] = class_writer.profile['nodata']
+    class_writer.write(classes[None], window)
+    for writer in probability_writers:
+        percent = np.rint(scores * 100).astype(np.uint8)
+        percent[:, ~valid] = PROBABILITY_NODATA
+        writer.write(percent, window)
+
+
+@dataclass
+class SegmentationMap:
+    """A class map in memory, with its georeferencing.
+
+    Attributes:
+        classes: [H, W] class ids, *nodata* where the input had no data.
+        transform: pixel -> map affine transform (float64).
+        crs: coordinate reference system of *transform*.
+        nodata: the value marking pixels without data.
+        metadata: the model's metadata (class names and colours).
+
+    """
+
+    classes: np.ndarray
+    transform: Affine
+    crs: Any
+    nodata: int
+    metadata: CheckpointMetadata
+
+    def write(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write the map as a Cloud Optimized GeoTIFF with colour map and names.
+
+        Args:
+            path: the output file.
+            overwrite: whether an existing file may be replaced.
+
+        """
+        height, width = self.classes.shape
+        with class_writer(
+            path, self.metadata, width, height, self.crs, self.transform, overwrite
+        ) as writer:
+            writer.write(self.classes[None], Window(0, 0, width, height))
+            writer.finish()
+            writer.commit()
