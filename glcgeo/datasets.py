@@ -32,7 +32,7 @@ from torchgeo.datasets.utils import GeoSlice, Sample
 from .errors import GlcgeoError
 from .geometry import PixelGrid
 
-__all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths']
+__all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
 
 #: Band mask flags under which a masked pixel holds the file's nodata value (or
 #: none is masked), so that a plain read equals a masked one filled with nodata.
@@ -93,6 +93,35 @@ def _fits(nodata: float | None, dtype: str) -> bool:
         info = np.iinfo(dtype)
         return info.min <= nodata <= info.max and float(nodata).is_integer()
     return bool(np.isfinite(np.array(nodata, dtype=dtype)))
+
+
+def valid_pixels(image: Tensor, nodata: float | None) -> Tensor:
+    """Pixels holding data: not every band equal to *nodata*, and no band NaN.
+
+    The one nodata rule of glcgeo, for mosaics read as datasets and for scenes
+    read by prediction alike.
+
+    Args:
+        image: [..., C, H, W] raw values, of any dtype.
+        nodata: the nodata value, or None.
+
+    Returns:
+        a boolean [..., H, W] mask, True where there is data.
+
+    """
+    if image.is_floating_point():
+        invalid = torch.isnan(image).any(dim=-3)
+    else:
+        invalid = torch.zeros(
+            image.shape[-2:], dtype=torch.bool, device=image.device
+        ).expand(*image.shape[:-3], -1, -1)
+        # An integer image never holds a nodata value its dtype cannot hold
+        # (compared as its dtype, -9999 would match uint16 55537).
+        if not _fits(nodata, str(image.dtype).removeprefix('torch.')):
+            nodata = None
+    if nodata is not None and not math.isnan(nodata):
+        invalid = invalid | (image == nodata).all(dim=-3)
+    return ~invalid
 
 
 def _check_raster(path: str, crs_given: bool) -> tuple[int, str, float | None]:
@@ -440,7 +469,7 @@ class GeoTiffMosaic(RasterDataset):
         return all(flags[i - 1] in PLAIN_MASKS for i in self.band_indexes_selected)
 
     def valid_mask(self, image: Tensor) -> Tensor:
-        """Pixels holding data: not every band equal to nodata, and no NaN.
+        """Pixels holding data: :func:`valid_pixels` with the mosaic's nodata.
 
         Args:
             image: [C, H, W] or [B, C, H, W] raw values, of any dtype.
@@ -449,20 +478,7 @@ class GeoTiffMosaic(RasterDataset):
             a boolean [H, W] (or [B, H, W]) mask, True where there is data.
 
         """
-        nodata = self.file_nodata
-        if image.is_floating_point():
-            invalid = torch.isnan(image).any(dim=-3)
-        else:
-            invalid = torch.zeros(
-                image.shape[-2:], dtype=torch.bool, device=image.device
-            ).expand(*image.shape[:-3], -1, -1)
-            # An integer image never holds a nodata value its dtype cannot hold
-            # (compared as its dtype, -9999 would match uint16 55537).
-            if not _fits(nodata, str(image.dtype).removeprefix('torch.')):
-                nodata = None
-        if nodata is not None and not math.isnan(nodata):
-            invalid = invalid | (image == nodata).all(dim=-3)
-        return ~invalid
+        return valid_pixels(image, self.file_nodata)
 
     def __getitem__(self, index: GeoSlice) -> Sample:
         """Read a TorchGeo slice.

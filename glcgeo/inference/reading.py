@@ -18,6 +18,7 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from ..checkpoints import CheckpointMetadata
+from ..datasets import valid_pixels
 from ..errors import GlcgeoError
 from ..transforms import normalize_bands
 from .tiling import Tile, TileGrid
@@ -32,7 +33,6 @@ __all__ = [
     'open_source',
     'prediction_grid',
     'prepare_input',
-    'values_valid',
 ]
 
 #: Tile sides are rounded up to (and scenes smaller than a tile padded by reflection
@@ -65,16 +65,6 @@ def prediction_grid(
     """
     margin = 2 * SCENE_MARGIN
     return TileGrid(height + margin, width + margin, tile_size, overlap, PAD_MULTIPLE)
-
-
-def values_valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """[H, W] True where not every band equals *nodata* and no band is NaN."""
-    valid = np.ones(data.shape[1:], dtype=bool)
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= ~np.isnan(data).any(axis=0)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= ~(data == nodata).all(axis=0)
-    return valid
 
 
 def prepare_input(
@@ -197,7 +187,7 @@ class TileReader:
         if inside.width <= 0 or inside.height <= 0:
             return None  # a tile of the margin only
         data = self.src.read(self.bands, window=inside)
-        valid = values_valid(data, self.nodata)
+        valid = valid_pixels(torch.from_numpy(data), self.nodata).numpy()
         if self.use_dataset_mask:
             valid &= self.src.dataset_mask(window=inside) > 0
         if not valid.any():
@@ -248,7 +238,8 @@ def dataset_patch(
     crop = (slice(top - row, bottom - row), slice(left - col, right - col))
     # Whatever lies outside the scene is fill, not data.
     valid = np.zeros((height, width), dtype=bool)
-    valid[crop] = values_valid(data[:, crop[0], crop[1]], nodata)
+    inside = torch.from_numpy(data[:, crop[0], crop[1]])
+    valid[crop] = valid_pixels(inside, nodata).numpy()
     if not valid.any():
         return None
     return Patch(
