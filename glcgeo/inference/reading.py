@@ -47,7 +47,7 @@ SCENE_MARGIN = 32
 def prediction_grid(
     height: int, width: int, tile_size: int = 512, overlap: int = 128
 ) -> TileGrid:
-    """Build the tile grid :func:`predict_raster` uses over a scene.
+    """Build the tile grid :func:`~glcgeo.inference.predict_raster` uses over a scene.
 
     The grid covers the scene grown by :data:`SCENE_MARGIN` mirrored pixels on
     every side (tile windows are in pixels of that grown scene), with tile sides
