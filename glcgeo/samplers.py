@@ -166,6 +166,10 @@ class PairedWindowSampler(SpatialSampler):
         # Coverage cells of about an eighth of a view: fine enough to reject
         # windows by their nodata fraction without reading them.
         self.cell = size * scale[0] / 8 * grid.res[0]
+        # Cells per pixel and pixels per cell, along columns (x) and rows (y):
+        # pixels need not be square.
+        self.cells_per_pixel = (grid.res[0] / self.cell, grid.res[1] / self.cell)
+        self.pixels_per_cell = (self.cell / grid.res[0], self.cell / grid.res[1])
         coverage, self.coverage_grid = dataset.coverage_grid(self.cell)
         if roi is not None:
             # Cells outside the region count as nodata: no view centre there.
@@ -235,8 +239,7 @@ class PairedWindowSampler(SpatialSampler):
             the mean coverage of the coarse cells the box spans.
 
         """
-        # Cells per pixel along columns (x) and rows (y): pixels may not be square.
-        col_ratio, row_ratio = (res / self.cell for res in self.grid.res)
+        col_ratio, row_ratio = self.cells_per_pixel
         rows, cols = self.coverage.shape
         c1 = min(cols - 1, max(0, math.floor(box[0] * col_ratio)))
         r1 = min(rows - 1, max(0, math.floor(box[1] * row_ratio)))
@@ -288,7 +291,7 @@ class PairedWindowSampler(SpatialSampler):
                 continue
             if min(self.valid_fraction(b) for b in (box1, box2, overlap)) < min_valid:
                 continue
-            if not (self._in_roi(box1) and self._in_roi(box2)):
+            if self.roi is not None and not (self._in_roi(box1) and self._in_roi(box2)):
                 continue
             union = Window(
                 min(box1[0], box2[0]),
@@ -307,8 +310,7 @@ class PairedWindowSampler(SpatialSampler):
 
     def _in_roi(self, box: PixelBox) -> bool:
         """Whether a box of the mosaic grid lies inside the region of interest."""
-        if self.roi is None:
-            return True
+        assert self.roi is not None
         return bool(self.roi.covers(shapely.box(*self.grid.boxes_to_map([box])[0])))
 
     def random_window(self, rng: np.random.Generator, n: int) -> Window:
@@ -324,8 +326,7 @@ class PairedWindowSampler(SpatialSampler):
         """
         cols = self.coverage.shape[1]
         cell = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
-        # Pixels per cell along columns (x) and rows (y).
-        col_ratio, row_ratio = (self.cell / res for res in self.grid.res)
+        col_ratio, row_ratio = self.pixels_per_cell
         centre_col = (cell % cols + rng.uniform()) * col_ratio
         centre_row = (cell // cols + rng.uniform()) * row_ratio
         col = min(max(0, round(centre_col - n / 2)), self.width - n)
