@@ -237,17 +237,20 @@ def predict_raster(
         reader = TileReader(src, bands, metadata, nodata)
         accumulator = RowBandAccumulator(width, metadata.num_classes)
         predictor = _BatchPredictor(model, metadata, torch_device, accumulator)
-        geo = (width, height, src.crs, src.transform)
+        geo = {
+            'width': width,
+            'height': height,
+            'crs': src.crs,
+            'transform': src.transform,
+        }
         with ExitStack() as stack:
             writers = [
-                stack.enter_context(
-                    class_writer(destination, metadata, *geo, overwrite)
-                )
+                stack.enter_context(class_writer(destination, metadata, geo, overwrite))
             ]
             if probabilities is not None:
                 writers.append(
                     stack.enter_context(
-                        probability_writer(probabilities, metadata, *geo, overwrite)
+                        probability_writer(probabilities, metadata, geo, overwrite)
                     )
                 )
             bar = stack.enter_context(

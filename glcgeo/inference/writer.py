@@ -16,6 +16,7 @@ map (colour table, class names) and of per-class percentages;
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -208,28 +209,27 @@ def class_ids(scores: np.ndarray, metadata: CheckpointMetadata) -> np.ndarray:
 def class_writer(
     path: str | os.PathLike[str],
     metadata: CheckpointMetadata,
-    width: int,
-    height: int,
-    crs: Any,
-    transform: Affine,
+    georeferencing: Mapping[str, Any],
     overwrite: bool,
 ) -> CogWriter:
-    """Make a writer of a class map with colour table, class names and nodata."""
+    """Make a writer of a class map with colour table, class names and nodata.
+
+    Args:
+        path: the output file.
+        metadata: the model's classes and colours.
+        georeferencing: the map's ``width``, ``height``, ``crs`` and
+            ``transform``, as in a rasterio profile.
+        overwrite: whether an existing file may be replaced.
+
+    Returns:
+        the writer.
+    """
     dtype, nodata = class_dtype(metadata.num_classes)
     colormap = {i: (*rgb, 255) for i, rgb in enumerate(metadata.class_colors)}
     colormap[nodata] = (0, 0, 0, 0)
-    profile = {
-        'width': width,
-        'height': height,
-        'count': 1,
-        'dtype': dtype,
-        'crs': crs,
-        'transform': transform,
-        'nodata': nodata,
-    }
     return CogWriter(
         path,
-        profile,
+        {**georeferencing, 'count': 1, 'dtype': dtype, 'nodata': nodata},
         overwrite=overwrite,
         overview_resampling='mode',
         colormap=colormap,
@@ -242,25 +242,28 @@ def class_writer(
 def probability_writer(
     path: str | os.PathLike[str],
     metadata: CheckpointMetadata,
-    width: int,
-    height: int,
-    crs: Any,
-    transform: Affine,
+    georeferencing: Mapping[str, Any],
     overwrite: bool,
 ) -> CogWriter:
-    """Make a writer of per-class probabilities in percent, one band per class."""
-    profile = {
-        'width': width,
-        'height': height,
-        'count': metadata.num_classes,
-        'dtype': 'uint8',
-        'crs': crs,
-        'transform': transform,
-        'nodata': PROBABILITY_NODATA,
-    }
+    """Make a writer of per-class probabilities in percent, one band per class.
+
+    Args:
+        path: the output file.
+        metadata: the model's classes.
+        georeferencing: as for :func:`class_writer`.
+        overwrite: whether an existing file may be replaced.
+
+    Returns:
+        the writer.
+    """
     return CogWriter(
         path,
-        profile,
+        {
+            **georeferencing,
+            'count': metadata.num_classes,
+            'dtype': 'uint8',
+            'nodata': PROBABILITY_NODATA,
+        },
         overwrite=overwrite,
         overview_resampling='average',
         descriptions=metadata.class_names,
@@ -317,9 +320,13 @@ class SegmentationMap:
 
         """
         height, width = self.classes.shape
-        with class_writer(
-            path, self.metadata, width, height, self.crs, self.transform, overwrite
-        ) as writer:
+        georeferencing = {
+            'width': width,
+            'height': height,
+            'crs': self.crs,
+            'transform': self.transform,
+        }
+        with class_writer(path, self.metadata, georeferencing, overwrite) as writer:
             writer.write(self.classes[None], Window(0, 0, width, height))
             writer.finish()
             writer.commit()
