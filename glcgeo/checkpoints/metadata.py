@@ -111,9 +111,14 @@ def read_band_metadata(path: StrPath) -> BandMetadata:
         its bands and statistics (None where it has none).
 
     Raises:
-        GlcgeoError: if the file is not a readable checkpoint.
+        GlcgeoError: if the file is not a readable checkpoint, or its band
+            metadata do not go together.
     """
-    return BandMetadata.from_hyperparameters(read_checkpoint(path)['hyper_parameters'])
+    hyper_parameters = read_checkpoint(path)['hyper_parameters']
+    try:
+        return BandMetadata.from_hyperparameters(hyper_parameters)
+    except GlcgeoError as error:
+        raise GlcgeoError(f'inconsistent metadata: {error}', path) from None
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:

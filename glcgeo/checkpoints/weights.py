@@ -207,13 +207,17 @@ def weights_of(checkpoint: Mapping[str, Any], path: StrPath) -> PretrainedWeight
         network = _pretrained_network(checkpoint, path)
         trained = network.trained_decoder_prefix.removeprefix('decoder.')
         decoder = {k: v for k, v in decoder.items() if k.startswith(trained)}
+    try:
+        metadata = BandMetadata.from_hyperparameters(hp)
+    except GlcgeoError as error:
+        raise GlcgeoError(f'inconsistent metadata: {error}', path) from None
     return PretrainedWeights(
         backbone=str(hp[backbone_key]),
         in_channels=int(hp['in_channels']),
         encoder=encoder,
         decoder=decoder,
         hyper_parameters=hp,
-        **BandMetadata.from_hyperparameters(hp).to_hyperparameters(),
+        **metadata.to_hyperparameters(),
     )
 
 
