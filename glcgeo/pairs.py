@@ -18,7 +18,7 @@ outside training: ``pairs[pair]`` holds the two cut views.
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datasets.utils import GeoSlice, Sample
 from torchvision.ops import roi_align
 
-from .datasets import GeoTiffMosaic
+from .datasets import GeoTiffMosaic, valid_pixels
 from .geometry import PixelBox, PixelGrid, ground_to_pixel_boxes
 
 __all__ = [
@@ -111,6 +111,48 @@ def _union_geometry(
         boxes = ground_to_pixel_boxes(regions, affines)
         geometry[f'boxes{k}'] = boxes.astype(np.float32)
     return geometry
+
+
+def _regions_on_data(pair: WindowPair, valid: np.ndarray) -> WindowPair:
+    """Move each region whose centre pixel holds no data onto the nearest that does.
+
+    The sampler draws regions from a coarse coverage grid; the reader holds the
+    pixels. A region whose centre pixel (the one holding its centre point, or
+    below and right of it for an even side) has no data is shifted so that its
+    centre is the nearest pixel with data among the centres that keep it inside
+    the overlap; where no such centre exists (a region as wide as the overlap),
+    it is shrunk a pixel at a time until one does. A region is centred on
+    nodata only when the overlap holds no data at all.
+
+    Args:
+        pair: the pair, its boxes in pixels of the mosaic grid.
+        valid: [H, W] True where the pair's union window holds data.
+
+    Returns:
+        the pair, with its regions moved where needed.
+    """
+    col0, row0 = int(pair.union.col_off), int(pair.union.row_off)
+    x1, y1, x2, y2 = pair.overlap
+    moved: list[PixelBox] = []
+    for box in pair.regions:
+        cx, cy = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
+        found = box if valid[cy - row0, cx - col0] else None
+        width, height = box[2] - box[0], box[3] - box[1]
+        while found is None and min(width, height) >= 1:
+            # The centres that keep a width x height box inside the overlap.
+            lo_x, lo_y = x1 + width // 2, y1 + height // 2
+            hi_x, hi_y = x2 - (width - width // 2), y2 - (height - height // 2)
+            rows, cols = np.nonzero(
+                valid[lo_y - row0 : hi_y - row0 + 1, lo_x - col0 : hi_x - col0 + 1]
+            )
+            if len(rows):
+                nearest = np.argmin((rows + lo_y - cy) ** 2 + (cols + lo_x - cx) ** 2)
+                col = int(cols[nearest]) + lo_x - width // 2
+                row = int(rows[nearest]) + lo_y - height // 2
+                found = (col, row, col + width, row + height)
+            width, height = width - 1, height - 1
+        moved.append(box if found is None else found)
+    return replace(pair, regions=tuple(moved))
 
 
 class GeoTiffUnions(GeoTiffMosaic):
@@ -212,15 +254,20 @@ class GeoTiffUnions(GeoTiffMosaic):
             one sample per pair, as :meth:`read_union` returns it.
         """
         grid = self.grid
+        raws = [self.read_raw(*grid.window_bounds(pair.union)) for pair in pairs]
+        # One mask per union: both views' valid fractions are cut from it, and
+        # the regions are moved onto data with it.
+        valids = [self.valid_mask(raw) for raw in raws]
+        pairs = [
+            _regions_on_data(pair, valid.numpy())
+            for pair, valid in zip(pairs, valids, strict=True)
+        ]
         geometry = {
             key: torch.from_numpy(value)
             for key, value in _union_geometry(grid, pairs).items()
         }
         samples = []
-        for i, pair in enumerate(pairs):
-            raw = self.read_raw(*grid.window_bounds(pair.union))
-            # One mask for the union: both views' valid fractions are cut from it.
-            valid = self.valid_mask(raw)
+        for i, (raw, valid) in enumerate(zip(raws, valids, strict=True)):
             sample: Sample = {'union': raw}
             for k in (1, 2):
                 sample[f'window{k}'] = window = geometry[f'window{k}'][i]
@@ -281,7 +328,9 @@ class GeoTiffPairs(GeoTiffUnions):
         """
         sample = self.read_union(pair)
         batch = cut_views(
-            {key: value[None] for key, value in sample.items()}, pair.size
+            {key: value[None] for key, value in sample.items()},
+            pair.size,
+            self.file_nodata,
         )
         sample = {key: value[0] for key, value in batch.items()}
         if self.transforms is not None:
@@ -369,7 +418,9 @@ def unpack_unions(union: Tensor, shape: Tensor) -> Tensor:
     return batch
 
 
-def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
+def cut_views(
+    batch: dict[str, Tensor], size: int, nodata: float | None = None
+) -> dict[str, Tensor]:
     """Cut both views of each pair from its union window and resize them.
 
     One :func:`torchvision.ops.roi_align` call over the batch (``aligned=True``:
@@ -381,10 +432,11 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     whole-pixel offsets is an exact crop. Bilinear samples at a view's edge
     (scale not 1) take up to half a pixel of the union just outside it: the
     ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
-    :func:`unpack_unions` pads by replicating them). NaN
-    (float nodata) does not spread: where a union holds NaN, each output pixel is
-    the weighted mean of its valid samples only, and NaN where it has none, so a
-    view at scale 1 keeps exactly the source's NaN pixels.
+    :func:`unpack_unions` pads by replicating them). Nodata does not spread:
+    pixels without data (:func:`~glcgeo.datasets.valid_pixels`: every band equal
+    to *nodata*, or a band NaN) are set to NaN in every band, and each output
+    pixel is the weighted mean of its valid samples only, NaN where it has none,
+    so a view at scale 1 keeps exactly the source's nodata pixels, as NaN.
 
     Args:
         batch: the union form (:meth:`GeoTiffUnions.read_union`) collated:
@@ -394,10 +446,12 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
             each view's window in union pixels (x1, y1, x2, y2; pixel-edge
             convention), and any other keys.
         size: width and height of each view, in pixels.
+        nodata: the mosaic's nodata value (:attr:`GeoTiffMosaic.file_nodata`);
+            NaN is nodata whatever it is.
 
     Returns:
         the other keys of *batch*, with ``image1`` and ``image2``
-        [B, C, size, size] float32 raw values.
+        [B, C, size, size] float32 raw values, NaN where there is no data.
     """
     if 'union_shape' in batch:
         union = unpack_unions(batch['union'], batch['union_shape'])
@@ -407,17 +461,22 @@ def cut_views(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     rois = torch.cat(
         [torch.cat([index, batch[f'window{k}'].to(union)], dim=1) for k in (1, 2)]
     )
-    # Integer rasters hold no NaN: skip the scan of the batch (and its sync).
-    missing = torch.isnan(union) if batch['union'].is_floating_point() else None
-    if missing is not None and not missing.any():
-        missing = None
+    # An integer raster without a nodata value holds no nodata: skip the scan
+    # of the batch (and its sync).
+    missing = None
+    if nodata is not None or batch['union'].is_floating_point():
+        missing = ~valid_pixels(union, nodata)[:, None]
+        if not missing.any():
+            missing = None
     if missing is not None:
-        # Bilinear weights of 0 still multiply a NaN: resample the valid values
-        # and their weights, and divide (a normalised convolution).
-        union = torch.cat([union.nan_to_num(0.0), (~missing).to(union)], dim=1)
+        # Bilinear weights of 0 still multiply a NaN or a fill value: resample
+        # the valid values and their weights, and divide (a normalised
+        # convolution).
+        valid = (~missing).to(union)
+        union = torch.cat([torch.where(missing, 0.0, union), valid], dim=1)
     images = roi_align(union, rois, output_size=size, sampling_ratio=0, aligned=True)
     if missing is not None:
-        values, total = images.chunk(2, dim=1)
+        values, total = images.split([images.shape[1] - 1, 1], dim=1)
         images = torch.where(total > 1e-6, values / total, torch.nan)
     views = {key: value for key, value in batch.items() if key not in UNION_KEYS}
     views['image1'], views['image2'] = images.split(len(union))

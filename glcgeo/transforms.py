@@ -240,7 +240,9 @@ class TwoViewAugmentation(nn.Module):
         Returns:
             the batch with augmented images, normalised by
             :func:`normalize_bands` (0 where there is no data), moved
-            ``boxes2``, and ``matrix1``, ``matrix2`` [B, 3, 3].
+            ``boxes2``, ``matrix1``, ``matrix2`` [B, 3, 3], and
+            ``valid_pixels1``, ``valid_pixels2`` [B, H, W] bool, True where
+            each view holds data.
         """
         image1 = batch['image1'].float()
         image2 = batch['image2'].float()
@@ -262,6 +264,8 @@ class TwoViewAugmentation(nn.Module):
         batch['boxes2'] = transform_pixel_boxes(batch['boxes2'], matrix2)
         batch['matrix2'] = matrix2
         batch['matrix1'] = torch.eye(3, device=image2.device).expand_as(matrix2)
-        batch['image1'] = normalize_bands(image1, mean, std, _holds_data(image1))
+        valid1 = _holds_data(image1)
+        batch['image1'] = normalize_bands(image1, mean, std, valid1)
         batch['image2'] = normalize_bands(self.photometric(image2), mean, std, valid2)
+        batch['valid_pixels1'], batch['valid_pixels2'] = valid1, valid2
         return batch

@@ -36,6 +36,17 @@ RGBN_SUBTILES = [RGBN_DIR / 'rgbn_suba.tif', RGBN_DIR / 'rgbn_subb.tif']
 #: grid, so float32 (0.25 m steps at this northing) is 0.12 m off.
 OFF_GRID_ORIGIN = (438730.37, 4176460.37)
 
+#: NC land cover in ../shared/data (GPL-3 packaging: used from there, never
+#: committed); tests that need it are skipped where it is absent.
+NC_DIR = (
+    Path(__file__).parents[2] / 'shared' / 'data' / 'labeled' / 'nc_landsat7_landcover'
+)
+NC_IMAGE = NC_DIR / 'lsat7_2000_6band.tif'
+NC_LABELS = NC_DIR / 'landclass_7class.tif'
+needs_nc = pytest.mark.skipif(
+    not NC_DIR.is_dir(), reason='../shared/data (NC land cover) is absent'
+)
+
 #: Every shipped mosaic: name -> the paths given to GeoTiffMosaic.
 SHIPPED_MOSAICS: dict[str, list[Path]] = {
     'sentinel2_tiles_utm': [S2_TILES],

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import RasterWriter, TorchGeoFit, save_ssl_checkpoint
+from conftest import (
+    NC_IMAGE,
+    NC_LABELS,
+    RasterWriter,
+    TorchGeoFit,
+    needs_nc,
+    save_ssl_checkpoint,
+)
 from torchgeo.tasks import SimCLR
 
 from glcgeo.cli import main
@@ -25,14 +32,6 @@ CONFIG = os.path.join(
     'finetune_sentinel2_demo.yaml',
 )  # fmt: skip
 NAMES = ['water', 'vegetation', 'other land']
-NC = os.path.join(
-    os.path.dirname(__file__), '..', '..', 'shared', 'data', 'labeled',
-    'nc_landsat7_landcover',
-)  # fmt: skip
-needs_nc = pytest.mark.skipif(
-    not os.path.isdir(NC), reason='../shared/data (NC land cover) is absent'
-)
-
 #: A budget small enough to fine-tune in seconds on 2 CPU cores.
 TINY_DATA = {
     'images': S2,
@@ -210,8 +209,8 @@ def test_demo_config_runs_under_torchgeo_fit(torchgeo_fit: TorchGeoFit) -> None:
 
 @needs_nc
 def test_masks_in_another_crs_are_warped_onto_the_image_grid() -> None:
-    image = os.path.join(NC, 'lsat7_2000_6band.tif')
-    labels = os.path.join(NC, 'landclass_7class.tif')
+    image = str(NC_IMAGE)
+    labels = str(NC_LABELS)
     with rasterio.open(image) as src, rasterio.open(labels) as lab:
         # EPSG:32119 images, EPSG:3358 labels (rasterio calls them equivalent).
         assert src.crs.to_wkt() != lab.crs.to_wkt()
@@ -227,8 +226,8 @@ def test_masks_in_another_crs_are_warped_onto_the_image_grid() -> None:
 def test_finetune_on_nc_land_cover(tmp_path: str) -> None:
     result = finetune(
         {
-            'images': os.path.join(NC, 'lsat7_2000_6band.tif'),
-            'masks': os.path.join(NC, 'landclass_7class.tif'),
+            'images': str(NC_IMAGE),
+            'masks': str(NC_LABELS),
             'patch_size': 32,
             'block_size': 2,
             'batch_size': 8,

@@ -256,3 +256,39 @@ def test_region_features_equal_pooling_the_full_size_map(
     scale = reference.abs().max()
     torch.testing.assert_close(fast / scale, reference / scale, atol=1e-2, rtol=0)
     assert ((fast - reference).abs().mean() / scale) < 2e-3
+
+
+def test_weighted_style_leaves_out_nodata_positions() -> None:
+    features = torch.randn(2, 8, 4, 4)
+    ones = torch.ones(2, 1, 4, 4)
+    # All weights 1: the authors' statistics (unbiased variance).
+    torch.testing.assert_close(
+        style_vector(features, weights=ones), style_vector(features)
+    )
+    # Weight 0: as if the position were not there.
+    weights = ones.clone()
+    weights[:, :, :, 3] = 0
+    torch.testing.assert_close(
+        style_vector(features, weights=weights),
+        style_vector(features[..., :3]),
+    )
+    torch.testing.assert_close(
+        style_vector(features, with_variance=False, weights=weights),
+        style_vector(features[..., :3], with_variance=False),
+    )
+
+
+def test_valid_masks_weight_the_style_of_both_views() -> None:
+    torch.manual_seed(0)
+    model = GLCNet(backbone='resnet18', in_channels=3, ablation='global_only').eval()
+    image = torch.randn(2, 3, 64, 64)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).expand(2, 1, 4)
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        plain = model(image, image, boxes, boxes)
+        all_data = model(image, image, boxes, boxes, valid, valid)
+        valid[:, :, 48:] = False  # a column of ASPP positions without data
+        masked = model(image, image, boxes, boxes, valid, valid)
+    torch.testing.assert_close(all_data['global1'], plain['global1'])
+    assert not torch.allclose(masked['global1'], plain['global1'])
+    assert not torch.allclose(masked['global2'], plain['global2'])

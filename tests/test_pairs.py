@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from affine import Affine
 from conftest import (
+    LANDSAT8,
     OFF_GRID_ORIGIN,
     QUADRANTS,
     S2_TILES,
@@ -79,20 +80,45 @@ def test_nan_nodata_does_not_spread() -> None:
     values[0, 30:34, 40:45] = torch.nan  # a nodata hole in one band only
     batch = union_batch(values, [7, 3, 71, 67], [10, 10, 110, 90])
     views = cut_views(batch, 64)
-    # At scale 1, exactly the source's NaN pixels, and its other values.
-    expected = values[:, 3:67, 7:71]
+    # At scale 1, exactly the source's values; a pixel with a NaN band has no
+    # data (the one nodata rule): NaN in every band.
+    expected = values[:, 3:67, 7:71].clone()
+    expected[:, torch.isnan(expected).any(dim=0)] = torch.nan
     assert torch.equal(torch.isnan(views['image1'][0]), torch.isnan(expected))
     assert torch.equal(views['image1'][0].nan_to_num(-1), expected.nan_to_num(-1))
-    # Resized: no NaN unless a pixel has no valid sample, band 2 untouched.
+    # Resized: NaN only where a pixel has no valid sample, in every band alike.
     resized = views['image2'][0]
     assert 0 < torch.isnan(resized[0]).sum() <= 4 * 5
-    assert not torch.isnan(resized[1]).any()
+    assert torch.equal(torch.isnan(resized[0]), torch.isnan(resized[1]))
     valid = cut_views(
         union_batch(values.nan_to_num(1000), [10, 10, 110, 90], [10, 10, 110, 90]), 64
     )
     far = ~torch.isnan(resized[0])
     far[10:40, 15:45] = False  # away from the hole, the same as without it
-    assert torch.allclose(resized[0][far], valid['image1'][0, 0][far])
+    for band in (0, 1):
+        assert torch.allclose(resized[band][far], valid['image1'][0, band][far])
+
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.int16])
+def test_integer_nodata_does_not_spread(dtype: torch.dtype) -> None:
+    nodata = 0 if dtype == torch.uint8 else -9999
+    values = torch.randint(1, 250, (3, 90, 120), generator=seeded(1))
+    values[:, 30:34, 40:45] = nodata  # every band: no data
+    values[1, 50:52, 60:62] = nodata  # one band only: data
+    batch = union_batch(values.to(dtype), [7, 3, 71, 67], [10, 10, 110, 90])
+    views = cut_views(batch, 64, nodata=nodata)
+    # At scale 1: the nodata pixels become NaN, every other value is kept.
+    expected = values[:, 3:67, 7:71].float()
+    expected[:, 27:31, 33:38] = torch.nan
+    assert torch.equal(views['image1'][0].nan_to_num(-1), expected.nan_to_num(-1))
+    # Resized: the fill value of nodata pixels is never averaged into a view.
+    values[1, 50:52, 60:62] = 7
+    batch = union_batch(values.to(dtype), [7, 3, 71, 67], [10, 10, 110, 90])
+    resized = cut_views(batch, 64, nodata=nodata)['image2'][0]
+    assert torch.isnan(resized).any()
+    assert (resized[~torch.isnan(resized)] >= 1).all()
+    # Without the nodata value, the fill value is data.
+    assert not torch.isnan(cut_views(batch, 64)['image1']).any()
 
 
 @pytest.mark.parametrize('side', [257, 300, 420, 160])
@@ -332,19 +358,28 @@ def assert_overlap_identical(mosaic: GeoTiffPairs, seed: int) -> None:
         first = sample['image1'][view_slice(pair.view1, pair.overlap)]
         second = sample['image2'][view_slice(pair.view2, pair.overlap)]
         assert first.numel() > 0
-        assert torch.equal(first, second)
+        assert torch.equal(first.nan_to_num(-1), second.nan_to_num(-1))
         assert mosaic.valid_mask(first).float().mean() > 0.8
         for k in (1, 2):
             view = sample[f'image{k}']
             direct = direct_read(mosaic, sample[f'transform{k}'], size)
+            # The files' nodata pixels are NaN in the views, in every band.
+            holds = mosaic.valid_mask(direct)
+            has_data = ~torch.isnan(view).any(dim=0)
             if aligned:
                 # rasterio.merge resamples by (bilinear) windows whose float
                 # offsets differ by ~1e-9 px between reads: rare 1-DN flips.
-                assert (view == direct).float().mean() > 0.99
+                assert torch.equal(has_data, holds)
+                same = (view == direct.float()).all(dim=0)
+                assert same[holds].float().mean() > 0.99
             else:
                 # Files off the grid are placed by rasterio.merge with a
                 # read-dependent sub-pixel shift (up to half a pixel).
-                assert np.corrcoef(view.ravel(), direct.ravel())[0, 1] > 0.97
+                both = holds & has_data
+                correlation = np.corrcoef(
+                    view[:, both].ravel(), direct[:, both].ravel()
+                )
+                assert correlation[0, 1] > 0.97
 
 
 def test_overlap_pixels_identical_in_both_views(shipped_pairs: GeoTiffPairs) -> None:
@@ -547,3 +582,32 @@ def test_workers_do_not_share_file_handles_opened_before_they_start(
         expected = mosaic[pair]
         assert torch.equal(batches[i // 8]['image1'][i % 8], expected['image1'])
         assert torch.equal(batches[i // 8]['image2'][i % 8], expected['image2'])
+
+
+def test_regions_are_never_centred_on_nodata(make_raster: RasterWriter) -> None:
+    """Real imagery with nodata (-9999) stripes: a fifth of every view, so the
+    sampler's regions often fall on them; the reader moves those onto data."""
+    with rasterio.open(LANDSAT8) as src:
+        image = src.read().astype(np.int16)
+    image[:, :, ::5] = -9999
+    unions = GeoTiffUnions(make_raster('striped.tif', image, nodata=-9999))
+    sampler = PairedWindowSampler(
+        unions, size=48, length=32, max_nodata=0.3, generator=seeded(3)
+    )
+    pairs = list(sampler)
+    moved = 0
+    for pair, sample in zip(pairs, unions.read_unions(pairs), strict=True):
+        valid = unions.valid_mask(sample['union'])
+        c0, r0 = pair.union.col_off, pair.union.row_off
+        for drawn, region in zip(pair.regions, sample['regions'], strict=True):
+            # The region read, in pixels of the mosaic grid.
+            box = ground_to_pixel_boxes(region[None].numpy(), unions.grid.affine)[0]
+            x1, y1, x2, y2 = (round(v) for v in box)
+            assert valid[(y1 + y2) // 2 - r0, (x1 + x2) // 2 - c0]
+            # Moved, and shrunk only where the overlap left no other way.
+            assert 0 < x2 - x1 <= drawn[2] - drawn[0]
+            assert 0 < y2 - y1 <= drawn[3] - drawn[1]
+            ox1, oy1, ox2, oy2 = pair.overlap
+            assert ox1 <= x1 and x2 <= ox2 and oy1 <= y1 and y2 <= oy2
+            moved += (x1, y1) != drawn[:2]
+    assert moved > 10  # the stripes were hit, and handled

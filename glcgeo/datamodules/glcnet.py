@@ -48,6 +48,7 @@ class GLCNetDataModule(GeoDataModule):
         regions: int = 4,
         region_size: float = 48.0,
         max_nodata: float = 0.1,
+        spectral_augmentation: bool = True,
         stats: str | None = None,
         seed: int = 0,
         num_workers: int = 2,
@@ -68,6 +69,12 @@ class GLCNetDataModule(GeoDataModule):
             regions: matched regions per pair.
             region_size: side of a region in pixels of a view at scale 1.
             max_nodata: largest nodata fraction accepted in a view.
+            spectral_augmentation: the authors' per-band brightness/contrast
+                jitter and copy of one band to all in the second view (GLCNet's
+                colour jitter and grey view). False keeps flips, rotations, blur
+                and salt noise only: on multispectral land cover the spectral ops
+                teach invariance to what separates the classes
+                (``experiments/results/findings.md``).
             stats: JSON of band statistics (:class:`~glcgeo.stats.BandStats`);
                 computed from the mosaic when None.
             seed: seed of the pair sampler (the same on every rank).
@@ -117,7 +124,12 @@ class GLCNetDataModule(GeoDataModule):
             max_nodata=hp['max_nodata'],
             generator=torch.Generator().manual_seed(hp['seed']),
         )
-        self.train_aug = TwoViewAugmentation(self.band_stats.mean, self.band_stats.std)
+        spectral_off = {'jitter_p': 0.0, 'band_to_all_p': 0.0}
+        self.train_aug = TwoViewAugmentation(
+            self.band_stats.mean,
+            self.band_stats.std,
+            **({} if hp['spectral_augmentation'] else spectral_off),
+        )
 
     @property
     def num_bands(self) -> int:
@@ -146,7 +158,10 @@ class GLCNetDataModule(GeoDataModule):
             patch_size] (see :func:`~glcgeo.pairs.cut_views`), augmented when
             training.
         """
-        batch = cut_views(batch, self.hparams['patch_size'])
+        assert isinstance(self.train_dataset, GeoTiffMosaic)
+        batch = cut_views(
+            batch, self.hparams['patch_size'], self.train_dataset.file_nodata
+        )
         if self.trainer is not None and self.trainer.training:
             assert self.train_aug is not None
             return self.train_aug(batch)  # type: ignore[operator]

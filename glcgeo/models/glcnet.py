@@ -22,23 +22,38 @@ ABLATIONS = ('full', 'no_style', 'global_only', 'local_only')
 MATCHINGS = ('ground', 'centre')
 
 
-def style_vector(features: Tensor, with_variance: bool = True) -> Tensor:
+def style_vector(
+    features: Tensor, with_variance: bool = True, weights: Tensor | None = None
+) -> Tensor:
     """Summarise a feature map by its per-channel spatial statistics ("style").
 
     Args:
         features: feature map [B, C, H, W].
         with_variance: append the per-channel spatial variance to the mean (GLCNet's
             style vector); False gives the mean alone (the no-style ablation).
+        weights: [B, 1, H, W] weight of each position in [0, 1] (the share of
+            its input pixels holding data), or None for all 1: positions over
+            nodata count less, or not at all.
 
     Returns:
         [B, 2C] (mean then variance) or [B, C] (mean).
     """
     flat = features.flatten(2)
-    mean = flat.mean(dim=2)
+    if weights is None:
+        mean = flat.mean(dim=2)
+        if not with_variance:
+            return mean
+        # Unbiased (N - 1) variance, as the authors' torch.var.
+        return torch.cat([mean, flat.var(dim=2)], dim=1)
+    w = weights.flatten(2)
+    total = w.sum(dim=2)
+    mean = (w * flat).sum(dim=2) / total
     if not with_variance:
         return mean
-    # Unbiased (N - 1) variance, as the authors' torch.var.
-    return torch.cat([mean, flat.var(dim=2)], dim=1)
+    # The unbiased variance of reliability weights: N - 1 when all are 1.
+    squared = (w * (flat - mean[..., None]) ** 2).sum(dim=2)
+    variance = squared / (total - w.square().sum(dim=2) / total)
+    return torch.cat([mean, variance], dim=1)
 
 
 def pool_regions(feature_map: Tensor, boxes: Tensor, output_size: int = 7) -> Tensor:
@@ -235,7 +250,13 @@ class GLCNet(nn.Module):
         return F.linear(pooled, conv.weight.flatten(1), conv.bias)
 
     def forward(
-        self, image1: Tensor, image2: Tensor, boxes1: Tensor, boxes2: Tensor
+        self,
+        image1: Tensor,
+        image2: Tensor,
+        boxes1: Tensor,
+        boxes2: Tensor,
+        valid1: Tensor | None = None,
+        valid2: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Embed both views globally and their matched regions locally.
 
@@ -246,6 +267,9 @@ class GLCNet(nn.Module):
                 (pixel-edge convention: pixel (row i, col j) covers x in [j, j + 1),
                 y in [i, i + 1)).
             boxes2: [B, R, 4] the same regions in view-2 pixels.
+            valid1: [B, H, W] bool, True where view 1 holds data; nodata
+                positions are left out of the style statistics (None: all data).
+            valid2: the same for view 2.
 
         Returns:
             ``global1``, ``global2`` [B, embedding_dim] (unless local_only) and
@@ -277,6 +301,13 @@ class GLCNet(nn.Module):
             self.model.check_input_shape(images)
             aspp = self.model.decoder.aspp(self.model.encoder(images)[-1])
         if self.uses_global:
-            embedding = self.global_head(style_vector(aspp, self.with_variance))
+            weights = None
+            if valid1 is not None and valid2 is not None:
+                # The share of each ASPP position's input pixels holding data.
+                valid = torch.cat([valid1, valid2])[:, None].to(aspp.dtype)
+                height, width = aspp.shape[-2:]
+                weights = F.adaptive_avg_pool2d(valid, (height, width))
+            style = style_vector(aspp, self.with_variance, weights)
+            embedding = self.global_head(style)
             outputs['global1'], outputs['global2'] = embedding.chunk(2)
         return outputs

@@ -146,7 +146,12 @@ class GLCNetTask(BaseTask):
             the loss.
         """
         outputs = self.model(
-            batch['image1'], batch['image2'], batch['boxes1'], batch['boxes2']
+            batch['image1'],
+            batch['image2'],
+            batch['boxes1'],
+            batch['boxes2'],
+            batch.get('valid_pixels1'),
+            batch.get('valid_pixels2'),
         )
         losses = self.criterion(outputs)
         batch_size = batch['image1'].shape[0]
