@@ -1,728 +1,642 @@
-"""The paper's comparison, scaled to 2 CPU cores: pretrain, fine-tune with few labels.
+"""Does GLCNet pretraining help few-label segmentation? The paper's protocol, paired.
 
-For each labelled data set:
+For each labelled data set (``--datasets``; see ``protocol/datasets.py``):
 
-1. pretrain on the data set's images WITHOUT their labels (as the paper pretrains on
-   the Potsdam training images): GLCNet and its ablations (no-style, global-only,
-   local-only) with ``glcgeo.pretrain``; TorchGeo's SimCLR (v1) and MoCo (v2) on
-   single patches of the same mosaic (TorchGeo's RandomPatchSampler), same backbone,
-   patch size, batch size, steps and normalisation;
-2. fine-tune TorchGeo's DeepLabV3+ from each start (and from random weights) with
-   1%, 5% and 100% of the training tiles labelled, several seeds, with
-   ``glcgeo.finetune`` (block-wise spatial split, fixed across runs; model selection
-   on validation Kappa; test scores from the global confusion matrix);
-3. write a results table (markdown: mean and standard deviation over seeds), a plot,
-   one CSV line per run, and the settings and command.
+1. pretrain every start on the data set's images WITHOUT their labels, at each
+   pretraining seed: GLCNet (the same run gives ``glcnet``, encoder and decoder
+   transferred, and ``glcnet_encoder``), its ablations ``no_style``,
+   ``global_only`` and ``local_only``, TorchGeo's SimCLR v1 and MoCo v2 (same
+   backbone, views, batch and steps), and the control ``zero_step`` (GLCNet's
+   untrained network at that seed); ``random`` is TorchGeo's own
+   initialisation. Each run's loss is checked against chance.
+2. fine-tune every start on nested label budgets (counts of labelled tiles), at
+   every fine-tuning seed, in two evaluations: ``probe`` (encoder frozen;
+   decoder and head trained) and ``finetune`` (everything trained). Runs are
+   selected on validation Kappa and scored once on test.
+3. compare each start with ``random`` and ``zero_step`` pair by pair (same
+   data set, evaluation, budget and seeds): mean +- standard error, wins out of
+   N and a sign-flip permutation test, written to ``--results``.
 
-Data sets (``--datasets``):
+Every run is kept under ``--work`` and reused when its settings match, so an
+interrupted protocol resumes. ``--quick`` runs everything at toy length (a check
+of the pipeline, not evidence).
 
-* ``nc``: the NC Landsat-7 land-cover pair of ``../shared/data`` (6 bands, 28.5 m,
-  7 classes; labels in EPSG:3358 warped onto the EPSG:32119 images);
-* ``potsdam``: the two ISPRS Potsdam patches of ``../shared/data`` (R, G, B, NIR,
-  6 classes). They are NOT georeferenced: the runner writes copies side by side on a
-  DUMMY grid (EPSG:32633, arbitrary origin, 5 cm pixels) so the geo pipeline can read
-  them; only their relative placement means anything;
-* ``torchgeo:<Dataset>=<root>``: a TorchGeo non-geo segmentation data set already on
-  disk (e.g. ``torchgeo:Potsdam2D=/data/potsdam``), its samples written likewise on a
-  dummy grid (``--torchgeo-samples`` per split).
-
-Data sets whose files are absent are skipped with a note. Every run writes under
-``--work`` and is skipped when its results exist, so an interrupted protocol resumes.
-
-    .venv/bin/python experiments/run_protocol.py --datasets nc potsdam --seeds 0 1 2
+    .venv/bin/python experiments/run_protocol.py
+    .venv/bin/python experiments/run_protocol.py --quick --results /tmp/r --work /tmp/w
+    .venv/bin/python experiments/run_protocol.py --datasets mine=img.tif:labels.tif
 """
 
 import argparse
+import concurrent.futures
 import csv
 import hashlib
-import importlib
 import json
-import math
+import multiprocessing
 import os
 import platform
+import resource
 import shlex
-import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import kornia.augmentation as K
-import matplotlib
-import numpy as np
-import rasterio
 import torch
-from lightning.pytorch import Trainer, seed_everything
-from rasterio.transform import from_origin
-from torchgeo.datamodules import GeoDataModule
-from torchgeo.samplers import RandomPatchSampler
-from torchgeo.tasks import MoCo, SimCLR
+from protocol.datasets import ROOT, LabelledSet, resolve
+from protocol.finetuning import Schedule, TiledSet, finetune_run, read_tiles
+from protocol.pretraining import (
+    GLCNET_ABLATIONS,
+    TRAINED_MARGIN,
+    PretrainSettings,
+    pretrain_start,
+    records_to_rows,
+)
+from protocol.report import PAIR_KEYS, compare, plot_differences
 
+from glcgeo.datamodules import SegmentationDataModule
 from glcgeo.datasets import GeoTiffMosaic
-from glcgeo.export import export_weights
-from glcgeo.finetune import finetune
-from glcgeo.pretrain import pretrain
-from glcgeo.stats import BandStats, compute_band_stats
+from glcgeo.stats import compute_band_stats
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, '..', 'shared', 'data', 'labeled')
 RESULTS = os.path.join(ROOT, 'experiments', 'results')
 
-#: Start weights compared, in table order: (name, pretraining, transfer).
+#: Starts, in table order: (pretraining run, transfer, label).
 METHODS = {
-    'random': ('none', 'encoder'),
-    'simclr': ('simclr', 'encoder'),
-    'moco': ('moco', 'encoder'),
-    'glcnet': ('full', 'encoder+decoder'),
-    'glcnet_encoder': ('full', 'encoder'),
-    'no_style': ('no_style', 'encoder+decoder'),
-    'global_only': ('global_only', 'encoder+decoder'),
-    'local_only': ('local_only', 'encoder+decoder'),
+    'random': (None, 'encoder', 'Random init'),
+    'zero_step': (
+        'zero_step',
+        'encoder+decoder',
+        'Zero-step (untrained GLCNet network)',
+    ),
+    'simclr': ('simclr', 'encoder', 'SimCLR v1 (TorchGeo)'),
+    'moco': ('moco', 'encoder', 'MoCo v2 (TorchGeo)'),
+    'glcnet': ('glcnet', 'encoder+decoder', 'GLCNet (encoder + decoder)'),
+    'glcnet_encoder': ('glcnet', 'encoder', 'GLCNet (encoder only)'),
+    'no_style': ('no_style', 'encoder+decoder', 'GLCNet no-style'),
+    'global_only': ('global_only', 'encoder+decoder', 'GLCNet global only'),
+    'local_only': ('local_only', 'encoder+decoder', 'GLCNet local only'),
 }
-LABELS = {
-    'random': 'Random init',
-    'simclr': 'SimCLR (TorchGeo, v1)',
-    'moco': 'MoCo (TorchGeo, v2)',
-    'glcnet': 'GLCNet (encoder + decoder)',
-    'glcnet_encoder': 'GLCNet (encoder only)',
-    'no_style': 'GLCNet no-style',
-    'global_only': 'GLCNet global only',
-    'local_only': 'GLCNet local only',
-}
-SCORES = ('test_Kappa', 'test_OA', 'test_mIoU', 'test_mF1')
-DUMMY_CRS = 'EPSG:32633'
-
-
-@dataclass
-class LabelledSet:
-    """A labelled data set prepared for the protocol.
-
-    Attributes:
-        name: short name used in paths and tables.
-        images: image GeoTIFFs (also the unlabeled pretraining mosaic).
-        masks: mask GeoTIFFs.
-        class_values: raw mask value of each class.
-        class_names: one name per class.
-        patch_size: fine-tuning tile side in pixels.
-        block_size: split block side in tiles.
-        note: provenance and caveats, printed in the results.
-    """
-
-    name: str
-    images: list[str]
-    masks: list[str]
-    class_values: list[int]
-    class_names: list[str]
-    patch_size: int
-    block_size: int
-    note: str
-    mask_nodata: float | None = None
+EVALUATIONS = ('probe', 'finetune')
+#: The paper's comparison: random init, the control, the two baselines, GLCNet.
+MAIN_METHODS = ('random', 'zero_step', 'simclr', 'moco', 'glcnet', 'glcnet_encoder')
+DEFAULT_DATASETS = ['nc', 'sen1floods11']
 
 
 @dataclass
 class Settings:
-    """Everything that shapes the results, written next to them."""
+    """Everything that shapes the results, written beside them."""
 
     backbone: str = 'resnet18'
-    pretrain_patch: int = 64
-    pretrain_batch: int = 16
-    pretrain_steps: int = 200
-    pretrain_lr: float = 1e-3
-    finetune_batch: int = 16
-    finetune_length: int = 64
-    finetune_epochs: int = 15
-    finetune_lr: float = 1e-3
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tile: int = 64
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    probe: Schedule = field(default_factory=lambda: Schedule(lr=1e-3, max_steps=600))
+    finetune: Schedule = field(
+        default_factory=lambda: Schedule(lr=1e-4, max_steps=1500)
+    )
+    budgets: list[int] = field(default_factory=lambda: [4, 16])
+    finetune_budgets: list[int] | None = None
+    primary: str = 'nc'
+    every_cell: bool = False
+    pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    threads: int = 2
-    accelerator: str = 'cpu'
-    keep_models: bool = False
+    evaluations: list[str] = field(default_factory=lambda: list(EVALUATIONS))
+
+    def planned(self, dataset: str, method: str, evaluation: str, budget: int) -> bool:
+        """Whether the protocol runs this cell (see ``--every-cell``).
+
+        On 2 cores in 90 minutes the protocol cannot run every start in both
+        evaluations at every budget on every data set (about 4 hours), so by
+        default: the primary data set gets every start in ``probe`` at every
+        budget, and the main starts (:data:`MAIN_METHODS`) in ``finetune`` at
+        ``finetune_budgets`` (default: the smallest budget); the other data
+        sets get the main starts in ``probe``. Full fine-tuning costs about 5 times a probe.
+        """
+        if self.every_cell:
+            return True
+        if dataset != self.primary:
+            return method in MAIN_METHODS and evaluation == 'probe'
+        if evaluation == 'finetune':
+            return method in MAIN_METHODS and budget in (
+                self.finetune_budgets or self.budgets[:1]
+            )
+        return True
 
 
-#: Settings that shape pretraining, and those that shape fine-tuning on top.
-PRETRAIN_KEYS = (
-    'backbone',
-    'pretrain_patch',
-    'pretrain_batch',
-    'pretrain_steps',
-    'pretrain_lr',
-)
-FINETUNE_KEYS = (
-    *PRETRAIN_KEYS, 'finetune_batch', 'finetune_length', 'finetune_epochs',
-    'finetune_lr',
-)  # fmt: skip
+#: Toy lengths for --quick: every start, evaluation and budget, 2 x 2 seeds, in
+#: minutes. A check of the pipeline, not evidence.
+QUICK = {
+    'pretrain': PretrainSettings(steps=6, batch=8),
+    'probe': Schedule(lr=1e-3, max_steps=10, batch_size=4, eval_every=5, patience=1),
+    'finetune': Schedule(lr=1e-4, max_steps=10, batch_size=4, eval_every=5, patience=1),
+}
+#: --quick's seeds, unless given: 2 pretraining x 2 fine-tuning.
+QUICK_SEEDS = [0, 1]
 
 
-def settings_key(settings: Settings, keys: tuple[str, ...]) -> str:
-    """A short name for *keys* of *settings*: runs are reused only when it matches."""
-    chosen = json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True)
-    return hashlib.sha1(chosen.encode()).hexdigest()[:8]
+def cpu_minutes() -> float:
+    """CPU time of this process and its finished workers, in core-minutes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return sum(u.ru_utime + u.ru_stime for u in (own, workers)) / 60
 
 
-def write_mosaic(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
-    folder: str,
-    res: float,
-    per_row: int = 8,
-    gap: int = 64,
-) -> tuple[list[str], list[str]]:
-    """Write non-georeferenced (image, mask) samples as GeoTIFFs on a dummy grid.
-
-    Sample *i* goes to row ``i // per_row``, column ``i % per_row`` of a grid with
-    *gap* empty pixels between samples, in :data:`DUMMY_CRS` from an arbitrary
-    origin: positions are made up, only the samples' own pixels are real.
-
-    Returns:
-        (image files, mask files).
-    """
-    os.makedirs(folder, exist_ok=True)
-    images, masks = [], []
-    for i, (image, mask) in enumerate(pairs):
-        count, height, width = image.shape
-        x0 = 500000.0 + (i % per_row) * (width + gap) * res
-        y0 = 5800000.0 - (i // per_row) * (height + gap) * res
-        profile = {
-            'driver': 'GTiff',
-            'width': width,
-            'height': height,
-            'crs': DUMMY_CRS,
-            'transform': from_origin(x0, y0, res, res),
-            'compress': 'deflate',
-        }
-        image_path = os.path.join(folder, f'image_{i:04d}.tif')
-        mask_path = os.path.join(folder, f'mask_{i:04d}.tif')
-        with rasterio.open(
-            image_path, 'w', count=count, dtype=image.dtype, photometric='minisblack',
-            **profile,
-        ) as dst:  # fmt: skip
-            dst.write(image)
-        with rasterio.open(
-            mask_path, 'w', count=1, dtype='uint8', nodata=255, **profile
-        ) as dst:
-            dst.write(mask.astype(np.uint8), 1)
-        images.append(image_path)
-        masks.append(mask_path)
-    return images, masks
+def digest(value: Any) -> str:
+    """A short name for settings: runs are reused only when it matches."""
+    return hashlib.sha1(
+        json.dumps(value, sort_keys=True, default=str).encode()
+    ).hexdigest()[:8]
 
 
-def nc_dataset(work: str) -> LabelledSet | str:
-    """The NC land-cover pair, or why it is skipped."""
-    folder = os.path.join(SHARED, 'nc_landsat7_landcover')
-    image = os.path.join(folder, 'lsat7_2000_6band.tif')
-    if not os.path.exists(image):
-        return f'nc: skipped, {folder} is absent'
-    return LabelledSet(
-        name='nc',
-        images=[image],
-        masks=[os.path.join(folder, 'landclass_7class.tif')],
-        class_values=[1, 2, 3, 4, 5, 6, 7],
-        class_names=[
-            'developed',
-            'agriculture',
-            'herbaceous',
-            'shrubland',
-            'forest',
-            'water',
-            'sediment',
-        ],
-        patch_size=32,
-        block_size=2,
-        note=(
-            'NC Landsat-7 (2000, 6 bands, 28.5 m, 489 x 443 px) with the GRASS '
-            'landclass96 map (7 classes); images EPSG:32119, labels EPSG:3358 on the '
-            'same grid (warped with nearest neighbour). Pretraining uses the same '
-            'image without labels.'
-        ),
-    )
+def _worker_init(threads: int) -> None:
+    """One process per core, each on its own threads (faster than 2 threads in one)."""
+    torch.set_num_threads(threads)
+    warnings.filterwarnings('ignore')
+    import logging
+
+    logging.getLogger('lightning').setLevel(logging.ERROR)
+    logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
 
 
-def potsdam_dataset(work: str) -> LabelledSet | str:
-    """The two Potsdam patches on a dummy grid, or why they are skipped."""
-    folder = os.path.join(SHARED, 'potsdam_grsim_notgeoref')
-    if not os.path.isdir(folder):
-        return f'potsdam: skipped, {folder} is absent'
-    names = sorted(f for f in os.listdir(folder) if f.endswith('_RGBIR.tif'))
-    pairs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
-        for name in names:
-            with rasterio.open(os.path.join(folder, name)) as src:
-                image = src.read()
-            label = name.replace('_RGBIR.tif', '_label_index.tif')
-            with rasterio.open(os.path.join(folder, label)) as src:
-                mask = src.read(1)
-            pairs.append((image, mask))
-    images, masks = write_mosaic(pairs, os.path.join(work, 'potsdam_dummy_grid'), 0.05)
-    return LabelledSet(
-        name='potsdam',
-        images=images,
-        masks=masks,
-        class_values=[0, 1, 2, 3, 4, 5],
-        # ISPRS legend order of the index values (the authors' class_dict.txt
-        # permutes the names; the colours, and these names, follow ISPRS).
-        class_names=[
-            'impervious',
-            'building',
-            'low vegetation',
-            'tree',
-            'car',
-            'clutter',
-        ],
-        patch_size=32,
-        block_size=2,
-        mask_nodata=255,
-        note=(
-            'Two ISPRS Potsdam 256 x 256 patches (R, G, B, NIR; 5 cm) as shipped with '
-            'the GLCNet code: NOT georeferenced, written side by side on a dummy '
-            f'{DUMMY_CRS} grid; 255 (unknown colour) ignored. Pretraining uses the '
-            'same patches without labels. Tiny: treat as a smoke test.'
-        ),
-    )
+@dataclass(frozen=True)
+class PretrainJob:
+    """One pretraining run; its result is a JSON file beside its weights."""
+
+    dataset: str
+    images: tuple[str, ...]
+    stats: str
+    method: str
+    seed: int
+    settings: PretrainSettings
+    folder: str
+
+    @property
+    def result(self) -> str:
+        return os.path.join(self.folder, f'{self.method}_seed{self.seed}.json')
+
+    def run(self) -> dict[str, Any]:
+        if not os.path.exists(self.result):
+            weights, records, seconds = pretrain_start(
+                self.method,
+                list(self.images),
+                self.stats,
+                self.settings,
+                self.seed,
+                self.folder,
+            )
+            rows = records_to_rows(
+                self.dataset, self.method, self.seed, records, seconds
+            )
+            with open(self.result, 'w') as f:
+                json.dump({'weights': weights, 'rows': rows, 'seconds': seconds}, f)
+        with open(self.result) as f:
+            return json.load(f)
 
 
-def torchgeo_dataset(spec: str, work: str, samples: int) -> LabelledSet | str:
-    """A TorchGeo non-geo segmentation data set on disk, on a dummy grid."""
-    name, _, root = spec.removeprefix('torchgeo:').partition('=')
-    if not os.path.isdir(root):
-        return f'{spec}: skipped, {root!r} is not a folder'
-    cls = getattr(importlib.import_module('torchgeo.datasets'), name, None)
-    if cls is None:
-        return f'{spec}: skipped, torchgeo.datasets has no {name}'
-    pairs = []
-    for split in ('train', 'test'):
-        try:
-            dataset = cls(root=root, split=split)
-        except Exception as error:
-            return f'{spec}: skipped, {name}(split={split!r}) failed: {error}'
-        for i in range(min(samples, len(dataset))):
-            sample = dataset[i]
-            pairs.append((sample['image'].numpy(), sample['mask'].numpy()))
-    classes = list(getattr(cls, 'classes', [])) or [
-        str(v) for v in range(int(max(m.max() for _, m in pairs)) + 1)
-    ]
-    images, masks = write_mosaic(pairs, os.path.join(work, f'{name}_dummy_grid'), 1.0)
-    return LabelledSet(
-        name=name.lower(),
-        images=images,
-        masks=masks,
-        class_values=list(range(len(classes))),
-        class_names=[str(c) for c in classes],
-        patch_size=64,
-        block_size=2,
-        mask_nodata=255,
-        note=(
-            f'TorchGeo {name} from {root}: the first {samples} samples of its train '
-            f'and test splits on a dummy {DUMMY_CRS} grid, re-split block-wise.'
-        ),
-    )
+_TILES: dict[str, TiledSet] = {}
 
 
-class PatchDataModule(GeoDataModule):
-    """Single random patches of a mosaic, normalised, for TorchGeo's SimCLR/MoCo."""
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tuning run; its scores are a JSON file."""
 
-    def __init__(
-        self, paths: list[str], stats: BandStats, size: int, batch: int, length: int
-    ) -> None:
-        super().__init__(
-            GeoTiffMosaic, batch_size=batch, patch_size=size, length=length
-        )
-        self.paths = paths
-        self.stats = stats
+    keys: tuple[tuple[str, Any], ...]
+    tiles: str
+    weights: str | None
+    transfer: str
+    schedule: Schedule
+    backbone: str
+    result: str
 
-    def setup(self, stage: str) -> None:
-        self.train_dataset = GeoTiffMosaic(self.paths)
-        self.train_sampler = RandomPatchSampler(
-            self.train_dataset,
-            size=self.patch_size,
-            length=self.length,
-            generator=0,
-        )
-        self.aug = K.AugmentationSequential(
-            K.Normalize(
-                mean=torch.tensor(self.stats.mean), std=torch.tensor(self.stats.std)
-            ),
-            data_keys=None,
-            keepdim=True,
-        )
-
-
-def pretrain_ssl(
-    kind: str, data: LabelledSet, stats: BandStats, settings: Settings, out: str
-) -> str:
-    """Pretrain TorchGeo's SimCLR or MoCo on single patches; return the checkpoint."""
-    in_channels = len(stats.mean)
-    common = {'model': settings.backbone, 'in_channels': in_channels}
-    size = settings.pretrain_patch
-    if kind == 'simclr':
-        task: Any = SimCLR(
-            **common, version=1, layers=2, memory_bank_size=0, size=size,
-            lr=0.3 * settings.pretrain_batch / 256 * 4, temperature=0.5,
-        )  # fmt: skip
-    else:
-        task = MoCo(
-            **common, version=2, layers=2, hidden_dim=512, output_dim=128,
-            memory_bank_size=1024, temperature=0.2, moco_momentum=0.99, size=size,
-            lr=0.03 * settings.pretrain_batch / 256 * 4, weight_decay=1e-4,
-        )  # fmt: skip
-    length = settings.pretrain_batch * settings.pretrain_steps
-    datamodule = PatchDataModule(
-        data.images, stats, size, settings.pretrain_batch, length
-    )
-    trainer = Trainer(
-        max_epochs=1, limit_train_batches=settings.pretrain_steps,
-        limit_val_batches=0, accelerator=settings.accelerator, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(task, datamodule=datamodule)
-    checkpoint = os.path.join(out, f'{kind}.ckpt')
-    trainer.save_checkpoint(checkpoint)
-    return checkpoint
+    def run(self) -> dict[str, Any]:
+        if not os.path.exists(self.result):
+            if self.tiles not in _TILES:
+                _TILES[self.tiles] = TiledSet.load(self.tiles)
+            keys = dict(self.keys)
+            scores = finetune_run(
+                _TILES[self.tiles],
+                self.weights,
+                self.transfer,
+                keys['evaluation'],
+                self.schedule,
+                keys['label_tiles'],
+                seed=keys['seed'],
+                init_seed=1000 * (keys['pretrain_seed'] + 1) + keys['seed'],
+                backbone=self.backbone,
+            )
+            os.makedirs(os.path.dirname(self.result), exist_ok=True)
+            with open(self.result + '.part', 'w') as f:
+                json.dump({**keys, **scores}, f)
+            os.replace(self.result + '.part', self.result)
+        with open(self.result) as f:
+            return json.load(f)
 
 
-def pretrain_folder(data: LabelledSet, settings: Settings, work: str) -> str:
-    """Where a data set's pretrained weights for these settings live."""
-    key = settings_key(settings, PRETRAIN_KEYS)
-    return os.path.join(work, data.name, f'pretrain-{key}')
+def _run(job: PretrainJob | FinetuneJob) -> dict[str, Any]:
+    return job.run()
 
 
-def pretrained_weights(
-    data: LabelledSet, settings: Settings, work: str
-) -> dict[str, str | None]:
-    """Pretrain each start once per data set (seed 0); return weights per method."""
-    folder = pretrain_folder(data, settings, work)
-    os.makedirs(folder, exist_ok=True)
-    stats_path = os.path.join(folder, 'stats.json')
-    if not os.path.exists(stats_path):
-        compute_band_stats(GeoTiffMosaic(data.images)).save(stats_path)
-    stats = BandStats.load(stats_path)
-    weights: dict[str, str | None] = {}
-    for method in settings.methods:
-        kind, _ = METHODS[method]
-        if kind == 'none':
-            weights[method] = None
-            continue
-        target = os.path.join(folder, f'{kind}.ckpt')
-        if not os.path.exists(target):
-            started = time.perf_counter()
-            print(f'[{data.name}] pretraining {kind} ...', flush=True)
-            seed_everything(0, workers=True, verbose=False)
-            if kind in ('simclr', 'moco'):
-                pretrain_ssl(kind, data, stats, settings, folder)
-            else:
-                region = 48 * settings.pretrain_patch / 224
-                last = pretrain(
-                    data={
-                        'paths': data.images,
-                        'patch_size': settings.pretrain_patch,
-                        'batch_size': settings.pretrain_batch,
-                        'length': settings.pretrain_batch * settings.pretrain_steps,
-                        'region_size': region,
-                        'stats': stats_path,
-                        'num_workers': 0,
-                    },
-                    model={
-                        'backbone': settings.backbone,
-                        'ablation': kind,
-                        'lr': settings.pretrain_lr,
-                        'gather_distributed': False,
-                    },
-                    trainer={
-                        'max_steps': settings.pretrain_steps,
-                        'accelerator': settings.accelerator,
-                    },
-                    out=os.path.join(folder, f'glcnet_{kind}'),
-                    quiet=True,
-                )
-                export_weights(last, target)
+def run_all(jobs: list[Any], pool: concurrent.futures.Executor, what: str) -> list[Any]:
+    """Run jobs on the pool, printing progress; results in job order."""
+    started = time.perf_counter()
+    futures = [pool.submit(_run, job) for job in jobs]
+    for done, _ in enumerate(concurrent.futures.as_completed(futures), 1):
+        if done % max(1, len(jobs) // 20) == 0 or done == len(jobs):
             print(
-                f'[{data.name}] pretrained {kind} in '
-                f'{time.perf_counter() - started:.0f} s',
+                f'  {what}: {done}/{len(jobs)} ({time.perf_counter() - started:.0f} s)',
                 flush=True,
             )
-        weights[method] = target
-    return weights
+    return [f.result() for f in futures]
 
 
-def run_finetune(
-    data: LabelledSet,
-    method: str,
-    weights: str | None,
-    fraction: float,
-    seed: int,
-    settings: Settings,
-    work: str,
-) -> dict[str, Any]:
-    """Fine-tune one (method, fraction, seed); reuse its results when present."""
-    settings_id = settings_key(settings, FINETUNE_KEYS)
-    run = os.path.join(method, f'{fraction:g}', f'seed{seed}')
-    out = os.path.join(work, data.name, f'finetune-{settings_id}', run)
-    metrics_path = os.path.join(out, 'metrics.json')
-    if not os.path.exists(metrics_path):
-        started = time.perf_counter()
-        _, transfer = METHODS[method]
-        stats = os.path.join(pretrain_folder(data, settings, work), 'stats.json')
-        finetune(
-            data={
-                'images': data.images,
-                'masks': data.masks,
-                'class_values': data.class_values,
-                'class_names': data.class_names,
-                'mask_nodata': data.mask_nodata,
-                'patch_size': data.patch_size,
-                'block_size': data.block_size,
-                'label_fraction': fraction,
-                'seed': seed,
-                'batch_size': settings.finetune_batch,
-                'length': settings.finetune_length,
-                # One normalisation for every start, so only the weights differ.
-                'stats': stats,
-            },
-            model={
-                'backbone': settings.backbone,
-                'weights': weights,
-                'transfer': transfer,
-                'lr': settings.finetune_lr,
-            },
-            trainer={
-                'max_epochs': settings.finetune_epochs,
-                'accelerator': settings.accelerator,
-            },
-            out=out,
-            seed=seed,
-            quiet=True,
-            overwrite=True,
+def prepare(data: LabelledSet, settings: Settings, work: str) -> tuple[str, str]:
+    """Band statistics and tiles of a data set, computed once: (stats, tiles) paths."""
+    folder = os.path.join(work, data.name)
+    os.makedirs(folder, exist_ok=True)
+    stats = os.path.join(folder, 'stats.json')
+    if not os.path.exists(stats):
+        compute_band_stats(GeoTiffMosaic(data.images)).save(stats)
+    tiles = os.path.join(folder, f'tiles-{settings.tile}-{data.block_size}.pt')
+    if not os.path.exists(tiles):
+        datamodule = SegmentationDataModule(
+            images=data.images,
+            masks=data.masks,
+            class_values=data.class_values,
+            class_names=data.class_names,
+            mask_nodata=data.mask_nodata,
+            patch_size=settings.tile,
+            block_size=data.block_size,
+            stats=stats,
         )
-        if not settings.keep_models:
-            # About 200 MB of checkpoints per run; the scores are in metrics.json.
-            shutil.rmtree(os.path.join(out, 'checkpoints'))
-            os.remove(os.path.join(out, 'model.ckpt'))
-        print(
-            f'[{data.name}] {method} {fraction:g} seed {seed}: '
-            f'{time.perf_counter() - started:.0f} s',
-            flush=True,
-        )
-    with open(metrics_path) as f:
-        metrics = json.load(f)
-    return {
-        'dataset': data.name,
-        'method': method,
-        'fraction': fraction,
-        'seed': seed,
-        'label_tiles': metrics['label_tiles'],
-        'selected_epoch': metrics['selected_epoch'],
-        **{key: metrics['test'].get(key) for key in SCORES},
-        'val_Kappa': metrics['val'].get('val_Kappa'),
-        **{
-            key: value
-            for key, value in metrics['test'].items()
-            if key.startswith('test_F1_')
-        },
-    }
-
-
-def mean_std(values: list[float]) -> str:
-    """'mean ± std' of the finite values, in percent."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return 'n/a'
-    mean = 100 * float(np.mean(finite))
-    if len(finite) == 1:
-        return f'{mean:.1f} (1 seed)'
-    return f'{mean:.1f} ± {100 * float(np.std(finite, ddof=1)):.1f}'
-
-
-def tables(rows: list[dict[str, Any]], data: LabelledSet, settings: Settings) -> str:
-    """Markdown tables of one data set: Kappa, OA, mIoU by method and fraction."""
-    fractions = settings.fractions
-    lines = [f'### {data.name}', '', data.note, '']
-    counts = {
-        r['fraction']: r['label_tiles'] for r in rows if r['dataset'] == data.name
-    }
-    header = ' | '.join(
-        f'{f:.0%} ({counts.get(f, "?")} tile{"" if counts.get(f) == 1 else "s"})'
-        for f in fractions
-    )
-    for score in SCORES[:3]:
-        lines += [
-            f'Test {score.removeprefix("test_")} (%, mean ± std over seeds):',
-            '',
-            f'| start | {header} |',
-            '|---|' + '---|' * len(fractions),
-        ]
-        for method in settings.methods:
-            cells = [
-                mean_std(
-                    [
-                        r[score]
-                        for r in rows
-                        if r['dataset'] == data.name
-                        and r['method'] == method
-                        and r['fraction'] == f
-                    ]
-                )
-                for f in fractions
-            ]
-            lines.append(f'| {LABELS[method]} | ' + ' | '.join(cells) + ' |')
-        lines.append('')
-    return '\n'.join(lines)
-
-
-def plot(
-    rows: list[dict[str, Any]], sets: list[LabelledSet], settings: Settings, path: str
-) -> None:
-    """Test Kappa against the label fraction, one panel per data set."""
-    figure, axes = plt.subplots(
-        1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False
-    )
-    for axis, data in zip(axes[0], sets, strict=True):
-        for method in settings.methods:
-            means, stds = [], []
-            for f in settings.fractions:
-                values = [
-                    r['test_Kappa']
-                    for r in rows
-                    if r['dataset'] == data.name
-                    and r['method'] == method
-                    and r['fraction'] == f
-                    and r['test_Kappa'] is not None
-                ]
-                means.append(np.mean(values) if values else np.nan)
-                stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
-            axis.errorbar(
-                settings.fractions, means, yerr=stds, marker='o', capsize=3,
-                label=LABELS[method],
-                linestyle='--' if method in ('random', 'simclr', 'moco') else '-',
-            )  # fmt: skip
-        axis.set_xscale('log')
-        axis.set_xticks(settings.fractions, [f'{f:.0%}' for f in settings.fractions])
-        axis.set_xlabel('labelled share of the training tiles')
-        axis.set_ylabel('test Kappa')
-        axis.set_title(data.name)
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc='lower right')
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+        datamodule.setup('fit')
+        read_tiles(data.name, datamodule).save(tiles)
+    return stats, tiles
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     defaults = Settings()
     add = parser.add_argument
-    add('--datasets', nargs='+', default=['nc', 'potsdam'])
+    add(
+        '--datasets',
+        nargs='+',
+        default=DEFAULT_DATASETS,
+        help='nc, sen1floods11, potsdam, NAME=IMAGES.tif:MASKS.tif, '
+        'torchgeo:<Dataset>=<root>',
+    )
     add('--methods', nargs='+', default=defaults.methods, choices=list(METHODS))
-    add('--fractions', type=float, nargs='+', default=defaults.fractions)
-    add('--seeds', type=int, nargs='+', default=defaults.seeds)
-    add('--backbone', default=defaults.backbone)
-    add('--pretrain-steps', type=int, default=defaults.pretrain_steps)
-    add('--pretrain-patch', type=int, default=defaults.pretrain_patch)
-    add('--pretrain-batch', type=int, default=defaults.pretrain_batch)
-    add('--finetune-epochs', type=int, default=defaults.finetune_epochs)
-    add('--finetune-length', type=int, default=defaults.finetune_length)
-    add('--finetune-batch', type=int, default=defaults.finetune_batch)
-    add('--finetune-lr', type=float, default=defaults.finetune_lr)
+    add('--evaluations', nargs='+', default=defaults.evaluations, choices=EVALUATIONS)
+    add(
+        '--budgets',
+        type=int,
+        nargs='+',
+        default=defaults.budgets,
+        help='labelled training tiles (nested)',
+    )
+    add(
+        '--finetune-budgets',
+        type=int,
+        nargs='+',
+        default=defaults.finetune_budgets,
+        help='budgets of the finetune evaluation (default: the smallest)',
+    )
+    add(
+        '--primary',
+        default=defaults.primary,
+        help='data set that gets every start (the others: the main starts, probe)',
+    )
+    add(
+        '--every-cell',
+        action='store_true',
+        help='every start, evaluation and budget on every data set (hours)',
+    )
+    add('--pretrain-seeds', type=int, nargs='+', help=f'{defaults.pretrain_seeds}')
+    add('--seeds', type=int, nargs='+', help=f'fine-tuning seeds ({defaults.seeds})')
+    add('--pretrain-steps', type=int, default=defaults.pretrain.steps)
+    add('--quick', action='store_true', help='toy lengths: checks the pipeline only')
+    add('--jobs', type=int, default=2, help='worker processes (one thread each)')
     add('--torchgeo-samples', type=int, default=64)
-    add('--threads', type=int, default=defaults.threads)
-    add('--accelerator', default=defaults.accelerator, help='cpu, gpu or auto')
-    add('--keep-models', action='store_true', help="keep each run's checkpoints")
     add('--work', default=os.path.join(ROOT, 'runs', 'protocol'))
     add('--results', default=RESULTS)
     args = parser.parse_args()
     settings = Settings(
-        backbone=args.backbone,
-        pretrain_patch=args.pretrain_patch,
-        pretrain_batch=args.pretrain_batch,
-        pretrain_steps=args.pretrain_steps,
-        finetune_batch=args.finetune_batch,
-        finetune_length=args.finetune_length,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        fractions=args.fractions,
-        seeds=args.seeds,
         methods=args.methods,
-        threads=args.threads,
-        accelerator=args.accelerator,
-        keep_models=args.keep_models,
+        evaluations=args.evaluations,
+        budgets=sorted(args.budgets),
+        finetune_budgets=args.finetune_budgets,
+        primary=args.primary,
+        every_cell=args.every_cell,
+        pretrain_seeds=args.pretrain_seeds
+        or (QUICK_SEEDS if args.quick else defaults.pretrain_seeds),
+        seeds=args.seeds or (QUICK_SEEDS if args.quick else defaults.seeds),
+        pretrain=replace(defaults.pretrain, steps=args.pretrain_steps),
     )
-    torch.set_num_threads(settings.threads)
-    warnings.filterwarnings('ignore')
+    if args.quick:
+        settings = replace(settings, **QUICK)
     command = 'python experiments/run_protocol.py ' + shlex.join(sys.argv[1:])
-    print(f'$ {command}\nsettings: {json.dumps(asdict(settings))}', flush=True)
-    os.makedirs(args.results, exist_ok=True)
+    print(f'$ {command}', flush=True)
     started = time.perf_counter()
-    sets: list[LabelledSet] = []
-    notes: list[str] = []
+    os.makedirs(args.results, exist_ok=True)
+    sets, notes = [], []
     for spec in args.datasets:
-        if spec == 'nc':
-            prepared = nc_dataset(args.work)
-        elif spec == 'potsdam':
-            prepared = potsdam_dataset(args.work)
-        elif spec.startswith('torchgeo:'):
-            prepared = torchgeo_dataset(spec, args.work, args.torchgeo_samples)
-        else:
-            parser.error(f'unknown data set {spec!r}')
+        prepared = resolve(spec, args.work, args.torchgeo_samples)
         if isinstance(prepared, str):
             print(prepared, flush=True)
             notes.append(prepared)
         else:
             sets.append(prepared)
 
-    rows: list[dict[str, Any]] = []
-    for data in sets:
-        weights = pretrained_weights(data, settings, args.work)
-        # Seed-major: an interrupted protocol still has whole tables for some seeds.
-        for seed in settings.seeds:
-            for fraction in settings.fractions:
-                for method in settings.methods:
-                    rows.append(
-                        run_finetune(
-                            data, method, weights[method], fraction, seed, settings,
-                            args.work,
-                        )
-                    )  # fmt: skip
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=context, initializer=_worker_init, initargs=(1,)
+    ) as pool:
+        prepared_paths = {
+            data.name: prepare(data, settings, args.work) for data in sets
+        }
+        pretrain_key = digest(
+            asdict(settings.pretrain) | {'backbone': settings.backbone}
+        )
+        cells = [
+            (data, evaluation, p, seed, budget, method)
+            for data in sets
+            # Full fine-tuning first: the longest runs, so the pool ends together.
+            for evaluation in sorted(settings.evaluations, key='finetune'.__ne__)
+            for p in settings.pretrain_seeds
+            for seed in settings.seeds
+            for budget in settings.budgets
+            for method in settings.methods
+            if settings.planned(data.name, method, evaluation, budget)
+        ]
+        by_name = {data.name: data for data in sets}
+        needed = {(c[0].name, METHODS[c[5]][0]) for c in cells}
+        pretrain_jobs = [
+            PretrainJob(
+                name,
+                tuple(by_name[name].images),
+                prepared_paths[name][0],
+                kind,
+                seed,
+                settings.pretrain,
+                os.path.join(args.work, name, f'pretrain-{pretrain_key}'),
+            )
+            # GLCNet's runs first: the longest, so the pool ends together.
+            for name, kind in sorted(
+                (n for n in needed if n[1] is not None),
+                key=lambda n: (n[1] not in GLCNET_ABLATIONS, n[1], n[0]),
+            )
+            for seed in settings.pretrain_seeds
+        ]
+        print(f'pretraining: {len(pretrain_jobs)} runs', flush=True)
+        pretrained = dict(
+            zip(
+                [(j.dataset, j.method, j.seed) for j in pretrain_jobs],
+                run_all(pretrain_jobs, pool, 'pretraining'),
+                strict=True,
+            )
+        )
+        finetune_jobs = []
+        for data, evaluation, p, seed, budget, method in cells:
+            schedule = getattr(settings, evaluation)
+            key = digest(
+                [pretrain_key, asdict(schedule), settings.tile, data.block_size]
+            )
+            kind, transfer, _ = METHODS[method]
+            weights = (
+                None if kind is None else pretrained[(data.name, kind, p)]['weights']
+            )
+            keys = {
+                'dataset': data.name,
+                'method': method,
+                'evaluation': evaluation,
+                'label_tiles': budget,
+                'pretrain_seed': p,
+                'seed': seed,
+            }
+            result = os.path.join(
+                args.work,
+                data.name,
+                f'finetune-{key}',
+                evaluation,
+                method,
+                f'{budget}-p{p}-s{seed}.json',
+            )
+            finetune_jobs.append(
+                FinetuneJob(
+                    tuple(keys.items()),
+                    prepared_paths[data.name][1],
+                    weights,
+                    transfer,
+                    schedule,
+                    settings.backbone,
+                    result,
+                )
+            )
+        print(f'fine-tuning: {len(finetune_jobs)} runs', flush=True)
+        rows = run_all(finetune_jobs, pool, 'fine-tuning')
     elapsed = time.perf_counter() - started
+    print(f'CPU time: {cpu_minutes():.0f} core-min', flush=True)
+    loss_rows = [row for result in pretrained.values() for row in result['rows']]
+    write_results(
+        args.results, command, settings, sets, notes, rows, loss_rows, elapsed
+    )
+    print(f'results in {args.results} ({elapsed / 60:.1f} min)')
 
-    with open(os.path.join(args.results, 'protocol_runs.csv'), 'w', newline='') as f:
-        columns = sorted({key for row in rows for key in row}, key=str)
-        first = ['dataset', 'method', 'fraction', 'seed', 'label_tiles', *SCORES]
-        columns = first + [c for c in columns if c not in first]
+
+def write_csv(path: str, rows: list[dict[str, Any]], first: list[str]) -> None:
+    """Rows as CSV, the given columns first."""
+    columns = first + sorted({k for r in rows for k in r} - set(first))
+    with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    if sets:
-        plot(rows, sets, settings, os.path.join(args.results, 'protocol.png'))
-    with open(os.path.join(args.results, 'protocol_settings.json'), 'w') as f:
+
+
+def write_results(
+    folder: str,
+    command: str,
+    settings: Settings,
+    sets: list[LabelledSet],
+    notes: list[str],
+    rows: list[dict[str, Any]],
+    loss_rows: list[dict[str, Any]],
+    elapsed: float,
+) -> None:
+    """protocol_runs.csv, pretrain_losses.csv, protocol.md, protocol.png, settings."""
+    write_csv(
+        os.path.join(folder, 'protocol_runs.csv'),
+        rows,
+        [
+            *PAIR_KEYS[:1],
+            'method',
+            *PAIR_KEYS[1:],
+            'test_Kappa',
+            'test_OA',
+            'test_mIoU',
+            'test_mF1',
+            'val_Kappa',
+        ],
+    )
+    write_csv(
+        os.path.join(folder, 'pretrain_losses.csv'),
+        loss_rows,
+        [
+            'dataset',
+            'method',
+            'pretrain_seed',
+            'part',
+            'chance',
+            'first',
+            'last',
+            'trained',
+        ],
+    )
+    with open(os.path.join(folder, 'protocol_settings.json'), 'w') as f:
         json.dump(
             {
                 'command': command,
                 'settings': asdict(settings),
-                'datasets': [asdict(s) | {'images': len(s.images)} for s in sets],
+                'datasets': [asdict(s) for s in sets],
                 'skipped': notes,
-                # Runs found in --work are reused, not timed again.
-                'elapsed_s_this_invocation': round(elapsed),
+                'elapsed_s': round(elapsed),
+                'cpu_core_minutes': round(cpu_minutes(), 1),
                 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, '
-                f'torch {torch.__version__}, {settings.threads} threads',
+                f'torch {torch.__version__}',
             },
             f,
             indent=2,
         )
-    with open(os.path.join(args.results, 'protocol_tables.md'), 'w') as f:
-        f.write(
-            '<!-- written by experiments/run_protocol.py; see protocol.md -->\n\n'
-            f'Command: `{command}`\n\n'
+    names = [s.name for s in sets]
+    labels = {m: label for m, (_, _, label) in METHODS.items()}
+    plot_differences(
+        rows,
+        settings.methods,
+        labels,
+        names,
+        settings.evaluations,
+        settings.budgets,
+        os.path.join(folder, 'protocol.png'),
+    )
+    with open(os.path.join(folder, 'protocol.md'), 'w') as f:
+        f.write(markdown(command, settings, sets, notes, rows, loss_rows, elapsed))
+
+
+def not_trained(
+    loss_rows: list[dict[str, Any]], dataset: str, kind: str | None
+) -> list[str]:
+    """The losses of a start's pretraining runs that did not fall below chance."""
+    return [
+        f'seed {r["pretrain_seed"]} {r["part"]} {r["last"]:.2f} '
+        f'vs chance {r["chance"]:.2f}'
+        for r in loss_rows
+        if r['dataset'] == dataset and r['method'] == kind and not r['trained']
+    ]
+
+
+def markdown(
+    command: str,
+    settings: Settings,
+    sets: list[LabelledSet],
+    notes: list[str],
+    rows: list[dict[str, Any]],
+    loss_rows: list[dict[str, Any]],
+    elapsed: float,
+) -> str:
+    """The results page: settings, pretraining losses, paired comparisons."""
+    lines = [
+        '# Protocol results (written by experiments/run_protocol.py)',
+        '',
+        f'Command: `{command}`; {elapsed / 60:.0f} min on {os.cpu_count()} CPU cores '
+        f'({cpu_minutes():.0f} core-minutes of CPU time).',
+        '',
+        'Test Kappa differences in points, paired seed by seed (same data set, '
+        'evaluation, budget, pretraining seed and fine-tuning seed): '
+        'mean ± standard error (wins/N, two-sided sign-flip permutation p). '
+        'Runs are selected on validation Kappa; test is scored once per run.',
+        '',
+        *[f'- {note}' for note in notes],
+        '',
+        '## Pretraining losses against chance',
+        '',
+        'Mean loss over the first and last tenth of the steps; chance is log(2N - 1) '
+        "for N embeddings (log(K + 1) for MoCo's queue of K). A start counts as "
+        f'trained when its loss ends at least {TRAINED_MARGIN} nats below chance.',
+        '',
+        '| data set | start | seed | loss | chance | first | last | trained |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
+    for r in loss_rows:
+        lines.append(
+            f'| {r["dataset"]} | {r["method"]} | {r["pretrain_seed"]} | {r["part"]} | '
+            f'{r["chance"]:.2f} | {r["first"]:.2f} | {r["last"]:.2f} | '
+            f'{"yes" if r["trained"] else "**no**"} |'
         )
-        for note in notes:
-            f.write(f'- {note}\n')
-        for data in sets:
-            f.write('\n' + tables(rows, data, settings) + '\n')
-    print(f'results in {args.results} ({elapsed / 60:.1f} min)')
+    for data in sets:
+        lines += ['', f'## {data.name}', '', data.note, '']
+        for evaluation in settings.evaluations:
+            runs = [
+                r
+                for r in rows
+                if r['dataset'] == data.name and r['evaluation'] == evaluation
+            ]
+            if not runs:
+                continue
+            budgets = sorted({r['label_tiles'] for r in runs})
+            methods = [
+                m for m in settings.methods if any(r['method'] == m for r in runs)
+            ]
+            at_cap = sum(
+                not r['stopped_early'] and r['selected_step'] == r['last_step']
+                for r in runs
+            )
+            lines += [
+                f'### {evaluation}',
+                '',
+                f'{len(runs)} runs; {at_cap} ({at_cap / len(runs):.0%}) selected '
+                'their last scoring at the step cap (still improving).',
+                '',
+                '| start | '
+                + ' | '.join(
+                    f'{b} tiles: vs random | {b} tiles: vs zero_step | {b} tiles: Kappa'
+                    for b in budgets
+                )
+                + ' |',
+                '|---|' + '---|---|---|' * len(budgets),
+            ]
+            versus = {
+                ref: {m: compare(rows, m, ref) for m in settings.methods}
+                for ref in ('random', 'zero_step')
+            }
+            for method in methods:
+                kind = METHODS[method][0]
+                failed = not_trained(loss_rows, data.name, kind)
+                cells = []
+                for budget in budgets:
+                    own = [
+                        r['test_Kappa']
+                        for r in runs
+                        if r['method'] == method and r['label_tiles'] == budget
+                    ]
+                    mean = 100 * sum(own) / len(own) if own else float('nan')
+                    for ref in ('random', 'zero_step'):
+                        found = versus[ref][method].get((data.name, evaluation, budget))
+                        if method == ref:
+                            cells.append('-')
+                        elif failed:
+                            cells.append('not trained')
+                        else:
+                            cells.append(found.cell() if found else 'n/a')
+                    cells.append(f'{mean:.1f} (n={len(own)})')
+                lines.append(f'| {METHODS[method][2]} | ' + ' | '.join(cells) + ' |')
+                if failed:
+                    lines.append(
+                        f'| | not trained: {"; ".join(failed)} |'
+                        + ' |' * (3 * len(budgets) - 1)
+                    )
+            lines.append('')
+    return '\n'.join(lines) + '\n'
 
 
 if __name__ == '__main__':

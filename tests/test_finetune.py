@@ -19,10 +19,10 @@ from torchgeo.tasks import SimCLR
 
 from glcgeo.cli import main
 from glcgeo.datamodules import MaskEncoder, SegmentationDataModule
-from glcgeo.datasets import GeoTiffMask
+from glcgeo.datasets import GeoTiffMask, GeoTiffMosaic
 from glcgeo.errors import GlcgeoError
 from glcgeo.finetune import finetune
-from glcgeo.stats import BandStats
+from glcgeo.stats import BandStats, compute_band_stats
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
@@ -79,16 +79,18 @@ def test_training_batches_hold_labelled_tiles_with_ignored_nodata(
     assert np.array_equal(sample['mask'].numpy(), raw.astype(np.int64))
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'int16'])
 def test_batches_are_normalised_with_nodata_set_to_zero(
-    make_raster: RasterWriter,
+    make_raster: RasterWriter, dtype: str
 ) -> None:
-    """Images with -9999 and NaN nodata: normalised on transfer, nodata is 0."""
+    """Images with -9999 (and NaN) nodata: normalised on transfer, nodata is 0."""
     rng = np.random.default_rng(0)
-    image = rng.uniform(100, 200, (4, 64, 64)).astype(np.float32)
-    # Nodata in every tile: a -9999 square and a NaN in one band.
+    image = rng.uniform(100, 200, (4, 64, 64)).astype(dtype)
+    # Nodata in every tile: a -9999 square and, in floats, a NaN in one band.
     image[:, 3:64:16, 3:64:16] = -9999
     image[:, 4:64:16, 3:64:16] = -9999
-    image[2, 10:64:16, 10:64:16] = np.nan
+    if dtype == 'float32':
+        image[2, 10:64:16, 10:64:16] = np.nan
     images = make_raster('image.tif', image, nodata=-9999)
     masks = make_raster('mask.tif', rng.integers(1, 3, (1, 64, 64), dtype='uint8'))
     stats = BandStats(mean=[150.0] * 4, std=[30.0] * 4, bands=[1, 2, 3, 4])
@@ -220,6 +222,23 @@ def test_masks_in_another_crs_are_warped_onto_the_image_grid() -> None:
     masks = GeoTiffMask(labels, crs=rasterio.open(image).crs, res=res)
     mask = masks[bounds.left : bounds.right : res, bounds.bottom : bounds.top : res]
     assert np.array_equal(mask['mask'].numpy(), raw.astype(np.int64))
+
+
+@needs_nc
+def test_nc_batches_hold_no_raw_border_nodata() -> None:
+    """NC's integer border nodata (0 in every band) is 0 once normalised, unscored."""
+    datamodule = SegmentationDataModule(
+        str(NC_IMAGE), str(NC_LABELS), patch_size=64, block_size=1,
+        stats=compute_band_stats(GeoTiffMosaic(str(NC_IMAGE))), mask_nodata=0,
+        eval_batch_size=64,
+    )  # fmt: skip
+    datamodule.setup('fit')
+    batch = next(iter(datamodule.test_dataloader()))
+    border = (batch['image'] == 0).all(1)
+    assert border.any()  # the test split reaches the image's border
+    batch = datamodule.on_after_batch_transfer(batch, 0)
+    assert torch.all(batch['image'].permute(1, 0, 2, 3)[:, border] == 0)
+    assert torch.all(batch['mask'][border] == 255)
 
 
 @needs_nc

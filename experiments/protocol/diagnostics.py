@@ -1,0 +1,94 @@
+"""Frozen-feature separability: how much a start's encoder features say per pixel.
+
+A multinomial logistic regression on each pixel's frozen encoder features
+(stride-4 and stride-16 maps, upsampled to pixels), fitted on the labelled
+tiles of a budget and scored (Kappa) on the validation tiles. It needs no
+decoder and no schedule, so it varies far less over seeds than fine-tuning:
+a direct reading of what pretraining put into the encoder. ``raw`` fits the
+same classifier on the normalised band values alone, the floor any useful
+feature should beat on spectral land cover.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from glcgeo.tasks import FinetuneTask
+
+from .finetuning import IGNORE, TiledSet, _recalibrate, score
+
+#: Encoder outputs read: smp's stride-4 and stride-16 (dilated) maps.
+LAYERS = (2, -1)
+
+
+def separability(
+    data: TiledSet,
+    weights: str | None,
+    label_tiles: int,
+    seed: int,
+    raw: bool = False,
+    backbone: str = 'resnet18',
+) -> float:
+    """Validation Kappa of a per-pixel linear classifier on frozen features.
+
+    Args:
+        data: the tiles.
+        weights: start checkpoint (None: random weights, seeded by *seed*).
+        label_tiles: labelled training tiles (the budget of *seed*).
+        seed: seed of the budget draw and of random weights.
+        raw: classify the normalised bands themselves, not features.
+        backbone: smp encoder name.
+
+    Returns:
+        the validation Kappa.
+    """
+    torch.manual_seed(seed)
+    encoder = FinetuneTask(
+        backbone=backbone,
+        weights=weights,
+        in_channels=data.in_channels,
+        num_classes=len(data.class_names),
+    ).model.encoder
+    # Batch-norm statistics re-estimated on all training images, as the probe does.
+    _recalibrate(encoder, data.train.images)
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        if raw:
+            return images
+        with torch.no_grad():
+            maps = encoder(images)
+        return torch.cat(
+            [
+                F.interpolate(maps[i], size=images.shape[-2:], mode='bilinear')
+                for i in LAYERS
+            ],
+            dim=1,
+        )
+
+    labelled = data.train[data.budget(label_tiles, seed)]
+    train = features(labelled.images)
+    channels = train.shape[1]
+    x = train.permute(0, 2, 3, 1).reshape(-1, channels)
+    y = labelled.masks.reshape(-1)
+    keep = y != IGNORE
+    x, y = x[keep], y[keep]
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    linear = torch.nn.Linear(channels, len(data.class_names))
+    optimizer = torch.optim.LBFGS(
+        linear.parameters(), max_iter=200, line_search_fn='strong_wolfe'
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear((x - mean) / std), y)
+        loss = loss + 1e-3 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    val = features(data.val.images)
+
+    def predict(part: slice) -> torch.Tensor:
+        pixels = (val[part].permute(0, 2, 3, 1) - mean) / std
+        return linear(pixels).permute(0, 3, 1, 2)
+
+    return score(predict, data.val.masks, data.class_names)['Kappa']
