@@ -7,7 +7,6 @@ pairs is :mod:`glcgeo.pairs`' job.
 """
 
 import functools
-import glob
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -31,56 +30,13 @@ from torchgeo.datasets.utils import GeoSlice, Sample
 
 from .errors import GlcgeoError
 from .geometry import PixelGrid
+from .sources import expand as expand_paths
 
 __all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
 
 #: Band mask flags under which a masked pixel holds the file's nodata value (or
 #: none is masked), so that a plain read equals a masked one filled with nodata.
 PLAIN_MASKS = ([MaskFlags.all_valid], [MaskFlags.nodata])
-
-#: File name endings that :func:`expand_paths` collects from folders.
-RASTER_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF', '.vrt', '.jp2')
-
-
-def expand_paths(
-    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-) -> list[str]:
-    """Expand files, folders (searched recursively) and glob patterns into files.
-
-    Args:
-        paths: one or more files, folders or glob patterns.
-
-    Returns:
-        the sorted, de-duplicated list of files.
-
-    Raises:
-        GlcgeoError: if a path does not exist or a folder/glob holds no raster.
-
-    """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    files: set[str] = set()
-    for path in (os.fspath(p) for p in paths):
-        if os.path.isdir(path):
-            found = [
-                f
-                for f in glob.glob(os.path.join(path, '**', '*'), recursive=True)
-                if f.endswith(RASTER_SUFFIXES) and os.path.isfile(f)
-            ]
-            if not found:
-                raise GlcgeoError('folder holds no GeoTIFF (*.tif, *.tiff)', path)
-        elif glob.has_magic(path):
-            found = [f for f in glob.glob(path, recursive=True) if os.path.isfile(f)]
-            if not found:
-                raise GlcgeoError('pattern matches no file', path)
-        elif os.path.isfile(path):
-            found = [path]
-        else:
-            raise GlcgeoError('no such file or folder', path)
-        files.update(os.path.abspath(f) for f in found)
-    if not files:
-        raise GlcgeoError('no input raster given')
-    return sorted(files)
 
 
 def _fits(nodata: float | None, dtype: str) -> bool:

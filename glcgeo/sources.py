@@ -1,0 +1,159 @@
+"""Where rasters come from: local files, folders and globs, or URLs GDAL opens.
+
+A *source* is a string naming a raster: a local file, or a URL that GDAL reads by
+byte ranges (``http(s)://``, ``s3://``, ``gs://``, or a GDAL virtual file system
+path such as ``/vsicurl/...`` or ``/vsizip/...``). This module tells them apart and
+turns them into what GDAL opens; it imports nothing heavy, so the command line can
+use it before choosing what to load.
+
+Example::
+
+    from glcgeo.sources import expand, is_url, to_gdal_path
+
+    expand(['scenes/', 'more/*.tif', 'https://host/scene.tif'])
+    # ['/abs/scenes/a.tif', '/abs/more/b.tif', 'https://host/scene.tif']
+    rasterio.open(to_gdal_path('s3://bucket/scene.tif'))  # opens /vsis3/bucket/...
+
+.. versionadded:: 0.1
+"""
+
+import glob
+import os
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from .errors import GlcgeoError
+
+__all__ = [
+    'GDAL_URL_OPTIONS',
+    'RASTER_SUFFIXES',
+    'exists',
+    'expand',
+    'is_url',
+    'stem',
+    'to_gdal_path',
+]
+
+#: File name endings collected from folders by :func:`expand`.
+RASTER_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF', '.vrt', '.jp2')
+
+#: URL schemes -> the GDAL virtual file system reading them (as rasterio maps
+#: them); ``http(s)`` URLs are kept whole behind ``/vsicurl/``.
+URL_PREFIXES = {
+    'http': '/vsicurl/http://',
+    'https': '/vsicurl/https://',
+    's3': '/vsis3/',
+    'gs': '/vsigs/',
+}
+
+#: GDAL settings for reading Cloud Optimized GeoTIFFs over HTTP: no listing of the
+#: remote folder on open (one request instead of many), and neighbouring byte
+#: ranges fetched in one request.
+GDAL_URL_OPTIONS = {
+    'GDAL_DISABLE_READDIR_ON_OPEN': 'EMPTY_DIR',
+    'GDAL_HTTP_MERGE_CONSECUTIVE_RANGES': 'YES',
+}
+
+StrPath = str | os.PathLike[str]
+
+
+def is_url(source: StrPath) -> bool:
+    """Whether a source is read through GDAL's network or virtual file systems.
+
+    Args:
+        source: a local path or a URL.
+
+    Returns:
+        True for ``http(s)://``, ``s3://``, ``gs://`` URLs and ``/vsi...`` paths.
+    """
+    text = os.fspath(source)
+    return text.startswith('/vsi') or urlsplit(text).scheme in URL_PREFIXES
+
+
+def to_gdal_path(source: StrPath) -> str:
+    """The name GDAL (and :func:`rasterio.open`) opens a source by.
+
+    Args:
+        source: a local path or a URL.
+
+    Returns:
+        ``s3://b/k`` -> ``/vsis3/b/k``, ``gs://b/k`` -> ``/vsigs/b/k``,
+        ``https://h/k`` -> ``/vsicurl/https://h/k``; local paths and ``/vsi...``
+        paths unchanged.
+    """
+    text = os.fspath(source)
+    scheme = urlsplit(text).scheme
+    if text.startswith('/vsi') or scheme not in URL_PREFIXES:
+        return text
+    return URL_PREFIXES[scheme] + text.removeprefix(f'{scheme}://')
+
+
+def exists(source: StrPath) -> bool:
+    """Whether a source may be opened, as far as can be told without opening it.
+
+    Args:
+        source: a local path or a URL.
+
+    Returns:
+        for a local path, whether it exists; for a URL, True: only opening it
+        tells (its error then names the URL).
+    """
+    return is_url(source) or os.path.exists(source)
+
+
+def stem(source: StrPath) -> str:
+    """The name of a source without folder, query or extension.
+
+    Args:
+        source: a local path or a URL.
+
+    Returns:
+        e.g. ``scene`` for ``/data/scene.tif`` and for
+        ``https://host/a/scene.tif?token=x``.
+    """
+    text = os.fspath(source)
+    path = urlsplit(text).path if is_url(text) else text
+    name = os.path.basename(path.rstrip('/'))
+    return os.path.splitext(name)[0] or name
+
+
+def expand(paths: StrPath | Iterable[StrPath]) -> list[str]:
+    """Expand files, folders (searched recursively) and glob patterns; keep URLs.
+
+    Args:
+        paths: one or more local files, folders or glob patterns, and URLs.
+
+    Returns:
+        the local files (absolute) and the URLs (as given), sorted and
+        de-duplicated.
+
+    Raises:
+        GlcgeoError: if a local path does not exist, a folder holds no raster, a
+            pattern matches no file, or nothing is given.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    sources: set[str] = set()
+    for path in (os.fspath(p) for p in paths):
+        if is_url(path):
+            found = [path]
+        elif os.path.isdir(path):
+            found = [
+                f
+                for f in glob.glob(os.path.join(path, '**', '*'), recursive=True)
+                if f.endswith(RASTER_SUFFIXES) and os.path.isfile(f)
+            ]
+            if not found:
+                raise GlcgeoError('folder holds no GeoTIFF (*.tif, *.tiff)', path)
+        elif glob.has_magic(path):
+            found = [f for f in glob.glob(path, recursive=True) if os.path.isfile(f)]
+            if not found:
+                raise GlcgeoError('pattern matches no file', path)
+        elif os.path.isfile(path):
+            found = [path]
+        else:
+            raise GlcgeoError('no such file or folder', path)
+        sources.update(f if is_url(f) else os.path.abspath(f) for f in found)
+    if not sources:
+        raise GlcgeoError('no input raster given')
+    return sorted(sources)
