@@ -15,7 +15,9 @@ import yaml
 from affine import Affine
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from torch import nn
 from torch.utils.data import DataLoader
+from torchgeo.tasks import SemanticSegmentation
 
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.pairs import GeoTiffPairs
@@ -262,3 +264,42 @@ def save_ssl_checkpoint(task: pl.LightningModule, path: str) -> str:
     trainer.fit(task, DataLoader(images, batch_size=4))
     trainer.save_checkpoint(path)
     return path
+
+
+def save_task_checkpoint(task: pl.LightningModule, path: Path) -> Path:
+    """Save a task's real Lightning checkpoint, as a Trainer does, untrained.
+
+    Returns:
+        *path*.
+    """
+    trainer = pl.Trainer(
+        accelerator='cpu',
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def fcn_task(in_channels: int, num_classes: int) -> SemanticSegmentation:
+    """A fully convolutional TorchGeo model whose random map is not constant.
+
+    TorchGeo's default init shrinks activations layer by layer, so a random FCN
+    predicts one class everywhere; He init keeps the map input-dependent.
+    """
+    torch.manual_seed(0)
+    task = SemanticSegmentation(
+        model='fcn',
+        in_channels=in_channels,
+        num_classes=num_classes,
+        num_filters=16,
+        weights=None,
+    )
+    for module in task.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity='leaky_relu')
+            nn.init.zeros_(module.bias)
+    return task

@@ -10,29 +10,32 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 import torch
-from conftest import warp_raster
+from conftest import fcn_task, save_task_checkpoint, warp_raster
 from torch import nn
 from torchgeo.samplers import GriddedPatchSampler
 from torchgeo.tasks import SemanticSegmentation
 
 import glcgeo.inference.predict as predict_module
 from glcgeo.cli import main
-from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.datasets import GeoTiffMosaic, valid_pixels
 from glcgeo.errors import GlcgeoError
 from glcgeo.inference import (
     CheckpointMetadata,
     RowBandAccumulator,
+    Tile,
     TileGrid,
     load_segmentation_checkpoint,
     predict_dataset,
     predict_raster,
+    prediction_grid,
     tile_weights,
 )
+from glcgeo.inference.reading import SCENE_MARGIN
 from glcgeo.tasks import FinetuneTask
 
 DATA = Path(__file__).parent / 'data'
@@ -54,47 +57,14 @@ def _band_stats(path: Path) -> tuple[list[float], list[float]]:
     return data.mean(axis=1).tolist(), data.std(axis=1).tolist()
 
 
-def _save_checkpoint(task: SemanticSegmentation, path: Path) -> Path:
-    """Save a real Lightning checkpoint of a task, as a Trainer does."""
-    trainer = lightning.Trainer(
-        accelerator='cpu',
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.strategy.connect(task)
-    trainer.save_checkpoint(path)
-    return path
-
-
-def _fcn_task(in_channels: int) -> SemanticSegmentation:
-    """A fully convolutional TorchGeo model whose random map is not constant.
-
-    TorchGeo's default init shrinks activations layer by layer, so a random FCN
-    predicts one class everywhere; He init keeps the map input-dependent.
-    """
-    torch.manual_seed(0)
-    task = SemanticSegmentation(
-        model='fcn',
-        in_channels=in_channels,
-        num_classes=NUM_CLASSES,
-        num_filters=16,
-        weights=None,
-    )
-    for module in task.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity='leaky_relu')
-            nn.init.zeros_(module.bias)
-    return task
-
-
 @pytest.fixture(scope='module')
 def fcn_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """Plain TorchGeo SemanticSegmentation checkpoints, by input band count."""
     folder = tmp_path_factory.mktemp('fcn')
     return {
-        bands: _save_checkpoint(_fcn_task(bands), folder / f'fcn{bands}.ckpt')
+        bands: save_task_checkpoint(
+            fcn_task(bands, NUM_CLASSES), folder / f'fcn{bands}.ckpt'
+        )
         for bands in (3, 4)
     }
 
@@ -123,7 +93,7 @@ def glcgeo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model='deeplabv3+', backbone='resnet18', in_channels=4, num_classes=5
     )
     task.hparams.update(GLCGEO_EXTRAS)
-    return _save_checkpoint(task, tmp_path_factory.mktemp('glcgeo') / 'ft.ckpt')
+    return save_task_checkpoint(task, tmp_path_factory.mktemp('glcgeo') / 'ft.ckpt')
 
 
 def _pointwise(
@@ -205,26 +175,27 @@ def test_row_band_accumulator_blends_and_hands_out_finished_rows() -> None:
     from rasterio.windows import Window
 
     band = RowBandAccumulator(width=4, channels=2)
-    ones = np.ones((2, 3, 4), np.float32)
+    ones = torch.ones((2, 3, 4))
     band.add(
         Window(0, 0, 4, 3),
-        ones * [[[1]], [[0]]],
-        np.full((3, 4), 1.0, np.float32),
-        np.ones((3, 4), bool),
+        ones * torch.tensor([1.0, 0.0])[:, None, None],
+        torch.full((3, 4), 1.0),
+        torch.ones((3, 4), dtype=torch.bool),
     )
     band.add(
         Window(0, 2, 4, 3),
-        ones * [[[0]], [[1]]],
-        np.full((3, 4), 3.0, np.float32),
-        np.zeros((3, 4), bool),
+        ones * torch.tensor([0.0, 1.0])[:, None, None],
+        torch.full((3, 4), 3.0),
+        torch.zeros((3, 4), dtype=torch.bool),
     )
     top, scores, valid = band.pop(2)
+    # Rows first: [rows, classes, columns].
     assert top == 0 and scores.shape == (2, 2, 4) and valid.all()
-    np.testing.assert_allclose(scores[:, :, 0], [[1, 1], [0, 0]])
+    np.testing.assert_allclose(scores[:, :, 0], [[1, 0], [1, 0]])
     top, scores, valid = band.pop(5)
     assert top == 2 and valid[:, 0].tolist() == [True, False, False]
     # Row 2 was covered by both tiles: weights 1 and 3.
-    np.testing.assert_allclose(scores[:, 0, 0], [0.25, 0.75])
+    np.testing.assert_allclose(scores[0, :, 0], [0.25, 0.75])
     assert band.top == 5
 
 
@@ -261,7 +232,7 @@ def test_finetune_task_checkpoint_loads(tmp_path: Path) -> None:
         band_std=[5.0, 6.0, 7.0, 8.0],
     )
     _, metadata = load_segmentation_checkpoint(
-        _save_checkpoint(task, tmp_path / 'finetune.ckpt')
+        save_task_checkpoint(task, tmp_path / 'finetune.ckpt')
     )
     assert metadata.class_names == ('water', 'land', 'cloud')
     assert metadata.band_std == (5.0, 6.0, 7.0, 8.0)
@@ -371,6 +342,122 @@ def test_pointwise_model_gives_exact_map_with_awkward_tiles(
     np.testing.assert_array_equal(
         _read(tmp_path / 'map.tif'), _expected_pointwise(model, L8, mean, std)
     )
+
+
+def _host_path_map(
+    model: nn.Module,
+    metadata: CheckpointMetadata,
+    path: Path,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The class map and percentages of the former host path, in numpy.
+
+    Tiles of the mirrored scene are normalised in float32, predicted in the same
+    batches on the CPU, and their softmax scores blended with Hann weights over the
+    whole scene, then the first most probable class is taken: what glcgeo computed
+    on the host before the model's device did it.
+    """
+    with rasterio.open(path) as src:
+        data = src.read(list(metadata.bands or range(1, src.count + 1)))
+        nodata = src.nodata
+    height, width = data.shape[1:]
+    valid = valid_pixels(torch.from_numpy(data), nodata).numpy()
+    margin = SCENE_MARGIN
+    grown = np.pad(data, ((0, 0), (margin, margin), (margin, margin)), 'reflect')
+    grown_valid = np.pad(valid, margin, 'reflect')
+    mean = np.array(metadata.band_mean, np.float32)[:, None, None]
+    std = np.array(metadata.band_std, np.float32)[:, None, None]
+    scores = np.zeros((metadata.num_classes, height, width), np.float32)
+    weights = np.zeros((height, width), np.float32)
+    pending: list[tuple[Tile, np.ndarray]] = []
+
+    def run() -> None:
+        batch = torch.from_numpy(np.stack([image for _, image in pending]))
+        with torch.inference_mode():
+            probabilities = model(batch).softmax(dim=1).numpy()
+        for (tile, _), tile_scores in zip(pending, probabilities, strict=True):
+            w = tile.window
+            th, tw = int(w.height), int(w.width)
+            tile_weight = tile_weights(th, tw, tile.edges)
+            rows = slice(
+                max(0, w.row_off - margin), min(height, w.row_off + th - margin)
+            )
+            cols = slice(
+                max(0, w.col_off - margin), min(width, w.col_off + tw - margin)
+            )
+            inner = (
+                slice(rows.start + margin - w.row_off, rows.stop + margin - w.row_off),
+                slice(cols.start + margin - w.col_off, cols.stop + margin - w.col_off),
+            )
+            scores[:, rows, cols] += (
+                tile_scores[:, inner[0], inner[1]] * tile_weight[inner]
+            )
+            weights[rows, cols] += tile_weight[inner]
+        pending.clear()
+
+    for tile in prediction_grid(height, width, tile_size, overlap):
+        w = tile.window
+        window = np.s_[
+            w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width
+        ]
+        inside = grown_valid[window][
+            max(0, margin - w.row_off) : height + margin - w.row_off,
+            max(0, margin - w.col_off) : width + margin - w.col_off,
+        ]
+        if not inside.any():
+            continue
+        image = (grown[(slice(None), *window)].astype(np.float32) - mean) / std
+        image[:, ~grown_valid[window]] = 0
+        pad = ((0, 0), (0, -image.shape[1] % 32), (0, -image.shape[2] % 32))
+        pending.append((tile, np.pad(image, pad, 'reflect')))
+        if len(pending) == batch_size:
+            run()
+    if pending:
+        run()
+    blended = scores / np.maximum(weights, np.float32(1e-12))
+    classes = np.where(valid, blended.argmax(axis=0), 255)
+    percent = np.where(valid, np.rint(blended * 100), 255).astype(np.uint8)
+    return classes, percent
+
+
+@pytest.mark.parametrize(
+    ('path', 'tile_size', 'overlap', 'batch_size'),
+    [(S2, 512, 128, 4), (RGB1, 160, 40, 3), (RGBN_SUB, 100, 30, 2)],
+    ids=['sentinel2-default', 'landsat-frame-awkward', 'rgbn-strip-small'],
+)
+def test_device_path_gives_the_host_path_map(
+    tmp_path: Path,
+    fcn_checkpoints: dict[int, Path],
+    path: Path,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+) -> None:
+    with rasterio.open(path) as src:
+        count = src.count
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoints[count])
+    mean, std = _band_stats(path)
+    metadata = metadata.replace(band_mean=mean, band_std=std)
+    predict_raster(
+        model,
+        metadata,
+        path,
+        tmp_path / 'map.tif',
+        probabilities=tmp_path / 'p.tif',
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        progress=False,
+    )
+    classes, percent = _host_path_map(
+        model, metadata, path, tile_size, overlap, batch_size
+    )
+    assert len(np.unique(classes)) >= 3  # a map worth comparing
+    np.testing.assert_array_equal(_read(tmp_path / 'map.tif'), classes)
+    with rasterio.open(tmp_path / 'p.tif') as probabilities:
+        np.testing.assert_array_equal(probabilities.read(), percent)
 
 
 def _epsg4326_copy(tmp_path: Path) -> Path:
@@ -555,6 +642,23 @@ def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:
     ]:
         with pytest.raises(GlcgeoError, match=message):
             predict_raster(model, metadata, source, destination, progress=False)
+    assert os.listdir(out) == []
+
+
+def test_a_damaged_scene_is_one_error_naming_it(tmp_path: Path) -> None:
+    # A COG cut short: its header reads, its last tiles do not (as when a
+    # download or a connection breaks).
+    damaged = tmp_path / 'damaged.tif'
+    rasterio.shutil.copy(S2, damaged, driver='COG', blocksize=128)
+    with open(damaged, 'r+b') as f:
+        f.truncate(int(damaged.stat().st_size * 0.7))
+    model, metadata = _pointwise(4)
+    out = tmp_path / 'out'
+    out.mkdir()
+    with pytest.raises(GlcgeoError) as error:
+        predict_raster(model, metadata, damaged, out / 'map.tif', progress=False)
+    assert str(error.value).startswith(f'{damaged}: cannot read pixels (TIFF')
+    assert '\n' not in str(error.value)
     assert os.listdir(out) == []
 
 

@@ -10,13 +10,16 @@ positive total weight.
 
 :class:`RowBandAccumulator` sums weighted scores for the band of scene rows that
 tiles still in progress cover and hands finished rows out, so memory grows with
-the tile height and scene width, never with the scene height.
+the tile height and scene width, never with the scene height. It works on the
+model's device: scores never go back to the host.
 """
 
 import math
 
 import numpy as np
+import torch
 from rasterio.windows import Window
+from torch import Tensor
 
 __all__ = ['RowBandAccumulator', 'hann_window', 'tile_weights']
 
@@ -68,40 +71,47 @@ def tile_weights(
 
 
 class RowBandAccumulator:
-    """Weighted sums of tile scores over a band of scene rows.
+    """Weighted sums of tile scores over a band of scene rows, on a torch device.
 
     The band starts at scene row :attr:`top` and grows downward as tiles are added;
-    :meth:`pop` hands out finished rows from its top and reuses their memory.
+    :meth:`pop` hands out finished rows from its top and drops them.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, width: int, channels: int, top: int = 0) -> None:
+    def __init__(
+        self,
+        width: int,
+        channels: int,
+        top: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
         """Initialize a new RowBandAccumulator.
 
         Args:
             width: scene width in pixels.
             channels: number of score channels (classes).
             top: first scene row of the band.
+            device: where the sums are kept (default: the CPU).
 
         """
         self.top = top
-        # Rows first in every array, so that rows move and grow alike.
-        self.scores = np.zeros((0, channels, width), dtype=np.float32)
-        self.weights = np.zeros((0, width), dtype=np.float32)
-        self.valid = np.zeros((0, width), dtype=bool)
+        # Rows first in every tensor, so that rows are dropped and added alike.
+        self.scores = torch.zeros((0, channels, width), device=device)
+        self.weights = torch.zeros((0, width), device=device)
+        self.valid = torch.zeros((0, width), dtype=torch.bool, device=device)
 
     def _reserve(self, end: int) -> None:
         """Grow the band so that it reaches scene row *end* (exclusive)."""
         extra = end - self.top - len(self.weights)
         if extra > 0:
             self.scores, self.weights, self.valid = (
-                np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])
-                for a in (self.scores, self.weights, self.valid)
+                torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])
+                for t in (self.scores, self.weights, self.valid)
             )
 
     def add(
-        self, window: Window, scores: np.ndarray, weights: np.ndarray, valid: np.ndarray
+        self, window: Window, scores: Tensor, weights: Tensor, valid: Tensor
     ) -> None:
         """Add one tile's scores.
 
@@ -118,31 +128,30 @@ class RowBandAccumulator:
         self._reserve(self.top + row_off + height)
         rows = slice(row_off, row_off + height)
         cols = slice(col_off, col_off + width)
-        self.scores[rows, :, cols] += np.moveaxis(scores * weights, 0, 1)
+        self.scores[rows, :, cols] += (scores * weights).transpose(0, 1)
         self.weights[rows, cols] += weights
         self.valid[rows, cols] |= valid
 
-    def pop(self, end: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def pop(self, end: int) -> tuple[int, Tensor, Tensor]:
         """Remove the band's rows above scene row *end* and return their result.
 
         Args:
             end: scene row (exclusive) up to which all tiles have been added.
 
         Returns:
-            (first scene row, [C, N, W] blended scores, [N, W] valid mask) for the
-            N = ``end - top`` finished rows (N may be 0). Scores are 0 where no
-            tile contributed.
+            (first scene row, [N, C, W] blended scores, [N, W] valid mask) for the
+            N = ``end - top`` finished rows (N may be 0), rows first. Scores are
+            0 where no tile contributed.
 
         """
         count = max(0, end - self.top)
         self._reserve(end)
-        weights = np.maximum(self.weights[:count], np.float32(1e-12))
-        blended = np.moveaxis(self.scores[:count] / weights[:, None], 1, 0)
-        result = (self.top, blended, self.valid[:count].copy())
-        # Move the unfinished rows up in place and zero the rows freed below them.
-        rows_left = len(self.weights) - count
-        for array in (self.scores, self.weights, self.valid):
-            array[:rows_left] = array[count:]
-            array[rows_left:] = 0
+        weights = self.weights[:count].clamp_min(1e-12)
+        result = (self.top, self.scores[:count] / weights[:, None], self.valid[:count])
+        # Views of the unfinished rows: growing the band next copies them into new
+        # memory and frees the finished rows'.
+        self.scores, self.weights, self.valid = (
+            t[count:] for t in (self.scores, self.weights, self.valid)
+        )
         self.top += count
         return result

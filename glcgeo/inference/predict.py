@@ -1,12 +1,14 @@
 """Streaming tiled inference of a segmentation model over a georeferenced raster.
 
-:func:`predict_raster` reads a scene tile by tile (rasterio windows), predicts
-batches of tiles, blends overlapping tiles with Hann weights and writes each band of
-finished rows as soon as no later tile touches it, so memory is bounded by the tile
-size, batch size and scene width, not by the scene. The output has exactly the
-input's size, CRS and transform (copied from the input file, never from float32
-tensors), is nodata wherever the input is, and is published as a Cloud Optimized
-GeoTIFF only once complete.
+:func:`predict_raster` reads a scene tile by tile (rasterio windows) in a
+background thread, ahead of the model; on the model's device, it normalises
+batches of tiles, predicts them, blends overlapping tiles with Hann weights and
+picks each pixel's class, and writes each band of finished rows as soon as no
+later tile touches it. Only class ids (and percentages, when asked) come back to
+the host, and memory is bounded by the tile size, batch size and scene width,
+not by the scene. The output has exactly the input's size, CRS and transform
+(copied from the input file, never from float32 tensors), is nodata wherever the
+input is, and is published as a Cloud Optimized GeoTIFF only once complete.
 
 :func:`predict_dataset` does the same over a TorchGeo dataset and sampler, stitching
 the patches in memory.
@@ -14,11 +16,11 @@ the patches in memory.
 
 import os
 import time
-from contextlib import ExitStack
+from collections.abc import Iterable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 import rasterio
 import torch
 from affine import Affine
@@ -31,15 +33,19 @@ from ..checkpoints import CheckpointMetadata
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..outputs import check_destination
+from ..sources import GDAL_URL_OPTIONS
 from .blending import RowBandAccumulator, tile_weights
 from .reading import (
     SCENE_MARGIN,
     Patch,
+    PatchBatch,
     TileReader,
     dataset_patch,
     input_bands,
     open_source,
     prediction_grid,
+    prepare_batch,
+    read_ahead,
 )
 from .writer import (
     SegmentationMap,
@@ -120,7 +126,7 @@ def _scores(model: nn.Module, batch: Tensor, task: str) -> Tensor:
 
 
 class _BatchPredictor:
-    """Runs batches of tiles through the model and blends them into a row band."""
+    """Runs batches of patches through the model and blends them into a row band."""
 
     def __init__(
         self,
@@ -133,37 +139,41 @@ class _BatchPredictor:
         self.metadata = metadata
         self.device = device
         self.accumulator = accumulator
-        self.pending: list[Patch] = []
-        self._weights: dict[tuple[Any, ...], np.ndarray] = {}
+        self._weights: dict[tuple[Any, ...], Tensor] = {}
+
+    def weights(self, patch: Patch) -> Tensor:
+        """The patch's blending weights, on the device (made once per shape)."""
+        height, width = patch.data.shape[-2:]
+        key = (height, width, patch.edges)
+        if key not in self._weights:
+            weights = tile_weights(height, width, patch.edges)
+            self._weights[key] = torch.from_numpy(weights).to(self.device)
+        return self._weights[key]
 
     @torch.inference_mode()
-    def run(self) -> int:
-        """Predict the queued tiles and add them to the accumulator.
+    def run(self, batch: PatchBatch[Any]) -> None:
+        """Predict a batch and add it to the accumulator.
 
-        Returns:
-            the number of tiles predicted.
+        Args:
+            batch: patches of raw values, stacked.
 
         """
-        if not self.pending:
-            return 0
-        batch = torch.from_numpy(np.stack([patch.image for patch in self.pending]))
-        scores = _scores(self.model, batch.to(self.device), self.metadata.task)
-        for patch, tile_scores in zip(
-            self.pending, scores.float().cpu().numpy(), strict=True
+        if batch.data is None or batch.holds_data is None:
+            return
+        data = batch.data.to(self.device, non_blocking=True)
+        holds_data = batch.holds_data.to(self.device, non_blocking=True)
+        image = prepare_batch(data, holds_data, self.metadata)
+        scores = _scores(self.model, image, self.metadata.task).float()
+        for patch, tile_scores, holds in zip(
+            batch.patches, scores, holds_data, strict=True
         ):
-            key = (*patch.tile_shape, patch.edges)
-            if key not in self._weights:
-                self._weights[key] = tile_weights(*patch.tile_shape, patch.edges)
             rows, cols = patch.crop
             self.accumulator.add(
                 patch.window,
                 tile_scores[:, rows, cols],
-                self._weights[key][rows, cols],
-                patch.valid,
+                self.weights(patch)[rows, cols],
+                holds[rows, cols],
             )
-        count = len(self.pending)
-        self.pending.clear()
-        return count
 
 
 def predict_raster(
@@ -230,12 +240,17 @@ def predict_raster(
         raise GlcgeoError(f'batch size must be positive, got {batch_size}')
     torch_device = resolve_device(device)
     model = model.eval().to(torch_device)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_source(source) as src:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **GDAL_URL_OPTIONS),
+        open_source(source) as src,
+    ):
         bands = input_bands(src, metadata, os.fspath(source))
         width, height = src.width, src.height
         grid = prediction_grid(height, width, tile_size, overlap)
-        reader = TileReader(src, bands, metadata, nodata)
-        accumulator = RowBandAccumulator(width, metadata.num_classes)
+        reader = TileReader(src, bands, nodata, source)
+        accumulator = RowBandAccumulator(
+            width, metadata.num_classes, device=torch_device
+        )
         predictor = _BatchPredictor(model, metadata, torch_device, accumulator)
         geo = {
             'width': width,
@@ -256,25 +271,28 @@ def predict_raster(
             bar = stack.enter_context(
                 tqdm(total=len(grid), unit='tile', disable=not progress, leave=False)
             )
+            # The reader thread is the only user of src until it stops.
+            batches = stack.enter_context(
+                closing(
+                    read_ahead(
+                        ((tile, reader.read(tile)) for tile in grid),
+                        batch_size,
+                        pin_memory=torch_device.type == 'cuda',
+                    )
+                )
+            )
             skipped = 0
-            for tile in grid:
-                patch = reader.read(tile)
-                if patch is None:
-                    skipped += 1
-                    bar.update()
-                else:
-                    predictor.pending.append(patch)
-                if len(predictor.pending) == batch_size:
-                    bar.update(predictor.run())
-                # Rows are finished only once every queued tile is predicted.
-                if not predictor.pending:
-                    finished = grid.rows_finished(tile) - SCENE_MARGIN
-                    write_rows(writers, accumulator, min(finished, height), metadata)
-            bar.update(predictor.run())
-            write_rows(writers, accumulator, height, metadata)
+            for batch in batches:
+                predictor.run(batch)
+                skipped += batch.items - len(batch.patches)
+                bar.update(batch.items)
+                finished = grid.rows_finished(batch.last) - SCENE_MARGIN
+                write_rows(writers, accumulator, min(finished, height), metadata)
             for writer in writers:
                 writer.finish()
-            for writer in writers:
+            # The class map last: once it stands under its name, every output of
+            # the scene is complete.
+            for writer in reversed(writers):
                 writer.commit()
     return PredictionSummary(
         destination=outputs[0],
@@ -340,27 +358,39 @@ def predict_dataset(
         )
     torch_device = resolve_device(device)
     model = model.eval().to(torch_device)
-    accumulator = RowBandAccumulator(width, metadata.num_classes)
+    accumulator = RowBandAccumulator(width, metadata.num_classes, device=torch_device)
     predictor = _BatchPredictor(model, metadata, torch_device, accumulator)
-    for query in tqdm(sampler, unit='patch', disable=not progress, leave=False):
-        data = dataset[query]['image'].numpy()
-        if len(data) != metadata.in_channels:
-            raise GlcgeoError(
-                f'the dataset has {len(data)} bands, the model takes '
-                f'{metadata.in_channels}'
-            )
-        # The patch's pixel window on the dataset's grid, from float64 map bounds.
-        x, y = query[0], query[1]
-        row = round((y_bounds.stop - y.stop) / y_res)
-        col = round((x.start - x_bounds.start) / x_res)
-        patch = dataset_patch(data, nodata, metadata, row, col, height, width)
-        if patch is not None:
-            predictor.pending.append(patch)
-        if len(predictor.pending) == batch_size:
-            predictor.run()
-    predictor.run()
+
+    def patches() -> Iterable[tuple[Any, Patch | None]]:
+        for query in sampler:
+            data = dataset[query]['image'].numpy()
+            if len(data) != metadata.in_channels:
+                raise GlcgeoError(
+                    f'the dataset has {len(data)} bands, the model takes '
+                    f'{metadata.in_channels}'
+                )
+            # The patch's pixel window on the dataset's grid, from float64 bounds.
+            x, y, _ = cast(tuple[slice, slice, slice], query)
+            row = round((y_bounds.stop - y.stop) / y_res)
+            col = round((x.start - x_bounds.start) / x_res)
+            yield query, dataset_patch(data, nodata, row, col, height, width)
+
+    with (
+        closing(read_ahead(patches(), batch_size)) as batches,
+        tqdm(
+            total=len(sampler), unit='patch', disable=not progress, leave=False
+        ) as bar,
+    ):
+        for batch in batches:
+            predictor.run(batch)
+            bar.update(batch.items)
     _, scores, valid = accumulator.pop(height)
     dtype, class_nodata = class_dtype(metadata.num_classes)
-    classes = class_ids(scores, metadata).astype(dtype)
-    classes[~valid] = class_nodata
-    return SegmentationMap(classes, transform, dataset.crs, class_nodata, metadata)
+    classes = class_ids(scores, metadata, dim=1).masked_fill(~valid, class_nodata)
+    return SegmentationMap(
+        classes.cpu().numpy().astype(dtype),
+        transform,
+        dataset.crs,
+        class_nodata,
+        metadata,
+    )

@@ -1,7 +1,8 @@
 """Prediction outputs: class and probability maps, as Cloud Optimized GeoTIFFs.
 
 A :class:`CogWriter` takes windows of a raster as they are finished and writes them
-to a temporary striped GeoTIFF beside the destination.
+to a temporary striped GeoTIFF beside the destination, compressed by GDAL's
+threads.
 :meth:`CogWriter.finish` converts it with GDAL's COG driver (tiles, DEFLATE,
 overviews) into a second temporary file; :meth:`CogWriter.commit` renames that onto
 the destination (both temporary files are :class:`~glcgeo.outputs.OutputFile`).
@@ -10,8 +11,9 @@ an interruption never leaves a file under the destination name nor a partial fil
 
 :func:`class_writer` and :func:`probability_writer` make the writers of a class
 map (colour table, class names) and of per-class percentages;
-:func:`write_rows` writes finished rows of scores into them; a
-:class:`SegmentationMap` is a class map held in memory.
+:func:`write_rows` turns finished rows of blended scores into class ids (and
+percentages) on the scores' device and writes them; a :class:`SegmentationMap` is
+a class map held in memory.
 """
 
 import json
@@ -24,8 +26,10 @@ from typing import Any, Self
 import numpy as np
 import rasterio
 import rasterio.shutil
+import torch
 from affine import Affine
 from rasterio.windows import Window
+from torch import Tensor
 
 from ..checkpoints import CheckpointMetadata
 from ..errors import GlcgeoError
@@ -47,7 +51,7 @@ __all__ = [
 PROBABILITY_NODATA = 255
 
 #: Creation options of the temporary file: strips suit row-band writes, and a fast
-#: compression keeps it small for large scenes.
+#: compression, spread over GDAL's threads, keeps it small for large scenes.
 PARTIAL_OPTIONS = {
     'driver': 'GTiff',
     'tiled': False,
@@ -55,6 +59,7 @@ PARTIAL_OPTIONS = {
     'compress': 'deflate',
     'zlevel': 1,
     'bigtiff': 'if_safer',
+    'num_threads': 'all_cpus',
 }
 
 
@@ -137,10 +142,19 @@ class CogWriter:
         self._dataset: Any = None
 
     def __enter__(self) -> Self:
-        """Create the temporary file."""
-        self._dataset = rasterio.open(
+        """Create the temporary file, with its colour table and metadata."""
+        self._dataset = dataset = rasterio.open(
             self._striped.temporary, 'w', **{**self.profile, **PARTIAL_OPTIONS}
         )
+        # Before any pixel: GDAL cannot make a file paletted once strips are out.
+        if self.colormap is not None:
+            dataset.write_colormap(1, self.colormap)
+        for band, description in enumerate(self.descriptions, start=1):
+            dataset.set_band_description(band, description)
+        if self.scales is not None:
+            dataset.scales = self.scales
+        dataset.update_tags(1, **self.band_tags)
+        dataset.update_tags(**self.tags)
         return self
 
     def write(self, array: np.ndarray, window: Window) -> None:
@@ -156,17 +170,7 @@ class CogWriter:
     def finish(self) -> None:
         """Close the temporary file and convert it to a COG (still temporary)."""
         dataset, self._dataset = self._dataset, None
-        try:
-            if self.colormap is not None:
-                dataset.write_colormap(1, self.colormap)
-            for band, description in enumerate(self.descriptions, start=1):
-                dataset.set_band_description(band, description)
-            if self.scales is not None:
-                dataset.scales = self.scales
-            dataset.update_tags(1, **self.band_tags)
-            dataset.update_tags(**self.tags)
-        finally:
-            dataset.close()
+        dataset.close()
         # The COG driver copies the colour table, descriptions, scales and tags.
         rasterio.shutil.copy(
             self._striped.temporary,
@@ -198,12 +202,32 @@ class CogWriter:
         self._cog.discard()
 
 
-def class_ids(scores: np.ndarray, metadata: CheckpointMetadata) -> np.ndarray:
-    """[H, W] most probable class of [K, H, W] scores, never the ignored class."""
-    if metadata.ignore_index is not None and 0 <= metadata.ignore_index < len(scores):
-        scores = scores.copy()
-        scores[metadata.ignore_index] = -1
-    return scores.argmax(axis=0)
+def class_ids(scores: Tensor, metadata: CheckpointMetadata, dim: int = 0) -> Tensor:
+    """The most probable class of scores along *dim*, never the ignored class.
+
+    Args:
+        scores: class scores, classes along *dim*.
+        metadata: the model's ignored class, if any.
+        dim: the class dimension.
+
+    Returns:
+        class ids (int64), *scores*' shape without *dim*; the first of equal
+        scores wins, as in :func:`torch.argmax`.
+    """
+    ignored = metadata.ignore_index
+    best, *others = scores.unbind(dim)
+    if ignored == 0 and others:
+        best = torch.full_like(best, -1)
+    ids = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
+    # One pass per class: torch.argmax over a dimension that is not the last is
+    # several times slower on the CPU.
+    for index, candidate in enumerate(others, start=1):
+        if index == ignored:
+            continue
+        better = candidate > best
+        ids.masked_fill_(better, index)
+        best = torch.where(better, candidate, best)
+    return ids
 
 
 def class_writer(
@@ -277,19 +301,27 @@ def write_rows(
     end: int,
     metadata: CheckpointMetadata,
 ) -> None:
-    """Write the finished rows above scene row *end* to the class (and score) files."""
+    """Write the finished rows above scene row *end* to the class (and score) files.
+
+    Class ids (and percentages) are made on the accumulator's device; only they
+    come back to the host.
+    """
     top, scores, valid = accumulator.pop(end)
     if not len(valid):
         return
     window = Window(0, top, valid.shape[1], valid.shape[0])
     class_writer, *probability_writers = writers
-    classes = class_ids(scores, metadata).astype(class_writer.profile['dtype'])
-    classes[~valid] = class_writer.profile['nodata']
-    class_writer.write(classes[None], window)
+    dtype = class_writer.profile['dtype']
+    # uint8 ids travel as such; wider ones as int32 (torch's unsigned types are few).
+    ids = class_ids(scores, metadata, dim=1).to(
+        torch.uint8 if dtype == 'uint8' else torch.int32
+    )
+    ids = ids.masked_fill(~valid, class_writer.profile['nodata'])
+    class_writer.write(ids.cpu().numpy().astype(dtype)[None], window)
     for writer in probability_writers:
-        percent = np.rint(scores * 100).astype(np.uint8)
-        percent[:, ~valid] = PROBABILITY_NODATA
-        writer.write(percent, window)
+        percent = torch.round(scores * 100).to(torch.uint8)
+        percent = percent.masked_fill(~valid[:, None], PROBABILITY_NODATA)
+        writer.write(percent.transpose(0, 1).cpu().numpy(), window)
 
 
 @dataclass
