@@ -806,7 +806,7 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(
     out.mkdir()
     model = fcn_checkpoints[4]
     cases = [
-        (tmp_path / 'missing.tif', out / 'a.tif', model, 'no such input file'),
+        (tmp_path / 'missing.tif', out / 'a.tif', model, 'no such file or folder'),
         (text, out / 'a.tif', model, 'not a readable raster'),
         (RGB1, out / 'a.tif', model, 'the input has 3 bands'),
         (S2, out / 'a.tif', text, 'not a readable checkpoint'),

@@ -1,17 +1,25 @@
-"""``glcgeo predict``: a georeferenced land-cover map of a scene from a checkpoint."""
+"""``glcgeo predict``: georeferenced land-cover maps of scenes from a checkpoint."""
 
 import argparse
 import json
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GlcgeoError
-from ..inference import load_segmentation_checkpoint, predict_raster
 from ..outputs import check_destination
+from ..sources import expand, is_url
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..checkpoints import CheckpointMetadata
+    from ..inference.scenes import SceneJob
 
 
 def add_parser(subparsers: Any) -> None:
@@ -22,21 +30,45 @@ def add_parser(subparsers: Any) -> None:
     """
     parser = subparsers.add_parser(
         'predict',
-        help='predict a land-cover map of a scene (Cloud Optimized GeoTIFF)',
+        help='predict land-cover maps of scenes (Cloud Optimized GeoTIFFs)',
         description=(
             'Run a segmentation checkpoint (glcgeo fine-tuning or TorchGeo '
-            'SemanticSegmentation) over a raster of any size, tile by tile, and '
-            "write a Cloud Optimized GeoTIFF of class ids with the input's size, CRS "
-            'and transform, a colour map and class names. Bands, normalisation and '
-            'class names come from the checkpoint; flags override them.'
+            'SemanticSegmentation) over rasters of any size, tile by tile, and '
+            "write Cloud Optimized GeoTIFFs of class ids with each input's size, "
+            'CRS and transform, a colour map and class names. Bands, normalisation '
+            'and class names come from the checkpoint; flags override them. With '
+            'several scenes (or --out naming a folder), each map is written to '
+            'OUT/<input stem>.tif, scenes whose map exists are skipped (a killed '
+            'run resumes), a failed scene does not stop the others, and '
+            'OUT/footprints.gpkg indexes the maps.'
         ),
     )
     add = parser.add_argument
-    add('--in', dest='source', metavar='PATH', required=True, help='input raster')
-    add('--out', metavar='PATH', required=True, help='output class map (GeoTIFF)')
+    add(
+        '--in',
+        dest='source',
+        metavar='PATH',
+        nargs='+',
+        required=True,
+        help='input rasters: files, folders, glob patterns, or URLs (http(s)://, '
+        's3://, gs://, /vsi...)',
+    )
+    add(
+        '--out',
+        metavar='PATH',
+        required=True,
+        help='output class map (GeoTIFF), or folder of maps (several scenes, or an '
+        'existing folder or a path ending in /)',
+    )
     add('--model', metavar='CKPT', required=True, help='Lightning checkpoint')
-    add('--probabilities', metavar='PATH', help='also write per-class percent here')
-    add('--overwrite', action='store_true', help='replace existing outputs')
+    add(
+        '--probabilities',
+        metavar='PATH',
+        help='also write per-class percent here (a folder when --out is one)',
+    )
+    add(
+        '--overwrite', action='store_true', help='replace (re-predict) existing outputs'
+    )
     add(
         '--bands',
         metavar='N',
@@ -96,7 +128,18 @@ def add_parser(subparsers: Any) -> None:
         default=4,
         help='tiles per forward pass (default: %(default)s)',
     )
-    add('--device', default='auto', help='auto (CUDA if available), cpu, cuda:1, ...')
+    add(
+        '--device',
+        help='one process: auto (CUDA if available), cpu, cuda:1, ... (default: auto)',
+    )
+    add(
+        '--devices',
+        metavar='N',
+        help='several processes (Lightning DDP): devices per node, or auto; scenes '
+        'are dealt to processes, each predicted whole by one',
+    )
+    add('--num-nodes', metavar='M', type=int, help='machines (default: 1)')
+    add('--accelerator', help='cpu, gpu or auto, with --devices (default: auto)')
     add('--quiet', action='store_true', help='no progress bar nor summary')
     parser.set_defaults(func=run)
 
@@ -130,43 +173,125 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _is_folder(path: str) -> bool:
+    """Whether an output path names a folder: an existing one, or ending in /."""
+    return os.path.isdir(path) or path.endswith(('/', os.sep))
+
+
+def _several_processes(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for processes started by Lightning."""
+    return any(v is not None for v in (args.devices, args.num_nodes, args.accelerator))
+
+
+def _make_folder(path: str, flag: str) -> None:
+    """Create an output folder (and its parents) if it does not exist."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise GlcgeoError(f'{flag} must be a folder for several scenes', path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise GlcgeoError(
+            f'cannot create the folder ({error.strerror})', path
+        ) from None
+
+
 def run(args: argparse.Namespace) -> None:
-    """Predict the map described by the parsed arguments.
+    """Predict the maps described by the parsed arguments.
 
     Args:
         args: the parsed ``glcgeo predict`` arguments.
 
     Raises:
-        GlcgeoError: for bad input, before any tile is predicted.
+        GlcgeoError: for bad input, before any tile is predicted; at the end,
+            when some scenes failed (each reported as it failed).
     """
     # Cheap checks first, so a mistake is reported before the model loads.
-    inputs = [path for path in (args.source, args.model, args.stats) if path]
-    for output in (args.out, args.probabilities):
-        if output is not None:
-            check_destination(output, args.overwrite, inputs)
+    sources = expand(args.source)
+    processes = _several_processes(args)
+    if processes and args.device is not None:
+        raise GlcgeoError(
+            'give --device for one process, or --accelerator/--devices/--num-nodes '
+            'for several, not both'
+        )
     mean, std = args.mean, args.std
     if args.stats is not None:
         if mean is not None or std is not None:
             raise GlcgeoError('give either --stats or --mean/--std, not both')
         mean, std = _read_stats(args.stats)
+    folder = len(sources) > 1 or _is_folder(args.out)
+    inputs = [p for p in (*sources, args.model, args.stats) if p and not is_url(p)]
+    if not folder and not processes:
+        # One scene in one process: its errors are the command's.
+        for output in (args.out, args.probabilities):
+            if output is not None:
+                check_destination(output, args.overwrite, inputs)
+        _predict_scene(args, sources[0], mean, std)
+        return
+
+    from ..inference.scenes import FOOTPRINTS, scene_jobs
+
+    jobs = scene_jobs(sources, args.out, args.probabilities, folder=folder)
+    outputs = [output for job in jobs for output in job.outputs]
+    if folder:
+        folders = [('--out', args.out), ('--probabilities', args.probabilities)]
+        if args.probabilities is not None and os.path.realpath(
+            args.probabilities
+        ) == os.path.realpath(args.out):
+            raise GlcgeoError('--probabilities and --out must be different folders')
+        for flag, path in folders:
+            if path is not None:
+                _make_folder(path, flag)
+        outputs.append(os.path.join(args.out, FOOTPRINTS))
+    for output in outputs:
+        # Existing maps are skipped or replaced scene by scene, not refused.
+        check_destination(output, True, inputs)
+    _predict_scenes(args, jobs, folder, mean, std)
+
+
+def _load(
+    args: argparse.Namespace, mean: list[float] | None, std: list[float] | None
+) -> tuple['nn.Module', 'CheckpointMetadata']:
+    """The model and its metadata, the flags overriding the checkpoint's."""
+    from ..inference import load_segmentation_checkpoint
+
     model, metadata = load_segmentation_checkpoint(args.model)
     metadata = metadata.replace(
         bands=args.bands, band_mean=mean, band_std=std, class_names=args.class_names
     )
+    return model, metadata
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The tiling options of predict_raster given on the command line."""
+    return {
+        'tile_size': args.tile_size,
+        'overlap': args.overlap,
+        'batch_size': args.batch_size,
+        'nodata': args.nodata,
+    }
+
+
+def _predict_scene(
+    args: argparse.Namespace,
+    source: str,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> None:
+    """Predict one scene in this process and say what was written."""
+    from ..inference import predict_raster
+
+    model, metadata = _load(args, mean, std)
     with _sigterm_interrupts():
         summary = predict_raster(
             model,
             metadata,
-            args.source,
+            source,
             args.out,
             probabilities=args.probabilities,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
             device=args.device,
-            nodata=args.nodata,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            **_options(args),
         )
     if not args.quiet:
         print(
@@ -174,3 +299,73 @@ def run(args: argparse.Namespace) -> None:
             f'tiles: {summary.tiles}, {summary.skipped_tiles} of them without data; '
             f'{summary.seconds:.1f} s'
         )
+
+
+def _predict_scenes(
+    args: argparse.Namespace,
+    jobs: list['SceneJob'],
+    folder: bool,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> None:
+    """Predict scenes, over several processes if asked; report and index them."""
+    from ..inference.scenes import (
+        FOOTPRINTS,
+        SceneResult,
+        format_summary,
+        gather_results,
+        predict_scenes,
+        start_processes,
+    )
+
+    rank, world_size, device = 0, 1, args.device
+    if _several_processes(args):
+        devices = args.devices or 'auto'
+        fabric = start_processes(
+            accelerator=args.accelerator or 'auto',
+            devices=int(devices) if devices.isdigit() else devices,
+            num_nodes=args.num_nodes or 1,
+        )
+        rank, world_size, device = fabric.global_rank, fabric.world_size, fabric.device
+    model, metadata = _load(args, mean, std)
+    prefix = f'[process {rank}] ' if world_size > 1 else ''
+
+    def report(result: SceneResult) -> None:
+        if result.status == 'failed':
+            print(f'glcgeo: {prefix}{result.error}', file=sys.stderr, flush=True)
+        elif not args.quiet:
+            print(
+                f'{prefix}{result.job.destination}: {result.status} '
+                f'({result.seconds:.1f} s)',
+                flush=True,
+            )
+
+    with _sigterm_interrupts():
+        results = predict_scenes(
+            model,
+            metadata,
+            jobs,
+            rank=rank,
+            world_size=world_size,
+            skip_complete=folder,
+            overwrite=args.overwrite,
+            report=report,
+            device=device,
+            progress=not args.quiet and world_size == 1,
+            **_options(args),
+        )
+    results = gather_results(results)
+    if rank != 0:
+        return  # the first process reports for all
+    index = os.path.join(args.out, FOOTPRINTS)
+    if folder:
+        from ..inference.scenes import write_footprints
+
+        write_footprints(results, index)
+    if not args.quiet:
+        print(format_summary(results))
+        if folder:
+            print(f'footprints of the maps (one layer): {index}')
+    failed = sum(result.status == 'failed' for result in results)
+    if failed:
+        raise GlcgeoError(f'{failed} of {len(results)} scenes failed (see above)')

@@ -1,0 +1,382 @@
+"""Predicting many scenes: one map per scene, resumable, over several processes.
+
+:func:`scene_jobs` names each scene's outputs (``OUT/<input stem>.tif``) and refuses
+two scenes that would share one. :func:`predict_scenes` predicts one process's
+share of them: a scene whose map already stands under its name is skipped (maps
+are only ever renamed into place once complete, so a killed run resumes where it
+stopped), and a scene that fails is reported while the others go on.
+:func:`start_processes` starts the processes with Lightning Fabric (as Lightning
+launches DDP: itself, or under ``torchrun`` or SLURM), and :func:`gather_results`
+brings every process's results to each. :func:`write_footprints` indexes the maps
+in one GeoPackage layer and :func:`format_summary` tabulates the run.
+
+Example::
+
+    jobs = scene_jobs(expand(['scenes/']), 'maps/', folder=True)
+    results = predict_scenes(model, metadata, jobs)
+    write_footprints(results, 'maps/footprints.gpkg')
+    print(format_summary(results))
+
+Each scene is predicted whole by one process; scenes are dealt to processes in
+turn (process *r* of *n* takes scenes *r*, *r + n*, ...).
+"""
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import rasterio
+import rasterio.errors
+from torch import nn
+
+from ..checkpoints import CheckpointMetadata
+from ..errors import GlcgeoError
+from ..outputs import atomic_write
+from ..sources import stem
+from .predict import predict_raster
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+__all__ = [
+    'FOOTPRINTS',
+    'FOOTPRINT_CRS',
+    'SceneJob',
+    'SceneResult',
+    'format_summary',
+    'gather_results',
+    'predict_scenes',
+    'scene_jobs',
+    'start_processes',
+    'write_footprints',
+]
+
+#: File name of the footprint index in an output folder.
+FOOTPRINTS = 'footprints.gpkg'
+#: The one CRS of the footprint index: longitude and latitude (WGS 84).
+FOOTPRINT_CRS = 'EPSG:4326'
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to predict and where its outputs go.
+
+    Attributes:
+        source: the input raster, a local file or a URL.
+        destination: the class map to write.
+        probabilities: the per-class percentages to write, if any.
+
+    """
+
+    source: str
+    destination: str
+    probabilities: str | None = None
+
+    @property
+    def outputs(self) -> list[str]:
+        """The files the scene is written to, the class map first."""
+        return [self.destination] + ([self.probabilities] if self.probabilities else [])
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What became of a scene.
+
+    Attributes:
+        job: the scene.
+        status: ``'predicted'``, ``'skipped'`` (its outputs were complete) or
+            ``'failed'``.
+        width: map width in pixels (None when failed).
+        height: map height in pixels (None when failed).
+        seconds: wall-clock time spent on the scene.
+        error: why it failed, in one line.
+
+    """
+
+    job: SceneJob
+    status: str
+    width: int | None = None
+    height: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def scene_jobs(
+    sources: Sequence[str],
+    out: str | os.PathLike[str],
+    probabilities: str | os.PathLike[str] | None = None,
+    *,
+    folder: bool,
+) -> list[SceneJob]:
+    """Name the outputs of each scene.
+
+    Args:
+        sources: the input rasters (see :func:`glcgeo.sources.expand`).
+        out: the class map of the one scene, or (*folder*) the folder that
+            receives ``<input stem>.tif`` of each scene.
+        probabilities: as *out*, for per-class percentages; None for none.
+        folder: whether *out* and *probabilities* are folders.
+
+    Returns:
+        one job per source, in the order of *sources*.
+
+    Raises:
+        GlcgeoError: for several sources without *folder*, or two sources with
+            the same stem (they would share an output).
+    """
+    if not folder:
+        if len(sources) != 1:
+            raise GlcgeoError(f'{len(sources)} input scenes need an output folder')
+        extra = os.fspath(probabilities) if probabilities is not None else None
+        return [SceneJob(sources[0], os.fspath(out), extra)]
+    by_stem: dict[str, str] = {}
+    jobs = []
+    for source in sources:
+        name = stem(source)
+        if name in by_stem:
+            raise GlcgeoError(
+                f'{by_stem[name]} and {source} would both be written to '
+                f'{name}.tif: predict them into different folders'
+            )
+        by_stem[name] = source
+        jobs.append(
+            SceneJob(
+                source,
+                os.path.join(out, f'{name}.tif'),
+                None
+                if probabilities is None
+                else os.path.join(probabilities, f'{name}.tif'),
+            )
+        )
+    return jobs
+
+
+def _size(path: str) -> tuple[int, int]:
+    """(width, height) of a raster file."""
+    with rasterio.open(path) as src:
+        return src.width, src.height
+
+
+def predict_scenes(
+    model: nn.Module,
+    metadata: CheckpointMetadata,
+    jobs: Sequence[SceneJob],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_complete: bool = True,
+    overwrite: bool = False,
+    report: Callable[[SceneResult], None] | None = None,
+    **options: Any,
+) -> list[SceneResult]:
+    """Predict one process's share of the scenes, each into its own map.
+
+    Args:
+        model: the segmentation model (see
+            :func:`~glcgeo.inference.predict_raster`).
+        metadata: the model's bands, normalisation and classes.
+        jobs: all the scenes, in the same order in every process.
+        rank: this process's rank; it takes scenes ``rank``, ``rank +
+            world_size``, ...
+        world_size: number of processes.
+        skip_complete: skip a scene whose outputs all exist (unless
+            *overwrite*): a file under an output's name is complete.
+        overwrite: predict every scene, replacing existing outputs.
+        report: called with each scene's result as soon as it is known.
+        options: keyword arguments of :func:`~glcgeo.inference.predict_raster`
+            (``tile_size``, ``overlap``, ``batch_size``, ``device``, ``nodata``,
+            ``progress``).
+
+    Returns:
+        the results of this process's scenes, in job order.
+    """
+    results = []
+    for job in jobs[rank::world_size]:
+        start = time.perf_counter()
+        if skip_complete and not overwrite and all(map(os.path.exists, job.outputs)):
+            result = SceneResult(job, 'skipped', *_size(job.destination))
+        else:
+            try:
+                summary = predict_raster(
+                    model,
+                    metadata,
+                    job.source,
+                    job.destination,
+                    probabilities=job.probabilities,
+                    overwrite=overwrite,
+                    **options,
+                )
+                result = SceneResult(
+                    job, 'predicted', summary.width, summary.height, summary.seconds
+                )
+            except (GlcgeoError, rasterio.errors.RasterioError, OSError) as error:
+                message = str(error).splitlines()[0] if str(error) else repr(error)
+                if not isinstance(error, GlcgeoError):
+                    message = f'{job.source}: {message}'
+                seconds = time.perf_counter() - start
+                result = SceneResult(job, 'failed', seconds=seconds, error=message)
+        results.append(result)
+        if report is not None:
+            report(result)
+    return results
+
+
+def start_processes(
+    accelerator: str = 'auto',
+    devices: int | str = 'auto',
+    num_nodes: int = 1,
+) -> 'Fabric':
+    """Start the prediction processes, as Lightning starts DDP training.
+
+    Run as a script, the calling process re-runs its own command line once per
+    other device (so every process reaches this call); under ``torchrun`` or
+    SLURM the launcher has started them. Processes on CPU talk through gloo.
+
+    Args:
+        accelerator: ``cpu``, ``gpu``, ``cuda`` or ``auto``.
+        devices: devices (processes) per node, or ``auto``.
+        num_nodes: machines.
+
+    Returns:
+        this process's Fabric: ``global_rank``, ``world_size`` and ``device``.
+
+    Raises:
+        GlcgeoError: if Lightning cannot use the accelerator or devices.
+    """
+    from lightning.fabric import Fabric
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        fabric = Fabric(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy='ddp' if devices != 1 or num_nodes != 1 else 'auto',
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0]
+        raise GlcgeoError(f'cannot start the processes ({reason})') from None
+    fabric.launch()
+    return fabric
+
+
+def gather_results(results: list[SceneResult]) -> list[SceneResult]:
+    """Every process's results, in job order (all processes must call it).
+
+    Args:
+        results: this process's results.
+
+    Returns:
+        the results of all processes (*results* itself in one process).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return results
+    shares: list[list[SceneResult] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, results)
+    world_size = len(shares)
+    # Process r predicted jobs r, r + n, ...: deal them back in turn.
+    ordered: list[SceneResult] = []
+    for index in range(sum(len(share or []) for share in shares)):
+        share = shares[index % world_size]
+        assert share is not None
+        ordered.append(share[index // world_size])
+    return ordered
+
+
+def _footprint(path: str) -> Any:
+    """The outline of a raster's extent in :data:`FOOTPRINT_CRS`, or None."""
+    import geopandas as gpd
+    import shapely
+
+    try:
+        with rasterio.open(path) as src:
+            bounds, crs = src.bounds, src.crs
+    except rasterio.errors.RasterioIOError:
+        return None
+    # 16 vertices along each side follow the sides' curvature in longitude and
+    # latitude.
+    side = max(bounds.right - bounds.left, bounds.top - bounds.bottom)
+    outline = shapely.segmentize(shapely.box(*bounds), side / 16)
+    return gpd.GeoSeries([outline], crs=crs).to_crs(FOOTPRINT_CRS).iloc[0]
+
+
+def write_footprints(results: Sequence[SceneResult], path: str) -> None:
+    """Write a GeoPackage layer of the maps' footprints, for GIS (e.g. QGIS).
+
+    One feature per scene: the outline of its map's extent in
+    :data:`FOOTPRINT_CRS`, with ``scene`` (the input), ``location`` (the map
+    file), ``status``, ``width``, ``height``, ``seconds`` and ``error``; a failed
+    scene has no geometry. The file is written whole (temporary name, rename).
+
+    Args:
+        results: the scenes' results.
+        path: the ``.gpkg`` file (layer ``footprints``).
+    """
+    import geopandas as gpd
+
+    rows = [
+        {
+            'scene': result.job.source,
+            'location': os.path.abspath(result.job.destination),
+            'status': result.status,
+            'width': result.width,
+            'height': result.height,
+            'seconds': round(result.seconds, 3),
+            'error': result.error,
+            'geometry': None
+            if result.status == 'failed'
+            else _footprint(result.job.destination),
+        }
+        for result in results
+    ]
+    frame = gpd.GeoDataFrame(rows, geometry='geometry', crs=FOOTPRINT_CRS)
+    with atomic_write(path) as temporary, warnings.catch_warnings():
+        # The temporary name lacks the .gpkg extension the final name has.
+        warnings.filterwarnings('ignore', message='The filename extension should be')
+        frame.to_file(temporary, driver='GPKG', layer='footprints')
+
+
+def format_summary(results: Sequence[SceneResult]) -> str:
+    """Tabulate a run: scene, pixels, seconds and status, one scene per line.
+
+    Args:
+        results: the scenes' results.
+
+    Returns:
+        the table, with a total line and without a trailing newline.
+    """
+    rows = [
+        (
+            result.job.source,
+            '-' if result.width is None else f'{result.width} x {result.height}',
+            f'{result.seconds:.1f}',
+            result.status,
+        )
+        for result in results
+    ]
+    counts = {s: sum(r.status == s for r in results) for s in ('predicted', 'skipped')}
+    failed = len(results) - sum(counts.values())
+    pixels = sum((r.width or 0) * (r.height or 0) for r in results)
+    seconds = sum(r.seconds for r in results)
+    total = (
+        f'{len(results)} scenes',
+        f'{pixels / 1e6:.1f} Mpx',
+        f'{seconds:.1f}',
+        f'{counts["predicted"]} predicted, {counts["skipped"]} skipped, '
+        f'{failed} failed',
+    )
+    header = ('scene', 'pixels', 'seconds', 'status')
+    widths = [max(len(row[i]) for row in (header, *rows, total)) for i in range(3)]
+
+    def line(row: tuple[str, str, str, str]) -> str:
+        return (
+            f'{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  '
+            f'{row[2]:>{widths[2]}}  {row[3]}'
+        )
+
+    return '\n'.join(line(row) for row in (header, *rows, total))

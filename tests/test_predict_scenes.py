@@ -1,0 +1,318 @@
+"""``glcgeo predict`` over many scenes: folders and globs, resuming, failures, the
+footprint index, two processes, and scenes read by URL."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import rasterio.shutil
+from conftest import S2_TILE_A, fcn_task, save_task_checkpoint
+from pyproj import Transformer
+from rasterio.windows import Window
+from shapely.geometry import Point
+
+from glcgeo.cli import main
+
+#: Windows (column, row) of tile A cut into the small scenes, 180 x 150 pixels.
+CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200), 'sub/crop2.tif': (100, 400)}
+MAPS = ['crop0.tif', 'crop1.tif', 'crop2.tif']
+
+
+def predict(*args: object) -> int:
+    """``glcgeo predict`` in this process; its exit status."""
+    return main(['predict', *map(str, args)])
+
+
+@pytest.fixture(scope='module')
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three small Sentinel-2 scenes, one in a subfolder."""
+    folder = tmp_path_factory.mktemp('scenes')
+    with rasterio.open(S2_TILE_A) as src:
+        for name, (col, row) in CROPS.items():
+            window = Window(col, row, 180, 150)
+            profile = src.profile | {
+                'width': 180,
+                'height': 150,
+                'transform': src.window_transform(window),
+                'blockxsize': 64,
+                'blockysize': 64,
+            }
+            (folder / name).parent.mkdir(exist_ok=True)
+            with rasterio.open(folder / name, 'w', **profile) as dst:
+                dst.write(src.read(window=window))
+    return folder
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-band FCN checkpoint with band statistics (a glcgeo-style checkpoint)."""
+    task = fcn_task(4, 6)
+    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
+    return save_task_checkpoint(task, tmp_path_factory.mktemp('model') / 'fcn.ckpt')
+
+
+@pytest.fixture(scope='module')
+def single_maps(
+    tmp_path_factory: pytest.TempPathFactory, scenes: Path, checkpoint: Path
+) -> dict[str, bytes]:
+    """Each scene's map predicted alone (one scene, one file), as bytes."""
+    folder = tmp_path_factory.mktemp('single')
+    maps = {}
+    for name in CROPS:
+        out = folder / Path(name).name
+        assert predict('--in', scenes / name, '--out', out, '--model', checkpoint,
+                       '--quiet') == 0  # fmt: skip
+        maps[out.name] = out.read_bytes()
+    return maps
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {name: (folder / name).stat().st_mtime_ns for name in MAPS}
+
+
+def test_folder_gives_a_map_per_scene_and_a_footprint_index(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    single_maps: dict[str, bytes],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / 'maps'
+    assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
+    assert sorted(os.listdir(out)) == [*MAPS, 'footprints.gpkg']
+    for name in MAPS:
+        assert (out / name).read_bytes() == single_maps[name]
+    table = capsys.readouterr().out
+    assert re.search(r'crop1\.tif +180 x 150 +[\d.]+ +predicted', table)
+    assert '3 predicted, 0 skipped, 0 failed' in table
+    index = gpd.read_file(out / 'footprints.gpkg', layer='footprints')
+    assert index.crs.to_epsg() == 4326 and len(index) == 3
+    assert set(index['status']) == {'predicted'}
+    to_degrees = Transformer.from_crs('EPSG:32618', 'EPSG:4326', always_xy=True)
+    for row in index.itertuples():
+        assert Path(row.location) == out / Path(row.scene).name
+        with rasterio.open(row.location) as dst:
+            centre = dst.xy(dst.height // 2, dst.width // 2)
+        assert row.geometry.contains(Point(to_degrees.transform(*centre)))
+
+    # A killed run leaves complete maps and temporary files: a rerun predicts
+    # only the scenes without a map.
+    os.remove(out / 'crop1.tif')
+    (out / '.crop1.tif.123-abcd.partial').write_bytes(b'cut short')
+    before = {n: (out / n).stat().st_mtime_ns for n in ('crop0.tif', 'crop2.tif')}
+    assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
+    assert '1 predicted, 2 skipped, 0 failed' in capsys.readouterr().out
+    assert (out / 'crop1.tif').read_bytes() == single_maps['crop1.tif']
+    assert before == {n: (out / n).stat().st_mtime_ns for n in before}
+    index = gpd.read_file(out / 'footprints.gpkg')
+    assert sorted(index['status']) == ['predicted', 'skipped', 'skipped']
+    assert index.geometry.notna().all()
+
+    # --overwrite predicts them all again.
+    assert predict('--in', scenes, '--out', out, '--model', checkpoint,
+                   '--overwrite', '--quiet') == 0  # fmt: skip
+    assert all(t > before.get(n, 0) for n, t in _mtimes(out).items())
+
+
+def test_files_and_globs_and_a_folder_path(
+    tmp_path: Path, scenes: Path, checkpoint: Path
+) -> None:
+    out = tmp_path / 'new' / 'maps'
+    status = predict('--in', scenes / 'crop0.tif', f'{scenes}/sub/*.tif',
+                     '--out', out, '--model', checkpoint, '--quiet')  # fmt: skip
+    assert status == 0
+    assert sorted(os.listdir(out)) == ['crop0.tif', 'crop2.tif', 'footprints.gpkg']
+    # One scene into a path ending in '/' is a folder too.
+    one = tmp_path / 'one'
+    assert predict('--in', scenes / 'crop1.tif', '--out', f'{one}/',
+                   '--model', checkpoint, '--quiet') == 0  # fmt: skip
+    assert sorted(os.listdir(one)) == ['crop1.tif', 'footprints.gpkg']
+
+
+def test_a_failed_scene_is_reported_and_the_others_go_on(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / 'scenes'
+    shutil.copytree(scenes, folder)
+    (folder / 'broken.tif').write_text('not a raster')
+    out = tmp_path / 'maps'
+    assert predict('--in', folder, '--out', out, '--model', checkpoint) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert errors[0].startswith(f'glcgeo: {folder / "broken.tif"}: not a readable')
+    assert errors[-1] == 'glcgeo: 1 of 4 scenes failed (see above)'
+    assert re.search(r'broken\.tif +- +[\d.]+ +failed', captured.out)
+    assert sorted(os.listdir(out)) == [*MAPS, 'footprints.gpkg']
+    index = gpd.read_file(out / 'footprints.gpkg')
+    failed = index[index['status'] == 'failed']
+    assert len(failed) == 1 and failed.geometry.isna().all()
+    assert 'not a readable raster' in failed['error'].iloc[0]
+    # Fixed, the rerun predicts it and skips the others.
+    shutil.copy(folder / 'crop0.tif', folder / 'broken.tif')
+    assert predict('--in', folder, '--out', out, '--model', checkpoint) == 0
+    assert '1 predicted, 3 skipped, 0 failed' in capsys.readouterr().out
+
+
+def test_scenes_sharing_a_name_or_their_folder_are_refused(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = tmp_path / 'other'
+    other.mkdir()
+    shutil.copy(scenes / 'crop0.tif', other / 'crop0.tif')
+    out = tmp_path / 'maps'
+    assert predict('--in', scenes, other, '--out', out, '--model', checkpoint) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert f'{scenes / "crop0.tif"} and {other / "crop0.tif"} would both be' in err
+    assert not out.exists()
+    # Maps written beside their scenes would replace them.
+    copy = tmp_path / 'copy'
+    shutil.copytree(scenes, copy)
+    assert predict('--in', copy / 'crop0.tif', copy / 'crop1.tif', '--out', copy,
+                   '--model', checkpoint) == 2  # fmt: skip
+    assert 'output and input must be different files' in capsys.readouterr().err
+    assert (copy / 'crop0.tif').read_bytes() == (scenes / 'crop0.tif').read_bytes()
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_maps_of_one(
+    tmp_path: Path, scenes: Path, checkpoint: Path, single_maps: dict[str, bytes]
+) -> None:
+    out = tmp_path / 'maps'
+    command = [
+        sys.executable, '-m', 'glcgeo', 'predict', '--in', str(scenes),
+        '--out', str(out), '--model', str(checkpoint),
+        '--accelerator', 'cpu', '--devices', '2',
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Each scene written once, by one process: scenes 0 and 2 by process 0.
+    lines = [line for line in run.stdout.splitlines() if line.startswith('[process')]
+    assert len(lines) == 3, run.stdout + run.stderr[-3000:]
+    assert sum(line.startswith('[process 1]') for line in lines) == 1
+    for name in MAPS:
+        assert (out / name).read_bytes() == single_maps[name]
+    assert len(gpd.read_file(out / 'footprints.gpkg')) == 3
+    before = _mtimes(out)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert '0 predicted, 3 skipped, 0 failed' in rerun.stdout
+    assert _mtimes(out) == before
+
+
+# Scenes by URL.
+
+
+@pytest.fixture(scope='module')
+def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server that serves byte ranges, as object stores do.
+
+    Yields:
+        (its URL, the folder it serves, holding ``s2.tif``: tile A as a COG).
+    """
+    root = tmp_path_factory.mktemp('served')
+    rasterio.shutil.copy(S2_TILE_A, root / 's2.tif', driver='COG')
+    requests: list[str] = []
+
+    class RangeHandler(BaseHTTPRequestHandler):
+        """GET and HEAD of files, honouring ``Range: bytes=first-last``."""
+
+        def do_HEAD(self) -> None:
+            self.serve(body=False)
+
+        def do_GET(self) -> None:
+            self.serve(body=True)
+
+        def serve(self, body: bool) -> None:
+            path = root / self.path.split('?')[0].lstrip('/')
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            first, last = 0, len(data) - 1
+            requested = re.fullmatch(r'bytes=(\d+)-(\d*)', self.headers['Range'] or '')
+            if requested:
+                first = int(requested[1])
+                last = min(int(requested[2] or last), last)
+                self.send_response(206)
+                self.send_header('Content-Range', f'bytes {first}-{last}/{len(data)}')
+            else:
+                self.send_response(200)
+            self.send_header('Accept-Ranges', 'bytes')
+            self.send_header('Content-Length', str(last - first + 1))
+            self.end_headers()
+            if body:
+                requests.append(self.headers['Range'] or 'whole')
+                self.wfile.write(data[first : last + 1])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(('127.0.0.1', 0), RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{server.server_port}', root
+    server.shutdown()
+    server.server_close()
+    # GDAL read the COG by byte ranges, never whole.
+    assert requests and 'whole' not in requests
+
+
+def test_a_scene_by_url_gives_the_local_map(
+    tmp_path: Path,
+    http_root: tuple[str, Path],
+    checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1')
+    url, root = http_root
+    local, remote = tmp_path / 'local.tif', tmp_path / 'remote.tif'
+    assert predict('--in', root / 's2.tif', '--out', local, '--model', checkpoint,
+                   '--quiet') == 0  # fmt: skip
+    assert predict('--in', f'{url}/s2.tif', '--out', remote, '--model', checkpoint,
+                   '--quiet') == 0  # fmt: skip
+    with rasterio.open(local) as a, rasterio.open(remote) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.profile == b.profile
+    # Among several scenes, a URL's map is named after the file in its path.
+    out = tmp_path / 'maps'
+    status = predict('--in', f'{url}/s2.tif?version=2', f'{url}/missing.tif',
+                     '--out', out, '--model', checkpoint)  # fmt: skip
+    assert status == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f'glcgeo: {url}/missing.tif: cannot open the URL')
+    assert 'no such' not in err[0]
+    with rasterio.open(out / 's2.tif') as dst, rasterio.open(local) as a:
+        np.testing.assert_array_equal(dst.read(), a.read())
+
+
+def test_an_unreachable_url_is_one_line_naming_it(
+    tmp_path: Path,
+    http_root: tuple[str, Path],
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f'{http_root[0]}/nothing/here.tif'
+    out = tmp_path / 'map.tif'
+    assert predict('--in', url, '--out', out, '--model', checkpoint) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'glcgeo: {url}: cannot open the URL as a raster (')
+    assert err.count('\n') == 1 and '/vsicurl/' not in err
+    assert os.listdir(tmp_path) == []
