@@ -1,6 +1,8 @@
 """Checkpoints: the metadata schema, every layout, and each as a fine-tuning start."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,6 +14,7 @@ from torchgeo.tasks import MoCo, SemanticSegmentation, SimCLR
 from glcgeo.checkpoints import (
     BandMetadata,
     CheckpointMetadata,
+    build_segmentation_model,
     checkpoint_kind,
     read_checkpoint,
     read_weights,
@@ -200,3 +203,30 @@ def test_model_checkpoint_keeps_weights_and_metadata_only(
     }  # fmt: skip
     assert written['hyper_parameters']['band_std'] == STATS['band_std']
     assert not [name for name in os.listdir(path.parent) if '.partial' in name]
+
+
+@pytest.mark.parametrize('model', ['unet', 'deeplabv3+', 'upernet', 'fcn'])
+def test_segmentation_models_are_built_as_torchgeo_builds_them(model: str) -> None:
+    hparams = {'model': model, 'backbone': 'resnet18', 'in_channels': 4}
+    torch.manual_seed(0)
+    task = SemanticSegmentation(**hparams, num_classes=3, num_filters=8)
+    built = build_segmentation_model({**task.hparams, 'weights': True})
+    built.load_state_dict(task.model.state_dict())  # strictly: the same network
+    x = torch.randn(2, 4, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(built.eval()(x), task.model.eval()(x))
+
+
+def test_loading_a_smp_checkpoint_skips_torchgeo_tasks(tmp_path: Path) -> None:
+    task = FinetuneTask(model='unet', backbone='resnet18', in_channels=4, num_classes=3)
+    path = save_task(task, tmp_path / 'model.ckpt')
+    code = (
+        'import sys; from glcgeo.inference import load_segmentation_checkpoint; '
+        f'load_segmentation_checkpoint({str(path)!r}); '
+        "print('torchgeo.tasks' in sys.modules, 'lightning' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['False', 'False']

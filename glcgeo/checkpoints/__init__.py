@@ -11,7 +11,7 @@ from .metadata import (
     default_palette,
     read_band_metadata,
 )
-from .segmentation import load_segmentation_checkpoint
+from .segmentation import build_segmentation_model, load_segmentation_checkpoint
 from .weights import (
     PretrainedWeights,
     checkpoint_kind,
@@ -25,6 +25,7 @@ __all__ = [
     'BandMetadata',
     'CheckpointMetadata',
     'PretrainedWeights',
+    'build_segmentation_model',
     'checkpoint_kind',
     'default_palette',
     'load_segmentation_checkpoint',

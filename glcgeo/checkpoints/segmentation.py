@@ -6,28 +6,60 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
-from torchgeo.tasks import SemanticSegmentation
 
 from ..errors import GlcgeoError
 from .files import read_checkpoint, state_dict_part
 from .metadata import CheckpointMetadata
 
-__all__ = ['load_segmentation_checkpoint']
+__all__ = ['build_segmentation_model', 'load_segmentation_checkpoint']
 
 StrPath = str | os.PathLike[str]
 
 #: The tasks whose outputs give one class per pixel.
 SUPPORTED_TASKS = ('multiclass', 'binary')
 
+#: TorchGeo's SemanticSegmentation architectures that are plain
+#: segmentation_models_pytorch classes, built the way TorchGeo builds them.
+SMP_ARCHITECTURES = {
+    'unet': 'Unet',
+    'deeplabv3+': 'DeepLabV3Plus',
+    'upernet': 'UPerNet',
+    'segformer': 'Segformer',
+    'dpt': 'DPT',
+}
 
-def _task_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Select the hyperparameters that TorchGeo's SemanticSegmentation accepts."""
+
+def build_segmentation_model(hparams: Mapping[str, Any]) -> nn.Module:
+    """Build the network of a SemanticSegmentation checkpoint, with random weights.
+
+    smp architectures are built directly, exactly as TorchGeo's
+    SemanticSegmentation builds them (importing ``torchgeo.tasks`` takes seconds);
+    others (``fcn``) by TorchGeo's task itself. Pretrained weights are never
+    downloaded: the checkpoint's own replace them.
+
+    Args:
+        hparams: the checkpoint's hyperparameters (``model``, ``backbone``,
+            ``in_channels``, ``num_classes`` or ``num_labels``, ...).
+
+    Returns:
+        the network, taking [B, C, H, W] and returning [B, K, H, W] logits.
+    """
+    if hparams['model'] in SMP_ARCHITECTURES:
+        import segmentation_models_pytorch as smp
+
+        architecture = getattr(smp, SMP_ARCHITECTURES[hparams['model']])
+        module: nn.Module = architecture(
+            encoder_name=hparams['backbone'],
+            encoder_weights=None,
+            in_channels=hparams['in_channels'],
+            classes=hparams.get('num_classes') or hparams.get('num_labels') or 1,
+        )
+        return module
+    from torchgeo.tasks import SemanticSegmentation
+
     accepted = inspect.signature(SemanticSegmentation.__init__).parameters
     arguments = {k: v for k, v in hparams.items() if k in accepted}
-    # Build the architecture only: pretrained weights are replaced by the
-    # checkpoint's own, and must never be downloaded.
-    arguments['weights'] = None
-    return arguments
+    return SemanticSegmentation(**{**arguments, 'weights': None}).model
 
 
 def load_segmentation_checkpoint(
@@ -35,8 +67,9 @@ def load_segmentation_checkpoint(
 ) -> tuple[nn.Module, CheckpointMetadata]:
     """Load a segmentation model and its metadata from a Lightning checkpoint.
 
-    The model is rebuilt by TorchGeo's own task class with random initial weights
-    (never downloaded), then the checkpoint's weights are loaded strictly.
+    The model is rebuilt as TorchGeo's task builds it, with random initial weights
+    (:func:`build_segmentation_model`), then the checkpoint's weights are loaded
+    strictly.
 
     Args:
         path: a glcgeo fine-tuning or TorchGeo SemanticSegmentation checkpoint.
@@ -63,7 +96,7 @@ def load_segmentation_checkpoint(
     if task not in SUPPORTED_TASKS:
         raise GlcgeoError(f'{task} checkpoints are not supported', path)
     try:
-        module = SemanticSegmentation(**_task_arguments(hparams)).model
+        module = build_segmentation_model(hparams)
         module.load_state_dict(state_dict_part(state_dict, 'model.'))
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         reason = str(e).splitlines()[0]

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchgeo.tasks.utils import extract_backbone
 
 from ..errors import GlcgeoError
 from ..models import GLCNet
@@ -255,6 +254,9 @@ def write_weights(weights: PretrainedWeights, path: StrPath) -> PretrainedWeight
     Returns:
         *weights*, with the hyperparameters written.
     """
+    # Only writing weights needs TorchGeo's tasks, whose import takes seconds.
+    from torchgeo.tasks.utils import extract_backbone
+
     # TorchGeo takes its 'model' branch when hyper_parameters name a 'model', which
     # would read these keys wrongly: keep only plain settings, never 'model'.
     hyper_parameters: dict[str, Any] = {

@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package and exposes
 ``add_parser(subparsers)`` (which registers it and sets ``func``) so commands stay
-independent of each other.
+independent of each other. Command modules import torch, TorchGeo, Lightning and
+rasterio inside the function that runs the command, never at the top: ``glcgeo
+--help`` and every ``--help`` answer at once.
 """
 
 import argparse
@@ -142,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings('ignore', message=r'`isinstance\(treespec, LeafSpec\)`')
     if getattr(args, 'quiet', False):
         # --quiet silences Lightning's information lines too (devices, tips).
-        logging.getLogger('lightning.pytorch').setLevel(logging.WARNING)
+        for name in ('lightning.pytorch', 'lightning.fabric'):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.func(args)
     except GlcgeoError as error:

@@ -3,8 +3,6 @@
 import argparse
 from typing import Any
 
-from ..export import export_weights
-
 
 def add_parser(subparsers: Any) -> None:
     """Register ``glcgeo export``.
@@ -40,6 +38,8 @@ def run(args: argparse.Namespace) -> None:
     Args:
         args: parsed ``checkpoint``, ``out`` and ``overwrite``.
     """
+    from ..export import export_weights
+
     weights = export_weights(args.checkpoint, args.out, overwrite=args.overwrite)
     decoder = (
         'ASPP' if all(k.startswith('aspp.') for k in weights.decoder) else 'decoder'

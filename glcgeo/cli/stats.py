@@ -2,13 +2,15 @@
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..datasets import GeoTiffMosaic, expand_paths
 from ..errors import GlcgeoError
 from ..outputs import check_destination
-from ..stats import BandStats, compute_band_stats
+from ..sources import expand
 from . import HelpFormatter
+
+if TYPE_CHECKING:
+    from ..stats import BandStats
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def format_table(stats: BandStats, names: list[str]) -> str:
+def format_table(stats: 'BandStats', names: list[str]) -> str:
     """Format statistics as a plain-text table, one band per row.
 
     Args:
@@ -72,8 +74,11 @@ def run(args: argparse.Namespace) -> None:
     """
     import torch
 
+    from ..datasets import GeoTiffMosaic
+    from ..stats import compute_band_stats
+
     out = os.path.abspath(args.out)
-    check_destination(out, args.overwrite, inputs=expand_paths(args.data))
+    check_destination(out, args.overwrite, inputs=expand(args.data))
     if args.windows < 1 or args.window_size < 1:
         raise GlcgeoError('--windows and --window-size must be >= 1')
     dataset = GeoTiffMosaic(

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from .variants import ABLATIONS, MATCHINGS
+
 __all__ = [
     'ABLATIONS',
     'MATCHINGS',
@@ -14,12 +16,6 @@ __all__ = [
     'pool_regions',
     'style_vector',
 ]
-
-#: Model variants of the paper: the full model and its three ablations.
-ABLATIONS = ('full', 'no_style', 'global_only', 'local_only')
-
-#: How matched regions are placed in the two views.
-MATCHINGS = ('ground', 'centre')
 
 
 def style_vector(
