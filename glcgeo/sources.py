@@ -1,18 +1,16 @@
-"""Where rasters come from: local files, folders and globs, or URLs GDAL opens.
+"""Where rasters come from: local files, folders and globs, or URLs GDAL reads.
 
-A *source* is a string naming a raster: a local file, or a URL that GDAL reads by
-byte ranges (``http(s)://``, ``s3://``, ``gs://``, or a GDAL virtual file system
-path such as ``/vsicurl/...`` or ``/vsizip/...``). This module tells them apart and
-turns them into what GDAL opens; it imports nothing heavy, so the command line can
-use it before choosing what to load.
+A *source* names a raster: a local file, or a URL that GDAL reads by byte ranges
+(``http(s)://``, ``s3://``, ``gs://``, or a GDAL virtual file system path such as
+``/vsicurl/...``, ``/vsis3/...`` or ``/vsizip/...``). :func:`expand` turns what a
+user gives (files, folders, globs, URLs) into sources; :func:`gdal_options` are
+the GDAL settings to open each, :func:`exists` and :func:`stem` what can be told
+of one without opening it. This module imports nothing heavy.
 
 Example::
 
-    from glcgeo.sources import expand, is_url, to_gdal_path
-
-    expand(['scenes/', 'more/*.tif', 'https://host/scene.tif'])
-    # ['/abs/scenes/a.tif', '/abs/more/b.tif', 'https://host/scene.tif']
-    rasterio.open(to_gdal_path('s3://bucket/scene.tif'))  # opens /vsis3/bucket/...
+    expand(['tiles/', 'more/*.tif', 's3://bucket/scene.tif'])
+    stem('https://host/a/scene.tif?sig=x')  # 'scene'
 
 .. versionadded:: 0.1
 """
@@ -25,10 +23,10 @@ from urllib.parse import urlsplit
 from .errors import GlcgeoError
 
 __all__ = [
-    'GDAL_URL_OPTIONS',
     'RASTER_SUFFIXES',
     'exists',
     'expand',
+    'gdal_options',
     'is_url',
     'stem',
     'to_gdal_path',
@@ -37,7 +35,7 @@ __all__ = [
 #: File name endings collected from folders by :func:`expand`.
 RASTER_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF', '.vrt', '.jp2')
 
-#: URL schemes -> the GDAL virtual file system reading them (as rasterio maps
+#: URL schemes -> the GDAL virtual file system that reads them (as rasterio maps
 #: them); ``http(s)`` URLs are kept whole behind ``/vsicurl/``.
 URL_PREFIXES = {
     'http': '/vsicurl/http://',
@@ -46,40 +44,44 @@ URL_PREFIXES = {
     'gs': '/vsigs/',
 }
 
-#: GDAL settings for reading Cloud Optimized GeoTIFFs over HTTP: no listing of the
-#: remote folder on open (one request instead of many), and neighbouring byte
-#: ranges fetched in one request.
+#: GDAL settings for remote rasters (Cloud Optimized GeoTIFFs): no listing of the
+#: remote folder at each open (one request instead of many, side-car files are
+#: not looked for), and neighbouring byte ranges fetched in one request.
 GDAL_URL_OPTIONS = {
     'GDAL_DISABLE_READDIR_ON_OPEN': 'EMPTY_DIR',
     'GDAL_HTTP_MERGE_CONSECUTIVE_RANGES': 'YES',
 }
 
-StrPath = str | os.PathLike[str]
+#: GDAL settings for local rasters: GDAL lists a file's folder at each open to
+#: find side-car files (.ovr, .aux.xml, .msk); in a folder of N files that is N
+#: names per open. Looking them up by name instead keeps each open's cost flat.
+GDAL_LOCAL_OPTIONS = {'GDAL_DISABLE_READDIR_ON_OPEN': 'TRUE'}
 
 
-def is_url(source: StrPath) -> bool:
+def is_url(source: str | os.PathLike[str]) -> bool:
     """Whether a source is read through GDAL's network or virtual file systems.
 
     Args:
         source: a local path or a URL.
 
     Returns:
-        True for ``http(s)://``, ``s3://``, ``gs://`` URLs and ``/vsi...`` paths.
+        True for ``http(s)://``, ``s3://`` and ``gs://`` URLs and ``/vsi...``
+        paths.
     """
     text = os.fspath(source)
     return text.startswith('/vsi') or urlsplit(text).scheme in URL_PREFIXES
 
 
-def to_gdal_path(source: StrPath) -> str:
-    """The name GDAL (and :func:`rasterio.open`) opens a source by.
+def to_gdal_path(source: str | os.PathLike[str]) -> str:
+    """The GDAL virtual file system path of a source.
 
     Args:
         source: a local path or a URL.
 
     Returns:
         ``s3://b/k`` -> ``/vsis3/b/k``, ``gs://b/k`` -> ``/vsigs/b/k``,
-        ``https://h/k`` -> ``/vsicurl/https://h/k``; local paths and ``/vsi...``
-        paths unchanged.
+        ``https://h/k`` -> ``/vsicurl/https://h/k``; local and ``/vsi...`` paths
+        unchanged.
     """
     text = os.fspath(source)
     scheme = urlsplit(text).scheme
@@ -88,7 +90,19 @@ def to_gdal_path(source: StrPath) -> str:
     return URL_PREFIXES[scheme] + text.removeprefix(f'{scheme}://')
 
 
-def exists(source: StrPath) -> bool:
+def gdal_options(source: str) -> dict[str, str]:
+    """GDAL configuration options to open a source with.
+
+    Args:
+        source: a local path or a URL.
+
+    Returns:
+        :data:`GDAL_URL_OPTIONS` for a URL, else :data:`GDAL_LOCAL_OPTIONS`.
+    """
+    return GDAL_URL_OPTIONS if is_url(source) else GDAL_LOCAL_OPTIONS
+
+
+def exists(source: str | os.PathLike[str]) -> bool:
     """Whether a source may be opened, as far as can be told without opening it.
 
     Args:
@@ -101,7 +115,7 @@ def exists(source: StrPath) -> bool:
     return is_url(source) or os.path.exists(source)
 
 
-def stem(source: StrPath) -> str:
+def stem(source: str | os.PathLike[str]) -> str:
     """The name of a source without folder, query or extension.
 
     Args:
@@ -117,15 +131,19 @@ def stem(source: StrPath) -> str:
     return os.path.splitext(name)[0] or name
 
 
-def expand(paths: StrPath | Iterable[StrPath]) -> list[str]:
-    """Expand files, folders (searched recursively) and glob patterns; keep URLs.
+def expand(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[str]:
+    """Expand what a user names into sources.
+
+    Local files, folders (searched recursively for rasters) and glob patterns;
+    URLs and ``/vsi...`` paths, kept as given.
 
     Args:
-        paths: one or more local files, folders or glob patterns, and URLs.
+        paths: one or more of the above.
 
     Returns:
-        the local files (absolute) and the URLs (as given), sorted and
-        de-duplicated.
+        the local files (absolute) and the URLs, sorted and de-duplicated.
 
     Raises:
         GlcgeoError: if a local path does not exist, a folder holds no raster, a

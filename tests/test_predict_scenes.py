@@ -1,14 +1,12 @@
 """``glcgeo predict`` over many scenes: folders and globs, resuming, failures, the
-footprint index, two processes, and scenes read by URL."""
+footprint index, two processes, and scenes read by URL (sources' names)."""
 
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,6 +20,7 @@ from rasterio.windows import Window
 from shapely.geometry import Point
 
 from glcgeo.cli import main
+from glcgeo.sources import exists, expand, is_url, stem, to_gdal_path
 
 #: Windows (column, row) of tile A cut into the small scenes, 180 x 150 pixels.
 CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200), 'sub/crop2.tif': (100, 400)}
@@ -221,57 +220,24 @@ def test_two_processes_write_the_maps_of_one(
 
 @pytest.fixture(scope='module')
 def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A local HTTP server that serves byte ranges, as object stores do.
+    """A local HTTP server of byte ranges (tests/range_server.py, its own process).
 
     Yields:
         (its URL, the folder it serves, holding ``s2.tif``: tile A as a COG).
     """
     root = tmp_path_factory.mktemp('served')
     rasterio.shutil.copy(S2_TILE_A, root / 's2.tif', driver='COG')
-    requests: list[str] = []
-
-    class RangeHandler(BaseHTTPRequestHandler):
-        """GET and HEAD of files, honouring ``Range: bytes=first-last``."""
-
-        def do_HEAD(self) -> None:
-            self.serve(body=False)
-
-        def do_GET(self) -> None:
-            self.serve(body=True)
-
-        def serve(self, body: bool) -> None:
-            path = root / self.path.split('?')[0].lstrip('/')
-            if not path.is_file():
-                self.send_error(404)
-                return
-            data = path.read_bytes()
-            first, last = 0, len(data) - 1
-            requested = re.fullmatch(r'bytes=(\d+)-(\d*)', self.headers['Range'] or '')
-            if requested:
-                first = int(requested[1])
-                last = min(int(requested[2] or last), last)
-                self.send_response(206)
-                self.send_header('Content-Range', f'bytes {first}-{last}/{len(data)}')
-            else:
-                self.send_response(200)
-            self.send_header('Accept-Ranges', 'bytes')
-            self.send_header('Content-Length', str(last - first + 1))
-            self.end_headers()
-            if body:
-                requests.append(self.headers['Range'] or 'whole')
-                self.wfile.write(data[first : last + 1])
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(('127.0.0.1', 0), RangeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{server.server_port}', root
-    server.shutdown()
-    server.server_close()
-    # GDAL read the COG by byte ranges, never whole.
-    assert requests and 'whole' not in requests
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / 'range_server.py'), str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        yield f'http://127.0.0.1:{int(server.stdout.readline())}', root
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_scene_by_url_gives_the_local_map(
@@ -316,3 +282,30 @@ def test_an_unreachable_url_is_one_line_naming_it(
     assert err.startswith(f'glcgeo: {url}: cannot open the URL as a raster (')
     assert err.count('\n') == 1 and '/vsicurl/' not in err
     assert os.listdir(tmp_path) == []
+
+
+# How predict names its sources and finds them.
+
+URLS = {
+    'https://example.com/a/scene.tif?sig=x': '/vsicurl/https://example.com/a/scene.tif?sig=x',
+    's3://bucket/tiles/scene.tif': '/vsis3/bucket/tiles/scene.tif',
+    'gs://bucket/scene.tif': '/vsigs/bucket/scene.tif',
+    '/vsizip//data/scenes.zip/scene.tif': '/vsizip//data/scenes.zip/scene.tif',
+}
+
+
+@pytest.mark.parametrize('url', URLS)
+def test_urls_open_as_rasterio_opens_them_and_are_named_by_their_file(url: str) -> None:
+    from rasterio._path import _parse_path, _vsi_path
+
+    assert is_url(url) and exists(url) and stem(url) == 'scene'
+    assert to_gdal_path(url) == URLS[url] == _vsi_path(_parse_path(url))
+
+
+def test_local_sources_are_local(tmp_path: Path) -> None:
+    for path in (S2_TILE_A, 'relative/scene.tif', 'scene:2020.tif'):
+        assert not is_url(path) and to_gdal_path(path) == str(path)
+    assert exists(S2_TILE_A) and not exists(tmp_path / 'missing.tif')
+    assert stem(S2_TILE_A) == 'S2_L1C_18SUH_tileA_B02-B03-B04-B08'
+    url = 'https://example.com/scene.tif'
+    assert expand([S2_TILE_A, url, url]) == [str(S2_TILE_A), url]

@@ -33,7 +33,7 @@ from ..checkpoints import CheckpointMetadata
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..outputs import check_destination
-from ..sources import GDAL_URL_OPTIONS
+from ..sources import gdal_options
 from .blending import RowBandAccumulator, tile_weights
 from .reading import (
     SCENE_MARGIN,
@@ -241,7 +241,7 @@ def predict_raster(
     torch_device = resolve_device(device)
     model = model.eval().to(torch_device)
     with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **GDAL_URL_OPTIONS),
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
         open_source(source) as src,
     ):
         bands = input_bands(src, metadata, os.fspath(source))
