@@ -187,6 +187,11 @@ def test_scenes_sharing_a_name_or_their_folder_are_refused(
                    '--model', checkpoint) == 2  # fmt: skip
     assert 'output and input must be different files' in capsys.readouterr().err
     assert (copy / 'crop0.tif').read_bytes() == (scenes / 'crop0.tif').read_bytes()
+    # Several scenes into one file name.
+    assert predict('--in', scenes, '--out', tmp_path / 'map.tif',
+                   '--model', checkpoint) == 2  # fmt: skip
+    assert '--out must be a folder for several scenes' in capsys.readouterr().err
+    assert not (tmp_path / 'map.tif').exists()
 
 
 @pytest.mark.slow

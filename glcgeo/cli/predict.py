@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GlcgeoError
 from ..outputs import check_destination
-from ..sources import expand, is_url
+from ..sources import RASTER_SUFFIXES, expand, is_url
 
 if TYPE_CHECKING:
     from torch import nn
@@ -185,7 +185,8 @@ def _several_processes(args: argparse.Namespace) -> bool:
 
 def _make_folder(path: str, flag: str) -> None:
     """Create an output folder (and its parents) if it does not exist."""
-    if os.path.exists(path) and not os.path.isdir(path):
+    looks_like_a_file = not os.path.exists(path) and path.endswith(RASTER_SUFFIXES)
+    if looks_like_a_file or (os.path.exists(path) and not os.path.isdir(path)):
         raise GlcgeoError(f'{flag} must be a folder for several scenes', path)
     try:
         os.makedirs(path, exist_ok=True)

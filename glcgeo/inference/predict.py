@@ -370,7 +370,7 @@ def predict_dataset(
                     f'{metadata.in_channels}'
                 )
             # The patch's pixel window on the dataset's grid, from float64 bounds.
-            x, y, _ = cast(tuple[slice, slice, slice], query)
+            x, y = cast(tuple[slice, ...], query)[:2]
             row = round((y_bounds.stop - y.stop) / y_res)
             col = round((x.start - x_bounds.start) / x_res)
             yield query, dataset_patch(data, nodata, row, col, height, width)

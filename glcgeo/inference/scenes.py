@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import rasterio
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     'FOOTPRINTS',
     'FOOTPRINT_CRS',
+    'GATHER_TIMEOUT',
     'SceneJob',
     'SceneResult',
     'format_summary',
@@ -53,6 +55,9 @@ __all__ = [
     'start_processes',
     'write_footprints',
 ]
+
+#: How long a process that has done its scenes waits for the others.
+GATHER_TIMEOUT = timedelta(days=7)
 
 #: File name of the footprint index in an output folder.
 FOOTPRINTS = 'footprints.gpkg'
@@ -233,7 +238,8 @@ def start_processes(
 
     Run as a script, the calling process re-runs its own command line once per
     other device (so every process reaches this call); under ``torchrun`` or
-    SLURM the launcher has started them. Processes on CPU talk through gloo.
+    SLURM the launcher has started them. Processes on CPU talk through gloo; they
+    meet only in :func:`gather_results`, waiting up to :data:`GATHER_TIMEOUT`.
 
     Args:
         accelerator: ``cpu``, ``gpu``, ``cuda`` or ``auto``.
@@ -247,14 +253,18 @@ def start_processes(
         GlcgeoError: if Lightning cannot use the accelerator or devices.
     """
     from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    several = devices != 1 or num_nodes != 1
     try:
         fabric = Fabric(
             accelerator=accelerator,
             devices=devices,
             num_nodes=num_nodes,
-            strategy='ddp' if devices != 1 or num_nodes != 1 else 'auto',
+            # The processes meet once, when all their scenes are done: the one
+            # that finishes first may wait for hours, not DDP's 30 minutes.
+            strategy=DDPStrategy(timeout=GATHER_TIMEOUT) if several else 'auto',
         )
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         reason = str(error).splitlines()[0]
