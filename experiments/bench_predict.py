@@ -52,6 +52,7 @@ from torchgeo.tasks import SemanticSegmentation
 
 from glcgeo.inference import (
     CheckpointMetadata,
+    PredictionSummary,
     load_segmentation_checkpoint,
     predict_raster,
     prediction_grid,
@@ -130,12 +131,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
-    """Predict one scene, then time the bare forward; print a JSON line."""
-    model, metadata = load_segmentation_checkpoint(checkpoint)
-    timed = TimedModel(model)
-    summary = predict_raster(
-        timed,
+def predict(
+    model: torch.nn.Module,
+    metadata: CheckpointMetadata,
+    scene: Path,
+    out: Path,
+    device: str,
+) -> PredictionSummary:
+    """``predict_raster`` with the benchmark's tiles, replacing *out*."""
+    return predict_raster(
+        model,
         metadata,
         scene,
         out,
@@ -143,8 +148,16 @@ def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
         overlap=OVERLAP,
         batch_size=BATCH_SIZE,
         device=device,
+        overwrite=True,
         progress=False,
     )
+
+
+def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
+    """Predict one scene, then time the bare forward; print a JSON line."""
+    model, metadata = load_segmentation_checkpoint(checkpoint)
+    timed = TimedModel(model)
+    summary = predict(timed, metadata, scene, out, device)
     # ru_maxrss is in KiB on Linux: the peak of predicting, before the bound.
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     grid = prediction_grid(summary.height, summary.width, TILE_SIZE, OVERLAP)
@@ -222,18 +235,7 @@ def io_worker(scene: Path, folder: Path, device: str, repeats: int) -> None:
     predict_s, io_s = [], []
     out = folder / 'pointwise-map.tif'
     for _ in range(repeats):
-        summary = predict_raster(
-            model,
-            metadata,
-            scene,
-            out,
-            tile_size=TILE_SIZE,
-            overlap=OVERLAP,
-            batch_size=BATCH_SIZE,
-            device=device,
-            overwrite=True,
-            progress=False,
-        )
+        summary = predict(model, metadata, scene, out, device)
         predict_s.append(summary.seconds)
         with rasterio.open(out) as dst:
             classes = dst.read(1)

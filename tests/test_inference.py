@@ -6,8 +6,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ from glcgeo.inference import (
     prediction_grid,
     tile_weights,
 )
-from glcgeo.inference.reading import SCENE_MARGIN
+from glcgeo.inference.reading import SCENE_MARGIN, Patch, read_ahead
 from glcgeo.tasks import FinetuneTask
 
 DATA = Path(__file__).parent / 'data'
@@ -199,6 +201,52 @@ def test_row_band_accumulator_blends_and_hands_out_finished_rows() -> None:
     assert band.top == 5
 
 
+def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
+    from rasterio.windows import Window
+
+    read: list[int] = []
+
+    def patches(fail_at: int = -1) -> Iterator[tuple[int, Patch | None]]:
+        for item in range(40):
+            if item == fail_at:
+                raise OSError('read failed')
+            read.append(item)
+            patch = Patch(
+                data=np.full((2, 4, 4), item, dtype=np.uint16),
+                holds_data=np.ones((4, 4), dtype=bool),
+                edges=(False,) * 4,
+                window=Window(0, 0, 4, 4),
+                crop=(slice(0, 4), slice(0, 4)),
+            )
+            # Every fifth item holds no data: it ends the batch in progress.
+            yield item, None if item % 5 == 4 else patch
+
+    batches = read_ahead(patches(), batch_size=2, depth=2)
+    with closing(batches):
+        first = next(batches)
+        assert first.data is not None and first.data[:, 0, 0, 0].tolist() == [0, 1]
+        # While the model holds the first batch, the thread reads the next ones,
+        # but at most `depth` batches (and the one it is putting) ahead.
+        deadline = time.monotonic() + 10
+        while len(read) <= 2 * 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert 2 * 2 < len(read) <= 2 * (1 + 2 + 1) + 1
+        rest = list(batches)
+    assert sum(b.items for b in [first, *rest]) == 40 and rest[-1].last == 39
+    assert [len(b.patches) for b in rest[:3]] == [2, 0, 2]
+    # Errors of the reading reach the caller; closing stops the thread.
+    with (
+        pytest.raises(OSError, match='read failed'),
+        closing(read_ahead(patches(7), 2)) as failing,
+    ):
+        list(failing)
+    stopped = read_ahead(patches(), batch_size=1)
+    next(stopped)
+    stopped.close()
+    assert not any(t.name == 'glcgeo-read-ahead' for t in threading.enumerate())
+
+
 # Checkpoints.
 
 
@@ -280,6 +328,17 @@ def test_unreadable_checkpoints_are_clear_errors(
 # Prediction.
 
 
+def _fcn_for(
+    path: Path, fcn_checkpoints: dict[int, Path]
+) -> tuple[nn.Module, CheckpointMetadata]:
+    """The FCN taking the file's bands, normalised by the file's statistics."""
+    with rasterio.open(path) as src:
+        count = src.count
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoints[count])
+    mean, std = _band_stats(path)
+    return model, metadata.replace(band_mean=mean, band_std=std)
+
+
 @pytest.mark.parametrize(
     ('path', 'tile_size', 'overlap'),
     [(S2, 512, 128), (S2, 333, 97), (RGB1, 160, 40)],
@@ -292,11 +351,7 @@ def test_tiled_prediction_is_seamless(
     tile_size: int,
     overlap: int,
 ) -> None:
-    with rasterio.open(path) as src:
-        count = src.count
-    model, metadata = load_segmentation_checkpoint(fcn_checkpoints[count])
-    mean, std = _band_stats(path)
-    metadata = metadata.replace(band_mean=mean, band_std=std)
+    model, metadata = _fcn_for(path, fcn_checkpoints)
     whole = predict_raster(
         model, metadata, path, tmp_path / 'whole.tif', tile_size=10_000, progress=False
     )
@@ -435,11 +490,7 @@ def test_device_path_gives_the_host_path_map(
     overlap: int,
     batch_size: int,
 ) -> None:
-    with rasterio.open(path) as src:
-        count = src.count
-    model, metadata = load_segmentation_checkpoint(fcn_checkpoints[count])
-    mean, std = _band_stats(path)
-    metadata = metadata.replace(band_mean=mean, band_std=std)
+    model, metadata = _fcn_for(path, fcn_checkpoints)
     predict_raster(
         model,
         metadata,

@@ -314,3 +314,26 @@ def test_local_sources_are_local(tmp_path: Path) -> None:
     assert stem(S2_TILE_A) == 'S2_L1C_18SUH_tileA_B02-B03-B04-B08'
     url = 'https://example.com/scene.tif'
     assert expand([S2_TILE_A, url, url]) == [str(S2_TILE_A), url]
+
+
+@pytest.mark.parametrize(
+    ('given', 'message'),
+    [
+        ('missing.tif', 'no such file or folder'),
+        ('*.tif', 'pattern matches no file'),
+        ('.', 'folder holds no GeoTIFF'),
+    ],
+)
+def test_missing_local_sources_are_named(
+    tmp_path: Path,
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    given: str,
+    message: str,
+) -> None:
+    source = tmp_path / given
+    assert predict('--in', source, '--out', tmp_path / 'maps',
+                   '--model', checkpoint) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith(f'glcgeo: {source}: {message}') and err.count('\n') == 1
+    assert os.listdir(tmp_path) == []
