@@ -109,8 +109,9 @@ class Settings:
         evaluations at every budget on every data set (about 4 hours), so by
         default: the primary data set gets every start in ``probe`` at every
         budget, and the main starts (:data:`MAIN_METHODS`) in ``finetune`` at
-        ``finetune_budgets`` (default: the smallest budget); the other data
-        sets get the main starts in ``probe``. Full fine-tuning costs about 5 times a probe.
+        ``finetune_budgets`` (default: the smallest budget); the other
+        data sets get the main starts in ``probe``. Full fine-tuning costs
+        about 5 times a probe.
         """
         if self.every_cell:
             return True
@@ -301,7 +302,7 @@ def main() -> None:
         type=int,
         nargs='+',
         default=defaults.finetune_budgets,
-        help='budgets of the finetune evaluation (default: the smallest)',
+        help='budgets of the finetune evaluation (None: the smallest budget)',
     )
     add(
         '--primary',
@@ -313,8 +314,18 @@ def main() -> None:
         action='store_true',
         help='every start, evaluation and budget on every data set (hours)',
     )
-    add('--pretrain-seeds', type=int, nargs='+', help=f'{defaults.pretrain_seeds}')
-    add('--seeds', type=int, nargs='+', help=f'fine-tuning seeds ({defaults.seeds})')
+    add(
+        '--pretrain-seeds',
+        type=int,
+        nargs='+',
+        help=f'pretraining seeds (None: {defaults.pretrain_seeds}; --quick: [0, 1])',
+    )
+    add(
+        '--seeds',
+        type=int,
+        nargs='+',
+        help=f'fine-tuning seeds (None: {defaults.seeds}; --quick: [0, 1])',
+    )
     add('--pretrain-steps', type=int, default=defaults.pretrain.steps)
     add('--quick', action='store_true', help='toy lengths: checks the pipeline only')
     add('--jobs', type=int, default=2, help='worker processes (one thread each)')

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from glcgeo.tasks import FinetuneTask
 
-from .finetuning import IGNORE, TiledSet, _recalibrate, score
+from .finetuning import IGNORE, TiledSet, recalibrate, score
 
 #: Encoder outputs read: smp's stride-4 and stride-16 (dilated) maps.
 LAYERS = (2, -1)
@@ -49,7 +49,7 @@ def separability(
         num_classes=len(data.class_names),
     ).model.encoder
     # Batch-norm statistics re-estimated on all training images, as the probe does.
-    _recalibrate(encoder, data.train.images)
+    recalibrate(encoder, data.train.images)
 
     def features(images: torch.Tensor) -> torch.Tensor:
         if raw:

@@ -229,7 +229,7 @@ def _train_and_select(
     }
 
 
-def _recalibrate(encoder: nn.Module, images: Tensor) -> None:
+def recalibrate(encoder: nn.Module, images: Tensor) -> None:
     """Re-estimate the encoder's batch-norm statistics on *images*, then freeze it."""
     for module in encoder.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -296,7 +296,7 @@ def finetune_run(
 
     if evaluation == 'probe':
         encoder, decoder, head = model.encoder, model.decoder, model.segmentation_head
-        _recalibrate(encoder, data.train.images)
+        recalibrate(encoder, data.train.images)
 
         def encode(images: Tensor) -> list[Tensor]:
             """The two encoder outputs smp's DeepLabV3+ decoder reads."""
