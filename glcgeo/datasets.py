@@ -9,18 +9,26 @@ pairs is :mod:`glcgeo.pairs`' job.
 import functools
 import math
 import os
+import resource
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import rasterio
 import rasterio.errors
+import shapely
 import torch
 from affine import Affine
+from geopandas import GeoDataFrame
 from pyproj import CRS as PROJ_CRS
+from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rasterio.merge import copy_first
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 from rasterio.windows import Window
@@ -28,6 +36,7 @@ from torch import Tensor
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
+from .coverage import CellBlock, SparseCoverage
 from .errors import GlcgeoError
 from .geometry import PixelGrid
 from .sources import expand as expand_paths
@@ -80,15 +89,44 @@ def valid_pixels(image: Tensor, nodata: float | None) -> Tensor:
     return ~invalid
 
 
-def _check_raster(path: str, crs_given: bool) -> tuple[int, str, float | None]:
-    """Open one file and check that glcgeo can use it.
+@dataclass(frozen=True)
+class RasterHeader:
+    """What indexing needs of one file, read in one open.
+
+    Attributes:
+        count: number of bands.
+        dtype: dtype name of the first band.
+        nodata: the file's nodata value, if any.
+        crs: the file's CRS (None for a file without one).
+        transform: the file's pixel -> map transform.
+        width: columns.
+        height: rows.
+        descriptions: band names (``B<i>`` where a band has none).
+        all_valid: whether every band's mask flags say all pixels are valid
+            (no nodata, no mask band, no alpha).
+
+    """
+
+    count: int
+    dtype: str
+    nodata: float | None
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    descriptions: tuple[str, ...]
+    all_valid: bool
+
+
+def read_header(path: str, crs_given: bool) -> RasterHeader:
+    """Open one file once and check that glcgeo can use it.
 
     Args:
         path: the raster file.
         crs_given: whether the user forces a CRS, so files without one may be used.
 
     Returns:
-        (band count, dtype name, nodata value) of the file.
+        the file's header.
 
     Raises:
         GlcgeoError: if the file is not a readable raster or has no georeferencing.
@@ -105,10 +143,139 @@ def _check_raster(path: str, crs_given: bool) -> tuple[int, str, float | None]:
                 raise GlcgeoError(
                     'raster has no geotransform (not georeferenced)', path
                 )
-            return src.count, src.dtypes[0], src.nodata
+            return RasterHeader(
+                count=src.count,
+                dtype=src.dtypes[0],
+                nodata=src.nodata,
+                crs=src.crs,
+                transform=src.transform,
+                width=src.width,
+                height=src.height,
+                descriptions=tuple(
+                    d or f'B{i + 1}' for i, d in enumerate(src.descriptions)
+                ),
+                all_valid=all(
+                    flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums
+                ),
+            )
     except rasterio.errors.RasterioIOError as error:
         reason = str(error).split(':')[-1].strip() or 'unreadable'
         raise GlcgeoError(f'not a readable raster ({reason})', path) from None
+
+
+def _cell_span(
+    x: float, y: float, cell: float, shape: tuple[int, int], start: bool
+) -> tuple[int, int]:
+    """The cell (col, row) holding a corner at (x, y) from the grid's origin.
+
+    Args:
+        x: distance right of the grid's left edge, in CRS units.
+        y: distance below the grid's top edge.
+        cell: cell size.
+        shape: (rows, cols) of the grid.
+        start: True for a top-left corner (first cell), False for a bottom-right
+            one (last cell).
+
+    Returns:
+        (col, row) clamped inside the grid.
+    """
+    # A corner on a cell edge (within float error) belongs to one side only.
+    rounding = math.floor if start else math.ceil
+    offset = 1e-9 if start else -1e-9
+    col = rounding(x / cell + offset) - (0 if start else 1)
+    row = rounding(y / cell + offset) - (0 if start else 1)
+    return (
+        min(max(col, 0), shape[1] - 1),
+        min(max(row, 0), shape[0] - 1),
+    )
+
+
+def _overlaps(edges: np.ndarray, low: float, high: float, cell: float) -> np.ndarray:
+    """Fraction of each cell along one axis inside [low, high].
+
+    Args:
+        edges: the cells' edges: one more than the cells, increasing (x) or
+            decreasing (y, from the top).
+        low: the footprint's low edge along the axis.
+        high: its high edge.
+        cell: cell size.
+
+    Returns:
+        float64 fraction of each cell inside, in [0, 1]; within 1e-9 of 1 is 1.
+    """
+    lo = np.minimum(edges[:-1], edges[1:])
+    hi = np.maximum(edges[:-1], edges[1:])
+    inside = np.clip((np.minimum(hi, high) - np.maximum(lo, low)) / cell, 0.0, 1.0)
+    inside[inside > 1 - 1e-9] = 1.0
+    return inside
+
+
+class FileHandles:
+    """A process's open files of a dataset, the least recently used closed first.
+
+    DataLoader workers are forked from the main process: a file handle opened
+    there before (statistics, a first read) would be shared by every worker, and
+    their reads through the one file offset interleave into corrupt tiles. The
+    handles are the opening process's: another process (a forked worker) starts
+    with none, and pickling carries none. At most *capacity* files stay open
+    (a quarter of the process's file descriptor limit by default), so a mosaic of
+    thousands of files reads without running out of descriptors, and one of
+    hundreds keeps them all open.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[str], DatasetReader | WarpedVRT],
+        capacity: int | None = None,
+    ) -> None:
+        """Initialize the handles of one dataset.
+
+        Args:
+            opener: opens a file (the dataset's :meth:`GeoTiffMosaic._open_file`).
+            capacity: most files kept open per process (defaults to a quarter of
+                the soft limit of open files, at least 64).
+        """
+        if capacity is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            capacity = max(64, soft // 4) if soft > 0 else 1024
+        self.opener = opener
+        self.capacity = capacity
+        self._pid = os.getpid()
+        self._open: OrderedDict[str, DatasetReader | WarpedVRT] = OrderedDict()
+
+    def get(self, path: str) -> DatasetReader | WarpedVRT:
+        """The open file *path* of this process, opened if it is not.
+
+        Args:
+            path: the file.
+
+        Returns:
+            its handle, valid until *capacity* other files are opened.
+        """
+        if self._pid != os.getpid():
+            # A forked copy: the parent's handles are the parent's.
+            self._pid, self._open = os.getpid(), OrderedDict()
+        handle = self._open.get(path)
+        if handle is not None:
+            self._open.move_to_end(path)
+            return handle
+        handle = self._open[path] = self.opener(path)
+        if len(self._open) > self.capacity:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        return handle
+
+    def __len__(self) -> int:
+        """Files open in this process."""
+        return len(self._open) if self._pid == os.getpid() else 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without handles: the unpickling process opens its own."""
+        return {'opener': self.opener, 'capacity': self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore with no file open."""
+        self.__init__(state['opener'], state['capacity'])  # type: ignore[misc]
 
 
 class GeoTiffMosaic(RasterDataset):
@@ -163,36 +330,128 @@ class GeoTiffMosaic(RasterDataset):
 
         """
         files = expand_paths(paths)
-        infos = [_check_raster(f, crs is not None) for f in files]
-        counts = {count for count, _, _ in infos}
+        headers = [read_header(f, crs is not None) for f in files]
+        counts = {header.count for header in headers}
         if len(counts) > 1:
             detail = ', '.join(
-                f'{os.path.basename(f)}: {c}'
-                for f, (c, _, _) in zip(files, infos, strict=True)
+                f'{os.path.basename(f)}: {h.count}'
+                for f, h in zip(files, headers, strict=True)
             )
             raise GlcgeoError(f'files have different band counts ({detail})', files[0])
-        with rasterio.open(files[0]) as src:
-            descriptions = [d or f'B{i + 1}' for i, d in enumerate(src.descriptions)]
+        descriptions = list(headers[0].descriptions)
         self.all_bands = tuple(descriptions)
         self.band_indexes_selected = self._resolve_bands(bands, descriptions, files[0])
-        self.file_nodata = nodata if nodata is not None else infos[0][2]
+        self.file_nodata = nodata if nodata is not None else headers[0].nodata
         # RasterDataset only overrides the files' nodata when this is set.
         self.nodata = nodata
-        self.source_dtype = infos[0][1]
-        self._paths = files
-        if crs is not None and not isinstance(crs, PROJ_CRS):
+        self.source_dtype = headers[0].dtype
+        if crs is None:
+            crs = self._first_crs(files[0], headers[0])
+        elif not isinstance(crs, PROJ_CRS):
             crs = PROJ_CRS.from_user_input(crs)
-        super().__init__(
-            paths=files,
-            crs=crs,
-            res=res,
-            bands=[descriptions[i - 1] for i in self.band_indexes_selected],
-            transforms=transforms,
-            cache=cache,
-        )
+        # What RasterDataset.__init__ sets, but for the index: it opens every
+        # file twice more and computes a warp grid for each (~5 ms a file);
+        # the headers read above hold all that files on the mosaic's CRS need.
+        self.paths = self._paths = files
+        self.bands = [descriptions[i - 1] for i in self.band_indexes_selected]
+        self.transforms = transforms
+        self.cache = cache
+        self.time_series = False
         # TorchGeo maps band names to indexes; with duplicate names use ours.
         self.band_indexes = list(self.band_indexes_selected)
+        self._build_index(files, headers, crs, res)
         self._mask_flags: dict[str, Sequence[Sequence[MaskFlags]]] = {}
+        self._handles = FileHandles(self._open_file)
+        self._coverages: dict[float, SparseCoverage] = {}
+
+    @staticmethod
+    def _first_crs(path: str, header: RasterHeader) -> PROJ_CRS:
+        """The CRS of the first file, as TorchGeo takes it (WKT2), or its GCPs'."""
+        if header.crs is not None:
+            with rasterio.Env(OSR_WKT_FORMAT='WKT2_2018'):
+                return PROJ_CRS.from_user_input(header.crs)
+        with rasterio.open(path) as src:
+            return PROJ_CRS.from_user_input(src.gcps[1])
+
+    def _build_index(
+        self,
+        files: list[str],
+        headers: list[RasterHeader],
+        crs: PROJ_CRS,
+        res: float | tuple[float, float] | None,
+    ) -> None:
+        """Build TorchGeo's index of file footprints in *crs*, and the resolution.
+
+        A file in *crs* on a north-up grid is read as it is: its footprint is its
+        bounds. Other files (another CRS, rotated, GCPs, a nodata override) are
+        opened as TorchGeo opens them (a warped VRT) for theirs.
+
+        Args:
+            files: the files, in mosaic order.
+            headers: their headers.
+            crs: the mosaic CRS.
+            res: the pixel size, or None for the first file's.
+        """
+        target = CRS.from_user_input(crs)
+        same_crs: dict[str, bool] = {}
+        bounds = np.empty((len(files), 4), dtype=np.float64)
+        direct = set()
+        first_res: tuple[float, float] | None = None
+        for i, (path, header) in enumerate(zip(files, headers, strict=True)):
+            affine = header.transform
+            if header.crs is not None:
+                wkt = header.crs.to_wkt()
+                if wkt not in same_crs:
+                    same_crs[wkt] = header.crs == target
+            if (
+                header.crs is not None
+                and same_crs[wkt]
+                and self.nodata is None
+                and affine.b == affine.d == 0
+                and affine.a > 0
+                and affine.e < 0
+            ):
+                direct.add(path)
+                west, south, east, north = array_bounds(
+                    header.height, header.width, affine
+                )
+                bounds[i] = west, south, east, north
+                file_res = (affine.a, -affine.e)
+            else:
+                with self._load_warp_file(path, crs) as vrt:
+                    bounds[i] = tuple(vrt.bounds)
+                    file_res = vrt.res
+            first_res = first_res or file_res
+        if res is None:
+            assert first_res is not None
+            res = first_res
+        self._res = (
+            (float(res), float(res))
+            if isinstance(res, int | float)
+            else (float(res[0]), float(res[1]))
+        )
+        self._direct = frozenset(direct)
+        self._file_boxes = bounds
+        self._all_valid = np.array(
+            [
+                path in direct and header.all_valid and self.file_nodata is None
+                for path, header in zip(files, headers, strict=True)
+            ]
+        )
+        datetimes = pd.IntervalIndex.from_tuples(
+            [(self.mint, self.maxt)] * len(files), closed='both', name='datetime'
+        )
+        self.index = GeoDataFrame(
+            {'filepath': files},
+            index=datetimes,
+            geometry=shapely.box(*bounds.T),
+            crs=crs,
+        )
+
+    @property
+    def files(self) -> list[str]:
+        """The mosaic's files, in index order (first on top)."""
+        return list(self._paths)
 
     @staticmethod
     def _resolve_bands(
@@ -243,14 +502,28 @@ class GeoTiffMosaic(RasterDataset):
         x, y, _ = self.bounds
         return PixelGrid(x0=float(x.start), y0=float(y.stop), res=self.res)
 
-    @functools.cached_property
-    def file_bounds(self) -> list[tuple[str, tuple[float, float, float, float]]]:
-        """Each file, in index order, with its (xmin, ymin, xmax, ymax) in the CRS."""
-        bounds = self.index.geometry.bounds.to_numpy(dtype=np.float64)
-        return [
-            (path, (b[0], b[1], b[2], b[3]))
-            for path, b in zip(self.index.filepath, bounds, strict=True)
-        ]
+    def files_within(
+        self, xmin: float, ymin: float, xmax: float, ymax: float
+    ) -> np.ndarray:
+        """The files whose footprint overlaps a ground box (not only touches it).
+
+        A spatial index query: its cost does not grow with the number of files.
+
+        Args:
+            xmin: left edge, in the dataset CRS.
+            ymin: bottom edge.
+            xmax: right edge.
+            ymax: top edge.
+
+        Returns:
+            int64 positions of the files in the index, in index order.
+        """
+        tree = self.__dict__.get('_tree')
+        if tree is None:
+            tree = self.__dict__['_tree'] = shapely.STRtree(self.index.geometry.values)
+        found = np.sort(tree.query(shapely.box(xmin, ymin, xmax, ymax)))
+        left, bottom, right, top = self._file_boxes[found].T
+        return found[(left < xmax) & (xmin < right) & (bottom < ymax) & (ymin < top)]
 
     def read_window(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Tensor:
         """Read a ground box at the dataset's resolution, as float32.
@@ -295,18 +568,14 @@ class GeoTiffMosaic(RasterDataset):
         Raises:
             IndexError: if no file intersects the box.
         """
-        files = [
-            path
-            for path, (left, bottom, right, top) in self.file_bounds
-            if left < xmax and xmin < right and bottom < ymax and ymin < top
-        ]
+        paths = self._paths
+        files = [paths[i] for i in self.files_within(xmin, ymin, xmax, ymax).tolist()]
         if not files:
             raise IndexError(f'({xmin}, {ymin}, {xmax}, {ymax}) is outside the mosaic')
         xres, yres = self.res
         shape = (round((ymax - ymin) / yres), round((xmax - xmin) / xres))
         if self.cache:
-            pid = os.getpid()
-            handles = [self._open_in_process(pid, path) for path in files]
+            handles = [self._handles.get(path) for path in files]
             pieces = [self._grid_piece(h, xmin, ymax, shape) for h in handles]
             if _fits(handles[0].nodata, handles[0].dtypes[0]) and all(
                 piece is not None for piece in pieces
@@ -483,78 +752,104 @@ class GeoTiffMosaic(RasterDataset):
     ) -> DatasetReader | WarpedVRT:
         """Open (and warp) a file once per process, as TorchGeo does once per dataset.
 
-        DataLoader workers are forked from the main process: a file handle opened
-        there before (statistics, a first read) would be shared by every worker,
-        and their reads through the one file offset interleave into corrupt
-        tiles. Keying the cache by process id gives each process its own handle.
-
         Args:
             filepath: the file.
             crs: the CRS to warp to: the dataset's, as TorchGeo's reads pass it.
 
         Returns:
-            the open (possibly warped) file.
+            the open (possibly warped) file, from :class:`FileHandles`.
         """
         del crs
-        return self._open_in_process(os.getpid(), filepath)
+        return self._handles.get(filepath)
 
-    @functools.lru_cache(maxsize=128)  # noqa: B019 (as TorchGeo's own handle cache)
-    def _open_in_process(self, pid: int, filepath: str) -> DatasetReader | WarpedVRT:
-        """Open a file in the dataset CRS for process *pid* (a cache key only).
-
-        The CRS is no key: it is always the dataset's, and hashing a pyproj CRS
-        exports its WKT (~35 us a read, as much as the rest of the lookup).
-        """
-        del pid
+    def _open_file(self, filepath: str) -> DatasetReader | WarpedVRT:
+        """Open a file in the dataset CRS: as it is when it lies on it, else warped."""
+        if filepath in self._direct:
+            return rasterio.open(filepath)
         return self._load_warp_file(filepath, self.crs)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 (the dataset lives as long as its cache)
-    def coverage_grid(self, cell: float) -> tuple[np.ndarray, PixelGrid]:
-        """Fraction of each coarse cell of the mosaic that holds data.
+    def coverage(self, cell: float) -> SparseCoverage:
+        """Fraction of each coarse cell of the mosaic holding data, occupied cells only.
 
-        Built once per cell size from each file's dataset mask read at reduced
-        resolution (GDAL uses overviews where present), so the whole mosaic is never
-        loaded at full resolution. Gaps between files count as nodata.
+        Built once per cell size, file by file on the cells each file covers, so
+        its cost and size grow with the data, not with the mosaic's bounding box.
+        A cell's coverage is the area of it holding data, summed over the files
+        (touching files fill a cell together), at most 1. Files known to be
+        valid everywhere (no nodata, no mask, on the mosaic grid) count their
+        footprint without being opened; the others' masks are read at reduced
+        resolution (GDAL uses overviews where present), so no file is ever read
+        at full resolution.
 
         Args:
             cell: cell size in units of the dataset CRS.
 
         Returns:
-            (fractions [rows, cols] float32 in [0, 1], the grid of the cells).
-
+            the coverage, on a grid of *cell* units from the mosaic's top-left.
         """
+        cached = self._coverages.get(cell)
+        if cached is not None:
+            return cached
         x, y, _ = self.bounds
-        cols = max(1, math.ceil((x.stop - x.start) / cell))
-        rows = max(1, math.ceil((y.stop - y.start) / cell))
-        coarse = PixelGrid(x0=float(x.start), y0=float(y.stop), res=(cell, cell))
-        coverage = np.zeros((rows, cols), dtype=np.float32)
-        for filepath in self.index.filepath:
-            handle = self._load_warp_file(filepath, self.crs)
-            try:
-                # Read masks at about 4 samples per cell: cheap and accurate enough.
-                scale = max(1.0, cell / 4 / handle.res[0])
-                out_shape = (
-                    max(1, round(handle.height / scale)),
-                    max(1, round(handle.width / scale)),
-                )
-                mask = self._file_mask(handle, out_shape)
-                mask_transform = handle.transform @ Affine.scale(
-                    handle.width / out_shape[1], handle.height / out_shape[0]
-                )
-            finally:
-                handle.close()
-            part = np.zeros_like(coverage)
-            reproject(
-                mask,
-                part,
-                src_transform=mask_transform,
-                src_crs=handle.crs,
-                dst_transform=coarse.affine,
-                dst_crs=handle.crs,
-                resampling=Resampling.average,
+        grid = PixelGrid(x0=float(x.start), y0=float(y.stop), res=(cell, cell))
+        shape = (
+            max(1, math.ceil((y.stop - y.start) / cell - 1e-9)),
+            max(1, math.ceil((x.stop - x.start) / cell - 1e-9)),
+        )
+        blocks = [self._file_coverage(i, grid, shape) for i in range(len(self._paths))]
+        coverage = SparseCoverage.from_blocks(grid, shape, blocks)
+        self._coverages[cell] = coverage
+        return coverage
+
+    def _file_coverage(
+        self, position: int, grid: PixelGrid, shape: tuple[int, int]
+    ) -> CellBlock:
+        """The cells one file covers and the fraction of each holding its data.
+
+        Args:
+            position: the file's position in the index.
+            grid: the cell grid.
+            shape: (rows, cols) of the cell grid.
+
+        Returns:
+            the file's block of cells.
+        """
+        left, bottom, right, top = self._file_boxes[position]
+        cell = grid.res[0]
+        c0, r0 = _cell_span(left - grid.x0, grid.y0 - top, cell, shape, start=True)
+        c1, r1 = _cell_span(right - grid.x0, grid.y0 - bottom, cell, shape, start=False)
+        # Area of each cell inside the file's footprint, as a fraction of it.
+        along_x = _overlaps(grid.x0 + np.arange(c0, c1 + 2) * cell, left, right, cell)
+        along_y = _overlaps(grid.y0 - np.arange(r0, r1 + 2) * cell, bottom, top, cell)
+        inside = np.outer(along_y, along_x).astype(np.float32)
+        if self._all_valid[position]:
+            return CellBlock(r0, c0, inside)
+        handle = self._open_file(self._paths[position])
+        try:
+            # Read masks at about 4 samples per cell: cheap and accurate enough.
+            scale = max(1.0, cell / 4 / handle.res[0])
+            out_shape = (
+                max(1, round(handle.height / scale)),
+                max(1, round(handle.width / scale)),
             )
-            np.maximum(coverage, part, out=coverage)
-        return coverage, coarse
+            mask = self._file_mask(handle, out_shape)
+            mask_transform = handle.transform @ Affine.scale(
+                handle.width / out_shape[1], handle.height / out_shape[0]
+            )
+            mask_crs = handle.crs
+        finally:
+            handle.close()
+        # The valid share of the part of each cell the file covers.
+        valid = np.zeros_like(inside)
+        reproject(
+            mask,
+            valid,
+            src_transform=mask_transform,
+            src_crs=mask_crs,
+            dst_transform=grid.affine @ Affine.translation(c0, r0),
+            dst_crs=mask_crs,
+            resampling=Resampling.average,
+        )
+        return CellBlock(r0, c0, valid * inside)
 
     def _file_mask(self, handle: Any, out_shape: tuple[int, int]) -> np.ndarray:
         """Valid-data mask of one file at reduced resolution, as float32 0/1.

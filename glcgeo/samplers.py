@@ -18,7 +18,6 @@ import numpy as np
 import shapely
 import torch
 import torch.distributed as dist
-from rasterio.features import geometry_mask
 from rasterio.windows import Window
 from shapely import Polygon
 from torch import Generator
@@ -170,20 +169,17 @@ class PairedWindowSampler(SpatialSampler):
         # pixels need not be square.
         self.cells_per_pixel = (grid.res[0] / self.cell, grid.res[1] / self.cell)
         self.pixels_per_cell = (self.cell / grid.res[0], self.cell / grid.res[1])
-        coverage, self.coverage_grid = dataset.coverage_grid(self.cell)
+        coverage = dataset.coverage(self.cell)
         if roi is not None:
-            # Cells outside the region count as nodata: no view centre there.
-            coverage = coverage * geometry_mask(
-                [roi],
-                out_shape=coverage.shape,
-                transform=self.coverage_grid.affine,
-                invert=True,
-            )
+            # Cells whose centre lies outside the region count as nodata: no view
+            # centre there.
+            rows, cols = coverage.cells()
+            xs, ys = coverage.grid.to_map(cols + 0.5, rows + 0.5)  # type: ignore[arg-type]
+            coverage = coverage.restricted(shapely.contains_xy(roi, xs, ys))
         self.coverage = coverage
-        self.integral = (
-            np.pad(coverage.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-        )
-        weights = np.where(coverage >= 1 - max_nodata, coverage, 0.0).ravel()
+        weights = np.where(
+            coverage.fractions >= 1 - max_nodata, coverage.fractions, 0.0
+        ).astype(np.float64)
         if weights.sum() <= 0:
             where = 'the region of interest' if roi is not None else 'the mosaic'
             raise GlcgeoError(
@@ -191,10 +187,10 @@ class PairedWindowSampler(SpatialSampler):
                 'nodata (or nearly) everywhere',
                 dataset.files[0],
             )
-        # Cumulative distribution over cells, built once: drawing by it is what
-        # rng.choice(cells, p=...) does, without rebuilding it every draw.
-        probabilities = (weights / weights.sum()).astype(np.float64)
-        self.cell_cdf = probabilities.cumsum()
+        # Cumulative distribution over the occupied cells, built once: drawing by
+        # it is what rng.choice(cells, p=...) does, without rebuilding it every
+        # draw.
+        self.cell_cdf = (weights / weights.sum()).cumsum()
         self.cell_cdf /= self.cell_cdf[-1]
 
     def _ranks(self) -> tuple[int, int]:
@@ -229,6 +225,25 @@ class PairedWindowSampler(SpatialSampler):
             if i % world == rank:
                 yield pair
 
+    def valid_fractions(self, boxes: Sequence[PixelBox]) -> np.ndarray:
+        """Estimated fraction of boxes of the mosaic grid holding data.
+
+        Args:
+            boxes: (col1, row1, col2, row2) boxes in mosaic pixels.
+
+        Returns:
+            [len(boxes)] float64 mean coverage of the coarse cells each box spans.
+
+        """
+        col_ratio, row_ratio = self.cells_per_pixel
+        rows, cols = self.coverage.shape
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        c1 = np.clip(np.floor(b[:, 0] * col_ratio), 0, cols - 1)
+        r1 = np.clip(np.floor(b[:, 1] * row_ratio), 0, rows - 1)
+        c2 = np.clip(np.ceil(b[:, 2] * col_ratio), c1 + 1, cols)
+        r2 = np.clip(np.ceil(b[:, 3] * row_ratio), r1 + 1, rows)
+        return self.coverage.box_means(np.stack([c1, r1, c2, r2], axis=1))
+
     def valid_fraction(self, box: PixelBox) -> float:
         """Estimated fraction of a box of the mosaic grid holding data.
 
@@ -239,15 +254,7 @@ class PairedWindowSampler(SpatialSampler):
             the mean coverage of the coarse cells the box spans.
 
         """
-        col_ratio, row_ratio = self.cells_per_pixel
-        rows, cols = self.coverage.shape
-        c1 = min(cols - 1, max(0, math.floor(box[0] * col_ratio)))
-        r1 = min(rows - 1, max(0, math.floor(box[1] * row_ratio)))
-        c2 = min(cols, max(c1 + 1, math.ceil(box[2] * col_ratio)))
-        r2 = min(rows, max(r1 + 1, math.ceil(box[3] * row_ratio)))
-        s = self.integral
-        total = s[r2, c2] - s[r1, c2] - s[r2, c1] + s[r1, c1]
-        return float(total / ((r2 - r1) * (c2 - c1)))
+        return float(self.valid_fractions([box])[0])
 
     def draw(self, rng: np.random.Generator) -> WindowPair:
         """Draw one pair.
@@ -289,7 +296,7 @@ class PairedWindowSampler(SpatialSampler):
             fractions = (_area(overlap) / _area(box1), _area(overlap) / _area(box2))
             if not all(self.overlap[0] <= f <= self.overlap[1] for f in fractions):
                 continue
-            if min(self.valid_fraction(b) for b in (box1, box2, overlap)) < min_valid:
+            if self.valid_fractions((box1, box2, overlap)).min() < min_valid:
                 continue
             if self.roi is not None and not (self._in_roi(box1) and self._in_roi(box2)):
                 continue
@@ -324,11 +331,13 @@ class PairedWindowSampler(SpatialSampler):
             the window, clamped inside the mosaic.
 
         """
-        cols = self.coverage.shape[1]
-        cell = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
+        index = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
+        cell_row, cell_col = divmod(
+            int(self.coverage.keys[index]), self.coverage.shape[1]
+        )
         col_ratio, row_ratio = self.pixels_per_cell
-        centre_col = (cell % cols + rng.uniform()) * col_ratio
-        centre_row = (cell // cols + rng.uniform()) * row_ratio
+        centre_col = (cell_col + rng.uniform()) * col_ratio
+        centre_row = (cell_row + rng.uniform()) * row_ratio
         col = min(max(0, round(centre_col - n / 2)), self.width - n)
         row = min(max(0, round(centre_row - n / 2)), self.height - n)
         return Window(col, row, n, n)

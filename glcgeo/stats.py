@@ -151,7 +151,7 @@ def compute_band_stats(
         dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99
     )
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    footprints = list(dataset.index.geometry)
+    footprints = dataset.index.geometry.values
     count = 0
     total = np.zeros(dataset.num_bands)
     total_sq = np.zeros(dataset.num_bands)
@@ -160,9 +160,10 @@ def compute_band_stats(
         xmin, ymin, xmax, ymax = grid.window_bounds(window)
         image = dataset.read_window(xmin, ymin, xmax, ymax)
         # Gaps between files are filled with 0, which is data for files without
-        # a nodata value: keep only pixels whose centre lies on a file.
+        # a nodata value: keep only pixels whose centre lies on a file (one of
+        # those the window overlaps).
         on_files = geometry_mask(
-            footprints,
+            footprints[dataset.files_within(xmin, ymin, xmax, ymax)],
             out_shape=(size, size),
             transform=grid.window_transform(window, size),
             invert=True,

@@ -545,11 +545,15 @@ def test_resized_views_approximate_a_direct_read_at_their_resolution(
             direct = file_read(shipped_pairs, sample[f'transform{k}'], size)
             if window.width == size or direct is None:
                 continue
-            compared += 1
             view = sample[f'image{k}']
             interior = _interior(shipped_pairs, direct)
             assert interior.mean() > 0.5
             a, b = view[:, interior].numpy(), direct[:, interior].numpy()
+            if b.std() < 2:
+                # A flat patch (a few uint8 levels): its correlation measures
+                # rounding, not resampling.
+                continue
+            compared += 1
             assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > least_correlation
             assert np.abs(a - b).mean() < most_error * b.std()
     assert compared >= 5
