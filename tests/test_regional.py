@@ -1,0 +1,249 @@
+"""Regional mosaics: cost that grows with the data, never with the bounding box.
+
+Far-apart files and many small files, generated small. Nothing here is timed:
+the tests count what would grow with the empty extent (cells stored, areas
+reprojected, files opened) and check that it grows with the data only.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from conftest import write_raster
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+import glcgeo.datasets
+from glcgeo.coverage import CellBlock, SparseCoverage
+from glcgeo.datasets import GeoTiffMosaic
+from glcgeo.geometry import PixelGrid
+from glcgeo.pairs import GeoTiffPairs
+from glcgeo.samplers import PairedWindowSampler
+from glcgeo.stats import compute_band_stats
+
+#: Top-left corner of the first generated file (m, EPSG:32618, 1 m pixels).
+ORIGIN = (500_000.0, 4_200_000.0)
+
+
+def textured(side: int, seed: int, nodata_frame: int = 0) -> np.ndarray:
+    """A [3, side, side] uint16 image, 0 (nodata) in a frame of *nodata_frame* px."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(100, 4000, (3, side, side), dtype=np.uint16)
+    if nodata_frame:
+        image[:, :nodata_frame] = 0
+        image[:, :, :nodata_frame] = 0
+    return image
+
+
+def far_apart(tmp: Path, distance: float, side: int = 64, frame: int = 0) -> list[Path]:
+    """Two side x side files at 1 m, the second *distance* m east and south."""
+    tmp.mkdir(exist_ok=True)
+    paths = []
+    for i in range(2):
+        transform = from_origin(
+            ORIGIN[0] + i * distance, ORIGIN[1] - i * distance, 1, 1
+        )
+        paths.append(
+            write_raster(
+                tmp / f'far{i}.tif',
+                textured(side, i, frame),
+                transform=transform,
+                nodata=0 if frame else None,
+            )
+        )
+    return paths
+
+
+def tiles(tmp: Path, count: int, side: int, spacing: float) -> list[Path]:
+    """*count* files of side x side at 1 m on a square layout, *spacing* m apart."""
+    per_row = int(np.ceil(np.sqrt(count)))
+    paths = []
+    for i in range(count):
+        row, col = divmod(i, per_row)
+        transform = from_origin(
+            ORIGIN[0] + col * spacing, ORIGIN[1] - row * spacing, 1, 1
+        )
+        paths.append(
+            write_raster(tmp / f't{i:04d}.tif', textured(side, i), transform=transform)
+        )
+    return paths
+
+
+class Reprojections:
+    """Counts the cells that coverage reprojects file masks onto."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cells = 0
+        real = glcgeo.datasets.reproject
+
+        def counting(source: np.ndarray, destination: np.ndarray, **kwargs: object):
+            self.cells += destination.size
+            return real(source, destination, **kwargs)
+
+        monkeypatch.setattr(glcgeo.datasets, 'reproject', counting)
+
+
+@pytest.mark.parametrize('frame', [0, 8], ids=['all_valid', 'nodata_frame'])
+def test_far_apart_files_cost_what_one_file_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frame: int
+) -> None:
+    near = far_apart(tmp_path / 'near', 0, frame=frame)[:1]
+    far = far_apart(tmp_path / 'far', 50_000, frame=frame)
+    counts = []
+    for paths in (near, far):
+        reprojected = Reprojections(monkeypatch)
+        mosaic = GeoTiffPairs(paths)
+        sampler = PairedWindowSampler(mosaic, size=32, length=8)
+        list(sampler)
+        counts.append((len(sampler.coverage.keys), reprojected.cells))
+    (one_cells, one_reprojected), (two_cells, two_reprojected) = counts
+    # The second mosaic's bounding box is ~600,000 times the first's; its
+    # coverage holds the cells of two files (each file's cells differ by a row
+    # and a column with how it falls on the cell grid), and reprojects two
+    # files' worth.
+    rows, cols = sampler.coverage.shape
+    assert rows * cols > 100_000 * one_cells
+    assert one_cells < two_cells <= 2.3 * one_cells
+    assert sampler.coverage.nbytes <= 20 * two_cells + 8
+    assert two_reprojected <= 2.3 * one_reprojected
+    if not frame:
+        assert two_reprojected == 0  # files valid everywhere are not even read
+
+
+def test_pairs_and_statistics_of_far_apart_files_come_from_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = far_apart(tmp_path, 50_000, frame=4)
+    mosaic = GeoTiffPairs(paths)
+    sampler = PairedWindowSampler(mosaic, size=24, length=60, max_nodata=0.0)
+    east = []
+    for pair in sampler:
+        sample = mosaic[pair]
+        assert sample['valid1'] == sample['valid2'] == 1.0
+        east.append(pair.view1.col_off > 25_000)
+    assert 0.3 < np.mean(east) < 0.7
+    reprojected = Reprojections(monkeypatch)
+    stats = compute_band_stats(mosaic, windows=8, window_size=16)
+    # Cells of 2 m (a window's eighth): two files' 33 x 33, not the extent's.
+    assert reprojected.cells <= 2 * 33 * 33
+    # The statistics are those of the two files' valid pixels.
+    values = np.concatenate(
+        [rasterio.open(p).read().reshape(3, -1) for p in paths], axis=1
+    ).astype(np.float64)
+    values = values[:, (values > 0).all(axis=0)]
+    np.testing.assert_allclose(stats.mean, values.mean(axis=1), rtol=0.05)
+
+
+def test_many_files_index_opens_each_file_once_and_coverage_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = tiles(tmp_path, 200, side=16, spacing=100)
+    opened: list[str] = []
+    real = rasterio.open
+
+    def counting(path: str, *args: object, **kwargs: object):
+        opened.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, 'open', counting)
+    mosaic = GeoTiffMosaic(tmp_path)
+    assert sorted(opened) == sorted(str(p) for p in paths)
+    opened.clear()
+    coverage = mosaic.coverage(4.0)
+    assert not opened  # files valid everywhere: their footprints are their coverage
+    # 200 files of 4 x 4 cells: the coverage holds 3,200 cells of the ~10^4 x 10^4
+    # cell bounding box.
+    assert len(coverage.keys) == 200 * 16
+    assert np.all(coverage.fractions == 1.0)
+
+
+def test_views_cross_the_edges_of_touching_files(tmp_path: Path) -> None:
+    """Nine touching 40-px files whose edges split coverage cells: the split cells
+    are whole, so windows across file edges are drawn, even with no nodata
+    allowed, and read as the files' pixels."""
+    paths = tiles(tmp_path, 9, side=40, spacing=40)
+    mosaic = GeoTiffPairs(paths)
+    sampler = PairedWindowSampler(
+        mosaic, size=30, length=40, scale=(0.9, 1.1), max_nodata=0.0
+    )
+    # Cells split by the files' edges (every 40 px, i.e. 11.85 cells) are
+    # whole: only the mosaic's last row and column of cells are partly outside.
+    rows, cols = sampler.coverage.cells()
+    inner = (rows < rows.max()) & (cols < cols.max())
+    assert np.all(sampler.coverage.fractions[inner] == 1.0)
+    crossing = 0
+    for pair in sampler:
+        sample = mosaic.read_union(pair)
+        assert sample['valid1'] == sample['valid2'] == 1.0
+        window = pair.union
+        crossing += (
+            window.col_off // 40 != (window.col_off + window.width - 1) // 40
+        ) or (window.row_off // 40 != (window.row_off + window.height - 1) // 40)
+    assert crossing > 30
+
+
+def test_sparse_box_means_equal_a_dense_integral_image() -> None:
+    rng = np.random.default_rng(0)
+    shape = (37, 53)
+    dense = np.zeros(shape, np.float32)
+    blocks = []
+    for _ in range(12):
+        rows, cols = rng.integers(1, 9, 2)
+        row, col = rng.integers(0, shape[0] - rows), rng.integers(0, shape[1] - cols)
+        fractions = rng.choice([0.0, 0.25, 0.5, 1.0], (rows, cols)).astype(np.float32)
+        blocks.append(CellBlock(int(row), int(col), fractions))
+        dense[row : row + rows, col : col + cols] += fractions
+    dense = np.minimum(dense, 1.0)
+    coverage = SparseCoverage.from_blocks(
+        PixelGrid(0.0, 0.0, (1.0, 1.0)), shape, blocks
+    )
+    assert len(coverage.keys) == np.count_nonzero(dense)
+    boxes = []
+    for _ in range(200):
+        c1, c2 = sorted(rng.choice(shape[1] + 1, 2, replace=False))
+        r1, r2 = sorted(rng.choice(shape[0] + 1, 2, replace=False))
+        boxes.append((c1, r1, c2, r2))
+    expected = [dense[r1:r2, c1:c2].mean() for c1, r1, c2, r2 in boxes]
+    np.testing.assert_allclose(coverage.box_means(np.array(boxes)), expected, rtol=1e-6)
+
+
+def test_partial_cells_count_the_area_holding_data(tmp_path: Path) -> None:
+    """A file covering half of its edge cells gives them 0.5, not 1: views there
+    would be half outside the file."""
+    path = write_raster(
+        tmp_path / 'half.tif',
+        textured(30, 0),
+        transform=Affine(1.0, 0.0, ORIGIN[0], 0.0, -1.0, ORIGIN[1]),
+    )
+    far = write_raster(
+        tmp_path / 'far.tif',
+        textured(40, 1),
+        transform=from_origin(ORIGIN[0] + 1000, ORIGIN[1] - 1000, 1, 1),
+    )
+    coverage = GeoTiffMosaic([path, far]).coverage(4.0)
+    rows, cols = coverage.cells()
+    first = (rows < 8) & (cols < 8)
+    dense = np.zeros((8, 8), np.float32)
+    dense[rows[first], cols[first]] = coverage.fractions[first]
+    # 30 px = 7 whole cells of 4 px and half of the eighth.
+    np.testing.assert_array_equal(dense[:7, :7], 1.0)
+    np.testing.assert_array_equal(dense[7, :7], 0.5)
+    np.testing.assert_array_equal(dense[:7, 7], 0.5)
+    assert dense[7, 7] == 0.25
+
+
+def test_first_batch_of_a_far_apart_mosaic_reads_only_files(tmp_path: Path) -> None:
+    paths = far_apart(tmp_path, 50_000)
+    mosaic = GeoTiffPairs(paths)
+    pair = next(iter(PairedWindowSampler(mosaic, size=32, length=1)))
+    assert mosaic[pair]['image1'].shape == (3, 32, 32)
+    # A read far from both files is an error, not a huge array of nodata.
+    with pytest.raises(IndexError):
+        mosaic.read_raw(*mosaic.grid.window_bounds(Window(20_000, 20_000, 8, 8)))
+    torch.testing.assert_close(
+        mosaic.read_raw(*mosaic.grid.window_bounds(Window(0, 0, 64, 64))),
+        torch.from_numpy(rasterio.open(paths[0]).read()),
+    )
