@@ -25,12 +25,11 @@ from affine import Affine
 from geopandas import GeoDataFrame
 from pyproj import CRS as PROJ_CRS
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReader
 from rasterio.merge import copy_first
 from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import reproject
 from rasterio.windows import Window
 from torch import Tensor
 from torchgeo.datasets import RasterDataset
@@ -190,24 +189,28 @@ def _cell_span(
     )
 
 
-def _overlaps(edges: np.ndarray, low: float, high: float, cell: float) -> np.ndarray:
-    """Fraction of each cell along one axis inside [low, high].
+def _overlap_matrix(cells: np.ndarray, pixels: np.ndarray, cell: float) -> np.ndarray:
+    """Overlap of cells with pixels along one axis, as a fraction of a cell.
 
     Args:
-        edges: the cells' edges: one more than the cells, increasing (x) or
-            decreasing (y, from the top).
-        low: the footprint's low edge along the axis.
-        high: its high edge.
+        cells: the cells' edges, increasing (one more than the cells).
+        pixels: the pixels' edges, increasing, in the same units and origin.
         cell: cell size.
 
     Returns:
-        float64 fraction of each cell inside, in [0, 1]; within 1e-9 of 1 is 1.
+        [cells, pixels] float64 length shared by each cell and pixel, divided by
+        *cell*; a row of pixels covering a cell sums to exactly 1.
     """
-    lo = np.minimum(edges[:-1], edges[1:])
-    hi = np.maximum(edges[:-1], edges[1:])
-    inside = np.clip((np.minimum(hi, high) - np.maximum(lo, low)) / cell, 0.0, 1.0)
-    inside[inside > 1 - 1e-9] = 1.0
-    return inside
+    low = np.maximum(cells[:-1, None], pixels[None, :-1])
+    high = np.minimum(cells[1:, None], pixels[None, 1:])
+    overlap = np.clip(high - low, 0.0, None) / cell
+    # A cell inside the pixels is whole, whatever the rounding of their edges.
+    inside = (cells[:-1] >= pixels[0] - 1e-9 * cell) & (
+        cells[1:] <= pixels[-1] + 1e-9 * cell
+    )
+    total = overlap.sum(axis=1)
+    overlap[inside] /= np.where(total[inside] > 0, total[inside], 1.0)[:, None]
+    return overlap
 
 
 class FileHandles:
@@ -817,12 +820,14 @@ class GeoTiffMosaic(RasterDataset):
         cell = grid.res[0]
         c0, r0 = _cell_span(left - grid.x0, grid.y0 - top, cell, shape, start=True)
         c1, r1 = _cell_span(right - grid.x0, grid.y0 - bottom, cell, shape, start=False)
-        # Area of each cell inside the file's footprint, as a fraction of it.
-        along_x = _overlaps(grid.x0 + np.arange(c0, c1 + 2) * cell, left, right, cell)
-        along_y = _overlaps(grid.y0 - np.arange(r0, r1 + 2) * cell, bottom, top, cell)
-        inside = np.outer(along_y, along_x).astype(np.float32)
+        # Cell edges, as distances right of and below the grid's corner.
+        cells_x = np.arange(c0, c1 + 2) * cell
+        cells_y = np.arange(r0, r1 + 2) * cell
         if self._all_valid[position]:
-            return CellBlock(r0, c0, inside)
+            # The footprint is the data: one "pixel" as large as the file.
+            along_x = _overlap_matrix(cells_x, np.array([left, right]) - grid.x0, cell)
+            along_y = _overlap_matrix(cells_y, grid.y0 - np.array([top, bottom]), cell)
+            return CellBlock(r0, c0, (along_y @ along_x.T).astype(np.float32))
         handle = self._open_file(self._paths[position])
         try:
             # Read masks at about 4 samples per cell: cheap and accurate enough.
@@ -832,24 +837,16 @@ class GeoTiffMosaic(RasterDataset):
                 max(1, round(handle.width / scale)),
             )
             mask = self._file_mask(handle, out_shape)
-            mask_transform = handle.transform @ Affine.scale(
-                handle.width / out_shape[1], handle.height / out_shape[0]
-            )
-            mask_crs = handle.crs
+            # Files and warped files alike lie on north-up grids of the CRS.
+            affine = handle.transform
         finally:
             handle.close()
-        # The valid share of the part of each cell the file covers.
-        valid = np.zeros_like(inside)
-        reproject(
-            mask,
-            valid,
-            src_transform=mask_transform,
-            src_crs=mask_crs,
-            dst_transform=grid.affine @ Affine.translation(c0, r0),
-            dst_crs=mask_crs,
-            resampling=Resampling.average,
-        )
-        return CellBlock(r0, c0, valid * inside)
+        pixels_x = affine.c + np.linspace(0, handle.width, out_shape[1] + 1) * affine.a
+        pixels_y = affine.f + np.linspace(0, handle.height, out_shape[0] + 1) * affine.e
+        along_x = _overlap_matrix(cells_x, pixels_x - grid.x0, cell)
+        along_y = _overlap_matrix(cells_y, grid.y0 - pixels_y, cell)
+        # Each cell's valid area: the mask's pixels weighted by their overlap.
+        return CellBlock(r0, c0, (along_y @ mask @ along_x.T).astype(np.float32))
 
     def _file_mask(self, handle: Any, out_shape: tuple[int, int]) -> np.ndarray:
         """Valid-data mask of one file at reduced resolution, as float32 0/1.

@@ -2,7 +2,7 @@
 
 Far-apart files and many small files, generated small. Nothing here is timed:
 the tests count what would grow with the empty extent (cells stored, areas
-reprojected, files opened) and check that it grows with the data only.
+mask samples read, files opened) and check that it grows with the data only.
 """
 
 from pathlib import Path
@@ -16,7 +16,6 @@ from conftest import write_raster
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-import glcgeo.datasets
 from glcgeo.coverage import CellBlock, SparseCoverage
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.geometry import PixelGrid
@@ -72,18 +71,18 @@ def tiles(tmp: Path, count: int, side: int, spacing: float) -> list[Path]:
     return paths
 
 
-class Reprojections:
-    """Counts the cells that coverage reprojects file masks onto."""
+class MaskReads:
+    """Counts the mask samples coverage reads from files."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.cells = 0
-        real = glcgeo.datasets.reproject
+        real = GeoTiffMosaic._file_mask
 
-        def counting(source: np.ndarray, destination: np.ndarray, **kwargs: object):
-            self.cells += destination.size
-            return real(source, destination, **kwargs)
+        def counting(mosaic: GeoTiffMosaic, handle: object, shape: tuple[int, int]):
+            self.cells += shape[0] * shape[1]
+            return real(mosaic, handle, shape)
 
-        monkeypatch.setattr(glcgeo.datasets, 'reproject', counting)
+        monkeypatch.setattr(GeoTiffMosaic, '_file_mask', counting)
 
 
 @pytest.mark.parametrize('frame', [0, 8], ids=['all_valid', 'nodata_frame'])
@@ -94,23 +93,23 @@ def test_far_apart_files_cost_what_one_file_does(
     far = far_apart(tmp_path / 'far', 50_000, frame=frame)
     counts = []
     for paths in (near, far):
-        reprojected = Reprojections(monkeypatch)
+        read = MaskReads(monkeypatch)
         mosaic = GeoTiffPairs(paths)
         sampler = PairedWindowSampler(mosaic, size=32, length=8)
         list(sampler)
-        counts.append((len(sampler.coverage.keys), reprojected.cells))
-    (one_cells, one_reprojected), (two_cells, two_reprojected) = counts
+        counts.append((len(sampler.coverage.keys), read.cells))
+    (one_cells, one_read), (two_cells, two_read) = counts
     # The second mosaic's bounding box is ~600,000 times the first's; its
     # coverage holds the cells of two files (each file's cells differ by a row
-    # and a column with how it falls on the cell grid), and reprojects two
-    # files' worth.
+    # and a column with how it falls on the cell grid), and reads two files'
+    # masks.
     rows, cols = sampler.coverage.shape
     assert rows * cols > 100_000 * one_cells
     assert one_cells < two_cells <= 2.3 * one_cells
     assert sampler.coverage.nbytes <= 20 * two_cells + 8
-    assert two_reprojected <= 2.3 * one_reprojected
+    assert two_read == 2 * one_read
     if not frame:
-        assert two_reprojected == 0  # files valid everywhere are not even read
+        assert two_read == 0  # files valid everywhere are not even read
 
 
 def test_pairs_and_statistics_of_far_apart_files_come_from_both(
@@ -125,10 +124,11 @@ def test_pairs_and_statistics_of_far_apart_files_come_from_both(
         assert sample['valid1'] == sample['valid2'] == 1.0
         east.append(pair.view1.col_off > 25_000)
     assert 0.3 < np.mean(east) < 0.7
-    reprojected = Reprojections(monkeypatch)
+    read = MaskReads(monkeypatch)
     stats = compute_band_stats(mosaic, windows=8, window_size=16)
-    # Cells of 2 m (a window's eighth): two files' 33 x 33, not the extent's.
-    assert reprojected.cells <= 2 * 33 * 33
+    # The two files' masks (at full resolution for cells of 2 px), not the
+    # extent's.
+    assert read.cells == 2 * 64 * 64
     # The statistics are those of the two files' valid pixels.
     values = np.concatenate(
         [rasterio.open(p).read().reshape(3, -1) for p in paths], axis=1
