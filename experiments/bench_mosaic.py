@@ -145,7 +145,8 @@ def main() -> None:
         for task in ('start', 'stats')
     }
     print(
-        f'RESULT far_extra_s={extra["start"][0]:.2f} far_extra_mb={extra["start"][1]:.0f} '
+        f'RESULT far_extra_s={extra["start"][0]:.2f} '
+        f'far_extra_mb={extra["start"][1]:.0f} '
         f'far_stats_extra_s={extra["stats"][0]:.2f} '
         f'far_stats_extra_mb={extra["stats"][1]:.0f} many_files={len(many)} '
         f'many_start_s={many_start["s"]:.1f} many_peak_mb={many_start["mb"]:.0f}'
