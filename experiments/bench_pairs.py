@@ -1,8 +1,12 @@
 """Benchmark: window pairs per second through glcgeo's data module loader.
 
-On a shipped mosaic (the two overlapping Sentinel-2 tiles), the same seeded pairs
-(224 px views, default scales and overlap) are read three ways, each through a
-DataLoader with the same sampler, batch size and worker processes:
+On each mosaic (by default the shipped one, the two overlapping Sentinel-2
+tiles, and a generated many-file one: 256 touching files of 512 x 512 px, tiled
+and deflate-compressed, of Sentinel-2 texture, written once under
+$GLCGEO_BENCH_DATA or $TMPDIR/glcgeo-bench; or the mosaics given with --data),
+the same seeded pairs (224 px views, default scales and overlap) are read three
+ways, each through a DataLoader with the same sampler, batch size and worker
+processes:
 
 * glcgeo: the loader of :class:`~glcgeo.datamodules.GLCNetDataModule` itself.
   Its workers read each pair's union window once, in the files' dtype, with the
@@ -13,12 +17,14 @@ DataLoader with the same sampler, batch size and worker processes:
   device (``glcgeo.pairs.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
-  covers and returns the arrays, collated into one flat buffer per batch (one
+  covers (found by a vectorised test of all files' bounds, every file kept
+  open) and returns the arrays, collated into one flat buffer per batch (one
   transfer a batch to the main process);
 * two reads: the naive way, two TorchGeo slice reads per pair
   (``mosaic[xmin:xmax:res, ymin:ymax:res]``, each view at its own resolution).
 
-    python experiments/bench_pairs.py [--pairs 512] [--batch 32] [--workers 2]
+    python experiments/bench_pairs.py [--data PATH ...] [--pairs 512] [--batch 32]
+        [--workers 2]
 
 Also printed, as context only (not in the RESULT ratios): the raw reads in one
 process with no DataLoader (the shipped files are small: after the first round
@@ -29,8 +35,11 @@ the unions included), the work moved out of the workers (on a GPU it is a small
 part of a training step).
 
 Last line: ``RESULT pairs_per_s=<x> ratio_vs_raw_read=<r> ratio_vs_two_reads=<s>``
-with x the glcgeo loader's pairs/s, r = x / raw read through the loader, s = x /
-two reads (target: r >= 0.8 and s >= 1.5).
+for the first mosaic, then ``many_pairs_per_s``, ``many_ratio_vs_raw_read``,
+``many_ratio_vs_two_reads`` for the generated one in the default run (or
+``<i>_pairs_per_s`` ... for the i-th --data mosaic, i >= 2), with x the glcgeo
+loader's pairs/s, r = x / raw read through the loader, s = x / two reads
+(targets: r >= 0.8 on every mosaic and s >= 1.5).
 """
 
 import argparse
@@ -45,6 +54,7 @@ import rasterio
 import torch
 from rasterio.io import DatasetReader
 from rasterio.windows import from_bounds
+from synthetic_mosaics import clustered_corners, default_folder, write_mosaic
 from torch.utils.data import DataLoader, Dataset
 
 from glcgeo.datamodules import GLCNetDataModule
@@ -59,19 +69,40 @@ DATA = os.path.join(
 
 
 def read_union(
-    handles: Sequence[DatasetReader], grid: PixelGrid, pair: WindowPair
+    handles: Sequence[DatasetReader],
+    bounds: np.ndarray,
+    grid: PixelGrid,
+    pair: WindowPair,
 ) -> list[np.ndarray]:
-    """Rasterio reads of a pair's union window from each file it covers."""
+    """Rasterio reads of a pair's union window from each file it covers.
+
+    Args:
+        handles: every file of the mosaic, open.
+        bounds: [N, 4] their (left, bottom, right, top).
+        grid: the mosaic's grid.
+        pair: the pair.
+    """
     xmin, ymin, xmax, ymax = grid.window_bounds(pair.union)
+    left, bottom, right, top = bounds.T
+    covering = (left < xmax) & (xmin < right) & (bottom < ymax) & (ymin < top)
     reads = []
-    for src in handles:
-        b = src.bounds
-        left, right = max(xmin, b.left), min(xmax, b.right)
-        bottom, top = max(ymin, b.bottom), min(ymax, b.top)
-        if left < right and bottom < top:
-            window = from_bounds(left, bottom, right, top, src.transform)
-            reads.append(src.read(window=window.round_offsets().round_lengths()))
+    for i in np.flatnonzero(covering):
+        src = handles[i]
+        window = from_bounds(
+            max(xmin, left[i]),
+            max(ymin, bottom[i]),
+            min(xmax, right[i]),
+            min(ymax, top[i]),
+            src.transform,
+        )
+        reads.append(src.read(window=window.round_offsets().round_lengths()))
     return reads
+
+
+def open_all(files: Sequence[str]) -> tuple[list[DatasetReader], np.ndarray]:
+    """Open every file; the handles and their bounds."""
+    handles = [rasterio.open(f) for f in files]
+    return handles, np.array([tuple(h.bounds) for h in handles])
 
 
 class RawReads(Dataset[list[np.ndarray]]):
@@ -80,15 +111,14 @@ class RawReads(Dataset[list[np.ndarray]]):
     def __init__(self, mosaic: GeoTiffMosaic) -> None:
         self.files = mosaic.files
         self.grid = mosaic.grid
-        self.handles: dict[int, list[DatasetReader]] = {}
+        self.handles: dict[int, tuple[list[DatasetReader], np.ndarray]] = {}
 
     def __getitem__(self, pair: WindowPair) -> list[np.ndarray]:
         # Files opened once per worker process (a forked handle is not shareable).
-        handles = self.handles.get(os.getpid())
-        if handles is None:
-            handles = [rasterio.open(f) for f in self.files]
-            self.handles[os.getpid()] = handles
-        return read_union(handles, self.grid, pair)
+        opened = self.handles.get(os.getpid())
+        if opened is None:
+            opened = self.handles[os.getpid()] = open_all(self.files)
+        return read_union(*opened, self.grid, pair)
 
 
 def one_buffer(samples: list[list[np.ndarray]]) -> torch.Tensor:
@@ -150,11 +180,11 @@ def time_glcgeo(datamodule: GLCNetDataModule, args: argparse.Namespace) -> float
 
 def time_raw_reads(mosaic: GeoTiffMosaic, pairs: list[WindowPair]) -> float:
     """Pairs per second of rasterio reads of the union windows, one process."""
-    handles = [rasterio.open(f) for f in mosaic.files]
+    handles, bounds = open_all(mosaic.files)
     try:
         start = time.perf_counter()
         for pair in pairs:
-            read_union(handles, mosaic.grid, pair)
+            read_union(handles, bounds, mosaic.grid, pair)
         return len(pairs) / (time.perf_counter() - start)
     finally:
         for src in handles:
@@ -186,31 +216,21 @@ def time_cut(
     return cut / len(pairs) * 1000, unpack / len(pairs) * 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument(
-        '--pairs', type=int, default=512, help='pairs per path (a multiple of batch)'
-    )
-    parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--size', type=int, default=224)
-    parser.add_argument(
-        '--workers', type=int, default=2, help="glcgeo's default data loader workers"
-    )
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--rounds', type=int, default=3, help='timing rounds')
-    args = parser.parse_args()
-    if args.pairs % args.batch or args.pairs < 3 * args.batch:
-        parser.error('--pairs must be a multiple of --batch, at least 3 batches')
+def measure(paths: list[str], args: argparse.Namespace) -> tuple[float, float, float]:
+    """Pairs/s of the three paths on one mosaic, the best of --rounds rounds.
 
+    Returns:
+        (glcgeo loader, raw reads through the loader, two reads per pair).
+    """
     datamodule = GLCNetDataModule(
-        DATA,
+        paths,
         batch_size=args.batch,
         patch_size=args.size,
         length=args.pairs,
         num_workers=args.workers,
     )
     datamodule.setup('fit')
-    mosaic = GeoTiffMosaic(DATA)
+    mosaic = GeoTiffMosaic(paths)
     pairs = list(sampler(mosaic, args))
 
     def loader(dataset: Any, **kwargs: Any) -> DataLoader[Any]:
@@ -241,7 +261,8 @@ def main() -> None:
         print(
             f'round {round_}: best pairs/s so far: raw rasterio union reads '
             f'{raw:.1f} (1 process, no loader: {single:.1f}), glcgeo data module '
-            f'loader {glcgeo:.1f}, two TorchGeo reads per pair {naive:.1f}'
+            f'loader {glcgeo:.1f}, two TorchGeo reads per pair {naive:.1f}',
+            flush=True,
         )
     cut, unpack = time_cut(datamodule, args)
     print(
@@ -249,10 +270,53 @@ def main() -> None:
         f'{torch.get_num_threads()} threads): {cut:.2f} ms a pair, of which '
         f'unpacking and padding the unions {unpack:.2f} ms'
     )
-    print(
-        f'RESULT pairs_per_s={glcgeo:.1f} ratio_vs_raw_read={glcgeo / raw:.2f} '
-        f'ratio_vs_two_reads={glcgeo / naive:.2f}'
+    return glcgeo, raw, naive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument(
+        '--data',
+        nargs='+',
+        action='append',
+        help='a mosaic (files, folders, globs); repeat for several (default: '
+        'the shipped Sentinel-2 tiles and a generated 256-file mosaic)',
     )
+    parser.add_argument(
+        '--pairs', type=int, default=512, help='pairs per path (a multiple of batch)'
+    )
+    parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument(
+        '--workers', type=int, default=2, help="glcgeo's default data loader workers"
+    )
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--rounds', type=int, default=3, help='timing rounds')
+    args = parser.parse_args()
+    if args.pairs % args.batch or args.pairs < 3 * args.batch:
+        parser.error('--pairs must be a multiple of --batch, at least 3 batches')
+    # (prefix of the RESULT keys, paths) of each mosaic.
+    mosaics: list[tuple[str, list[str]]]
+    if args.data:
+        mosaics = [('' if i == 0 else f'{i + 1}_', d) for i, d in enumerate(args.data)]
+    else:
+        many = write_mosaic(
+            default_folder('pairs_256x512'),
+            clustered_corners(256, 512 * 10.0, cluster=16),
+            side=512,
+            res=10.0,
+        )
+        mosaics = [('', [DATA]), ('many_', many)]
+    results = []
+    for prefix, paths in mosaics:
+        print(f'== {prefix or "first "}mosaic: {paths[0]} ... ==', flush=True)
+        glcgeo, raw, naive = measure(paths, args)
+        results.append(
+            f'{prefix}pairs_per_s={glcgeo:.1f} '
+            f'{prefix}ratio_vs_raw_read={glcgeo / raw:.2f} '
+            f'{prefix}ratio_vs_two_reads={glcgeo / naive:.2f}'
+        )
+    print('RESULT ' + ' '.join(results))
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ import os
 import resource
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,36 @@ __all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
 #: Band mask flags under which a masked pixel holds the file's nodata value (or
 #: none is masked), so that a plain read equals a masked one filled with nodata.
 PLAIN_MASKS = ([MaskFlags.all_valid], [MaskFlags.nodata])
+
+
+def quick_open_env() -> rasterio.Env:
+    """GDAL settings for opening a mosaic's files.
+
+    GDAL lists a file's folder at each open to find side-car files (.ovr,
+    .aux.xml, .msk): in a folder of N files, N opens list N names each. Looking
+    the side-car files up by name instead keeps each open's cost flat.
+    """
+    return rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN='TRUE')
+
+
+def map_files[T, R](function: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """Apply *function* to each item (a file's work) in threads, in order.
+
+    GDAL releases the GIL while it opens, decompresses and waits for remote
+    bytes, so indexing and coverage of many files run on every core.
+
+    Args:
+        function: the work for one file; it opens its own handles.
+        items: what it applies to.
+
+    Returns:
+        the results, in the order of *items*.
+    """
+    workers = min(len(items), 2 * (os.cpu_count() or 1), 16)
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, items))
 
 
 def _fits(nodata: float | None, dtype: str) -> bool:
@@ -132,7 +163,7 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
 
     """
     try:
-        with rasterio.open(path) as src:
+        with quick_open_env(), rasterio.open(path) as src:
             if src.crs is None and not src.gcps[1] and not crs_given:
                 raise GlcgeoError(
                     'raster has no CRS (not georeferenced); give one with crs=...',
@@ -187,6 +218,11 @@ def _cell_span(
         min(max(col, 0), shape[1] - 1),
         min(max(row, 0), shape[0] - 1),
     )
+
+
+def _overlap(a: slice, b: slice) -> bool:
+    """Whether two ranges of indexes share one."""
+    return a.start < b.stop and b.start < a.stop
 
 
 def _overlap_matrix(cells: np.ndarray, pixels: np.ndarray, cell: float) -> np.ndarray:
@@ -333,7 +369,9 @@ class GeoTiffMosaic(RasterDataset):
 
         """
         files = expand_paths(paths)
-        headers = [read_header(f, crs is not None) for f in files]
+        headers = map_files(
+            functools.partial(read_header, crs_given=crs is not None), files
+        )
         counts = {header.count for header in headers}
         if len(counts) > 1:
             detail = ', '.join(
@@ -362,7 +400,8 @@ class GeoTiffMosaic(RasterDataset):
         self.time_series = False
         # TorchGeo maps band names to indexes; with duplicate names use ours.
         self.band_indexes = list(self.band_indexes_selected)
-        self._build_index(files, headers, crs, res)
+        with quick_open_env():
+            self._build_index(files, headers, crs, res)
         self._mask_flags: dict[str, Sequence[Sequence[MaskFlags]]] = {}
         self._handles = FileHandles(self._open_file)
         self._coverages: dict[float, SparseCoverage] = {}
@@ -645,39 +684,69 @@ class GeoTiffMosaic(RasterDataset):
         """
         first = handles[0]
         nodata = 0.0 if first.nodata is None else first.nodata
+        dtype = first.dtypes[0]
         window, rows, cols = pieces[0]
-        covered = (rows.stop - rows.start, cols.stop - cols.start) == shape
-        if self._plain_masks(first) and window.width and window.height:
-            # The first file's masked pixels hold its nodata, the fill: its plain
-            # read is the composite so far where it lies, without the masks and
-            # copies (most of a view's cost), and all of it when it covers the
-            # output.
+        if (rows.stop - rows.start, cols.stop - cols.start) == shape and (
+            self._plain_masks(first)
+        ):
+            # The first file covers the output and its masked pixels hold the
+            # fill: its plain read is the composite (most views, on big files).
             data = first.read(
-                self.band_indexes_selected, window=window, out_dtype=first.dtypes[0]
+                self.band_indexes_selected, window=window, out_dtype=dtype
             )
-            if covered:
-                out = data
-            else:
-                out = np.full((self.num_bands, *shape), nodata, dtype=data.dtype)
-                out[:, rows, cols] = data
-            handles, pieces = handles[1:], pieces[1:]
-        else:
-            out = np.full((self.num_bands, *shape), nodata, dtype=first.dtypes[0])
+            return torch.from_numpy(data)
+        out = np.full((self.num_bands, *shape), nodata, dtype=dtype)
+        placed: list[tuple[slice, slice]] = []
         for handle, (window, rows, cols) in zip(handles, pieces, strict=True):
             if window.width == 0 or window.height == 0:
                 continue
             region = out[:, rows, cols]
-            if math.isnan(nodata):
-                still_nodata = np.isnan(region)
-            elif np.issubdtype(out.dtype, np.integer):
-                still_nodata = region == nodata
+            if self._fills_plainly(handle, nodata) and not any(
+                _overlap(rows, r) and _overlap(cols, c) for r, c in placed
+            ):
+                # Where no file above lies, the output holds the fill, and so do
+                # this file's masked pixels: its plain read is the composite
+                # there, without the masks and copies (touching tiles' case).
+                region[:] = handle.read(
+                    self.band_indexes_selected, window=window, out_dtype=dtype
+                )
             else:
-                still_nodata = np.isclose(region, nodata)
-            if not still_nodata.any():
-                continue  # the files above cover this one here
-            data = handle.read(self.band_indexes_selected, window=window, masked=True)
-            copy_first(region, data, still_nodata, np.ma.getmaskarray(data))
+                if math.isnan(nodata):
+                    still_nodata = np.isnan(region)
+                elif np.issubdtype(out.dtype, np.integer):
+                    still_nodata = region == nodata
+                else:
+                    still_nodata = np.isclose(region, nodata)
+                if still_nodata.any():  # else the files above cover this one here
+                    data = handle.read(
+                        self.band_indexes_selected, window=window, masked=True
+                    )
+                    copy_first(region, data, still_nodata, np.ma.getmaskarray(data))
+            placed.append((rows, cols))
         return torch.from_numpy(out)
+
+    def _fills_plainly(self, handle: DatasetReader | WarpedVRT, fill: float) -> bool:
+        """Whether a file's plain read equals its masked read filled with *fill*.
+
+        Args:
+            handle: the open file.
+            fill: the composite's fill value (the first file's nodata, or 0).
+
+        Returns:
+            True if none of its selected bands' pixels is masked, or the masked
+            ones hold its nodata value and that is *fill*.
+        """
+        flags = self._band_mask_flags(handle)
+        if all(
+            flags[i - 1] == [MaskFlags.all_valid] for i in self.band_indexes_selected
+        ):
+            return True
+        nodata = handle.nodata
+        return (
+            self._plain_masks(handle)
+            and nodata is not None
+            and (nodata == fill or (math.isnan(nodata) and math.isnan(fill)))
+        )
 
     def _plain_masks(self, handle: DatasetReader | WarpedVRT) -> bool:
         """Whether a plain read of an open file is its masked read filled with nodata.
@@ -689,12 +758,19 @@ class GeoTiffMosaic(RasterDataset):
             True if every selected band's masked pixels hold the file's nodata
             value, or none is masked.
         """
-        # Read once per file: rasterio builds the flags of every band anew at
-        # each access (~20 us, a tenth of a view's read).
+        flags = self._band_mask_flags(handle)
+        return all(flags[i - 1] in PLAIN_MASKS for i in self.band_indexes_selected)
+
+    def _band_mask_flags(
+        self, handle: DatasetReader | WarpedVRT
+    ) -> Sequence[Sequence[MaskFlags]]:
+        """The mask flags of every band of an open file, read once per file."""
+        # Rasterio builds the flags of every band anew at each access (~20 us, a
+        # tenth of a view's read).
         flags = self._mask_flags.get(handle.name)
         if flags is None:
             flags = self._mask_flags[handle.name] = handle.mask_flag_enums
-        return all(flags[i - 1] in PLAIN_MASKS for i in self.band_indexes_selected)
+        return flags
 
     def valid_mask(self, image: Tensor) -> Tensor:
         """Pixels holding data: :func:`valid_pixels` with the mosaic's nodata.
@@ -767,9 +843,10 @@ class GeoTiffMosaic(RasterDataset):
 
     def _open_file(self, filepath: str) -> DatasetReader | WarpedVRT:
         """Open a file in the dataset CRS: as it is when it lies on it, else warped."""
-        if filepath in self._direct:
-            return rasterio.open(filepath)
-        return self._load_warp_file(filepath, self.crs)
+        with quick_open_env():
+            if filepath in self._direct:
+                return rasterio.open(filepath)
+            return self._load_warp_file(filepath, self.crs)
 
     def coverage(self, cell: float) -> SparseCoverage:
         """Fraction of each coarse cell of the mosaic holding data, occupied cells only.

@@ -13,6 +13,7 @@ import rasterio
 import torch
 from affine import Affine
 from conftest import write_raster
+from rasterio.merge import merge
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -247,3 +248,29 @@ def test_first_batch_of_a_far_apart_mosaic_reads_only_files(tmp_path: Path) -> N
         mosaic.read_raw(*mosaic.grid.window_bounds(Window(0, 0, 64, 64))),
         torch.from_numpy(rasterio.open(paths[0]).read()),
     )
+
+
+@pytest.mark.parametrize('frame', [0, 3], ids=['all_valid', 'nodata_frame'])
+def test_reads_across_touching_files_are_rasterio_merges(
+    tmp_path: Path, frame: int
+) -> None:
+    """Windows over the corners of four touching files (each read plainly into
+    its part of the window) are what rasterio.merge composites."""
+    paths = []
+    for i, (dx, dy) in enumerate(((0, 0), (40, 0), (0, 40), (40, 40))):
+        transform = from_origin(ORIGIN[0] + dx, ORIGIN[1] - dy, 1, 1)
+        image = textured(40, i, frame)
+        nodata = 0 if frame else None
+        paths.append(
+            write_raster(
+                tmp_path / f'q{i}.tif', image, transform=transform, nodata=nodata
+            )
+        )
+    mosaic = GeoTiffMosaic(paths)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        col, row = (int(v) for v in rng.integers(10, 40, 2))
+        width, height = (int(v) for v in rng.integers(5, 40, 2))
+        box = mosaic.grid.window_bounds(Window(col, row, width, height))
+        expected, _ = merge([str(p) for p in paths], bounds=box, res=(1.0, 1.0))
+        np.testing.assert_array_equal(mosaic.read_raw(*box).numpy(), expected)
