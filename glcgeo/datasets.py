@@ -39,6 +39,14 @@ from torchgeo.datasets.utils import GeoSlice, Sample
 from .coverage import CellBlock, SparseCoverage
 from .errors import GlcgeoError
 from .geometry import PixelGrid
+from .index_cache import (
+    MosaicIndex,
+    cache_key,
+    load_coverage,
+    load_index,
+    save_coverage,
+    save_index,
+)
 from .sources import expand as expand_paths
 
 __all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
@@ -348,6 +356,7 @@ class GeoTiffMosaic(RasterDataset):
         nodata: float | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
         cache: bool = True,
+        index_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         """Initialize a new GeoTiffMosaic.
 
@@ -362,6 +371,10 @@ class GeoTiffMosaic(RasterDataset):
                 in the first file, if any).
             transforms: a function applied to each sample.
             cache: keep file handles open between reads.
+            index_cache: a folder where the index and coverages are kept
+                (:mod:`glcgeo.index_cache`), so that other processes of a run
+                (DDP ranks, a resumed run) read them instead of every file
+                (defaults to none: computed in this process).
 
         Raises:
             GlcgeoError: for a missing or unreadable file, files with different band
@@ -369,6 +382,77 @@ class GeoTiffMosaic(RasterDataset):
 
         """
         files = expand_paths(paths)
+        if crs is not None and not isinstance(crs, PROJ_CRS):
+            crs = PROJ_CRS.from_user_input(crs)
+        # RasterDataset only overrides the files' nodata when this is set.
+        self.nodata = nodata
+        self.index_cache = None if index_cache is None else os.fspath(index_cache)
+        self._cache_key = cache_key(
+            files, {'crs': crs and crs.to_wkt(), 'res': res, 'nodata': nodata}
+        )
+        index = None
+        if self.index_cache is not None:
+            index = load_index(self.index_cache, self._cache_key)
+        if index is None:
+            index = self._read_index(files, crs, res)
+            if self.index_cache is not None:
+                save_index(self.index_cache, self._cache_key, index)
+        descriptions = index.descriptions
+        self.all_bands = tuple(descriptions)
+        self.band_indexes_selected = self._resolve_bands(bands, descriptions, files[0])
+        self.file_nodata = nodata if nodata is not None else index.nodata
+        self.source_dtype = index.dtype
+        # What RasterDataset.__init__ sets, from the index: TorchGeo's own opens
+        # every file twice more and computes a warp grid for each (~5 ms a file).
+        self.paths = self._paths = files
+        self.bands = [descriptions[i - 1] for i in self.band_indexes_selected]
+        self.transforms = transforms
+        self.cache = cache
+        self.time_series = False
+        # TorchGeo maps band names to indexes; with duplicate names use ours.
+        self.band_indexes = list(self.band_indexes_selected)
+        self._res = index.res
+        self._direct = frozenset(np.asarray(files)[index.direct].tolist())
+        self._file_boxes = index.boxes
+        self._all_valid = index.all_valid
+        datetimes = pd.IntervalIndex.from_tuples(
+            [(self.mint, self.maxt)] * len(files), closed='both', name='datetime'
+        )
+        self.index = GeoDataFrame(
+            {'filepath': files},
+            index=datetimes,
+            geometry=shapely.box(*index.boxes.T),
+            crs=PROJ_CRS.from_wkt(index.crs),
+        )
+        self._mask_flags: dict[str, Sequence[Sequence[MaskFlags]]] = {}
+        self._handles = FileHandles(self._open_file)
+        self._coverages: dict[float, SparseCoverage] = {}
+
+    def _read_index(
+        self,
+        files: list[str],
+        crs: PROJ_CRS | None,
+        res: float | tuple[float, float] | None,
+    ) -> MosaicIndex:
+        """Index the files: one open each (in threads), and their footprints.
+
+        A file in the mosaic CRS on a north-up grid is read as it is: its
+        footprint is its bounds. Other files (another CRS, rotated, GCPs, a
+        nodata override) are opened as TorchGeo opens them (a warped VRT) for
+        theirs.
+
+        Args:
+            files: the files, in mosaic order.
+            crs: the mosaic CRS, or None for the first file's.
+            res: the pixel size, or None for the first file's.
+
+        Returns:
+            the index.
+
+        Raises:
+            GlcgeoError: for an unreadable or ungeoreferenced file, or files with
+                different band counts.
+        """
         headers = map_files(
             functools.partial(read_header, crs_given=crs is not None), files
         )
@@ -379,65 +463,12 @@ class GeoTiffMosaic(RasterDataset):
                 for f, h in zip(files, headers, strict=True)
             )
             raise GlcgeoError(f'files have different band counts ({detail})', files[0])
-        descriptions = list(headers[0].descriptions)
-        self.all_bands = tuple(descriptions)
-        self.band_indexes_selected = self._resolve_bands(bands, descriptions, files[0])
-        self.file_nodata = nodata if nodata is not None else headers[0].nodata
-        # RasterDataset only overrides the files' nodata when this is set.
-        self.nodata = nodata
-        self.source_dtype = headers[0].dtype
         if crs is None:
             crs = self._first_crs(files[0], headers[0])
-        elif not isinstance(crs, PROJ_CRS):
-            crs = PROJ_CRS.from_user_input(crs)
-        # What RasterDataset.__init__ sets, but for the index: it opens every
-        # file twice more and computes a warp grid for each (~5 ms a file);
-        # the headers read above hold all that files on the mosaic's CRS need.
-        self.paths = self._paths = files
-        self.bands = [descriptions[i - 1] for i in self.band_indexes_selected]
-        self.transforms = transforms
-        self.cache = cache
-        self.time_series = False
-        # TorchGeo maps band names to indexes; with duplicate names use ours.
-        self.band_indexes = list(self.band_indexes_selected)
-        with quick_open_env():
-            self._build_index(files, headers, crs, res)
-        self._mask_flags: dict[str, Sequence[Sequence[MaskFlags]]] = {}
-        self._handles = FileHandles(self._open_file)
-        self._coverages: dict[float, SparseCoverage] = {}
-
-    @staticmethod
-    def _first_crs(path: str, header: RasterHeader) -> PROJ_CRS:
-        """The CRS of the first file, as TorchGeo takes it (WKT2), or its GCPs'."""
-        if header.crs is not None:
-            with rasterio.Env(OSR_WKT_FORMAT='WKT2_2018'):
-                return PROJ_CRS.from_user_input(header.crs)
-        with rasterio.open(path) as src:
-            return PROJ_CRS.from_user_input(src.gcps[1])
-
-    def _build_index(
-        self,
-        files: list[str],
-        headers: list[RasterHeader],
-        crs: PROJ_CRS,
-        res: float | tuple[float, float] | None,
-    ) -> None:
-        """Build TorchGeo's index of file footprints in *crs*, and the resolution.
-
-        A file in *crs* on a north-up grid is read as it is: its footprint is its
-        bounds. Other files (another CRS, rotated, GCPs, a nodata override) are
-        opened as TorchGeo opens them (a warped VRT) for theirs.
-
-        Args:
-            files: the files, in mosaic order.
-            headers: their headers.
-            crs: the mosaic CRS.
-            res: the pixel size, or None for the first file's.
-        """
         target = CRS.from_user_input(crs)
         same_crs: dict[str, bool] = {}
         bounds = np.empty((len(files), 4), dtype=np.float64)
-        direct = set()
+        direct = np.zeros(len(files), dtype=bool)
         first_res: tuple[float, float] | None = None
         for i, (path, header) in enumerate(zip(files, headers, strict=True)):
             affine = header.transform
@@ -453,42 +484,55 @@ class GeoTiffMosaic(RasterDataset):
                 and affine.a > 0
                 and affine.e < 0
             ):
-                direct.add(path)
-                west, south, east, north = array_bounds(
-                    header.height, header.width, affine
-                )
-                bounds[i] = west, south, east, north
+                direct[i] = True
+                bounds[i] = array_bounds(header.height, header.width, affine)
                 file_res = (affine.a, -affine.e)
             else:
-                with self._load_warp_file(path, crs) as vrt:
+                with quick_open_env(), self._load_warp_file(path, crs) as vrt:
                     bounds[i] = tuple(vrt.bounds)
                     file_res = vrt.res
             first_res = first_res or file_res
         if res is None:
             assert first_res is not None
             res = first_res
-        self._res = (
-            (float(res), float(res))
-            if isinstance(res, int | float)
-            else (float(res[0]), float(res[1]))
+        nodata = self.nodata if self.nodata is not None else headers[0].nodata
+        return MosaicIndex(
+            files=files,
+            boxes=bounds,
+            direct=direct,
+            all_valid=direct
+            & np.array([h.all_valid for h in headers], dtype=bool)
+            & (nodata is None),
+            crs=crs.to_wkt(),
+            res=(
+                (float(res), float(res))
+                if isinstance(res, int | float)
+                else (float(res[0]), float(res[1]))
+            ),
+            descriptions=list(headers[0].descriptions),
+            nodata=headers[0].nodata,
+            dtype=headers[0].dtype,
         )
-        self._direct = frozenset(direct)
-        self._file_boxes = bounds
-        self._all_valid = np.array(
-            [
-                path in direct and header.all_valid and self.file_nodata is None
-                for path, header in zip(files, headers, strict=True)
-            ]
-        )
-        datetimes = pd.IntervalIndex.from_tuples(
-            [(self.mint, self.maxt)] * len(files), closed='both', name='datetime'
-        )
-        self.index = GeoDataFrame(
-            {'filepath': files},
-            index=datetimes,
-            geometry=shapely.box(*bounds.T),
-            crs=crs,
-        )
+
+    @staticmethod
+    def _first_crs(path: str, header: RasterHeader) -> PROJ_CRS:
+        """The CRS of the first file, as TorchGeo takes it (WKT2), or its GCPs'."""
+        if header.crs is not None:
+            with rasterio.Env(OSR_WKT_FORMAT='WKT2_2018'):
+                return PROJ_CRS.from_user_input(header.crs)
+        with rasterio.open(path) as src:
+            return PROJ_CRS.from_user_input(src.gcps[1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state DataLoader workers receive: the index, not the coverages.
+
+        Workers only read; the coverages (the sampler's, in the main process)
+        and the spatial tree (rebuilt on a worker's first read) stay behind.
+        """
+        state = self.__dict__.copy()
+        state['_coverages'] = {}
+        state.pop('_tree', None)
+        return state
 
     @property
     def files(self) -> list[str]:
@@ -869,6 +913,14 @@ class GeoTiffMosaic(RasterDataset):
         cached = self._coverages.get(cell)
         if cached is not None:
             return cached
+        key = cache_key(
+            [], {'index': self._cache_key, 'bands': self.band_indexes, 'cell': cell}
+        )
+        if self.index_cache is not None:
+            cached = load_coverage(self.index_cache, key)
+            if cached is not None:
+                self._coverages[cell] = cached
+                return cached
         x, y, _ = self.bounds
         grid = PixelGrid(x0=float(x.start), y0=float(y.stop), res=(cell, cell))
         shape = (
@@ -878,6 +930,8 @@ class GeoTiffMosaic(RasterDataset):
         blocks = [self._file_coverage(i, grid, shape) for i in range(len(self._paths))]
         coverage = SparseCoverage.from_blocks(grid, shape, blocks)
         self._coverages[cell] = coverage
+        if self.index_cache is not None:
+            save_coverage(self.index_cache, key, coverage)
         return coverage
 
     def _file_coverage(

@@ -42,7 +42,8 @@ def pretrain(
         trainer: keyword arguments of Lightning's ``Trainer`` (``max_epochs``,
             ``max_steps``, ``devices``, ``strategy``, ``accelerator`` ...).
         out: output folder: ``checkpoints/``, ``logs/`` (CSV, TensorBoard),
-            ``stats.json`` and ``config.yaml``.
+            ``stats.json``, ``config.yaml`` and ``index/`` (the mosaic's index
+            and coverage, :mod:`glcgeo.index_cache`).
         resume: continue from ``out/checkpoints/last.ckpt``.
         seed: global seed (model initialisation, augmentation).
         quiet: no progress bar.
@@ -66,6 +67,9 @@ def pretrain(
         )
     seed_everything(seed, workers=True, verbose=False)
 
+    # The mosaic's index and coverage are computed once per run: the other
+    # processes (DDP ranks, a resumed run) read them from the run folder.
+    data = {'index_cache': run.join('index'), **data}
     # Build the data first: bad inputs fail here, before any model is built.
     datamodule = GLCNetDataModule(**data)
     datamodule.setup('fit')

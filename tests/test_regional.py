@@ -5,6 +5,7 @@ the tests count what would grow with the empty extent (cells stored, areas
 mask samples read, files opened) and check that it grows with the data only.
 """
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,55 @@ def test_reads_across_touching_files_are_rasterio_merges(
         box = mosaic.grid.window_bounds(Window(col, row, width, height))
         expected, _ = merge([str(p) for p in paths], bounds=box, res=(1.0, 1.0))
         np.testing.assert_array_equal(mosaic.read_raw(*box).numpy(), expected)
+
+
+def test_index_and_coverage_are_built_once_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second process of the run (a DDP rank, a resumed run) reads the index
+    and coverage from the run's cache instead of opening every file; a changed
+    file is indexed anew."""
+    folder = tmp_path / 'tiles'
+    folder.mkdir()
+    paths = far_apart(folder, 1000, frame=2)
+    cache = tmp_path / 'run' / 'index'
+    first = GeoTiffPairs(folder, index_cache=cache)
+    sampler = PairedWindowSampler(first, size=16, length=4)
+    assert len(list(cache.iterdir())) == 2  # the index and one coverage
+
+    opened: list[str] = []
+    real = rasterio.open
+
+    def counting(path: str, *args: object, **kwargs: object):
+        opened.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, 'open', counting)
+    second = GeoTiffPairs(folder, index_cache=cache)
+    again = PairedWindowSampler(second, size=16, length=4)
+    assert not opened
+    np.testing.assert_array_equal(again.coverage.keys, sampler.coverage.keys)
+    np.testing.assert_array_equal(again.coverage.fractions, sampler.coverage.fractions)
+    assert second.index.geometry.equals(first.index.geometry)
+    for pair in again:
+        assert second.read_union(pair)['union'].shape[0] == 3
+
+    # Rewriting a file (another size or time) makes another key.
+    write_raster(paths[1], textured(32, 5), transform=from_origin(*ORIGIN, 1, 1))
+    opened.clear()
+    third = GeoTiffPairs(folder, index_cache=cache)
+    assert sorted(opened) == sorted(str(p) for p in paths)
+    assert third.bounds != second.bounds
+
+
+def test_workers_receive_the_index_without_coverages_or_handles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mosaic = GeoTiffPairs(far_apart(tmp_path, 1000, frame=2))
+    pair = next(iter(PairedWindowSampler(mosaic, size=16, length=1)))
+    mosaic.read_union(pair)
+    assert mosaic._coverages and len(mosaic._handles) == 1
+    monkeypatch.setattr(rasterio, 'open', None)  # unpickling opens nothing
+    copy = pickle.loads(pickle.dumps(mosaic))
+    assert not copy._coverages and len(copy._handles) == 0
+    assert copy.files == mosaic.files and copy.res == mosaic.res

@@ -52,6 +52,7 @@ class GLCNetDataModule(GeoDataModule):
         stats: str | None = None,
         seed: int = 0,
         num_workers: int = 2,
+        index_cache: str | None = None,
     ) -> None:
         """Initialize a new GLCNetDataModule.
 
@@ -79,6 +80,9 @@ class GLCNetDataModule(GeoDataModule):
                 computed from the mosaic when None.
             seed: seed of the pair sampler (the same on every rank).
             num_workers: data loader worker processes.
+            index_cache: a folder where the mosaic's index and coverage are kept
+                for the run's other processes (DDP ranks, resuming); see
+                :mod:`glcgeo.index_cache` (defaults to none).
         """
         super().__init__(
             GeoTiffUnions,
@@ -91,6 +95,7 @@ class GLCNetDataModule(GeoDataModule):
             crs=crs,
             res=res,
             nodata=nodata,
+            index_cache=index_cache,
         )
         self.save_hyperparameters()
         self.band_stats: BandStats | None = None
@@ -106,6 +111,8 @@ class GLCNetDataModule(GeoDataModule):
         if stage != 'fit' or self.train_sampler is not None:
             return
         hp = self.hparams
+        # Built once, here, before the workers start: they receive the index
+        # with the dataset, and only read. Other ranks find it in index_cache.
         # Workers only read: the views are cut on the device, after transfer.
         dataset = GeoTiffUnions(**self.kwargs)
         if hp['stats'] is not None:
