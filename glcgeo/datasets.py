@@ -48,6 +48,7 @@ from .index_cache import (
     save_index,
 )
 from .sources import expand as expand_paths
+from .sources import gdal_options
 
 __all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
 
@@ -56,14 +57,9 @@ __all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
 PLAIN_MASKS = ([MaskFlags.all_valid], [MaskFlags.nodata])
 
 
-def quick_open_env() -> rasterio.Env:
-    """GDAL settings for opening a mosaic's files.
-
-    GDAL lists a file's folder at each open to find side-car files (.ovr,
-    .aux.xml, .msk): in a folder of N files, N opens list N names each. Looking
-    the side-car files up by name instead keeps each open's cost flat.
-    """
-    return rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN='TRUE')
+def open_env(source: str) -> rasterio.Env:
+    """The GDAL settings to open one of a mosaic's files (:func:`gdal_options`)."""
+    return rasterio.Env(**gdal_options(source))
 
 
 def map_files[T, R](function: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -171,7 +167,7 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
 
     """
     try:
-        with quick_open_env(), rasterio.open(path) as src:
+        with open_env(path), rasterio.open(path) as src:
             if src.crs is None and not src.gcps[1] and not crs_given:
                 raise GlcgeoError(
                     'raster has no CRS (not georeferenced); give one with crs=...',
@@ -488,7 +484,7 @@ class GeoTiffMosaic(RasterDataset):
                 bounds[i] = array_bounds(header.height, header.width, affine)
                 file_res = (affine.a, -affine.e)
             else:
-                with quick_open_env(), self._load_warp_file(path, crs) as vrt:
+                with open_env(path), self._load_warp_file(path, crs) as vrt:
                     bounds[i] = tuple(vrt.bounds)
                     file_res = vrt.res
             first_res = first_res or file_res
@@ -887,7 +883,7 @@ class GeoTiffMosaic(RasterDataset):
 
     def _open_file(self, filepath: str) -> DatasetReader | WarpedVRT:
         """Open a file in the dataset CRS: as it is when it lies on it, else warped."""
-        with quick_open_env():
+        with open_env(filepath):
             if filepath in self._direct:
                 return rasterio.open(filepath)
             return self._load_warp_file(filepath, self.crs)

@@ -3,13 +3,16 @@
 A *source* names a raster: a local file, or a URL that GDAL reads by byte ranges
 (``http(s)://``, ``s3://``, ``gs://``, or a GDAL virtual file system path such as
 ``/vsicurl/...``, ``/vsis3/...`` or ``/vsizip/...``). :func:`expand` turns what a
-user gives (files, folders, globs, URLs) into sources; :func:`gdal_options` are
+user gives (files, folders, globs, URLs, folder URLs ending in ``/`` where the
+store or web server can list them, and text files listing sources one a line)
+into sources; :func:`gdal_options` are
 the GDAL settings to open each, :func:`exists` and :func:`stem` what can be told
 of one without opening it. This module imports nothing heavy.
 
 Example::
 
     expand(['tiles/', 'more/*.tif', 's3://bucket/scene.tif'])
+    expand(['https://host/cogs/', '@urls.txt'])  # a listed folder URL, a list
     stem('https://host/a/scene.tif?sig=x')  # 'scene'
 
 .. versionadded:: 0.1
@@ -32,7 +35,7 @@ __all__ = [
     'to_gdal_path',
 ]
 
-#: File name endings collected from folders by :func:`expand`.
+#: File name endings collected from folders (local or remote) by :func:`expand`.
 RASTER_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF', '.vrt', '.jp2')
 
 #: URL schemes -> the GDAL virtual file system that reads them (as rasterio maps
@@ -56,6 +59,9 @@ GDAL_URL_OPTIONS = {
 #: find side-car files (.ovr, .aux.xml, .msk); in a folder of N files that is N
 #: names per open. Looking them up by name instead keeps each open's cost flat.
 GDAL_LOCAL_OPTIONS = {'GDAL_DISABLE_READDIR_ON_OPEN': 'TRUE'}
+
+#: Suffix of a text file that lists sources, one a line.
+LIST_SUFFIX = '.txt'
 
 
 def is_url(source: str | os.PathLike[str]) -> bool:
@@ -131,13 +137,74 @@ def stem(source: str | os.PathLike[str]) -> str:
     return os.path.splitext(name)[0] or name
 
 
+def _from_gdal_path(path: str, like: str) -> str:
+    """A listed GDAL path written as the URL it was listed from is (*like*)."""
+    scheme = urlsplit(like).scheme
+    if scheme in URL_PREFIXES and path.startswith(URL_PREFIXES[scheme]):
+        return f'{scheme}://' + path.removeprefix(URL_PREFIXES[scheme])
+    return path
+
+
+def _list_remote_folder(url: str) -> list[str]:
+    """The rasters under a folder URL (a web server's index pages, a bucket prefix).
+
+    Args:
+        url: a URL or ``/vsi...`` path ending in ``/``.
+
+    Returns:
+        the rasters found, written as *url* is.
+
+    Raises:
+        GlcgeoError: if the folder cannot be listed or holds no raster.
+    """
+    import pyogrio  # GDAL's listing of virtual file systems, as TorchGeo uses
+
+    try:
+        entries = pyogrio.vsi_listtree(to_gdal_path(url))
+    except (OSError, RuntimeError) as error:
+        raise GlcgeoError(f'folder URL cannot be listed ({error})', url) from None
+    found = [
+        _from_gdal_path(e, url)
+        for e in entries
+        if not e.endswith('/') and e.endswith(RASTER_SUFFIXES)
+    ]
+    if not found:
+        raise GlcgeoError(
+            'folder URL lists no GeoTIFF (a web server must serve an index page; '
+            'else give the files, or a text file of their URLs)',
+            url,
+        )
+    return found
+
+
+def _read_list(path: str) -> list[str]:
+    """The sources a text file lists, one a line.
+
+    Blank lines and ``#`` comments are skipped; relative local paths are
+    relative to the file's folder.
+    """
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, 'strerror', None) or 'not text'
+        raise GlcgeoError(f'cannot read list of sources ({reason})', path) from None
+    sources = [line for line in lines if line and not line.startswith('#')]
+    if not sources:
+        raise GlcgeoError('list of sources is empty', path)
+    folder = os.path.dirname(os.path.abspath(path))
+    return [s if is_url(s) else os.path.join(folder, s) for s in sources]
+
+
 def expand(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 ) -> list[str]:
     """Expand what a user names into sources.
 
     Local files, folders (searched recursively for rasters) and glob patterns;
-    URLs and ``/vsi...`` paths, kept as given.
+    URLs and ``/vsi...`` paths, kept as given; folder URLs (ending in ``/``),
+    listed where the store or server can list them; text files (``@list.txt``,
+    or any ``*.txt``) listing sources one a line.
 
     Args:
         paths: one or more of the above.
@@ -146,15 +213,25 @@ def expand(
         the local files (absolute) and the URLs, sorted and de-duplicated.
 
     Raises:
-        GlcgeoError: if a local path does not exist, a folder holds no raster, a
-            pattern matches no file, or nothing is given.
+        GlcgeoError: if a local path does not exist, a folder (local or remote)
+            holds no raster, a pattern matches no file, a list cannot be read, or
+            nothing is given.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     sources: set[str] = set()
-    for path in (os.fspath(p) for p in paths):
+    lists: set[str] = set()
+    pending = [os.fspath(p) for p in paths]
+    while pending:
+        path = pending.pop()
+        if path.startswith('@') or (path.endswith(LIST_SUFFIX) and not is_url(path)):
+            listing = os.path.abspath(path.removeprefix('@'))
+            if listing not in lists:  # a list naming itself is read once
+                lists.add(listing)
+                pending.extend(_read_list(listing))
+            continue
         if is_url(path):
-            found = [path]
+            found = _list_remote_folder(path) if path.endswith('/') else [path]
         elif os.path.isdir(path):
             found = [
                 f

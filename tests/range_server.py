@@ -1,11 +1,15 @@
 """A local HTTP server for the URL tests: byte ranges and folder index pages.
 
-Run as ``python range_server.py FOLDER``: serves FOLDER on 127.0.0.1 at a free
-port, which it prints on its first line. It honours ``Range: bytes=a-b``
-requests (as GDAL's /vsicurl/ makes them) and serves folders as Apache-style
-"Index of" pages (which GDAL lists), as web servers that host COGs do. It runs
-in its own process: GDAL calls that hold the GIL (folder listings) would
-otherwise wait on a server thread of the same process.
+``with serve(folder) as server:`` serves *folder* on 127.0.0.1 at a free port
+(``server.url``), as web servers and object stores that host COGs do: it honours
+``Range: bytes=a-b`` requests (as GDAL's /vsicurl/ makes them) and serves folders
+as Apache-style "Index of" pages (which GDAL lists). ``server.requests()`` are
+the files' bytes sent so far, one GET each: (path, ``Range`` header or
+``whole``).
+
+The server runs in its own process (``python range_server.py FOLDER [LOG]``
+prints its port on its first line): GDAL calls that hold the GIL (folder
+listings) would otherwise wait on a server thread of the same process.
 """
 
 import functools
@@ -14,19 +18,31 @@ import http.server
 import io
 import os
 import re
+import subprocess
 import sys
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with byte ranges, and folder index pages."""
 
+    #: File the files' bytes sent are logged to (one GET a line), if any.
+    log: str | None = None
+
     def send_head(self) -> Any:
         """Answer a ``Range`` request with 206 and that part of the file."""
         match = re.fullmatch(r'bytes=(\d+)-(\d*)', self.headers.get('Range') or '')
         path = self.translate_path(self.path)
-        if match is None or not os.path.isfile(path):
+        is_file = os.path.isfile(path)
+        # What of which file a GET sends, for the log.
+        sent = match.group(0) if match else 'whole'
+        self.sent = f'{self.path} {sent}' if is_file else None
+        if match is None or not is_file:
             self.remaining = None
             return super().send_head()
         size = os.path.getsize(path)
@@ -44,7 +60,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         return source
 
     def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
-        """Send the asked range only."""
+        """Send the asked range only (and log what of which file was sent)."""
+        if self.log is not None and self.sent is not None:
+            with open(self.log, 'a') as f:
+                f.write(self.sent + '\n')
         if self.remaining is None:
             super().copyfile(source, outputfile)
         else:
@@ -74,8 +93,55 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         """Quiet."""
 
 
+@dataclass(frozen=True)
+class ServedFolder:
+    """A folder being served.
+
+    Attributes:
+        url: the base URL of the folder (no trailing ``/``).
+        log: the file of the files' bytes sent (one GET a line).
+    """
+
+    url: str
+    log: Path
+
+    def requests(self) -> list[tuple[str, str]]:
+        """The files' bytes sent so far, one GET each: (path, range or ``whole``)."""
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text().splitlines()
+        return [(path, ranges) for path, ranges in (s.split(' ', 1) for s in lines)]
+
+
+@contextmanager
+def serve(folder: str | os.PathLike[str]) -> Iterator[ServedFolder]:
+    """Serve a folder over HTTP with byte ranges, in another process.
+
+    Args:
+        folder: the folder to serve.
+
+    Yields:
+        the served folder; the server stops on leaving.
+    """
+    log = Path(folder).parent / f'{Path(folder).name}.requests.log'
+    server = subprocess.Popen(
+        [sys.executable, __file__, os.fspath(folder), str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        yield ServedFolder(f'http://127.0.0.1:{port}', log)
+    finally:
+        server.kill()
+        server.wait()
+
+
 if __name__ == '__main__':
-    handler = functools.partial(RangeHandler, directory=sys.argv[1])
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    folder, *log = sys.argv[1:]
+    handler = functools.partial(RangeHandler, directory=folder)
+    RangeHandler.log = log[0] if log else None
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    print(httpd.server_address[1], flush=True)
+    httpd.serve_forever()

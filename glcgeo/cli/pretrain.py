@@ -58,7 +58,12 @@ def add_parser(subparsers: Any) -> None:
     )
     # Defaults of None mean "not given": the config file or the API default holds.
     add = parser.add_argument
-    add('--data', nargs='+', help='GeoTIFF files, folders or glob patterns')
+    add(
+        '--data',
+        nargs='+',
+        help='GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, '
+        '/vsi...), folder URLs ending in /, or @list.txt of them',
+    )
     add('--out', required=True, help='output folder')
     add('--config', help='LightningCLI YAML (trainer/model/data sections)')
     add(

@@ -30,7 +30,13 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
-    add('--data', nargs='+', required=True, help='GeoTIFF files, folders or globs')
+    add(
+        '--data',
+        nargs='+',
+        required=True,
+        help='GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, '
+        '/vsi...), folder URLs ending in /, or @list.txt of them',
+    )
     add('--out', required=True, help='statistics JSON to write')
     add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
     add('--crs', help="CRS to reproject to (default: the first file's)")
