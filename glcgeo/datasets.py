@@ -6,10 +6,12 @@ slices of it; :class:`GeoTiffMask` reads class masks the same way. Reading windo
 pairs is :mod:`glcgeo.pairs`' job.
 """
 
+import atexit
 import functools
 import math
 import os
 import resource
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -253,6 +255,21 @@ def _overlap_matrix(cells: np.ndarray, pixels: np.ndarray, cell: float) -> np.nd
     return overlap
 
 
+#: Every FileHandles of the process, closed at exit (see _close_all_handles).
+_ALL_HANDLES: 'weakref.WeakSet[FileHandles]' = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_handles() -> None:
+    """Close the process's open files while Python and GDAL are still whole.
+
+    Left to the interpreter's last collection, a rasterio dataset closes after
+    the modules it reports through are gone ("Error in sys.excepthook").
+    """
+    for handles in list(_ALL_HANDLES):
+        handles.close()
+
+
 class FileHandles:
     """A process's open files of a dataset, the least recently used closed first.
 
@@ -285,6 +302,7 @@ class FileHandles:
         self.capacity = capacity
         self._pid = os.getpid()
         self._open: OrderedDict[str, DatasetReader | WarpedVRT] = OrderedDict()
+        _ALL_HANDLES.add(self)
 
     def get(self, path: str) -> DatasetReader | WarpedVRT:
         """The open file *path* of this process, opened if it is not.
@@ -307,6 +325,12 @@ class FileHandles:
             _, oldest = self._open.popitem(last=False)
             oldest.close()
         return handle
+
+    def close(self) -> None:
+        """Close this process's open files."""
+        if self._pid == os.getpid():
+            while self._open:
+                self._open.popitem()[1].close()
 
     def __len__(self) -> int:
         """Files open in this process."""
