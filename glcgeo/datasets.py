@@ -1,9 +1,12 @@
 """GeoTIFF mosaics as TorchGeo datasets.
 
-:class:`GeoTiffMosaic` indexes any set of GeoTIFFs (paths, folders or globs) of any band
-count and dtype, reprojects them to one CRS and resolution, and reads TorchGeo
-slices of it; :class:`GeoTiffMask` reads class masks the same way. Reading window
-pairs is :mod:`glcgeo.pairs`' job.
+:class:`GeoTiffMosaic` indexes any set of GeoTIFFs (paths, folders, globs or URLs:
+:mod:`glcgeo.sources`) of any band count and dtype, reprojects them to one CRS and
+resolution, reads TorchGeo slices of it, and tells where it holds data
+(:meth:`GeoTiffMosaic.coverage`, per occupied cell); :class:`GeoTiffMask` reads
+class masks the same way. Its cost follows the data: each file is opened once to
+index it, reads find their files through a spatial index, and nothing is sized by
+the mosaic's bounding box. Reading window pairs is :mod:`glcgeo.pairs`' job.
 """
 
 import atexit
@@ -381,7 +384,8 @@ class GeoTiffMosaic(RasterDataset):
         """Initialize a new GeoTiffMosaic.
 
         Args:
-            paths: files, folders (searched recursively for ``*.tif``) or glob patterns.
+            paths: files, folders (searched recursively for ``*.tif``), glob
+                patterns, URLs or lists of them (:func:`glcgeo.sources.expand`).
             bands: bands to read, as 1-based indexes or band descriptions
                 (defaults to all bands of the first file).
             crs: CRS to reproject to, anything pyproj accepts (defaults to the CRS of
@@ -947,7 +951,10 @@ class GeoTiffMosaic(RasterDataset):
             max(1, math.ceil((y.stop - y.start) / cell - 1e-9)),
             max(1, math.ceil((x.stop - x.start) / cell - 1e-9)),
         )
-        blocks = [self._file_coverage(i, grid, shape) for i in range(len(self._paths))]
+        blocks = map_files(
+            functools.partial(self._file_coverage, grid=grid, shape=shape),
+            range(len(self._paths)),
+        )
         coverage = SparseCoverage.from_blocks(grid, shape, blocks)
         self._coverages[cell] = coverage
         if self.index_cache is not None:
