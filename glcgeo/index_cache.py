@@ -97,6 +97,13 @@ def _npz(folder: str, name: str) -> str:
     return os.path.join(folder, f'{name}.npz')
 
 
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
+    """Write arrays to an ``.npz`` file (its folder created), whole or not at all."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path) as temporary, open(temporary, 'wb') as f:
+        np.savez(f, **arrays)
+
+
 def save_index(folder: str, key: str, index: MosaicIndex) -> None:
     """Write an index into *folder* (created if needed), whole or not at all.
 
@@ -105,7 +112,6 @@ def save_index(folder: str, key: str, index: MosaicIndex) -> None:
         key: its key (:func:`cache_key`).
         index: the index.
     """
-    os.makedirs(folder, exist_ok=True)
     meta = {
         'crs': index.crs,
         'res': list(index.res),
@@ -113,18 +119,14 @@ def save_index(folder: str, key: str, index: MosaicIndex) -> None:
         'nodata': index.nodata,
         'dtype': index.dtype,
     }
-    with (
-        atomic_write(_npz(folder, f'index-{key}')) as temporary,
-        open(temporary, 'wb') as f,
-    ):
-        np.savez(
-            f,
-            files=np.array(index.files, dtype=str),
-            boxes=index.boxes,
-            direct=index.direct,
-            all_valid=index.all_valid,
-            meta=np.array(json.dumps(meta)),
-        )
+    _save_npz(
+        _npz(folder, f'index-{key}'),
+        files=np.array(index.files, dtype=str),
+        boxes=index.boxes,
+        direct=index.direct,
+        all_valid=index.all_valid,
+        meta=np.array(json.dumps(meta)),
+    )
 
 
 def load_index(folder: str, key: str) -> MosaicIndex | None:
@@ -163,19 +165,14 @@ def save_coverage(folder: str, key: str, coverage: SparseCoverage) -> None:
         key: its key (:func:`cache_key`).
         coverage: the coverage.
     """
-    os.makedirs(folder, exist_ok=True)
     grid = coverage.grid
-    with (
-        atomic_write(_npz(folder, f'coverage-{key}')) as temporary,
-        open(temporary, 'wb') as f,
-    ):
-        np.savez(
-            f,
-            keys=coverage.keys,
-            fractions=coverage.fractions,
-            shape=np.array(coverage.shape),
-            grid=np.array([grid.x0, grid.y0, *grid.res]),
-        )
+    _save_npz(
+        _npz(folder, f'coverage-{key}'),
+        keys=coverage.keys,
+        fractions=coverage.fractions,
+        shape=np.array(coverage.shape),
+        grid=np.array([grid.x0, grid.y0, *grid.res]),
+    )
 
 
 def load_coverage(folder: str, key: str) -> SparseCoverage | None:

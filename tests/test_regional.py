@@ -73,6 +73,20 @@ def tiles(tmp: Path, count: int, side: int, spacing: float) -> list[Path]:
     return paths
 
 
+class Opens:
+    """Records the files rasterio opens."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths: list[str] = []
+        real = rasterio.open
+
+        def counting(path: str, *args: object, **kwargs: object):
+            self.paths.append(str(path))
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(rasterio, 'open', counting)
+
+
 class MaskReads:
     """Counts the mask samples coverage reads from files."""
 
@@ -143,19 +157,14 @@ def test_many_files_index_opens_each_file_once_and_coverage_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = tiles(tmp_path, 200, side=16, spacing=100)
-    opened: list[str] = []
-    real = rasterio.open
-
-    def counting(path: str, *args: object, **kwargs: object):
-        opened.append(str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(rasterio, 'open', counting)
+    opened = Opens(monkeypatch)
     mosaic = GeoTiffMosaic(tmp_path)
-    assert sorted(opened) == sorted(str(p) for p in paths)
-    opened.clear()
+    assert sorted(opened.paths) == sorted(str(p) for p in paths)
+    opened.paths.clear()
     coverage = mosaic.coverage(4.0)
-    assert not opened  # files valid everywhere: their footprints are their coverage
+    assert (
+        not opened.paths
+    )  # files valid everywhere: their footprints are their coverage
     # 200 files of 4 x 4 cells: the coverage holds 3,200 cells of the ~10^4 x 10^4
     # cell bounding box.
     assert len(coverage.keys) == 200 * 16
@@ -291,17 +300,10 @@ def test_index_and_coverage_are_built_once_per_run(
     sampler = PairedWindowSampler(first, size=16, length=4)
     assert len(list(cache.iterdir())) == 2  # the index and one coverage
 
-    opened: list[str] = []
-    real = rasterio.open
-
-    def counting(path: str, *args: object, **kwargs: object):
-        opened.append(str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(rasterio, 'open', counting)
+    opened = Opens(monkeypatch)
     second = GeoTiffPairs(folder, index_cache=cache)
     again = PairedWindowSampler(second, size=16, length=4)
-    assert not opened
+    assert not opened.paths
     np.testing.assert_array_equal(again.coverage.keys, sampler.coverage.keys)
     np.testing.assert_array_equal(again.coverage.fractions, sampler.coverage.fractions)
     assert second.index.geometry.equals(first.index.geometry)
@@ -310,9 +312,9 @@ def test_index_and_coverage_are_built_once_per_run(
 
     # Rewriting a file (another size or time) makes another key.
     write_raster(paths[1], textured(32, 5), transform=from_origin(*ORIGIN, 1, 1))
-    opened.clear()
+    opened.paths.clear()
     third = GeoTiffPairs(folder, index_cache=cache)
-    assert sorted(opened) == sorted(str(p) for p in paths)
+    assert sorted(opened.paths) == sorted(str(p) for p in paths)
     assert third.bounds != second.bounds
 
 
