@@ -101,7 +101,7 @@ def _save_npz(path: str, **arrays: np.ndarray) -> None:
     """Write arrays to an ``.npz`` file (its folder created), whole or not at all."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_write(path) as temporary, open(temporary, 'wb') as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 def save_index(folder: str, key: str, index: MosaicIndex) -> None:
