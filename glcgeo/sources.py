@@ -60,9 +60,6 @@ GDAL_URL_OPTIONS = {
 #: names per open. Looking them up by name instead keeps each open's cost flat.
 GDAL_LOCAL_OPTIONS = {'GDAL_DISABLE_READDIR_ON_OPEN': 'TRUE'}
 
-#: Suffix of a text file that lists sources, one a line.
-LIST_SUFFIX = '.txt'
-
 
 def is_url(source: str | os.PathLike[str]) -> bool:
     """Whether a source is read through GDAL's network or virtual file systems.
@@ -203,8 +200,9 @@ def expand(
 
     Local files, folders (searched recursively for rasters) and glob patterns;
     URLs and ``/vsi...`` paths, kept as given; folder URLs (ending in ``/``),
-    listed where the store or server can list them; text files (``@list.txt``,
-    or any ``*.txt``) listing sources one a line.
+    listed where the store or server can list them; text files named with an
+    ``@`` (``@list.txt``) listing sources one a line (without it, a text file
+    is an input like any other, and is refused as not a raster).
 
     Args:
         paths: one or more of the above.
@@ -224,7 +222,7 @@ def expand(
     pending = [os.fspath(p) for p in paths]
     while pending:
         path = pending.pop()
-        if path.startswith('@') or (path.endswith(LIST_SUFFIX) and not is_url(path)):
+        if path.startswith('@'):
             listing = os.path.abspath(path.removeprefix('@'))
             if listing not in lists:  # a list naming itself is read once
                 lists.add(listing)

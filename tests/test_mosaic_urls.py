@@ -57,7 +57,7 @@ def test_expand_lists_folder_urls_and_reads_lists_of_sources(
     listing = tmp_path / 'sources.txt'
     listing.write_text(f'# a mosaic\n{s2_urls(served)[1]}\n\nlocal.tif\n')
     expected = sorted([s2_urls(served)[1], str(local)])
-    assert expand(f'@{listing}') == expected == expand(str(listing))
+    assert expand(f'@{listing}') == expected
     assert to_gdal_path('s3://bucket/key/a.tif') == '/vsis3/bucket/key/a.tif'
     assert to_gdal_path('gs://bucket/a.tif') == '/vsigs/bucket/a.tif'
     assert to_gdal_path(f'{served}/a.tif') == f'/vsicurl/{served}/a.tif'
