@@ -3,6 +3,8 @@
 from lightly.loss import DCLLoss, NTXentLoss
 from torch import Tensor, nn
 
+from .errors import GlcgeoError
+
 __all__ = ['GLCNetLoss']
 
 
@@ -52,13 +54,13 @@ class GLCNetLoss(nn.Module):
             gather_distributed: gather embeddings across processes before the loss.
 
         Raises:
-            ValueError: if *lam* is outside [0, 1] or *temperature* <= 0.
+            GlcgeoError: if *lam* is outside [0, 1] or *temperature* <= 0.
         """
         super().__init__()
         if not 0 <= lam <= 1:
-            raise ValueError(f'lam must be in [0, 1], got {lam}')
+            raise GlcgeoError(f'lam must be in [0, 1], got {lam}')
         if temperature <= 0:
-            raise ValueError(f'temperature must be positive, got {temperature}')
+            raise GlcgeoError(f'temperature must be positive, got {temperature}')
         self.lam = lam
         self.criterion: nn.Module
         if decoupled:

@@ -124,14 +124,21 @@ class PairedWindowSampler(SpatialSampler):
                 of range, or the mosaic (inside *roi*) holds (almost) no valid data.
 
         """
-        if size < 1 or length < 1 or regions < 0:
-            raise ValueError('size and length must be >= 1 and regions >= 0')
+        for name, value, least in (('size', size, 1), ('length', length, 1)):
+            if value < least:
+                raise GlcgeoError(f'{name} must be >= {least}, got {value}')
+        if regions < 0:
+            raise GlcgeoError(f'regions must be >= 0, got {regions}')
         if not 0 < overlap[0] <= overlap[1] <= 1:
-            raise ValueError(f'overlap must satisfy 0 < min <= max <= 1, got {overlap}')
+            raise GlcgeoError(
+                f'overlap must be (min, max) with 0 < min <= max <= 1, got {overlap}'
+            )
         if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f'scale must satisfy 0 < min <= max, got {scale}')
+            raise GlcgeoError(
+                f'scale must be (min, max) with 0 < min <= max, got {scale}'
+            )
         if not 0 <= max_nodata < 1:
-            raise ValueError(f'max_nodata must be in [0, 1), got {max_nodata}')
+            raise GlcgeoError(f'max_nodata must be in [0, 1), got {max_nodata}')
         super().__init__(dataset, roi=roi)
         self.roi = roi
         if roi is not None:

@@ -105,14 +105,8 @@ class TileSplit:
 def _split_counts(fractions: Sequence[float], total: int) -> list[int]:
     """Whole numbers of blocks per split, each at least one, summing to *total*.
 
-    Raises:
-        GlcgeoError: if there are fewer blocks than splits.
+    Needs at least one block per split (checked by the caller).
     """
-    if total < len(fractions):
-        raise GlcgeoError(
-            f'only {total} block(s) hold labels, {len(fractions)} are needed (one '
-            'per split): use a smaller --block-size or --patch-size'
-        )
     counts = [max(1, math.floor(f * total)) for f in fractions]
     # Hand out what rounding left, largest remainder first; never below one.
     while sum(counts) < total:
@@ -166,8 +160,9 @@ def split_tiles(
         )
     if not math.isclose(sum(fractions), 1.0):
         raise GlcgeoError(f'split fractions must sum to 1, got {list(fractions)}')
-    if tile_size < 1 or block_size < 1:
-        raise GlcgeoError(f'bad tile size {tile_size} or block size {block_size}')
+    for name, value in (('patch_size', tile_size), ('block_size', block_size)):
+        if value < 1:
+            raise GlcgeoError(f'{name} must be >= 1, got {value}')
     columns, rows = size[0] // tile_size, size[1] // tile_size
     if columns == 0 or rows == 0:
         raise GlcgeoError(
@@ -199,8 +194,10 @@ def split_tiles(
         found.discard(nodata)
         class_values = sorted(int(v) for v in found)
     labelled: dict[TileIndex, float] = {}
+    any_class = False
     for (block_row, block_col), raw in raw_blocks.items():
         is_class = np.isin(raw, class_values)
+        any_class = any_class or bool(is_class.any())
         for r in range(raw.shape[0] // tile_size):
             for c in range(raw.shape[1] // tile_size):
                 part = is_class[
@@ -212,6 +209,20 @@ def split_tiles(
                     tile = (block_row * block_size + r, block_col * block_size + c)
                     labelled[tile] = fraction
     blocks = sorted({(r // block_size, c // block_size) for r, c in labelled})
+    if not any_class:
+        raise GlcgeoError(
+            'the masks hold no class pixel over the images (only nodata or values '
+            'that are no class)',
+            masks.files[0],
+        )
+    if len(blocks) < len(fractions):
+        raise GlcgeoError(
+            f'only {len(blocks)} block(s) hold tiles with at least '
+            f'{min_labelled:.0%} labelled pixels, {len(fractions)} are needed (one '
+            'per split): lower --min-labelled, or use a smaller --block-size or '
+            '--patch-size',
+            masks.files[0],
+        )
     counts = _split_counts(fractions, len(blocks))
     order = torch.randperm(len(blocks), generator=generator).tolist()
     split_of_block: dict[TileIndex, str] = {}

@@ -175,9 +175,10 @@ def test_cli_reports_bad_input_in_one_line_and_writes_nothing(
     assert main([*base, '--masks', LABELS, '--label-fraction', '0']) == 2
     assert main([*base, '--masks', LABELS, '--split', '0.5', '0.5', '0.5']) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith('glcgeo: ') for line in lines)
+    assert len(lines) == 4 and all(line.startswith('glcgeo') for line in lines)
     assert 'no such file' in lines[0] and 'no masks' in lines[1]
-    assert 'label fraction' in lines[2] and 'sum to 1' in lines[3]
+    assert 'argument --label-fraction: must be a fraction in (0, 1]' in lines[2]
+    assert 'sum to 1' in lines[3]
     assert not os.path.exists(out)
 
 

@@ -744,6 +744,10 @@ def test_interrupted_prediction_leaves_no_file(tmp_path: Path) -> None:
 #: ``glcgeo predict`` with arguments, returning the exit status.
 Cli = Callable[..., int]
 
+#: The normalisation a TorchGeo checkpoint without statistics must be given: raw
+#: values for the 4-band FCNs.
+RAW_VALUES = ['--mean', 0, 0, 0, 0, '--std', 1, 1, 1, 1]
+
 
 @pytest.fixture
 def cli() -> Cli:
@@ -777,7 +781,8 @@ def test_cli_keeps_existing_output_unless_overwrite(
 ) -> None:
     out = tmp_path / 'map.tif'
     out.write_bytes(b'precious')
-    arguments = ['--in', S2, '--out', out, '--model', fcn_checkpoints[4], '--quiet']
+    arguments = ['--in', S2, '--out', out, '--model', fcn_checkpoints[4], '--quiet',
+                 *RAW_VALUES]  # fmt: skip
     assert cli(*arguments) == 2
     assert out.read_bytes() == b'precious'
     assert 'use --overwrite' in capsys.readouterr().err
@@ -798,7 +803,7 @@ def test_cli_never_replaces_its_model_or_input(
     shutil.copy(S2, scene)
     for out in (model, scene):
         status = cli('--in', scene, '--out', out, '--model', model, '--overwrite',
-                     '--quiet')  # fmt: skip
+                     '--quiet', *RAW_VALUES)  # fmt: skip
         assert status == 2
         assert 'output and input must be different' in capsys.readouterr().err
     assert model.read_bytes() == fcn_checkpoints[4].read_bytes()
@@ -866,7 +871,7 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(
     ]
     for source, destination, checkpoint, message in cases:
         status = cli('--in', source, '--out', destination, '--model', checkpoint,
-                     '--quiet')  # fmt: skip
+                     '--quiet', *RAW_VALUES)  # fmt: skip
         assert status == 2
         err = capsys.readouterr().err
         assert err.startswith('glcgeo: ') and message in err and err.count('\n') == 1

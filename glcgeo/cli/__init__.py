@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GlcgeoError
+from .types import ArgumentParser, at_least, positive
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,12 +53,12 @@ def add_trainer_options(parser: argparse.ArgumentParser, epochs: int) -> None:
         epochs: the command's default number of epochs, for the help text.
     """
     add = parser.add_argument
-    add('--epochs', type=int, help=f'epochs [{epochs}]')
-    add('--max-steps', type=int, help='stop after this many steps')
+    add('--epochs', type=positive(int), help=f'epochs [{epochs}]')
+    add('--max-steps', type=positive(int), help='stop after this many steps')
     add('--devices', help='devices per node: 1, 2 ... or auto [auto]')
     add('--accelerator', help='cpu, gpu or auto [auto]')
     add('--strategy', help='Lightning strategy [ddp over several devices]')
-    add('--num-nodes', type=int, help='nodes for multi-node DDP [1]')
+    add('--num-nodes', type=at_least(1), help='nodes for multi-node DDP [1]')
     add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
 
 
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         the argument parser of the ``glcgeo`` command.
 
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='glcgeo',
         description='GLCNet self-supervised pretraining on georeferenced mosaics.',
     )
@@ -139,21 +140,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         the exit status: 0 on success, 2 for bad input, 130 when interrupted.
 
     """
-    args = build_parser().parse_args(argv)
+    # Ctrl-C is one line from the first moment: the sub-commands' imports (torch,
+    # Lightning) take seconds.
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print('glcgeo: interrupted', file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Parse the command line and run the command (see :func:`main`)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a bad flag (one line)
+        return int(exit.code or 0)
     # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
     warnings.filterwarnings('ignore', message=r'`isinstance\(treespec, LeafSpec\)`')
     if getattr(args, 'quiet', False):
-        # --quiet silences Lightning's information lines too (devices, tips).
+        # --quiet is quiet: no warnings (rasterio's, Lightning's) nor Lightning's
+        # information lines (devices, tips); errors still show.
+        warnings.simplefilter('ignore')
         for name in ('lightning.pytorch', 'lightning.fabric'):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         args.func(args)
     except GlcgeoError as error:
         print(f'glcgeo: {error}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print('glcgeo: interrupted', file=sys.stderr)
-        return 130
     return 0
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from ..errors import GlcgeoError
 from . import HelpFormatter, add_trainer_options, config_sections
+from .types import at_least, crs, fraction, positive
 
 #: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -102,8 +103,8 @@ def add_parser(subparsers: Any) -> None:
     add('--model', help='smp architecture [deeplabv3+]')
     add('--backbone', help='smp encoder [resnet50]')
     add('--bands', nargs='+', help='1-based image bands or names [all]')
-    add('--crs', help="CRS to work in [the first image's]")
-    add('--res', type=float, help="pixel size in CRS units [the first image's]")
+    add('--crs', type=crs, help="CRS to work in [the first image's]")
+    add('--res', type=positive(), help="pixel size in CRS units [the first image's]")
     add('--nodata', type=float, help="image nodata overriding the files' own")
     add('--mask-nodata', type=float, help="mask nodata overriding the files' own")
     add(
@@ -120,29 +121,43 @@ def add_parser(subparsers: Any) -> None:
         metavar='R,G,B',
         help='one colour per class, for maps [a default palette]',
     )
-    add('--ignore-index', type=int, help='class id of ignored pixels [255]')
-    add('--patch-size', type=int, help='tile side in pixels [256]')
-    add('--block-size', type=int, help='side of a split block, in tiles [4]')
+    add('--ignore-index', type=at_least(0), help='class id of ignored pixels [255]')
+    add('--patch-size', type=positive(int), help='tile side in pixels [256]')
+    add('--block-size', type=positive(int), help='side of a split block, in tiles [4]')
     add(
         '--split',
-        type=float,
+        type=fraction(low_open=True, high_open=True),
         nargs=3,
         metavar=('TRAIN', 'VAL', 'TEST'),
         help='shares of blocks per split [0.6 0.2 0.2]',
     )
-    add('--split-seed', type=int, help='seed of the block deal [0]')
-    add('--min-labelled', type=float, help='least labelled share of a tile [0.5]')
+    add('--split-seed', type=at_least(0), help='seed of the block deal [0]')
+    add(
+        '--min-labelled',
+        type=fraction(low_open=False, high_open=False),
+        help='least labelled share of a tile [0.5]',
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
-        '--label-fraction', type=float, help='share of training tiles labelled [1.0]'
+        '--label-fraction',
+        type=fraction(low_open=True, high_open=False),
+        help='share of training tiles labelled [1.0]',
     )
     budget.add_argument(
-        '--num-label-patches', type=int, help='number of labelled training tiles'
+        '--num-label-patches',
+        type=positive(int),
+        help='number of labelled training tiles',
     )
-    add('--seed', type=int, help='seed of the label draw and of training [0]')
-    add('--batch-size', type=int, help='training tiles per batch [16]')
-    add('--eval-batch-size', type=int, help='validation/test tiles per batch [64]')
-    add('--length', type=int, help='training tiles per epoch [labelled tiles]')
+    add('--seed', type=at_least(0), help='seed of the label draw and of training [0]')
+    add('--batch-size', type=positive(int), help='training tiles per batch [16]')
+    add(
+        '--eval-batch-size',
+        type=positive(int),
+        help='validation/test tiles per batch [64]',
+    )
+    add(
+        '--length', type=positive(int), help='training tiles per epoch [labelled tiles]'
+    )
     add('--stats', help="band statistics JSON [the start weights', or computed]")
     add(
         '--no-augment',
@@ -151,10 +166,14 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help='no random flips and rotations',
     )
-    add('--num-workers', type=int, help='data loader workers [0]')
+    add('--num-workers', type=at_least(0), help='data loader workers [0]')
     add('--loss', choices=('ce', 'jaccard', 'focal', 'dice'), help='loss [ce]')
-    add('--lr', type=float, help='Adam learning rate [1e-4]')
-    add('--lr-decay', type=float, help='learning rate factor per epoch [0.98]')
+    add('--lr', type=positive(), help='Adam learning rate [1e-4]')
+    add(
+        '--lr-decay',
+        type=fraction(low_open=True, high_open=False),
+        help='learning rate factor per epoch [0.98]',
+    )
     add('--freeze-backbone', action='store_true', default=None, help='train decoder')
     add('--freeze-decoder', action='store_true', default=None, help='train head')
     add_trainer_options(parser, epochs=150)
@@ -198,6 +217,8 @@ def run(args: argparse.Namespace) -> None:
         quiet=args.quiet,
         overwrite=args.overwrite,
     )
+    if args.quiet:
+        return
     test = ', '.join(
         f'{key.removeprefix("test_")} {value:.3f}'
         for key, value in result.test.items()

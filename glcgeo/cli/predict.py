@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from ..checkpoints import CheckpointMetadata
     from ..inference.scenes import SceneJob
+from .types import at_least, positive
 
 
 def add_parser(subparsers: Any) -> None:
@@ -72,7 +73,7 @@ def add_parser(subparsers: Any) -> None:
     add(
         '--bands',
         metavar='N',
-        type=int,
+        type=positive(int),
         nargs='+',
         help="1-based input bands (default: the checkpoint's, or all)",
     )
@@ -86,7 +87,7 @@ def add_parser(subparsers: Any) -> None:
     add(
         '--std',
         metavar='VALUE',
-        type=float,
+        type=positive(),
         nargs='+',
         help="per-band std of raw values (default: the checkpoint's)",
     )
@@ -110,21 +111,21 @@ def add_parser(subparsers: Any) -> None:
     add(
         '--tile-size',
         metavar='PIXELS',
-        type=int,
+        type=positive(int),
         default=512,
         help='tile side (default: %(default)s)',
     )
     add(
         '--overlap',
         metavar='PIXELS',
-        type=int,
+        type=at_least(0),
         default=128,
         help='pixels shared by neighbouring tiles (default: %(default)s)',
     )
     add(
         '--batch-size',
         metavar='TILES',
-        type=int,
+        type=positive(int),
         default=4,
         help='tiles per forward pass (default: %(default)s)',
     )
@@ -138,7 +139,7 @@ def add_parser(subparsers: Any) -> None:
         help='several processes (Lightning DDP): devices per node, or auto; scenes '
         'are dealt to processes, each predicted whole by one',
     )
-    add('--num-nodes', metavar='M', type=int, help='machines (default: 1)')
+    add('--num-nodes', metavar='M', type=at_least(1), help='machines (default: 1)')
     add('--accelerator', help='cpu, gpu or auto, with --devices (default: auto)')
     add('--quiet', action='store_true', help='no progress bar nor summary')
     parser.set_defaults(func=run)
@@ -152,6 +153,10 @@ def _read_stats(path: str) -> tuple[list[float], list[float]]:
         return list(stats['mean']), list(stats['std'])
     except FileNotFoundError:
         raise GlcgeoError('no such statistics file', path) from None
+    except OSError as error:  # a folder, an unreadable file
+        raise GlcgeoError(
+            f'cannot read the statistics ({error.strerror})', path
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise GlcgeoError(f'not band statistics ({error!r})', path) from None
 
@@ -259,6 +264,13 @@ def _load(
     metadata = metadata.replace(
         bands=args.bands, band_mean=mean, band_std=std, class_names=args.class_names
     )
+    if metadata.band_mean is None:
+        # A TorchGeo checkpoint has no statistics: raw values would go in.
+        raise GlcgeoError(
+            'the model carries no band statistics; give the ones it was trained '
+            'with: --stats FILE (from glcgeo stats) or --mean and --std',
+            args.model,
+        )
     return model, metadata
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import GlcgeoError
 from ..models import ABLATIONS
 from . import HelpFormatter, add_trainer_options, config_sections
+from .types import OrderedPair, at_least, crs, fraction, positive
 
 #: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
 DATA_FLAGS = {
@@ -73,28 +74,38 @@ def add_parser(subparsers: Any) -> None:
         'OUT/config.yaml (flags override them)',
     )
     add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
-    add('--crs', help="CRS to reproject to (default: the first file's)")
-    add('--res', type=float, help="pixel size in CRS units (default: the first file's)")
+    add('--crs', type=crs, help="CRS to reproject to (default: the first file's)")
+    add(
+        '--res',
+        type=positive(),
+        help="pixel size in CRS units (default: the first file's)",
+    )
     add('--nodata', type=float, help="nodata value overriding the files' own")
-    add('--patch-size', type=int, help='view size in pixels [224]')
-    add('--batch-size', type=int, help='pairs per batch per process [32]')
-    add('--length', type=int, help='pairs per epoch [1000]')
+    add('--patch-size', type=positive(int), help='view size in pixels [224]')
+    add('--batch-size', type=positive(int), help='pairs per batch per process [32]')
+    add('--length', type=positive(int), help='pairs per epoch [1000]')
     add(
         '--overlap',
-        type=float,
+        type=fraction(low_open=True, high_open=False),
         nargs=2,
+        action=OrderedPair,
         metavar=('MIN', 'MAX'),
         help='fraction of each view covered by the other [0.3 1.0]',
     )
     add(
         '--scale',
-        type=float,
+        type=positive(),
         nargs=2,
+        action=OrderedPair,
         metavar=('MIN', 'MAX'),
         help='scale of each view relative to the mosaic pixels [0.7 1.15]',
     )
-    add('--regions', type=int, help='matched regions per pair [4]')
-    add('--max-nodata', type=float, help='largest nodata fraction of a view [0.1]')
+    add('--regions', type=at_least(0), help='matched regions per pair [4]')
+    add(
+        '--max-nodata',
+        type=fraction(low_open=False, high_open=True),
+        help='largest nodata fraction of a view [0.1]',
+    )
     add(
         '--no-spectral-augmentation',
         dest='spectral_augmentation',
@@ -105,7 +116,7 @@ def add_parser(subparsers: Any) -> None:
         'cover in our experiments',
     )
     add('--stats', help='band statistics JSON (default: computed from the mosaic)')
-    add('--num-workers', type=int, help='data loader workers [2]')
+    add('--num-workers', type=at_least(0), help='data loader workers [2]')
     add('--backbone', help='smp encoder [resnet50]')
     add('--ablation', choices=ABLATIONS, help='GLCNet variant [full]')
     add('--matching', choices=('ground', 'centre'), help='local matching [ground]')
@@ -115,11 +126,15 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help='decoupled NT-Xent (positive out of the denominator)',
     )
-    add('--lam', type=float, help='weight of the global loss [0.5]')
-    add('--temperature', type=float, help='NT-Xent temperature [0.5]')
-    add('--lr', type=float, help='Adam learning rate per process [1e-3]')
+    add(
+        '--lam',
+        type=fraction(low_open=False, high_open=False),
+        help='weight of the global loss [0.5]',
+    )
+    add('--temperature', type=positive(), help='NT-Xent temperature [0.5]')
+    add('--lr', type=positive(), help='Adam learning rate per process [1e-3]')
     add_trainer_options(parser, epochs=1)
-    add('--seed', type=int, default=None, help='random seed [0]')
+    add('--seed', type=at_least(0), default=None, help='random seed [0]')
     add('--quiet', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
 
@@ -131,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
         args: the parsed command line.
 
     Raises:
-        GlcgeoError: when no data is given.
+        GlcgeoError: when no data is given, or nothing is there to resume.
     """
     from ..pretrain import pretrain
     from ..runs import load_config
@@ -143,6 +158,8 @@ def run(args: argparse.Namespace) -> None:
         config_file = saved if os.path.exists(saved) else None
     config = load_config(config_file) if config_file else {}
     data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
+    if 'paths' not in data and args.resume:
+        raise GlcgeoError('nothing to resume in this folder (no config.yaml)', args.out)
     if 'paths' not in data:
         raise GlcgeoError('no input: give --data FILES or a config with data.paths')
     seed = (

@@ -4,10 +4,10 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GlcgeoError
 from ..outputs import check_destination
 from ..sources import expand
 from . import HelpFormatter
+from .types import at_least, crs, positive
 
 if TYPE_CHECKING:
     from ..stats import BandStats
@@ -39,12 +39,16 @@ def add_parser(subparsers: Any) -> None:
     )
     add('--out', required=True, help='statistics JSON to write')
     add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
-    add('--crs', help="CRS to reproject to (default: the first file's)")
-    add('--res', type=float, help="pixel size in CRS units (default: the first file's)")
+    add('--crs', type=crs, help="CRS to reproject to (default: the first file's)")
+    add(
+        '--res',
+        type=positive(),
+        help="pixel size in CRS units (default: the first file's)",
+    )
     add('--nodata', type=float, help="nodata value overriding the files' own")
-    add('--windows', type=int, default=64, help='random windows to read')
-    add('--window-size', type=int, default=128, help='window side in pixels')
-    add('--seed', type=int, default=0, help='seed of the window draw')
+    add('--windows', type=positive(int), default=64, help='random windows to read')
+    add('--window-size', type=positive(int), default=128, help='window side, pixels')
+    add('--seed', type=at_least(0), default=0, help='seed of the window draw')
     add('--overwrite', action='store_true', help='replace --out if it exists')
     parser.set_defaults(func=run)
 
@@ -85,8 +89,6 @@ def run(args: argparse.Namespace) -> None:
 
     out = os.path.abspath(args.out)
     check_destination(out, args.overwrite, inputs=expand(args.data))
-    if args.windows < 1 or args.window_size < 1:
-        raise GlcgeoError('--windows and --window-size must be >= 1')
     dataset = GeoTiffMosaic(
         args.data, bands=args.bands, crs=args.crs, res=args.res, nodata=args.nodata
     )
