@@ -20,5 +20,10 @@ class GlcgeoError(ValueError):
             path: the file the problem is in, prefixed to the message when given.
 
         """
+        # torch re-raises a DataLoader worker's error as GlcgeoError(<the worker's
+        # traceback>), whose last line holds the message: keep that line.
+        name = type(self).__name__
+        if path is None and message.startswith(f'Caught {name} in DataLoader'):
+            message = message.rstrip().rsplit(f'{name}: ', 1)[-1]
         self.path = None if path is None else os.fspath(path)
         super().__init__(f'{self.path}: {message}' if self.path else message)

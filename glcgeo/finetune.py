@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
+import rasterio
 import shapely
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -31,9 +32,10 @@ from torchgeo.datasets import IntersectionDataset
 
 from .checkpoints import read_band_metadata, write_model_checkpoint
 from .datamodules import SegmentationDataModule
+from .datasets import expand_paths
 from .errors import GlcgeoError
 from .outputs import atomic_write
-from .runs import RunFolder
+from .runs import RunFolder, check_patch_size
 from .splits import SPLITS
 from .stats import BandStats
 from .tasks import FinetuneTask
@@ -92,6 +94,27 @@ def pretrained_band_stats(path: str) -> BandStats | None:
     return BandStats(
         mean=list(metadata.band_mean), std=list(metadata.band_std), bands=list(bands)
     )
+
+
+def _check_weights_bands(
+    weights: str, stats: BandStats, images: str | list[str]
+) -> None:
+    """Check that the images have the bands the start weights were trained on.
+
+    Raises:
+        GlcgeoError: naming the weights, if the first image has too few bands.
+    """
+    try:
+        with rasterio.open(expand_paths(images)[0]) as src:
+            count = src.count
+    except rasterio.errors.RasterioIOError:
+        return  # the data module names the unreadable file
+    if max(stats.bands) > count:
+        raise GlcgeoError(
+            f'the weights take {len(stats.bands)} bands (bands {stats.bands} of the '
+            f'images they were trained on), but the images have {count}',
+            weights,
+        )
 
 
 def _scores(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
@@ -181,14 +204,17 @@ def finetune(
             '--overwrite to replace it, or choose another --out',
             out,
         )
+    run.check()
     seed_everything(seed, workers=True, verbose=False)
     data = dict(data)
     weights = model.get('weights')
     if weights is not None and data.get('stats') is None:
         data['stats'] = pretrained_band_stats(weights)
         if data['stats'] is not None and data.get('bands') is None:
+            _check_weights_bands(weights, data['stats'], data['images'])
             data['bands'] = data['stats'].bands
-    # Build the data and the model first: bad inputs fail before any file is written.
+    # Build the data, the model and the trainer first: bad inputs or settings
+    # fail before any file is written.
     datamodule = SegmentationDataModule(**data)
     datamodule.setup('fit')
     assert datamodule.encoder is not None
@@ -201,32 +227,14 @@ def finetune(
         **model,
     }
     task = FinetuneTask(**model)
-
-    if overwrite:
-        inputs = [
-            path for path in (weights, data.get('stats')) if isinstance(path, str)
-        ]
-        run.clear(inputs)
-    os.makedirs(out, exist_ok=True)
-    tiles = _write_split(datamodule, run.join('split.geojson'))
-    data_config = {k: v for k, v in data.items() if k != 'stats'}
-    if isinstance(data.get('stats'), str):
-        data_config['stats'] = data['stats']
-    run.write_config(
-        seed,
-        trainer,
-        'glcgeo.tasks.FinetuneTask',
-        model,
-        'glcgeo.datamodules.SegmentationDataModule',
-        data_config,
-    )
-
+    check_patch_size(task, datamodule.hparams['patch_size'])
     selection = ModelCheckpoint(
         dirpath=run.join('checkpoints'),
         filename='best',
         monitor=FinetuneTask.monitor,
         mode=FinetuneTask.mode,
         save_last=True,
+        enable_version_counter=False,
     )
     fit = run.trainer(
         {'max_epochs': 150, 'num_sanity_val_steps': 0, **trainer},
@@ -234,33 +242,65 @@ def finetune(
         quiet,
         tensorboard=not quiet,
     )
-    fit.fit(task, datamodule=datamodule)
-    best = selection.best_model_path
-    if not best:
-        raise GlcgeoError('training ended before any validation', out)
-    # Score the selected model once on each evaluation area.
-    validated = fit.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
-    tested = fit.test(task, datamodule=datamodule, ckpt_path=best, verbose=not quiet)
-    model_path = run.join('model.ckpt')
-    checkpoint = write_model_checkpoint(best, model_path)
-    result = FinetuneResult(
-        checkpoint=model_path,
-        val=_scores(validated[0], 'val_'),
-        test=_scores(tested[0], 'test_'),
-        label_tiles=len(datamodule.label_tiles),
-        tiles=tiles,
-    )
-    with atomic_write(run.join('metrics.json')) as temporary, open(temporary, 'w') as f:
-        json.dump(
-            {
-                'selected_epoch': checkpoint['epoch'],
-                'val': _json_scores(result.val),
-                'test': _json_scores(result.test),
-                'label_tiles': result.label_tiles,
-                'tiles': result.tiles,
-                'class_names': datamodule.class_names,
-            },
-            f,
-            indent=2,
+
+    if overwrite:
+        inputs = [
+            path for path in (weights, data.get('stats')) if isinstance(path, str)
+        ]
+        run.clear(inputs)
+    # A run that fails or is interrupted leaves no half run behind: without
+    # model.ckpt, nothing in it is of use, and it would block the rerun.
+    with run.taken_back_on_failure():
+        os.makedirs(out, exist_ok=True)
+        tiles = _write_split(datamodule, run.join('split.geojson'))
+        data_config = {k: v for k, v in data.items() if k != 'stats'}
+        if isinstance(data.get('stats'), str):
+            data_config['stats'] = data['stats']
+        run.write_config(
+            seed,
+            trainer,
+            'glcgeo.tasks.FinetuneTask',
+            model,
+            'glcgeo.datamodules.SegmentationDataModule',
+            data_config,
         )
+        fit.fit(task, datamodule=datamodule)
+        best = selection.best_model_path
+        if not best:
+            # Training stopped (--max-steps) before the first validation, at the
+            # end of an epoch: the final model is the one candidate.
+            best = run.join('checkpoints', 'best.ckpt')
+            fit.save_checkpoint(best)
+        # Score the selected model once on each evaluation area.
+        validated = fit.validate(
+            task, datamodule=datamodule, ckpt_path=best, verbose=False
+        )
+        tested = fit.test(
+            task, datamodule=datamodule, ckpt_path=best, verbose=not quiet
+        )
+        model_path = run.join('model.ckpt')
+        checkpoint = write_model_checkpoint(best, model_path)
+        result = FinetuneResult(
+            checkpoint=model_path,
+            val=_scores(validated[0], 'val_'),
+            test=_scores(tested[0], 'test_'),
+            label_tiles=len(datamodule.label_tiles),
+            tiles=tiles,
+        )
+        with (
+            atomic_write(run.join('metrics.json')) as temporary,
+            open(temporary, 'w') as f,
+        ):
+            json.dump(
+                {
+                    'selected_epoch': checkpoint['epoch'],
+                    'val': _json_scores(result.val),
+                    'test': _json_scores(result.test),
+                    'label_tiles': result.label_tiles,
+                    'tiles': result.tiles,
+                    'class_names': datamodule.class_names,
+                },
+                f,
+                indent=2,
+            )
     return result

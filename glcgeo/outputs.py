@@ -4,7 +4,8 @@ The rules every glcgeo command follows when it writes a file:
 
 * :func:`check_destination`, before any work: the folder exists and takes new
   files, an existing file is kept unless *overwrite*, and an output is never one
-  of the command's inputs (compared as resolved real paths, *overwrite* or not).
+  of the command's inputs (compared as resolved real paths, *overwrite* or not);
+  :func:`check_output_folder` likewise for a folder of outputs (a run's).
 * :class:`OutputFile` / :func:`atomic_write`, while writing: the file is written
   under a temporary name in its own folder and renamed onto its name
   (:func:`os.replace`, atomic within a folder) only once complete; an error or
@@ -22,7 +23,7 @@ from typing import Self
 
 from .errors import GlcgeoError
 
-__all__ = ['OutputFile', 'atomic_write', 'check_destination']
+__all__ = ['OutputFile', 'atomic_write', 'check_destination', 'check_output_folder']
 
 StrPath = str | os.PathLike[str]
 
@@ -57,14 +58,38 @@ def check_destination(
         )
     if os.path.exists(path) and not overwrite:
         raise GlcgeoError('output exists (use --overwrite to replace it)', path)
+    _probe(folder, folder)
+
+
+def _probe(folder: str, named: str) -> None:
+    """Check that *folder* takes new files; errors name *named*."""
     # Permissions alone do not tell (root, read-only mounts): try a file.
     try:
         with tempfile.TemporaryFile(dir=folder, prefix='.glcgeo-probe-'):
             pass
     except OSError as error:
-        raise GlcgeoError(
-            f'cannot write to the output folder ({error.strerror})', folder
-        ) from None
+        what = 'to the output folder' if folder == named else f'in {folder}'
+        raise GlcgeoError(f'cannot write {what} ({error.strerror})', named) from None
+
+
+def check_output_folder(path: StrPath) -> None:
+    """Check that an output folder can be written, or created, before any work.
+
+    Args:
+        path: the folder; it may not exist yet, if it can be created.
+
+    Raises:
+        GlcgeoError: if *path*, or the nearest folder above it that exists, is a
+            file or takes no new file.
+    """
+    named = os.path.abspath(path)
+    existing = named
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = '' if existing == named else f' ({existing})'
+        raise GlcgeoError(f'a file{where} stands where the folder goes', named)
+    _probe(existing, named)
 
 
 class OutputFile:

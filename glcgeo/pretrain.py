@@ -18,10 +18,15 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCh
 from .datamodules import GLCNetDataModule
 from .errors import GlcgeoError
 from .outputs import OutputFile
-from .runs import RunFolder
+from .runs import RunFolder, check_patch_size
 from .tasks import GLCNetTask
 
 __all__ = ['pretrain']
+
+#: Files and folders :func:`pretrain` writes under its output folder.
+OUTPUTS = ('checkpoints', 'logs', 'stats.json', 'config.yaml')
+#: Training steps between two saves of ``last.ckpt``.
+CHECKPOINT_EVERY = 50
 
 
 def pretrain(
@@ -54,23 +59,27 @@ def pretrain(
     Raises:
         GlcgeoError: for bad data or settings, before training starts.
     """
-    run = RunFolder(out)
+    run = RunFolder(out, OUTPUTS)
     checkpoints = run.join('checkpoints')
     last = run.join('checkpoints', 'last.ckpt')
     if resume and not os.path.exists(last):
-        raise GlcgeoError('nothing to resume: no checkpoints/last.ckpt', out)
+        raise GlcgeoError(
+            'nothing to resume in this folder (no checkpoints/last.ckpt)', out
+        )
     if not resume and os.path.exists(last):
         raise GlcgeoError(
             'already holds a pretraining run; pass --resume to continue it, or '
             'choose another --out',
             out,
         )
+    run.check()
     seed_everything(seed, workers=True, verbose=False)
 
     # The mosaic's index and coverage are computed once per run: the other
     # processes (DDP ranks, a resumed run) read them from the run folder.
     data = {'index_cache': run.join('index'), **data}
-    # Build the data first: bad inputs fail here, before any model is built.
+    # Build the data, the model and the trainer first: bad inputs or settings
+    # fail here, before any file is written.
     datamodule = GLCNetDataModule(**data)
     datamodule.setup('fit')
     assert datamodule.band_stats is not None
@@ -87,18 +96,7 @@ def pretrain(
             datamodule.band_stats.files[0],
         )
     task = GLCNetTask(**model)
-    os.makedirs(out, exist_ok=True)
-    stats_path = run.join('stats.json')
-    datamodule.band_stats.save(stats_path)
-    run.write_config(
-        seed,
-        trainer,
-        'glcgeo.tasks.GLCNetTask',
-        model,
-        'glcgeo.datamodules.GLCNetDataModule',
-        {**data, 'stats': stats_path},
-    )
-
+    check_patch_size(task, datamodule.hparams['patch_size'])
     settings: dict[str, Any] = {
         # With --max-steps alone, the step count decides when to stop.
         'max_epochs': -1 if 'max_steps' in trainer else 1,
@@ -109,26 +107,47 @@ def pretrain(
     if settings.get('devices', 1) not in (1, '1', 'auto') and 'strategy' not in trainer:
         settings['strategy'] = 'ddp'
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=50),
+        # One last.ckpt, overwritten when resuming (no last-v1.ckpt beside it).
+        ModelCheckpoint(
+            dirpath=checkpoints,
+            save_last=True,
+            every_n_train_steps=CHECKPOINT_EVERY,
+            enable_version_counter=False,
+        ),
         # An interrupted run (Ctrl-C, a killed job) leaves last.ckpt to resume from.
         OnExceptionCheckpoint(dirpath=checkpoints, filename='last'),
     ]
     fit = run.trainer(settings, callbacks, quiet)
-    with warnings.catch_warnings():
-        # Pretraining has no validation, and a new run (checked above) has no
-        # last.ckpt for OnExceptionCheckpoint's implicit ckpt_path='last'.
-        for message in (
-            r'`val_dataloader` but have no `validation_step`',
-            r'`\.fit\(ckpt_path=None\)` was called without a model',
-            r'there is no last checkpoint available',
-        ):
-            warnings.filterwarnings('ignore', message=f'.*{message}')
-        fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
-    # Periodic checkpoints may predate the last step: save the final state, in
-    # full (optimiser, loops, data module), to resume from.
-    with OutputFile(last) as output:
-        fit.save_checkpoint(output.temporary, weights_only=False)
-        # Only the first process writes checkpoints.
-        if fit.is_global_zero:
-            output.commit()
+
+    # A run that fails before its first step leaves nothing (a corrected rerun
+    # may use the folder); one that took steps keeps last.ckpt to resume from.
+    with run.taken_back_on_failure(keep=lambda: resume or fit.global_step > 0):
+        os.makedirs(out, exist_ok=True)
+        stats_path = run.join('stats.json')
+        datamodule.band_stats.save(stats_path)
+        run.write_config(
+            seed,
+            trainer,
+            'glcgeo.tasks.GLCNetTask',
+            model,
+            'glcgeo.datamodules.GLCNetDataModule',
+            {**data, 'stats': stats_path},
+        )
+        with warnings.catch_warnings():
+            # Pretraining has no validation, and a new run (checked above) has
+            # no last.ckpt for OnExceptionCheckpoint's implicit ckpt_path='last'.
+            for message in (
+                r'`val_dataloader` but have no `validation_step`',
+                r'`\.fit\(ckpt_path=None\)` was called without a model',
+                r'there is no last checkpoint available',
+            ):
+                warnings.filterwarnings('ignore', message=f'.*{message}')
+            fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
+        # Periodic checkpoints may predate the last step: save the final state, in
+        # full (optimiser, loops, data module), to resume from.
+        with OutputFile(last) as output:
+            fit.save_checkpoint(output.temporary, weights_only=False)
+            # Only the first process writes checkpoints.
+            if fit.is_global_zero:
+                output.commit()
     return last

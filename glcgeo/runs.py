@@ -9,19 +9,85 @@ command's ``--config`` (:func:`load_config`) both read.
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from lightning.pytorch import Callback, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from segmentation_models_pytorch.base import SegmentationModel
 
 from .errors import GlcgeoError
-from .outputs import atomic_write
+from .outputs import atomic_write, check_output_folder
 
-__all__ = ['RunFolder', 'load_config']
+__all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'load_config']
+
+
+def check_patch_size(task: LightningModule, patch_size: int) -> None:
+    """Check that a task's networks take patches of *patch_size* pixels.
+
+    segmentation_models_pytorch networks take sides that are multiples of their
+    encoder's output stride (16 for DeepLabV3+); finding out at the first step
+    would leave a run behind.
+
+    Args:
+        task: the task whose networks will see the patches.
+        patch_size: side of the patches, in pixels.
+
+    Raises:
+        GlcgeoError: if *patch_size* is not a multiple of a network's stride.
+    """
+    for network in task.modules():
+        if not isinstance(network, SegmentationModel):
+            continue
+        stride = int(network.encoder.output_stride)
+        if network.requires_divisible_input_shape and patch_size % stride:
+            nearest = max(stride, patch_size // stride * stride)
+            raise GlcgeoError(
+                f'patch size {patch_size}: the network takes multiples of {stride} '
+                f'pixels: use {nearest}'
+            )
+
+
+class RunTrainer(Trainer):
+    """A Lightning ``Trainer`` whose Ctrl-C reaches the caller as KeyboardInterrupt.
+
+    On Ctrl-C, Lightning stops gracefully (callbacks' ``on_exception`` run, e.g.
+    ``OnExceptionCheckpoint`` saves ``last.ckpt``) and then exits the process
+    with status 1; a glcgeo command must say "interrupted", take back what it
+    must and exit with 130.
+
+    .. versionadded:: 0.1
+    """
+
+    @contextmanager
+    def _interrupts(self) -> Iterator[None]:
+        """Turn Lightning's exit after a Ctrl-C back into KeyboardInterrupt."""
+        try:
+            yield
+        except SystemExit:
+            if self.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``fit``; Ctrl-C raises KeyboardInterrupt."""
+        with self._interrupts():
+            super().fit(*args, **kwargs)
+
+    def validate(self, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's ``validate``; Ctrl-C raises KeyboardInterrupt."""
+        with self._interrupts():
+            return super().validate(*args, **kwargs)
+
+    def test(self, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's ``test``; Ctrl-C raises KeyboardInterrupt."""
+        with self._interrupts():
+            return super().test(*args, **kwargs)
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -45,6 +111,8 @@ def load_config(path: str) -> dict[str, Any]:
             config = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise GlcgeoError('no such config file', path) from None
+    except OSError as error:  # a folder, an unreadable file
+        raise GlcgeoError(f'cannot read the config ({error.strerror})', path) from None
     except yaml.YAMLError as error:
         raise GlcgeoError(
             f'not valid YAML ({error.__class__.__name__})', path
@@ -90,6 +158,40 @@ class RunFolder:
             the joined path.
         """
         return os.path.join(self.path, *names)
+
+    def check(self) -> None:
+        """Check, before any work, that the folder can be written or created.
+
+        Raises:
+            GlcgeoError: if it cannot (:func:`~glcgeo.outputs.check_output_folder`).
+        """
+        check_output_folder(self.path)
+
+    @contextmanager
+    def taken_back_on_failure(
+        self, keep: Callable[[], bool] = lambda: False
+    ) -> Iterator[None]:
+        """Remove what the run wrote if it fails, so the folder serves its rerun.
+
+        On an error or a Ctrl-C inside the block, the :attr:`outputs` go (and the
+        folder, if the run created it and nothing else is in it), unless *keep*
+        says they hold something worth resuming.
+
+        Args:
+            keep: asked after a failure; True keeps the outputs.
+
+        Yields:
+            nothing.
+        """
+        created = not os.path.exists(self.path)
+        try:
+            yield
+        except BaseException:
+            if not keep():
+                self.clear()
+                if created and os.path.isdir(self.path) and not os.listdir(self.path):
+                    os.rmdir(self.path)
+            raise
 
     def existing(self) -> list[str]:
         """The outputs an earlier run left in the folder.
@@ -165,8 +267,8 @@ class RunFolder:
         callbacks: Sequence[Callback],
         quiet: bool,
         tensorboard: bool = True,
-    ) -> Trainer:
-        """A Lightning ``Trainer`` that logs under the folder.
+    ) -> RunTrainer:
+        """A Lightning ``Trainer`` that logs under the folder, creating nothing yet.
 
         Logs go to ``logs/csv`` (and ``logs/tensorboard``), with a step every
         step; a progress bar and a model summary unless *quiet*.
@@ -179,6 +281,9 @@ class RunFolder:
 
         Returns:
             the trainer.
+
+        Raises:
+            GlcgeoError: if Lightning refuses a setting (``devices=0`` ...).
         """
         logs = self.join('logs')
         loggers: list[Logger] = [CSVLogger(logs, name='csv')]
@@ -193,6 +298,12 @@ class RunFolder:
             'enable_model_summary': not quiet,
             **settings,
         }
-        return Trainer(
-            default_root_dir=self.path, logger=loggers, callbacks=callbacks, **arguments
-        )
+        try:
+            return RunTrainer(
+                default_root_dir=self.path,
+                logger=loggers,
+                callbacks=callbacks,
+                **arguments,
+            )
+        except (MisconfigurationException, TypeError, ValueError) as error:
+            raise GlcgeoError(f'bad trainer setting: {error}') from None

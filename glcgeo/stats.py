@@ -76,6 +76,24 @@ class BandStats:
             band_std=tuple(self.std),
         )
 
+    def check_band_count(
+        self, count: int, data: str, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        """Check that the statistics are of *count* bands.
+
+        Args:
+            count: the band count of the data they normalise.
+            data: the data, with its verb (``'the mosaic has'``), for the message.
+            path: the statistics file, named by the error.
+
+        Raises:
+            GlcgeoError: if the counts differ.
+        """
+        if len(self.mean) != count:
+            raise GlcgeoError(
+                f'statistics of {len(self.mean)} bands, but {data} {count}', path
+            )
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics as JSON.
 
@@ -109,6 +127,10 @@ class BandStats:
             return cls(**data)
         except FileNotFoundError:
             raise GlcgeoError('no such statistics file', path) from None
+        except OSError as error:  # a folder, an unreadable file
+            raise GlcgeoError(
+                f'cannot read the statistics ({error.strerror})', path
+            ) from None
         except (json.JSONDecodeError, TypeError) as error:
             raise GlcgeoError(f'not glcgeo band statistics ({error})', path) from None
 

@@ -117,6 +117,9 @@ class GLCNetDataModule(GeoDataModule):
         dataset = GeoTiffUnions(**self.kwargs)
         if hp['stats'] is not None:
             self.band_stats = BandStats.load(hp['stats'])
+            self.band_stats.check_band_count(
+                dataset.num_bands, 'the mosaic has', hp['stats']
+            )
         else:
             self.band_stats = compute_band_stats(dataset)
         self.train_dataset = dataset

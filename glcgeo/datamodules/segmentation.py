@@ -350,12 +350,8 @@ class SegmentationDataModule(GeoDataModule):
             stats = BandStats.load(source)
         else:
             return compute_band_stats(images)
-        if len(stats.mean) != images.num_bands:
-            raise GlcgeoError(
-                f'statistics have {len(stats.mean)} bands, the images '
-                f'{images.num_bands}',
-                images.files[0],
-            )
+        path = None if isinstance(source, BandStats) else source
+        stats.check_band_count(images.num_bands, 'the images have', path)
         return stats
 
     @property
