@@ -16,8 +16,9 @@ import os
 import resource
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,13 @@ from .index_cache import (
 from .sources import expand as expand_paths
 from .sources import gdal_options
 
-__all__ = ['GeoTiffMask', 'GeoTiffMosaic', 'expand_paths', 'valid_pixels']
+__all__ = [
+    'GeoTiffMask',
+    'GeoTiffMosaic',
+    'expand_paths',
+    'pixel_reads',
+    'valid_pixels',
+]
 
 #: Band mask flags under which a masked pixel holds the file's nodata value (or
 #: none is masked), so that a plain read equals a masked one filled with nodata.
@@ -128,6 +135,35 @@ def valid_pixels(image: Tensor, nodata: float | None) -> Tensor:
     return ~invalid
 
 
+@contextmanager
+def pixel_reads(files: Sequence[str]) -> Iterator[None]:
+    """Report a failed read of pixels (a truncated or corrupt file) in one line.
+
+    A file whose header opens may still fail when its pixels are read (a
+    download cut short): GDAL's error names the file; the line names it whole.
+
+    Args:
+        files: the files the reads inside the block may touch.
+
+    Yields:
+        nothing.
+
+    Raises:
+        GlcgeoError: naming the file, if a read fails.
+    """
+    try:
+        yield
+    except rasterio.errors.RasterioIOError as error:
+        # rasterio's message says 'see previous exception': GDAL's is the cause.
+        detail = str(error.__cause__ or error)
+        names = [f for f in files if os.path.basename(f) in detail]
+        reason = detail.rsplit(': ', 1)[-1].strip()
+        raise GlcgeoError(
+            f'cannot read pixels, the file is truncated or corrupt ({reason})',
+            names[0] if names else files[0],
+        ) from None
+
+
 @dataclass(frozen=True)
 class RasterHeader:
     """What indexing needs of one file, read in one open.
@@ -175,7 +211,8 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
         with open_env(path), rasterio.open(path) as src:
             if src.crs is None and not src.gcps[1] and not crs_given:
                 raise GlcgeoError(
-                    'raster has no CRS (not georeferenced); give one with crs=...',
+                    'raster has no CRS (not georeferenced); give one with --crs '
+                    '(crs= in Python)',
                     path,
                 )
             if src.transform.is_identity and not src.gcps[0]:
@@ -684,15 +721,16 @@ class GeoTiffMosaic(RasterDataset):
             raise IndexError(f'({xmin}, {ymin}, {xmax}, {ymax}) is outside the mosaic')
         xres, yres = self.res
         shape = (round((ymax - ymin) / yres), round((xmax - xmin) / xres))
-        if self.cache:
-            handles = [self._handles.get(path) for path in files]
-            pieces = [self._grid_piece(h, xmin, ymax, shape) for h in handles]
-            if _fits(handles[0].nodata, handles[0].dtypes[0]) and all(
-                piece is not None for piece in pieces
-            ):
-                return self._composite(handles, pieces, shape)  # type: ignore[arg-type]
-        box = (slice(xmin, xmax, xres), slice(ymin, ymax, yres))
-        return self._merge_or_stack(files, box, self.band_indexes, out_crs=self.crs)
+        with pixel_reads(files):
+            if self.cache:
+                handles = [self._handles.get(path) for path in files]
+                pieces = [self._grid_piece(h, xmin, ymax, shape) for h in handles]
+                if _fits(handles[0].nodata, handles[0].dtypes[0]) and all(
+                    piece is not None for piece in pieces
+                ):
+                    return self._composite(handles, pieces, shape)  # type: ignore[arg-type]
+            box = (slice(xmin, xmax, xres), slice(ymin, ymax, yres))
+            return self._merge_or_stack(files, box, self.band_indexes, out_crs=self.crs)
 
     def _grid_piece(
         self,
@@ -1047,7 +1085,7 @@ class GeoTiffMask(GeoTiffMosaic):
     def __init__(
         self,
         paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-        band: int = 1,
+        band: int | None = None,
         crs: PROJ_CRS | str | int | None = None,
         res: float | tuple[float, float] | None = None,
         nodata: float | None = None,
@@ -1057,7 +1095,8 @@ class GeoTiffMask(GeoTiffMosaic):
 
         Args:
             paths: files, folders or glob patterns of the masks.
-            band: 1-based band holding the class values.
+            band: 1-based band holding the class values; None for files of one
+                band.
             crs: CRS to reproject to (defaults to the first file's).
             res: pixel size in units of *crs* (defaults to the first file's).
             nodata: value of unlabelled pixels overriding the files' own.
@@ -1065,5 +1104,16 @@ class GeoTiffMask(GeoTiffMosaic):
 
         """
         super().__init__(
-            paths, bands=[band], crs=crs, res=res, nodata=nodata, transforms=transforms
+            paths,
+            bands=[band or 1],
+            crs=crs,
+            res=res,
+            nodata=nodata,
+            transforms=transforms,
         )
+        if band is None and len(self.all_bands) != 1:
+            raise GlcgeoError(
+                'a class mask must have one band of class ids, this file has '
+                f'{len(self.all_bands)}',
+                self.files[0],
+            )
