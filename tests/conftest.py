@@ -2,7 +2,7 @@
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +303,26 @@ def fcn_task(in_channels: int, num_classes: int) -> SemanticSegmentation:
             nn.init.kaiming_normal_(module.weight, nonlinearity='leaky_relu')
             nn.init.zeros_(module.bias)
     return task
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder where no file can be created (sysfs when running as root)."""
+    folder = tmp_path / 'read-only'
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / 'probe').touch()
+    except PermissionError:
+        yield folder
+        folder.chmod(0o755)
+        return
+    # Root ignores permissions; sysfs refuses new files even to root.
+    (folder / 'probe').unlink()
+    folder.chmod(0o755)
+    try:
+        (Path('/sys') / 'glcgeo-probe').touch()
+    except OSError:
+        yield Path('/sys')
+        return
+    pytest.skip('no folder here refuses new files')

@@ -826,29 +826,6 @@ def test_cli_flags_override_checkpoint_metadata(
                '--class-names', 'a', '--quiet') == 2  # fmt: skip
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A folder where no file can be created (sysfs when running as root)."""
-    folder = tmp_path / 'read-only'
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        (folder / 'probe').touch()
-    except PermissionError:
-        yield folder
-        folder.chmod(0o755)
-        return
-    # Root ignores permissions; sysfs refuses new files even to root.
-    (folder / 'probe').unlink()
-    folder.chmod(0o755)
-    try:
-        (Path('/sys') / 'glcgeo-probe').touch()
-    except OSError:
-        yield Path('/sys')
-        return
-    pytest.skip('no folder here refuses new files')
-
-
 def test_cli_bad_input_is_one_line_and_leaves_nothing(
     tmp_path: Path,
     fcn_checkpoints: dict[int, Path],

@@ -1,0 +1,492 @@
+"""The five commands under hostile input: one line naming the file or flag, a
+non-zero exit, nothing lost; Ctrl-C is one line and exit 130; --quiet is quiet.
+
+Each test here failed before the fix it guards (issue 10, "Defects under hostile
+input", numbers in brackets).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from conftest import DATA, LANDSAT8, QUADRANTS, S2_TILE_A, S2_TILES, write_raster
+from rasterio.shutil import copy as copy_raster
+from torchgeo.tasks import SemanticSegmentation
+
+import glcgeo.pretrain
+from glcgeo.cli import main
+from glcgeo.tasks import FinetuneTask, GLCNetTask
+
+LABELS = DATA / 'demo_labels' / 's2_pseudo_labels.tif'
+
+#: Pretraining settings that run a step in about a second on 2 CPU cores.
+PRETRAIN = [
+    '--backbone', 'resnet18', '--patch-size', '64', '--batch-size', '4',
+    '--length', '8', '--num-workers', '0', '--quiet',
+]  # fmt: skip
+#: Fine-tuning settings that run an epoch in seconds on 2 CPU cores.
+FINETUNE = [
+    '--masks', str(LABELS), '--backbone', 'resnet18', '--patch-size', '32',
+    '--batch-size', '4', '--eval-batch-size', '16', '--length', '8',
+    '--num-label-patches', '4', '--accelerator', 'cpu', '--quiet',
+]  # fmt: skip
+
+
+def _one_line(capture: pytest.CaptureFixture[str], status: int, *fragments: str) -> str:
+    """Check that a command failed with one line holding every fragment."""
+    error = capture.readouterr().err
+    assert status == 2, error
+    assert error.startswith('glcgeo') and error.count('\n') == 1, error
+    for fragment in fragments:
+        assert fragment in error
+    return error
+
+
+def _save_segmentation_checkpoint(path: Path, statistics: bool) -> Path:
+    """A tiny TorchGeo FCN checkpoint for 4 bands, with or without band statistics."""
+    task = SemanticSegmentation(
+        model='fcn', in_channels=4, num_classes=3, num_filters=4, weights=None
+    )
+    hyper_parameters = dict(task.hparams)
+    if statistics:
+        hyper_parameters.update(band_mean=[1000.0] * 4, band_std=[500.0] * 4)
+    torch.save(
+        {'state_dict': task.state_dict(), 'hyper_parameters': hyper_parameters}, path
+    )
+    return path
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A segmentation checkpoint with band statistics ('model') and one without."""
+    folder = tmp_path_factory.mktemp('checkpoints')
+    return {
+        'model': _save_segmentation_checkpoint(folder / 'model.ckpt', True),
+        'torchgeo': _save_segmentation_checkpoint(folder / 'torchgeo.ckpt', False),
+    }
+
+
+@pytest.fixture(scope='module')
+def truncated_cog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Cloud Optimized GeoTIFF of a Sentinel-2 tile cut at 60 % of its bytes.
+
+    Its header and overviews (at the start of a COG) read; its full-resolution
+    tiles do not.
+    """
+    folder = tmp_path_factory.mktemp('truncated')
+    whole = folder / 'whole.tif'
+    copy_raster(S2_TILE_A, whole, driver='COG')
+    data = whole.read_bytes()
+    cut = folder / 'cut.tif'
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    whole.unlink()
+    return cut
+
+
+# [5] Numbers out of range: refused as they are parsed, naming the flag.
+
+OUT = 'OUT'
+BAD_FLAGS = [
+    ['stats', '--data', LANDSAT8, '--out', OUT, '--crs', 'EPSG:999999'],
+    ['stats', '--data', LANDSAT8, '--out', OUT, '--res', '0'],
+    ['stats', '--data', LANDSAT8, '--out', OUT, '--res', '-10'],
+    ['stats', '--data', LANDSAT8, '--out', OUT, '--windows', '0'],
+    ['stats', '--data', LANDSAT8, '--out', OUT, '--window-size', 'nan'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--patch-size', '0'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--overlap', '1.5', '0.2'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--overlap', '0.8', '0.3'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--batch-size', '0'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--scale', '0', '1'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--max-nodata', '1'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--temperature', '-1'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--num-workers', '-1'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--max-steps', '0'],
+    ['finetune', '--images', S2_TILES, '--out', OUT, '--split', '0', '0.5', '0.5'],
+    ['finetune', '--images', S2_TILES, '--out', OUT, '--min-labelled', '1.5'],
+    ['finetune', '--images', S2_TILES, '--out', OUT, '--label-fraction', '2'],
+    ['finetune', '--images', S2_TILES, '--out', OUT, '--epochs', '0'],
+    ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--tile-size', '0'],
+    ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--overlap', '-1'],
+    ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--std', '0'],
+    ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--bands', '0'],
+]
+
+
+@pytest.mark.parametrize(
+    'argv', BAD_FLAGS, ids=[f'{a[0]} {" ".join(map(str, a[5:]))}' for a in BAD_FLAGS]
+)
+def test_a_number_out_of_range_is_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    out = str(tmp_path / 'out')
+    flag = next(str(a) for a in reversed(argv) if str(a).startswith('--'))
+    status = main([out if a == OUT else str(a) for a in argv])
+    _one_line(capsys, status, f'argument {flag}: ', f'glcgeo {argv[0]} --help')
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ('argv', 'message'),
+    [
+        # Settings from a config file skip argparse: the API checks them.
+        (['pretrain', '--config', {'regions': -1}], 'regions must be >= 0, got -1'),
+        (['pretrain', '--config', {'overlap': [0.8, 0.3]}], 'overlap must be (min'),
+        (['finetune', '--config', {'block_size': 0}], 'block_size must be >= 1'),
+        # What only the network or Lightning know, checked before any file.
+        (['pretrain', '--patch-size', '40'], 'takes multiples of 16 pixels: use 32'),
+        (['pretrain', '--devices', '0'], 'bad trainer setting: `Trainer(devices=0)`'),
+        (['finetune', '--patch-size', '40'], 'takes multiples of 16 pixels: use 32'),
+    ],
+    ids=[
+        'config regions',
+        'config overlap',
+        'config block_size',
+        'pretrain patch',
+        'devices',
+        'finetune patch',
+    ],
+)
+def test_settings_are_checked_before_anything_is_written(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str | dict[str, object]],
+    message: str,
+) -> None:
+    out = tmp_path / 'run'
+    command, *options = argv
+    args = [str(command), '--out', str(out)]
+    if command == 'pretrain':
+        args += ['--data', str(S2_TILES), *PRETRAIN, '--max-steps', '1']
+    else:
+        args += ['--images', str(S2_TILES), *FINETUNE, '--max-steps', '1']
+    for option in options:
+        if isinstance(option, dict):
+            config = tmp_path / 'config.yaml'
+            config.write_text(yaml.safe_dump({'data': {'init_args': option}}))
+            option = str(config)
+        args.append(option)
+    _one_line(capsys, main(args), message)
+    assert not out.exists()
+
+
+# [1] A failed pretraining writes nothing; the corrected rerun and resume work.
+
+
+def test_a_failed_pretraining_leaves_its_folder_reusable(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / 'run'
+    stats = tmp_path / 'rgb_stats.json'
+    stats.write_text('{"mean": [1, 2, 3], "std": [1, 1, 1], "bands": [1, 2, 3]}')
+    base = ['pretrain', '--data', str(S2_TILES), '--out', str(out), *PRETRAIN]
+    status = main([*base, '--max-steps', '1', '--stats', str(stats)])
+    # The statistics are the culprit, with both band counts.
+    _one_line(capfd, status, f'{stats}: statistics of 3 bands, but the mosaic has 4')
+    assert not out.exists()
+    _one_line(capfd, main(['pretrain', '--out', str(out), '--resume']),
+              f'{out}: nothing to resume')  # fmt: skip
+
+    # A run that fails at its first step takes back what it wrote.
+    def fail(*args: object) -> None:
+        raise RuntimeError('no step')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GLCNetTask, 'training_step', fail)
+        with pytest.raises(RuntimeError, match='no step'):
+            main([*base, '--max-steps', '1'])
+    assert not out.exists()
+
+    # The corrected rerun works, and resuming overwrites the one last.ckpt [9].
+    monkeypatch.setattr(glcgeo.pretrain, 'CHECKPOINT_EVERY', 1)
+    capfd.readouterr()
+    assert main([*base, '--max-steps', '2']) == 0
+    assert main(['pretrain', '--out', str(out), '--resume', '--max-steps', '3',
+                 '--quiet']) == 0  # fmt: skip
+    assert capfd.readouterr() == ('', '')  # --quiet is quiet, resuming too [9]
+    names = os.listdir(out / 'checkpoints')
+    assert 'last.ckpt' in names and not any('-v' in name for name in names), names
+    last = torch.load(out / 'checkpoints' / 'last.ckpt', weights_only=False)
+    assert last['global_step'] == 3
+
+
+# [3] Corrupt pixel data.
+
+
+@pytest.mark.parametrize('command', ['stats', 'pretrain', 'finetune', 'predict'])
+def test_a_truncated_file_is_one_line_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    truncated_cog: Path,
+    checkpoints: dict[str, Path],
+    command: str,
+) -> None:
+    out = tmp_path / 'out'
+    stats = tmp_path / 'stats.json'
+    stats.write_text(
+        '{"mean": [0, 0, 0, 0], "std": [1, 1, 1, 1], "bands": [1, 2, 3, 4]}'
+    )
+    argv = {
+        'stats': ['--data', truncated_cog, '--out', out],
+        # Given statistics, the pixels are first read by a DataLoader worker.
+        'pretrain': ['--data', truncated_cog, '--out', out, *PRETRAIN,
+                     '--num-workers', '1', '--stats', stats, '--max-steps', '1'],
+        'finetune': ['--images', truncated_cog, '--out', out, *FINETUNE],
+        'predict': ['--in', truncated_cog, '--out', out, '--model',
+                    checkpoints['model'], '--quiet'],
+    }[command]  # fmt: skip
+    status = main([command, *map(str, argv)])
+    _one_line(capsys, status, f'glcgeo: {truncated_cog}: cannot read pixels')
+    assert not out.exists()
+
+
+# [4] An output folder that takes no file.
+
+
+@pytest.mark.parametrize(
+    'command', ['stats', 'export', 'pretrain', 'finetune', 'predict']
+)
+def test_an_unwritable_output_folder_is_one_line_before_any_work(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    read_only_folder: Path,
+    checkpoints: dict[str, Path],
+    command: str,
+) -> None:
+    out = read_only_folder / 'glcgeo-output'
+    argv = {
+        'stats': ['--data', LANDSAT8, '--out', out],
+        'export': ['--checkpoint', checkpoints['model'], '--out', out],
+        'pretrain': ['--data', S2_TILES, '--out', out, *PRETRAIN],
+        'finetune': ['--images', S2_TILES, '--out', out, *FINETUNE],
+        'predict': ['--in', S2_TILE_A, '--out', out, '--model', checkpoints['model']],
+    }[command]
+    status = main([command, *map(str, argv)])
+    folder = out if command in ('pretrain', 'finetune') else read_only_folder
+    _one_line(capsys, status, f'glcgeo: {folder}: cannot ')
+    assert not out.exists()
+
+
+# [6] A fine-tuning shorter than an epoch.
+
+
+def test_finetuning_shorter_than_an_epoch_validates_at_its_end(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / 'ft'
+    argv = ['finetune', '--images', str(S2_TILES), '--out', str(out), *FINETUNE]
+    with monkeypatch.context() as patch:
+        patch.setattr(FinetuneTask, 'training_step', lambda *args: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            main([*argv, '--max-steps', '1'])
+    assert not out.exists()  # a failed run takes back what it wrote
+    capfd.readouterr()
+    assert main([*argv, '--max-steps', '1']) == 0
+    assert capfd.readouterr() == ('', '')  # --quiet is quiet [9]
+    assert {'model.ckpt', 'metrics.json'} <= set(os.listdir(out))
+
+
+# [7] Advice that points the right way.
+
+
+def _mask_variant(folder: Path, name: str) -> Path:
+    """The demo labels made sparse, empty, or four bands deep."""
+    with rasterio.open(LABELS) as src:
+        labels, profile = src.read(1), src.profile
+    nodata = profile['nodata']
+    if name == 'sparse':
+        sparse = np.full_like(labels, nodata)
+        sparse[::7, ::7] = labels[::7, ::7]
+        bands = sparse[None]
+    elif name == 'nodata':
+        bands = np.full_like(labels, nodata)[None]
+    else:
+        bands = np.stack([labels] * 4)
+    return write_raster(
+        folder / f'{name}.tif',
+        bands,
+        crs=profile['crs'],
+        transform=profile['transform'],
+        nodata=nodata,
+    )
+
+
+@pytest.mark.parametrize(
+    ('case', 'advice'),
+    [
+        ('sparse', 'lower --min-labelled'),
+        ('nodata', 'the masks hold no class pixel over the images'),
+        ('four bands', 'a class mask must have one band of class ids, this file has 4'),
+        ('weights', 'the weights take 4 bands (bands [1, 2, 3, 4] of the images'),
+        ('no crs', 'raster has no CRS (not georeferenced); give one with --crs'),
+    ],
+)
+def test_advice_points_the_right_way(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, advice: str
+) -> None:
+    out = tmp_path / 'out'
+    finetune = ['finetune', '--images', str(S2_TILES), '--out', str(out), *FINETUNE]
+    if case in ('sparse', 'nodata', 'four bands'):
+        mask = _mask_variant(tmp_path, case.split()[0])
+        argv, culprit = [*finetune, '--masks', str(mask)], mask
+    elif case == 'weights':
+        # Weights trained on 4 bands, an image of 3.
+        culprit = tmp_path / 'weights.ckpt'
+        metadata = {
+            'bands': [1, 2, 3, 4],
+            'band_mean': [0.0] * 4,
+            'band_std': [1.0] * 4,
+        }
+        torch.save({'state_dict': {}, 'hyper_parameters': metadata}, culprit)
+        argv = [*finetune, '--images', str(QUADRANTS[0]), '--weights', str(culprit)]
+        advice += ' they were trained on), but the images have 3'
+    else:
+        with rasterio.open(LANDSAT8) as src:
+            culprit = write_raster(
+                tmp_path / 'no_crs.tif', src.read(), crs=None, transform=src.transform
+            )
+        argv = ['stats', '--data', str(culprit), '--out', str(out)]
+    _one_line(capsys, main(argv), f'glcgeo: {culprit}: ', advice)
+    assert not out.exists()
+
+
+# [10] A model without statistics.
+
+
+def test_predict_needs_statistics_for_a_model_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoints: dict[str, Path]
+) -> None:
+    out = tmp_path / 'map.tif'
+    model = checkpoints['torchgeo']
+    argv = ['predict', '--in', str(S2_TILE_A), '--out', str(out), '--model', str(model)]
+    _one_line(capsys, main(argv), f'{model}: the model carries no band statistics',
+              '--stats', '--mean')  # fmt: skip
+    assert os.listdir(tmp_path) == []
+    raw = ['--mean', '0', '0', '0', '0', '--std', '1', '1', '1', '1', '--quiet']
+    assert main([*argv, *raw]) == 0
+
+
+# [8] Ctrl-C anywhere.
+
+#: What each command is asked to do when it is interrupted: work that lasts.
+COMMANDS = {
+    'stats': ['--data', S2_TILES, '--out', 'stats.json', '--windows', '1000000'],
+    'pretrain': ['--data', S2_TILES, '--out', 'run', *PRETRAIN, '--max-steps', '50'],
+    'export': ['--checkpoint', 'CHECKPOINT', '--out', 'weights.ckpt'],
+    'finetune': ['--images', S2_TILES, '--out', 'run', *FINETUNE],
+    'predict': ['--in', S2_TILE_A, '--out', 'map.tif', '--model', 'CHECKPOINT',
+                '--tile-size', '32', '--overlap', '16', '--quiet'],
+}  # fmt: skip
+#: When to press Ctrl-C: while Python imports the libraries, and later in set-up
+#: or work (export, a second's work after its imports, is only interrupted early).
+MOMENTS = [
+    pytest.param(command, seconds, id=f'{command}-{seconds}s')
+    for command in sorted(COMMANDS)
+    for seconds in ((0.5,) if command == 'export' else (0.5, 2.0))
+]
+
+
+def _interrupt(
+    folder: Path, argv: list[str], ready: Callable[[], bool]
+) -> tuple[int, str]:
+    """Start ``glcgeo`` in *folder*, press Ctrl-C once *ready*, return (status, err).
+
+    Ctrl-C reaches the whole process group, DataLoader workers included, as a
+    terminal's does.
+    """
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'glcgeo', *argv],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    # Python may end an interrupted process by SIGINT itself (shells read 130).
+    assert process.returncode in (130, -signal.SIGINT), err
+    return process.returncode, err
+
+
+@pytest.mark.parametrize(('command', 'seconds'), MOMENTS)
+def test_ctrl_c_in_the_first_seconds_is_one_line(
+    tmp_path: Path, checkpoints: dict[str, Path], command: str, seconds: float
+) -> None:
+    argv = [command, *(str(checkpoints['model']) if a == 'CHECKPOINT' else str(a)
+                       for a in COMMANDS[command])]  # fmt: skip
+    start = time.monotonic()
+    _, err = _interrupt(tmp_path, argv, lambda: time.monotonic() - start > seconds)
+    assert err == 'glcgeo: interrupted\n'
+    assert os.listdir(tmp_path) == []
+
+
+def _has_logged_a_step(run: Path) -> bool:
+    return any(run.glob('logs/csv/*/metrics.csv'))
+
+
+def test_interrupted_pretraining_exits_130_and_can_resume(tmp_path: Path) -> None:
+    argv = ['pretrain', *map(str, COMMANDS['pretrain'])]
+    _, err = _interrupt(tmp_path, argv, lambda: _has_logged_a_step(tmp_path / 'run'))
+    assert err == 'glcgeo: interrupted\n'
+    last = torch.load(
+        tmp_path / 'run' / 'checkpoints' / 'last.ckpt', weights_only=False
+    )
+    assert last['global_step'] >= 1
+
+
+def test_interrupted_finetuning_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    argv = ['finetune', *map(str, COMMANDS['finetune'])]
+    _, err = _interrupt(tmp_path, argv, lambda: _has_logged_a_step(tmp_path / 'run'))
+    assert err == 'glcgeo: interrupted\n'
+    assert os.listdir(tmp_path) == []
+
+
+# Hostile paths: folders where files go, files where folders go.
+
+
+@pytest.mark.parametrize(
+    ('argv', 'culprit', 'message'),
+    [
+        (['pretrain', '--data', S2_TILE_A, '--out', 'run', '--stats', 'folder'],
+         'folder', 'cannot read the statistics (Is a directory)'),
+        (['pretrain', '--data', S2_TILE_A, '--out', 'run', '--config', 'folder'],
+         'folder', 'cannot read the config (Is a directory)'),
+        (['pretrain', '--data', S2_TILE_A, '--out', 'file'],
+         'TMP/file', 'a file stands where the folder goes'),
+        (['finetune', '--images', S2_TILE_A, '--masks', LABELS, '--out', 'file/run'],
+         'TMP/file/run', 'a file (TMP/file) stands where the folder goes'),
+        (['predict', '--in', S2_TILE_A, '--out', 'map.tif', '--model', 'CHECKPOINT',
+          '--stats', 'folder'], 'folder', 'cannot read the statistics (Is a dir'),
+    ],
+    ids=['pretrain stats', 'config', 'pretrain out', 'finetune out', 'predict stats'],
+)  # fmt: skip
+def test_a_folder_for_a_file_or_a_file_for_a_folder_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    checkpoints: dict[str, Path],
+    argv: list[str | Path],
+    culprit: str,
+    message: str,
+) -> None:
+    (tmp_path / 'folder').mkdir()
+    (tmp_path / 'file').write_text('not a folder')
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed in a shell
+    names = {'CHECKPOINT': str(checkpoints['torchgeo'])}
+    args = [names.get(str(a), str(a)) for a in argv]
+    line = f'{culprit}: {message}'.replace('TMP', str(tmp_path))
+    _one_line(capsys, main(args), line)
+    assert sorted(os.listdir(tmp_path)) == ['file', 'folder']
