@@ -394,6 +394,18 @@ MOMENTS = [
 ]
 
 
+def _in_glcgeo(pid: int) -> bool:
+    """Whether Python's start-up is over: glcgeo's imports have loaded NumPy.
+
+    Before that (the interpreter's own ``site`` import, seconds on a loaded
+    machine) no program can catch Ctrl-C.
+    """
+    try:
+        return '_multiarray_umath' in Path(f'/proc/{pid}/maps').read_text()
+    except OSError:
+        return True  # no /proc: rely on the moment alone
+
+
 def _interrupt(
     folder: Path, argv: list[str], ready: Callable[[], bool]
 ) -> tuple[int, str]:
@@ -411,7 +423,7 @@ def _interrupt(
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while not ready():
+    while not (_in_glcgeo(process.pid) and ready()):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
