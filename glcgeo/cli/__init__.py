@@ -10,9 +10,13 @@ rasterio inside the function that runs the command, never at the top: ``glcgeo
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from .. import __version__
@@ -141,12 +145,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     """
     # Ctrl-C is one line from the first moment: the sub-commands' imports (torch,
-    # Lightning) take seconds.
+    # Lightning) take seconds, and an interrupt inside a C extension's import
+    # surfaces as another error (NumPy's "cannot load module more than once"),
+    # so the signal itself is remembered.
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupt)
     try:
         return _run(argv)
-    except KeyboardInterrupt:
+    except BaseException:
+        if not interrupted.is_set():
+            raise
         print('glcgeo: interrupted', file=sys.stderr)
+        if argv is None:
+            # The command line: end now. An interrupt inside torch's import can
+            # leave the interpreter's shutdown waiting forever on its half-made
+            # state; everything of ours was cleaned up while unwinding.
+            sys.stderr.flush()
+            os._exit(130)
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(argv: Sequence[str] | None) -> int:
