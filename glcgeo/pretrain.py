@@ -12,7 +12,7 @@ import os
 import warnings
 from typing import Any
 
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
 from .datamodules import GLCNetDataModule
@@ -24,7 +24,7 @@ from .tasks import GLCNetTask
 __all__ = ['pretrain']
 
 #: Files and folders :func:`pretrain` writes under its output folder.
-OUTPUTS = ('checkpoints', 'logs', 'stats.json', 'config.yaml')
+OUTPUTS = ('checkpoints', 'logs', 'stats.json', 'config.yaml', 'index')
 #: Training steps between two saves of ``last.ckpt``.
 CHECKPOINT_EVERY = 50
 
@@ -75,53 +75,60 @@ def pretrain(
     run.check()
     seed_everything(seed, workers=True, verbose=False)
 
-    # The mosaic's index and coverage are computed once per run: the other
-    # processes (DDP ranks, a resumed run) read them from the run folder.
-    data = {'index_cache': run.join('index'), **data}
-    # Build the data, the model and the trainer first: bad inputs or settings
-    # fail here, before any file is written.
-    datamodule = GLCNetDataModule(**data)
-    datamodule.setup('fit')
-    assert datamodule.band_stats is not None
-    # Centre matching uses the regions' size in view pixels, as the sampler does.
-    model = {
-        'in_channels': datamodule.num_bands,
-        'region_size': datamodule.hparams['region_size'],
-        **model,
-    }
-    if model['in_channels'] != datamodule.num_bands:
-        raise GlcgeoError(
-            f'the mosaic has {datamodule.num_bands} bands but in_channels is '
-            f'{model["in_channels"]}',
-            datamodule.band_stats.files[0],
-        )
-    task = GLCNetTask(**model)
-    check_patch_size(task, datamodule.hparams['patch_size'])
-    settings: dict[str, Any] = {
-        # With --max-steps alone, the step count decides when to stop.
-        'max_epochs': -1 if 'max_steps' in trainer else 1,
-        # The pair sampler draws each rank's share itself.
-        'use_distributed_sampler': False,
-        **trainer,
-    }
-    if settings.get('devices', 1) not in (1, '1', 'auto') and 'strategy' not in trainer:
-        settings['strategy'] = 'ddp'
-    callbacks: list[Callback] = [
-        # One last.ckpt, overwritten when resuming (no last-v1.ckpt beside it).
-        ModelCheckpoint(
-            dirpath=checkpoints,
-            save_last=True,
-            every_n_train_steps=CHECKPOINT_EVERY,
-            enable_version_counter=False,
-        ),
-        # An interrupted run (Ctrl-C, a killed job) leaves last.ckpt to resume from.
-        OnExceptionCheckpoint(dirpath=checkpoints, filename='last'),
-    ]
-    fit = run.trainer(settings, callbacks, quiet)
-
     # A run that fails before its first step leaves nothing (a corrected rerun
-    # may use the folder); one that took steps keeps last.ckpt to resume from.
-    with run.taken_back_on_failure(keep=lambda: resume or fit.global_step > 0):
+    # may use the folder), not even the index its set-up cached; one that took
+    # steps keeps last.ckpt to resume from.
+    fit: Trainer | None = None
+    with run.taken_back_on_failure(
+        keep=lambda: resume or (fit is not None and fit.global_step > 0)
+    ):
+        # The mosaic's index and coverage are computed once per run: the other
+        # processes (DDP ranks, a resumed run) read them from the run folder.
+        data = {'index_cache': run.join('index'), **data}
+        # Build the data, the model and the trainer first: bad inputs or settings
+        # fail here, before the run's files are written.
+        datamodule = GLCNetDataModule(**data)
+        datamodule.setup('fit')
+        assert datamodule.band_stats is not None
+        # Centre matching uses the regions' size in view pixels, as the sampler does.
+        model = {
+            'in_channels': datamodule.num_bands,
+            'region_size': datamodule.hparams['region_size'],
+            **model,
+        }
+        if model['in_channels'] != datamodule.num_bands:
+            raise GlcgeoError(
+                f'the mosaic has {datamodule.num_bands} bands but in_channels is '
+                f'{model["in_channels"]}',
+                datamodule.band_stats.files[0],
+            )
+        task = GLCNetTask(**model)
+        check_patch_size(task, datamodule.hparams['patch_size'])
+        settings: dict[str, Any] = {
+            # With --max-steps alone, the step count decides when to stop.
+            'max_epochs': -1 if 'max_steps' in trainer else 1,
+            # The pair sampler draws each rank's share itself.
+            'use_distributed_sampler': False,
+            **trainer,
+        }
+        if (
+            settings.get('devices', 1) not in (1, '1', 'auto')
+            and 'strategy' not in trainer
+        ):
+            settings['strategy'] = 'ddp'
+        callbacks: list[Callback] = [
+            # One last.ckpt, overwritten when resuming (no last-v1.ckpt beside it).
+            ModelCheckpoint(
+                dirpath=checkpoints,
+                save_last=True,
+                every_n_train_steps=CHECKPOINT_EVERY,
+                enable_version_counter=False,
+            ),
+            # An interrupted run (Ctrl-C, a killed job) leaves last.ckpt to resume from.
+            OnExceptionCheckpoint(dirpath=checkpoints, filename='last'),
+        ]
+        fit = run.trainer(settings, callbacks, quiet)
+
         os.makedirs(out, exist_ok=True)
         stats_path = run.join('stats.json')
         datamodule.band_stats.save(stats_path)

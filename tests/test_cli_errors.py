@@ -386,11 +386,13 @@ COMMANDS = {
                 '--tile-size', '32', '--overlap', '16', '--quiet'],
 }  # fmt: skip
 #: When to press Ctrl-C: while Python imports the libraries, and later in set-up
-#: or work (export, a second's work after its imports, is only interrupted early).
+#: or work. Predict's small scene is done within 2 s; export, whose command
+#: line loads nothing heavy before its checks, is not pressed (cli.main's
+#: handling is the same for every command).
 MOMENTS = [
     pytest.param(command, seconds, id=f'{command}-{seconds}s')
-    for command in sorted(COMMANDS)
-    for seconds in ((0.5,) if command == 'export' else (0.5, 2.0))
+    for command in sorted(set(COMMANDS) - {'export'})
+    for seconds in ((0.5,) if command == 'predict' else (0.5, 2.0))
 ]
 
 

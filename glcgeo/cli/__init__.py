@@ -187,13 +187,16 @@ def _run(argv: Sequence[str] | None) -> int:
         # --quiet is quiet: no warnings (rasterio's, Lightning's) nor Lightning's
         # information lines (devices, tips); errors still show.
         warnings.simplefilter('ignore')
-        for name in ('lightning.pytorch', 'lightning.fabric'):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # Globally, not per logger: Lightning, imported later by the command,
+        # sets its own loggers' level when it loads.
+        logging.disable(logging.WARNING)
     try:
         args.func(args)
     except GlcgeoError as error:
         print(f'glcgeo: {error}', file=sys.stderr)
         return 2
+    finally:
+        logging.disable(logging.NOTSET)
     return 0
 
 
