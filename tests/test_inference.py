@@ -191,14 +191,25 @@ def test_row_band_accumulator_blends_and_hands_out_finished_rows() -> None:
         torch.zeros((3, 4), dtype=torch.bool),
     )
     top, scores, valid = band.pop(2)
-    # Rows first: [rows, classes, columns].
+    # Classes first: [classes, rows, columns].
     assert top == 0 and scores.shape == (2, 2, 4) and valid.all()
-    np.testing.assert_allclose(scores[:, :, 0], [[1, 0], [1, 0]])
+    np.testing.assert_allclose(scores[:, :, 0], [[1, 1], [0, 0]])
     top, scores, valid = band.pop(5)
     assert top == 2 and valid[:, 0].tolist() == [True, False, False]
     # Row 2 was covered by both tiles: weights 1 and 3.
-    np.testing.assert_allclose(scores[0, :, 0], [0.25, 0.75])
+    np.testing.assert_allclose(scores[:, 0, 0], [0.25, 0.75])
+    np.testing.assert_allclose(scores[:, 1:, 0], [[0, 0], [1, 1]])
     assert band.top == 5
+    # The buffers are reused, cleared: a third tile sees no trace of the others.
+    band.add(
+        Window(0, 5, 4, 2),
+        ones[:, :2] * 0.5,
+        torch.full((2, 4), 2.0),
+        torch.ones((2, 4), dtype=torch.bool),
+    )
+    top, scores, valid = band.pop(7)
+    assert top == 5 and valid.all() and band.capacity == 5
+    np.testing.assert_allclose(scores, 0.5)
 
 
 def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
@@ -637,7 +648,7 @@ def test_memory_is_bounded_by_tile_rows_not_scene(
 
     class Recording(RowBandAccumulator):
         def pop(self, end: int):  # type: ignore[no-untyped-def]
-            largest.append(len(self.weights))
+            largest.append(self.capacity)
             return super().pop(end)
 
     monkeypatch.setattr(predict_module, 'RowBandAccumulator', Recording)

@@ -74,7 +74,10 @@ class RowBandAccumulator:
     """Weighted sums of tile scores over a band of scene rows, on a torch device.
 
     The band starts at scene row :attr:`top` and grows downward as tiles are added;
-    :meth:`pop` hands out finished rows from its top and drops them.
+    :meth:`pop` hands out finished rows from its top and drops them. Its buffers
+    are allocated once for the deepest band seen and reused: finished rows are
+    dropped by moving the unfinished ones up, so that predicting a scene allocates
+    nothing per tile.
 
     .. versionadded:: 0.1
     """
@@ -96,18 +99,33 @@ class RowBandAccumulator:
 
         """
         self.top = top
-        # Rows first in every tensor, so that rows are dropped and added alike.
-        self.scores = torch.zeros((0, channels, width), device=device)
+        #: Rows of the band in use, from :attr:`top`; the buffers' rows below
+        #: them are zero.
+        self.rows = 0
+        # Classes first, as tiles' scores and the probability file have them.
+        self.scores = torch.zeros((channels, 0, width), device=device)
         self.weights = torch.zeros((0, width), device=device)
         self.valid = torch.zeros((0, width), dtype=torch.bool, device=device)
+        # A tile's weighted scores, before they are added to the band.
+        self._product = torch.zeros((channels, 0, 0), device=device)
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffers hold: the deepest band seen so far."""
+        return len(self.weights)
 
     def _reserve(self, end: int) -> None:
-        """Grow the band so that it reaches scene row *end* (exclusive)."""
-        extra = end - self.top - len(self.weights)
+        """Make the band reach scene row *end* (exclusive), growing the buffers."""
+        self.rows = max(self.rows, end - self.top)
+        extra = self.rows - self.capacity
         if extra > 0:
-            self.scores, self.weights, self.valid = (
-                torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])
-                for t in (self.scores, self.weights, self.valid)
+            channels, _, width = self.scores.shape
+            self.scores = torch.cat(
+                [self.scores, self.scores.new_zeros((channels, extra, width))], dim=1
+            )
+            self.weights, self.valid = (
+                torch.cat([t, t.new_zeros((extra, width))])
+                for t in (self.weights, self.valid)
             )
 
     def add(
@@ -128,10 +146,17 @@ class RowBandAccumulator:
         self._reserve(self.top + row_off + height)
         rows = slice(row_off, row_off + height)
         cols = slice(col_off, col_off + width)
-        self.scores[rows, :, cols] += (scores * weights).transpose(0, 1)
+        if self._product.shape[1] < height or self._product.shape[2] < width:
+            self._product = scores.new_empty((len(scores), height, width))
+        product = self._product[:, :height, :width]
+        # The product rounded to float32, then the sum: as scores * weights would.
+        torch.mul(scores, weights, out=product)
+        self.scores[:, rows, cols] += product
         self.weights[rows, cols] += weights
         self.valid[rows, cols] |= valid
 
+    # Buffers grown while a batch is predicted are inference tensors.
+    @torch.inference_mode()
     def pop(self, end: int) -> tuple[int, Tensor, Tensor]:
         """Remove the band's rows above scene row *end* and return their result.
 
@@ -139,19 +164,27 @@ class RowBandAccumulator:
             end: scene row (exclusive) up to which all tiles have been added.
 
         Returns:
-            (first scene row, [N, C, W] blended scores, [N, W] valid mask) for the
-            N = ``end - top`` finished rows (N may be 0), rows first. Scores are
-            0 where no tile contributed.
+            (first scene row, [C, N, W] blended scores, [N, W] valid mask) for the
+            N = ``end - top`` finished rows (N may be 0), classes first. Scores
+            are 0 where no tile contributed.
 
         """
         count = max(0, end - self.top)
         self._reserve(end)
         weights = self.weights[:count].clamp_min(1e-12)
-        result = (self.top, self.scores[:count] / weights[:, None], self.valid[:count])
-        # Views of the unfinished rows: growing the band next copies them into new
-        # memory and frees the finished rows'.
-        self.scores, self.weights, self.valid = (
-            t[count:] for t in (self.scores, self.weights, self.valid)
+        result = (
+            self.top,
+            self.scores[:, :count] / weights,
+            self.valid[:count].clone(),
         )
+        # Move the unfinished rows up and clear the rows they leave.
+        left = self.rows - count
+        if count:
+            for rows_first in (self.scores.transpose(0, 1), self.weights, self.valid):
+                unfinished = rows_first[count : self.rows]
+                # Overlapping source and target need a copy in between.
+                rows_first[:left] = unfinished.clone() if count < left else unfinished
+                rows_first[left : self.rows] = 0
         self.top += count
+        self.rows = left
         return result

@@ -313,15 +313,15 @@ def write_rows(
     class_writer, *probability_writers = writers
     dtype = class_writer.profile['dtype']
     # uint8 ids travel as such; wider ones as int32 (torch's unsigned types are few).
-    ids = class_ids(scores, metadata, dim=1).to(
+    ids = class_ids(scores, metadata).to(
         torch.uint8 if dtype == 'uint8' else torch.int32
     )
     ids = ids.masked_fill(~valid, class_writer.profile['nodata'])
-    class_writer.write(ids.cpu().numpy().astype(dtype)[None], window)
+    class_writer.write(ids.cpu().numpy().astype(dtype, copy=False)[None], window)
     for writer in probability_writers:
         percent = torch.round(scores * 100).to(torch.uint8)
-        percent = percent.masked_fill(~valid[:, None], PROBABILITY_NODATA)
-        writer.write(percent.transpose(0, 1).cpu().numpy(), window)
+        percent = percent.masked_fill(~valid, PROBABILITY_NODATA)
+        writer.write(percent.cpu().numpy(), window)
 
 
 @dataclass
