@@ -55,11 +55,13 @@ def normalize_bands(
     """
     mean = torch.as_tensor(mean, dtype=torch.float32, device=image.device)
     std = torch.as_tensor(std, dtype=torch.float32, device=image.device)
-    normalized = (image.float() - mean[:, None, None]) / std[:, None, None]
+    # One new tensor, then in place: the input is never changed.
+    normalized = image.to(torch.float32, copy=True)
+    normalized.sub_(mean[:, None, None]).div_(std[:, None, None])
     if valid is not None:
-        normalized = normalized.masked_fill(~valid.unsqueeze(-3), 0.0)
+        normalized.masked_fill_(~valid.unsqueeze(-3), 0.0)
     if image.is_floating_point():
-        normalized = normalized.masked_fill(torch.isnan(normalized), 0.0)
+        normalized.masked_fill_(torch.isnan(normalized), 0.0)
     return normalized
 
 

@@ -254,9 +254,12 @@ class TileReader:
         if not valid.any():
             return None
         margins = ((top, bottom), (left, right))
+        if top or bottom or left or right:
+            data = np.pad(data, ((0, 0), *margins), mode='reflect')
+            valid = np.pad(valid, margins, mode='reflect')
         return Patch(
-            data=np.pad(data, ((0, 0), *margins), mode='reflect'),
-            holds_data=np.pad(valid, margins, mode='reflect'),
+            data=data,
+            holds_data=valid,
             edges=tile.edges,
             window=inside,
             crop=(slice(top, top + inside.height), slice(left, left + inside.width)),
