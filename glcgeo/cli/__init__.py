@@ -159,8 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, interrupt)
     try:
         return _run(argv)
-    except BaseException:
-        if not interrupted.is_set():
+    except BaseException as error:
+        # A KeyboardInterrupt of our own (predict turns SIGTERM into one), or
+        # any error that Ctrl-C caused.
+        if not (interrupted.is_set() or isinstance(error, KeyboardInterrupt)):
             raise
         print('glcgeo: interrupted', file=sys.stderr)
         if argv is None:
