@@ -158,7 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupt)
     try:
-        return _run(argv)
+        status = _run(argv)
+        if interrupted.is_set():
+            # Ctrl-C was swallowed on its way out (e.g. by a library's handler).
+            raise KeyboardInterrupt
+        return status
     except BaseException as error:
         # A KeyboardInterrupt of our own (predict turns SIGTERM into one), or
         # any error that Ctrl-C caused.
