@@ -448,10 +448,11 @@ def main() -> None:
         print(f'fine-tuning: {len(finetune_jobs)} runs', flush=True)
         rows = run_all(finetune_jobs, pool, 'fine-tuning')
     elapsed = time.perf_counter() - started
-    print(f'CPU time: {cpu_minutes():.0f} core-min', flush=True)
+    cpu = cpu_minutes()
+    print(f'CPU time: {cpu:.0f} core-min', flush=True)
     loss_rows = [row for result in pretrained.values() for row in result['rows']]
     write_results(
-        args.results, command, settings, sets, notes, rows, loss_rows, elapsed
+        args.results, command, settings, sets, notes, rows, loss_rows, elapsed, cpu
     )
     print(f'results in {args.results} ({elapsed / 60:.1f} min)')
 
@@ -474,6 +475,7 @@ def write_results(
     rows: list[dict[str, Any]],
     loss_rows: list[dict[str, Any]],
     elapsed: float,
+    cpu: float,
 ) -> None:
     """protocol_runs.csv, pretrain_losses.csv, protocol.md, protocol.png, settings."""
     write_csv(
@@ -512,7 +514,7 @@ def write_results(
                 'datasets': [asdict(s) for s in sets],
                 'skipped': notes,
                 'elapsed_s': round(elapsed),
-                'cpu_core_minutes': round(cpu_minutes(), 1),
+                'cpu_core_minutes': round(cpu, 1),
                 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, '
                 f'torch {torch.__version__}',
             },
@@ -531,7 +533,7 @@ def write_results(
         os.path.join(folder, 'protocol.png'),
     )
     with open(os.path.join(folder, 'protocol.md'), 'w') as f:
-        f.write(markdown(command, settings, sets, notes, rows, loss_rows, elapsed))
+        f.write(markdown(command, settings, sets, notes, rows, loss_rows, elapsed, cpu))
 
 
 def not_trained(
@@ -554,13 +556,14 @@ def markdown(
     rows: list[dict[str, Any]],
     loss_rows: list[dict[str, Any]],
     elapsed: float,
+    cpu: float,
 ) -> str:
     """The results page: settings, pretraining losses, paired comparisons."""
     lines = [
         '# Protocol results (written by experiments/run_protocol.py)',
         '',
         f'Command: `{command}`; {elapsed / 60:.0f} min on {os.cpu_count()} CPU cores '
-        f'({cpu_minutes():.0f} core-minutes of CPU time).',
+        f'({cpu:.0f} core-minutes of CPU time).',
         '',
         'Test Kappa differences in points, paired seed by seed (same data set, '
         'evaluation, budget, pretraining seed and fine-tuning seed): '
