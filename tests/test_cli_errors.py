@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conftest import DATA, LANDSAT8, QUADRANTS, S2_TILE_A, S2_TILES, write_raste
 from rasterio.shutil import copy as copy_raster
 from torchgeo.tasks import SemanticSegmentation
 
+import glcgeo.cli.export
 import glcgeo.pretrain
 from glcgeo.cli import main
 from glcgeo.tasks import FinetuneTask, GLCNetTask
@@ -445,6 +447,62 @@ def test_ctrl_c_in_the_first_seconds_is_one_line(
     _, err = _interrupt(tmp_path, argv, lambda: time.monotonic() - start > seconds)
     assert err == 'glcgeo: interrupted\n'
     assert os.listdir(tmp_path) == []
+
+
+def test_a_ctrl_c_that_python_ignores_still_stops_the_command(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ctrl-C pressed while Python runs a weakref callback (as the import system's
+    # module locks do during the commands' imports): Python prints "Exception
+    # ignored" and would go on with the work.
+    done = tmp_path / 'done'
+
+    def run(args: object) -> None:
+        class Referent:
+            pass
+
+        referent = Referent()
+        reference = weakref.ref(referent, lambda _: signal.raise_signal(signal.SIGINT))
+        del referent
+        done.write_text(f'the work went on ({reference})')
+
+    monkeypatch.setattr(glcgeo.cli.export, 'run', run)
+    status = main(['export', '--checkpoint', 'a.ckpt', '--out', 'b.ckpt'])
+    assert status == 130 and not done.exists()
+    assert capsys.readouterr().err.endswith('glcgeo: interrupted\n')
+
+
+def test_a_ctrl_c_during_an_import_stops_the_command_once_imported(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A library whose import swallows what is raised inside it, as torch's C
+    # extension does when Ctrl-C lands in the NumPy import it makes.
+    (tmp_path / 'swallowing.py').write_text(
+        'import signal\n'
+        'try:\n'
+        '    signal.raise_signal(signal.SIGINT)\n'
+        '    WHOLE = True\n'
+        'except BaseException:\n'
+        '    WHOLE = False\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    done = tmp_path / 'done'
+
+    def run(args: object) -> None:
+        import swallowing
+
+        done.write_text(f'the work went on (imported whole: {swallowing.WHOLE})')
+
+    monkeypatch.setattr(glcgeo.cli.export, 'run', run)
+    status = main(['export', '--checkpoint', 'a.ckpt', '--out', 'b.ckpt'])
+    assert status == 130 and not done.exists()
+    assert sys.modules['swallowing'].WHOLE  # the import was let finish
+    assert capsys.readouterr().err.endswith('glcgeo: interrupted\n')
+    assert sys.getprofile() is None and sys.gettrace() is None
 
 
 def _has_logged_a_step(run: Path) -> bool:

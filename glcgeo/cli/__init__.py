@@ -23,6 +23,9 @@ from .. import __version__
 from ..errors import GlcgeoError
 from .types import ArgumentParser, at_least, positive
 
+#: importlib's frame of an import statement at work.
+_IMPORT_FRAME = ('<frozen importlib._bootstrap>', '_find_and_load')
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show an option's default only when it says something.
@@ -134,6 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_next_call(frame: FrameType, event: str, arg: object) -> None:
+    """A trace function that raises KeyboardInterrupt in the first call it sees."""
+    sys.settrace(None)
+    raise KeyboardInterrupt
+
+
+def _outermost_import(frame: FrameType | None) -> FrameType | None:
+    """The frame of the outermost import running below *frame*, if any."""
+    outermost = None
+    while frame is not None:
+        code = frame.f_code
+        if (code.co_filename, code.co_name) == _IMPORT_FRAME:
+            outermost = frame
+        frame = frame.f_back
+    return outermost
+
+
+class _InterruptAfter:
+    """A profile function: raise KeyboardInterrupt once an import has returned.
+
+    The interrupt is raised in the first call after the import statement whose
+    frame is *importing* (see :func:`_interrupt_next_call`).
+    """
+
+    def __init__(self, importing: FrameType) -> None:
+        self.importing = importing
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> None:
+        if event == 'return' and frame is self.importing:
+            sys.setprofile(None)
+            sys.settrace(_interrupt_next_call)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``glcgeo`` command line.
 
@@ -144,19 +180,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         the exit status: 0 on success, 2 for bad input, 130 when interrupted.
 
     """
-    # Ctrl-C is one line from the first moment: the sub-commands' imports (torch,
-    # Lightning) take seconds, and an interrupt inside a C extension's import
-    # surfaces as another error (NumPy's "cannot load module more than once"),
-    # so the signal itself is remembered.
+    # Ctrl-C is one line from the first moment, and stops the work: the signal
+    # itself is remembered, and during the sub-commands' imports (torch,
+    # Lightning: seconds) it waits for the import to end, as an interrupt inside
+    # a C extension's import may be swallowed (torch's NumPy bridge goes on
+    # without NumPy), surface as another error (NumPy's "cannot load module more
+    # than once") or abort the process (torch's operator registry).
     interrupted = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    previous_hook = sys.unraisablehook
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         interrupted.set()
-        raise KeyboardInterrupt
+        importing = _outermost_import(frame)
+        if importing is None:
+            raise KeyboardInterrupt
+        sys.setprofile(_InterruptAfter(importing))
 
-    if threading.current_thread() is threading.main_thread():
+    def unraisable(report: Any) -> None:
+        # Ctrl-C landing in code whose errors Python ignores (a weakref callback
+        # of the import system, a __del__) would be lost and the work go on:
+        # raise it again in the next function this thread calls (a signal raised
+        # here would be handled, and ignored, in here).
+        if report.exc_type is KeyboardInterrupt and interrupted.is_set():
+            sys.settrace(_interrupt_next_call)
+        else:
+            previous_hook(report)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
         signal.signal(signal.SIGINT, interrupt)
+        sys.unraisablehook = unraisable
     try:
         status = _run(argv)
         if interrupted.is_set():
@@ -177,8 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os._exit(130)
         return 130
     finally:
-        if threading.current_thread() is threading.main_thread():
+        if main_thread:
             signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
+            if sys.gettrace() is _interrupt_next_call:
+                sys.settrace(None)
+            if isinstance(sys.getprofile(), _InterruptAfter):
+                sys.setprofile(None)
 
 
 def _run(argv: Sequence[str] | None) -> int:
