@@ -54,7 +54,7 @@ from .index_cache import (
     save_index,
 )
 from .sources import expand as expand_paths
-from .sources import gdal_options
+from .sources import gdal_options, gdal_reason, to_gdal_path
 
 __all__ = [
     'GeoTiffMask',
@@ -136,14 +136,16 @@ def valid_pixels(image: Tensor, nodata: float | None) -> Tensor:
 
 
 @contextmanager
-def pixel_reads(files: Sequence[str]) -> Iterator[None]:
-    """Report a failed read of pixels (a truncated or corrupt file) in one line.
+def pixel_reads(files: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
+    """Report a failed read of pixels in one line naming the file.
 
     A file whose header opens may still fail when its pixels are read (a
-    download cut short): GDAL's error names the file; the line names it whole.
+    download cut short, a connection lost): the line names the file as given
+    and says GDAL's reason (:func:`~glcgeo.sources.gdal_reason`).
 
     Args:
-        files: the files the reads inside the block may touch.
+        files: the sources (local paths or URLs) the reads inside the block may
+            touch; the one GDAL's error names is reported, else the first.
 
     Yields:
         nothing.
@@ -154,14 +156,12 @@ def pixel_reads(files: Sequence[str]) -> Iterator[None]:
     try:
         yield
     except rasterio.errors.RasterioIOError as error:
-        # rasterio's message says 'see previous exception': GDAL's is the cause.
+        # rasterio's message says 'see previous exception': GDAL's names the file.
         detail = str(error.__cause__ or error)
-        names = [f for f in files if os.path.basename(f) in detail]
-        reason = detail.rsplit(': ', 1)[-1].strip()
-        raise GlcgeoError(
-            f'cannot read pixels, the file is truncated or corrupt ({reason})',
-            names[0] if names else files[0],
-        ) from None
+        named = [f for f in files if os.path.basename(to_gdal_path(f)) in detail]
+        source = named[0] if named else files[0]
+        reason = gdal_reason(error, to_gdal_path(source))
+        raise GlcgeoError(f'cannot read pixels ({reason})', source) from None
 
 
 @dataclass(frozen=True)

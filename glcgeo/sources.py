@@ -105,6 +105,30 @@ def gdal_options(source: str) -> dict[str, str]:
     return GDAL_URL_OPTIONS if is_url(source) else GDAL_LOCAL_OPTIONS
 
 
+def gdal_reason(error: BaseException, gdal_path: str = '') -> str:
+    """GDAL's first complaint behind a rasterio error, in a few words.
+
+    rasterio chains GDAL's errors, the first cause last: that one says what went
+    wrong (e.g. ``TIFFFillTile:Read error at row 384 ...; got 110486 bytes,
+    expected 124496`` for a file cut short).
+
+    Args:
+        error: the error rasterio raised.
+        gdal_path: the GDAL path the message may name, left out (the caller names
+            the source as the user gave it).
+
+    Returns:
+        the first line of the first cause's message.
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    message = str(error)
+    if gdal_path:
+        message = message.replace(gdal_path, '')
+    message = message.strip(' :\'"')
+    return message.splitlines()[0] if message else 'unreadable'
+
+
 def exists(source: str | os.PathLike[str]) -> bool:
     """Whether a source may be opened, as far as can be told without opening it.
 

@@ -37,7 +37,13 @@ from glcgeo.inference import (
     prediction_grid,
     tile_weights,
 )
-from glcgeo.inference.reading import SCENE_MARGIN, Patch, read_ahead
+from glcgeo.inference.reading import (
+    SCENE_MARGIN,
+    Patch,
+    Placement,
+    batch_patches,
+    read_ahead,
+)
 from glcgeo.tasks import FinetuneTask
 
 DATA = Path(__file__).parent / 'data'
@@ -225,14 +231,14 @@ def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
             patch = Patch(
                 data=np.full((2, 4, 4), item, dtype=np.uint16),
                 holds_data=np.ones((4, 4), dtype=bool),
-                edges=(False,) * 4,
-                window=Window(0, 0, 4, 4),
-                crop=(slice(0, 4), slice(0, 4)),
+                placement=Placement(
+                    Window(0, 0, 4, 4), (slice(0, 4), slice(0, 4)), (False,) * 4
+                ),
             )
             # Every fifth item holds no data: it ends the batch in progress.
             yield item, None if item % 5 == 4 else patch
 
-    batches = read_ahead(patches(), batch_size=2, depth=2)
+    batches = read_ahead(batch_patches(patches(), batch_size=2), depth=2)
     with closing(batches):
         first = next(batches)
         assert first.data is not None and first.data[:, 0, 0, 0].tolist() == [0, 1]
@@ -249,10 +255,10 @@ def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
     # Errors of the reading reach the caller; closing stops the thread.
     with (
         pytest.raises(OSError, match='read failed'),
-        closing(read_ahead(patches(7), 2)) as failing,
+        closing(read_ahead(batch_patches(patches(7), 2))) as failing,
     ):
         list(failing)
-    stopped = read_ahead(patches(), batch_size=1)
+    stopped = read_ahead(batch_patches(patches(), batch_size=1))
     next(stopped)
     stopped.close()
     assert not any(t.name == 'glcgeo-read-ahead' for t in threading.enumerate())
@@ -647,9 +653,9 @@ def test_memory_is_bounded_by_tile_rows_not_scene(
     largest: list[int] = []
 
     class Recording(RowBandAccumulator):
-        def pop(self, end: int):  # type: ignore[no-untyped-def]
+        def pop(self, end: int, normalize: bool = True):  # type: ignore[no-untyped-def]
             largest.append(self.capacity)
-            return super().pop(end)
+            return super().pop(end, normalize)
 
     monkeypatch.setattr(predict_module, 'RowBandAccumulator', Recording)
     model, metadata = _pointwise(4)

@@ -74,7 +74,8 @@ class RowBandAccumulator:
     """Weighted sums of tile scores over a band of scene rows, on a torch device.
 
     The band starts at scene row :attr:`top` and grows downward as tiles are added;
-    :meth:`pop` hands out finished rows from its top and drops them. Its buffers
+    :meth:`pop` hands out finished rows from its top, as views of the buffers
+    valid until the band next changes, and they are dropped then. The buffers
     are allocated once for the deepest band seen and reused: finished rows are
     dropped by moving the unfinished ones up, so that predicting a scene allocates
     nothing per tile.
@@ -88,6 +89,7 @@ class RowBandAccumulator:
         channels: int,
         top: int = 0,
         device: torch.device | str | None = None,
+        capacity: int = 0,
     ) -> None:
         """Initialize a new RowBandAccumulator.
 
@@ -96,16 +98,20 @@ class RowBandAccumulator:
             channels: number of score channels (classes).
             top: first scene row of the band.
             device: where the sums are kept (default: the CPU).
+            capacity: rows to allocate up front, the deepest band expected (the
+                buffers grow beyond it if need be: growing copies them).
 
         """
         self.top = top
         #: Rows of the band in use, from :attr:`top`; the buffers' rows below
         #: them are zero.
         self.rows = 0
+        # Rows handed out by the last pop, still at the buffers' top until dropped.
+        self._handed_out = 0
         # Classes first, as tiles' scores and the probability file have them.
-        self.scores = torch.zeros((channels, 0, width), device=device)
-        self.weights = torch.zeros((0, width), device=device)
-        self.valid = torch.zeros((0, width), dtype=torch.bool, device=device)
+        self.scores = torch.zeros((channels, capacity, width), device=device)
+        self.weights = torch.zeros((capacity, width), device=device)
+        self.valid = torch.zeros((capacity, width), dtype=torch.bool, device=device)
         # A tile's weighted scores, before they are added to the band.
         self._product = torch.zeros((channels, 0, 0), device=device)
 
@@ -114,8 +120,22 @@ class RowBandAccumulator:
         """Rows the buffers hold: the deepest band seen so far."""
         return len(self.weights)
 
+    def _drop_handed_out(self) -> None:
+        """Move the unfinished rows up over the rows the last pop handed out."""
+        count, self._handed_out = self._handed_out, 0
+        if not count:
+            return
+        for rows_first in (self.scores.transpose(0, 1), self.weights, self.valid):
+            unfinished = rows_first[count : count + self.rows]
+            # Overlapping source and target need a copy in between.
+            rows_first[: self.rows] = (
+                unfinished.clone() if count < self.rows else unfinished
+            )
+            rows_first[self.rows : count + self.rows] = 0
+
     def _reserve(self, end: int) -> None:
         """Make the band reach scene row *end* (exclusive), growing the buffers."""
+        self._drop_handed_out()
         self.rows = max(self.rows, end - self.top)
         extra = self.rows - self.capacity
         if extra > 0:
@@ -157,34 +177,31 @@ class RowBandAccumulator:
 
     # Buffers grown while a batch is predicted are inference tensors.
     @torch.inference_mode()
-    def pop(self, end: int) -> tuple[int, Tensor, Tensor]:
+    def pop(self, end: int, normalize: bool = True) -> tuple[int, Tensor, Tensor]:
         """Remove the band's rows above scene row *end* and return their result.
 
         Args:
             end: scene row (exclusive) up to which all tiles have been added.
+            normalize: divide the weighted sums of scores by the sums of
+                weights (blended scores); False skips the division where only
+                the order of the classes matters (each pixel's weights are
+                positive, so they do not change which class scores highest).
 
         Returns:
-            (first scene row, [C, N, W] blended scores, [N, W] valid mask) for the
-            N = ``end - top`` finished rows (N may be 0), classes first. Scores
-            are 0 where no tile contributed.
+            (first scene row, [C, N, W] blended scores (or weighted sums), [N, W]
+            valid mask) for the N = ``end - top`` finished rows (N may be 0),
+            classes first; views of the buffers, valid until the band next
+            changes. Scores are 0 where no tile contributed.
 
         """
         count = max(0, end - self.top)
         self._reserve(end)
-        weights = self.weights[:count].clamp_min(1e-12)
-        result = (
-            self.top,
-            self.scores[:, :count] / weights,
-            self.valid[:count].clone(),
-        )
-        # Move the unfinished rows up and clear the rows they leave.
-        left = self.rows - count
-        if count:
-            for rows_first in (self.scores.transpose(0, 1), self.weights, self.valid):
-                unfinished = rows_first[count : self.rows]
-                # Overlapping source and target need a copy in between.
-                rows_first[:left] = unfinished.clone() if count < left else unfinished
-                rows_first[left : self.rows] = 0
+        scores = self.scores[:, :count]
+        if normalize:
+            # In place: the rows are dropped at the next change anyway.
+            scores.div_(self.weights[:count].clamp_min(1e-12))
+        result = (self.top, scores, self.valid[:count])
         self.top += count
-        self.rows = left
+        self.rows -= count
+        self._handed_out = count
         return result

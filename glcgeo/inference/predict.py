@@ -1,10 +1,11 @@
 """Streaming tiled inference of a segmentation model over a georeferenced raster.
 
-:func:`predict_raster` reads a scene tile by tile (rasterio windows) in a
-background thread, ahead of the model; on the model's device, it normalises
-batches of tiles, predicts them, blends overlapping tiles with Hann weights and
-picks each pixel's class, and writes each band of finished rows as soon as no
-later tile touches it. Only class ids (and percentages, when asked) come back to
+:func:`predict_raster` reads a scene one grid row of tiles at a time (a
+rasterio window over the scene's width) in a background thread, ahead of the
+model; on the model's device, it normalises each such strip once, cuts its
+tiles into batches, predicts them, blends overlapping tiles with Hann weights
+and picks each pixel's class, and writes each band of finished rows as soon as
+no later tile touches it. Only class ids (and percentages, when asked) come back to
 the host, and memory is bounded by the tile size, batch size and scene width,
 not by the scene. The output has exactly the input's size, CRS and transform
 (copied from the input file, never from float32 tensors), is nodata wherever the
@@ -16,7 +17,7 @@ the patches in memory.
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,15 +39,18 @@ from .blending import RowBandAccumulator, tile_weights
 from .reading import (
     SCENE_MARGIN,
     Patch,
-    PatchBatch,
-    TileReader,
+    Placement,
+    SceneReader,
+    batch_patches,
     dataset_patch,
     input_bands,
+    normalize_input,
     open_source,
+    pad_to_stride,
     prediction_grid,
-    prepare_batch,
     read_ahead,
 )
+from .tiling import Tile
 from .writer import (
     SegmentationMap,
     class_dtype,
@@ -116,19 +120,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _scores(model: nn.Module, batch: Tensor, task: str) -> Tensor:
-    """Class probabilities [B, K, H, W] of a batch of normalised images."""
-    # Classes first in memory (a channels-last model's output is copied): the
-    # softmax over classes and the per-tile blending run several times faster.
-    logits = model(batch).contiguous()
-    if task == 'binary':
-        foreground = logits[:, :1].sigmoid()
-        return torch.cat([1 - foreground, foreground], dim=1)
-    return logits.softmax(dim=1)
-
-
 class _BatchPredictor:
-    """Runs batches of patches through the model and blends them into a row band."""
+    """Runs batches of tiles through the model and blends them into a row band.
+
+    The batch's input and class probabilities go into buffers allocated once
+    and reused: on the CPU, fresh tensors of this size cost more in page faults
+    than the softmax itself (a CUDA device caches its memory anyway).
+    """
 
     def __init__(
         self,
@@ -142,38 +140,66 @@ class _BatchPredictor:
         self.device = device
         self.accumulator = accumulator
         self._weights: dict[tuple[Any, ...], Tensor] = {}
+        self._buffers: dict[str, Tensor] = {}
 
-    def weights(self, patch: Patch) -> Tensor:
-        """The patch's blending weights, on the device (made once per shape)."""
-        height, width = patch.data.shape[-2:]
-        key = (height, width, patch.edges)
+    def weights(self, placement: Placement, height: int, width: int) -> Tensor:
+        """A tile's blending weights, on the device (made once per shape)."""
+        key = (height, width, placement.edges)
         if key not in self._weights:
-            weights = tile_weights(height, width, patch.edges)
+            weights = tile_weights(height, width, placement.edges)
             self._weights[key] = torch.from_numpy(weights).to(self.device)
         return self._weights[key]
 
+    def buffer(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """A reused contiguous tensor of this shape and dtype, on the device."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype:
+            buffer = torch.empty(tuple(shape), dtype=dtype, device=self.device)
+            self._buffers[name] = buffer
+        return buffer
+
+    def scores(self, image: Tensor) -> Tensor:
+        """Class probabilities [B, K, H, W] of a batch of normalised images."""
+        logits = self.model(image)
+        if self.metadata.task == 'binary':
+            foreground = logits[:, :1].sigmoid()
+            return torch.cat([1 - foreground, foreground], dim=1).float()
+        # Classes first in memory (a channels-last model's output is copied): the
+        # softmax over classes and the per-tile blending run several times faster.
+        if not logits.is_contiguous():
+            logits = self.buffer('logits', logits.shape, logits.dtype).copy_(logits)
+        probabilities = self.buffer('probabilities', logits.shape, torch.float32)
+        return torch.softmax(logits, dim=1, dtype=torch.float32, out=probabilities)
+
     @torch.inference_mode()
-    def run(self, batch: PatchBatch[Any]) -> None:
-        """Predict a batch and add it to the accumulator.
+    def run(
+        self,
+        tiles: Sequence[Tensor],
+        holds_data: Tensor,
+        placements: Sequence[Placement],
+    ) -> None:
+        """Predict a batch of tiles and add it to the accumulator.
 
         Args:
-            batch: patches of raw values, stacked.
+            tiles: [C, H, W] normalised tiles, on the device.
+            holds_data: [B, H, W] True where the tiles hold data, on the device.
+            placements: where each tile goes in the scene.
 
         """
-        if batch.data is None or batch.holds_data is None:
-            return
-        data = batch.data.to(self.device, non_blocking=True)
-        holds_data = batch.holds_data.to(self.device, non_blocking=True)
-        image = prepare_batch(data, holds_data, self.metadata)
-        scores = _scores(self.model, image, self.metadata.task).float()
-        for patch, tile_scores, holds in zip(
-            batch.patches, scores, holds_data, strict=True
+        shape = (len(tiles), *tiles[0].shape)
+        image = torch.stack(
+            list(tiles), out=self.buffer('image', shape, tiles[0].dtype)
+        )
+        scores = self.scores(pad_to_stride(image))
+        height, width = holds_data.shape[-2:]
+        for placement, tile_scores, holds in zip(
+            placements, scores, holds_data, strict=True
         ):
-            rows, cols = patch.crop
+            rows, cols = placement.crop
             self.accumulator.add(
-                patch.window,
+                placement.window,
                 tile_scores[:, rows, cols],
-                self.weights(patch)[rows, cols],
+                self.weights(placement, height, width)[rows, cols],
                 holds[rows, cols],
             )
 
@@ -249,9 +275,13 @@ def predict_raster(
         bands = input_bands(src, metadata, os.fspath(source))
         width, height = src.width, src.height
         grid = prediction_grid(height, width, tile_size, overlap)
-        reader = TileReader(src, bands, nodata, source)
+        reader = SceneReader(src, bands, nodata, source)
+        # A batch spans at most two grid rows: the band is at most two tiles deep.
         accumulator = RowBandAccumulator(
-            width, metadata.num_classes, device=torch_device
+            width,
+            metadata.num_classes,
+            device=torch_device,
+            capacity=2 * grid.tile_height,
         )
         predictor = _BatchPredictor(model, metadata, torch_device, accumulator)
         geo = {
@@ -274,22 +304,41 @@ def predict_raster(
                 tqdm(total=len(grid), unit='tile', disable=not progress, leave=False)
             )
             # The reader thread is the only user of src until it stops.
-            batches = stack.enter_context(
-                closing(
-                    read_ahead(
-                        ((tile, reader.read(tile)) for tile in grid),
-                        batch_size,
-                        pin_memory=torch_device.type == 'cuda',
-                    )
-                )
+            strips = stack.enter_context(
+                closing(read_ahead(reader.strips(grid, torch_device.type == 'cuda')))
             )
-            skipped = 0
-            for batch in batches:
-                predictor.run(batch)
-                skipped += batch.items - len(batch.patches)
-                bar.update(batch.items)
-                finished = grid.rows_finished(batch.last) - SCENE_MARGIN
+            pending: list[tuple[Tensor, Tensor, Placement]] = []
+
+            def predict_pending(last: Tile) -> None:
+                images, holds, placements = zip(*pending, strict=True)
+                predictor.run(images, torch.stack(holds), placements)
+                pending.clear()
+                finished = grid.rows_finished(last) - SCENE_MARGIN
                 write_rows(writers, accumulator, min(finished, height), metadata)
+
+            skipped = 0
+            for strip in strips:
+                if strip.data is not None and strip.holds_data is not None:
+                    holds_data = strip.holds_data.to(torch_device, non_blocking=True)
+                    data = strip.data.to(torch_device, non_blocking=True)
+                    # Each pixel normalised once, however many tiles share it.
+                    image = normalize_input(data, holds_data, metadata)
+                for tile, placement in strip.tiles:
+                    if placement is None:
+                        skipped += 1
+                        continue
+                    offset = int(tile.window.col_off)
+                    cols = slice(offset, offset + int(tile.window.width))
+                    pending.append((image[:, :, cols], holds_data[:, cols], placement))
+                    if len(pending) == batch_size:
+                        predict_pending(tile)
+                last = strip.tiles[-1][0]
+                if not pending:
+                    finished = grid.rows_finished(last) - SCENE_MARGIN
+                    write_rows(writers, accumulator, min(finished, height), metadata)
+                bar.update(len(strip.tiles))
+            if pending:
+                predict_pending(last)
             for writer in writers:
                 writer.finish()
             # The class map last: once it stands under its name, every output of
@@ -378,13 +427,20 @@ def predict_dataset(
             yield query, dataset_patch(data, nodata, row, col, height, width)
 
     with (
-        closing(read_ahead(patches(), batch_size)) as batches,
+        closing(read_ahead(batch_patches(patches(), batch_size))) as batches,
         tqdm(
             total=len(sampler), unit='patch', disable=not progress, leave=False
         ) as bar,
     ):
         for batch in batches:
-            predictor.run(batch)
+            if batch.data is not None and batch.holds_data is not None:
+                data = batch.data.to(torch_device)
+                holds_data = batch.holds_data.to(torch_device)
+                predictor.run(
+                    normalize_input(data, holds_data, metadata).unbind(),
+                    holds_data,
+                    [patch.placement for patch in batch.patches],
+                )
             bar.update(batch.items)
     _, scores, valid = accumulator.pop(height)
     dtype, class_nodata = class_dtype(metadata.num_classes)

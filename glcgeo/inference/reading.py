@@ -1,15 +1,17 @@
-"""Reading scenes for prediction: tiles of raw values, read ahead of the model.
+"""Reading scenes for prediction: raw values with their nodata mask, ahead of the model.
 
-:class:`TileReader` reads the tiles of a :func:`prediction_grid` from a raster,
-mirrored beyond the scene's edges; :func:`dataset_patch` places a TorchGeo
-dataset's patch on its scene. Both hand out raw values with their nodata mask
-(:func:`~glcgeo.datasets.valid_pixels`, the one nodata rule);
-:func:`read_ahead` stacks them into batches in a background thread, so reading
-runs while the model works, and :func:`prepare_batch` makes a batch into model
-input on the model's device (:func:`~glcgeo.transforms.normalize_bands`, then
-padding to the encoders' stride).
+:class:`SceneReader` reads a raster for a :func:`prediction_grid` one grid row at
+a time: a :class:`Strip` of the scene's rows, mirrored beyond its edges, from
+which the row's tiles are cut, with each tile's :class:`Placement` on the scene.
+:func:`dataset_patch` places a TorchGeo dataset's patch on its scene, and
+:func:`batch_patches` stacks such patches. Both hand out raw values with their
+nodata mask (:func:`~glcgeo.datasets.valid_pixels`, the one nodata rule);
+:func:`read_ahead` reads in a background thread, so reading runs while the model
+works, and :func:`normalize_input` and :func:`pad_to_stride` make raw values into
+model input on the model's device.
 """
 
+import itertools
 import os
 import queue
 import threading
@@ -25,9 +27,9 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from ..checkpoints import CheckpointMetadata
-from ..datasets import valid_pixels
+from ..datasets import pixel_reads, valid_pixels
 from ..errors import GlcgeoError
-from ..sources import exists, is_url, to_gdal_path
+from ..sources import exists, gdal_reason, is_url, to_gdal_path
 from ..transforms import normalize_bands
 from .tiling import Tile, TileGrid
 
@@ -36,12 +38,17 @@ __all__ = [
     'SCENE_MARGIN',
     'Patch',
     'PatchBatch',
-    'TileReader',
+    'Placement',
+    'SceneReader',
+    'Strip',
+    'batch_patches',
     'dataset_patch',
     'input_bands',
+    'normalize_input',
     'open_source',
+    'pad_to_stride',
+    'place_tile',
     'prediction_grid',
-    'prepare_batch',
     'read_ahead',
 ]
 
@@ -77,30 +84,41 @@ def prediction_grid(
     return TileGrid(height + margin, width + margin, tile_size, overlap, PAD_MULTIPLE)
 
 
-def prepare_batch(
+def normalize_input(
     data: Tensor, holds_data: Tensor, metadata: CheckpointMetadata
 ) -> Tensor:
-    """Make raw values into model input: normalise, then pad to the stride.
+    """Make raw values into model input: :func:`~glcgeo.transforms.normalize_bands`.
 
     Runs on the device the tensors are on.
 
     Args:
-        data: [B, C, H, W] raw values, of any dtype.
-        holds_data: [B, H, W] True where there is data.
+        data: [..., C, H, W] raw values, of any dtype.
+        holds_data: [..., H, W] True where there is data.
         metadata: band mean and std (raw units), if any.
 
     Returns:
-        [B, C, H', W'] float32, H' and W' multiples of :data:`PAD_MULTIPLE`,
-        padded by reflection.
+        [..., C, H, W] float32 normalised values, 0 where there is no data.
 
     """
-    channels = data.shape[1]
+    channels = data.shape[-3]
     mean: Sequence[float] = metadata.band_mean or [0.0] * channels
     std: Sequence[float] = metadata.band_std or [1.0] * channels
     # A model without statistics takes raw values, whose band means are unknown:
     # there nodata keeps its value, and only NaN (never an input) becomes 0.
     valid = holds_data if metadata.band_mean is not None else None
-    image = normalize_bands(data, mean, std, valid)
+    return normalize_bands(data, mean, std, valid)
+
+
+def pad_to_stride(image: Tensor) -> Tensor:
+    """Pad images by reflection to sides that are multiples of :data:`PAD_MULTIPLE`.
+
+    Args:
+        image: [B, C, H, W] model input.
+
+    Returns:
+        [B, C, H', W'], H' and W' the next multiples; *image* itself if they fit.
+
+    """
     pad_rows = -image.shape[-2] % PAD_MULTIPLE
     pad_cols = -image.shape[-1] % PAD_MULTIPLE
     # Reflection pads at most one pixel less than the side: repeat for small sides.
@@ -110,15 +128,6 @@ def prepare_batch(
         image = F.pad(image, (0, cols, 0, rows), mode='reflect')
         pad_rows, pad_cols = pad_rows - rows, pad_cols - cols
     return image
-
-
-def _reason(error: BaseException, gdal_path: str) -> str:
-    """GDAL's first complaint in a few words, without the path it names."""
-    # rasterio chains GDAL's errors, the first cause last.
-    while error.__cause__ is not None:
-        error = error.__cause__
-    message = str(error).replace(gdal_path, '').strip(' :\'"')
-    return message.splitlines()[0] if message else 'unreadable'
 
 
 def open_source(source: str | os.PathLike[str]) -> rasterio.DatasetReader:
@@ -146,7 +155,7 @@ def open_source(source: str | os.PathLike[str]) -> rasterio.DatasetReader:
             if is_url(source)
             else ('not a readable raster')
         )
-        raise GlcgeoError(f'{what} ({_reason(error, gdal_path)})', source) from None
+        raise GlcgeoError(f'{what} ({gdal_reason(error, gdal_path)})', source) from None
 
 
 def input_bands(
@@ -165,30 +174,84 @@ def input_bands(
     return bands
 
 
-@dataclass
-class Patch:
-    """A tile of raw values waiting for prediction.
+@dataclass(frozen=True)
+class Placement:
+    """Where a tile's prediction goes in the scene.
 
     Attributes:
-        data: [C, H, W] raw values of the tile; beyond the scene's edges, mirrored
-            scene pixels (rasters) or the dataset's fill (datasets).
-        holds_data: [H, W] True where *data* holds data.
+        window: the part of the tile inside the scene, in scene pixels.
+        crop: that part, in tile pixels (rows, columns).
         edges: whether the tile touches the (top, bottom, left, right) edge of
             the area tiled; those sides get full weight.
-        window: the part of the tile inside the scene, in scene pixels.
-        crop: that part, in tile pixels.
 
     """
 
-    data: np.ndarray
-    holds_data: np.ndarray
-    edges: tuple[bool, bool, bool, bool]
     window: Window
     crop: tuple[slice, slice]
+    edges: tuple[bool, bool, bool, bool]
 
 
-class TileReader:
-    """Reads tiles of a raster, mirrored beyond its edges, as raw values."""
+def place_tile(
+    row: int,
+    col: int,
+    size: tuple[int, int],
+    scene_size: tuple[int, int],
+    edges: tuple[bool, bool, bool, bool],
+) -> Placement | None:
+    """Place a tile on its scene.
+
+    Args:
+        row: scene row of the tile's top (negative above the scene).
+        col: scene column of the tile's left (negative left of the scene).
+        size: the tile's (height, width) in pixels.
+        scene_size: the scene's (height, width) in pixels.
+        edges: see :class:`Placement`.
+
+    Returns:
+        the placement, or None for a tile wholly outside the scene.
+
+    """
+    height, width = size
+    scene_height, scene_width = scene_size
+    top, left = max(row, 0), max(col, 0)
+    bottom = min(row + height, scene_height)
+    right = min(col + width, scene_width)
+    if bottom <= top or right <= left:
+        return None
+    return Placement(
+        window=Window(left, top, right - left, bottom - top),
+        crop=(slice(top - row, bottom - row), slice(left - col, right - col)),
+        edges=edges,
+    )
+
+
+@dataclass
+class Strip:
+    """A grid row's band of the grown scene, read once for all the row's tiles.
+
+    Attributes:
+        data: [C, H, W] raw values of the rows the grid row covers, over the
+            whole width of the scene grown by :data:`SCENE_MARGIN` (mirrored
+            scene pixels beyond its edges), in pinned memory when asked; None
+            where no tile of the row holds data.
+        holds_data: [H, W] True where *data* holds data, or None.
+        tiles: the row's tiles, left to right, each with its placement, or None
+            where the tile holds no data in the scene.
+
+    """
+
+    data: Tensor | None
+    holds_data: Tensor | None
+    tiles: list[tuple[Tile, Placement | None]]
+
+
+class SceneReader:
+    """Reads a raster for a :func:`prediction_grid`, one band of rows at a time.
+
+    Each grid row's rows are read once, as one window over the scene's width,
+    rather than tile by tile: overlapping tiles share their pixels, and each
+    block of the file is decompressed once per grid row.
+    """
 
     def __init__(
         self,
@@ -197,7 +260,7 @@ class TileReader:
         nodata: float | None,
         source: str | os.PathLike[str],
     ) -> None:
-        """Initialize a new TileReader.
+        """Initialize a new SceneReader.
 
         Args:
             src: the open raster.
@@ -216,54 +279,82 @@ class TileReader:
             MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags
         )
 
-    def read(self, tile: Tile) -> Patch | None:
-        """Read one tile of the grid over the scene plus :data:`SCENE_MARGIN`.
+    def strips(self, grid: TileGrid, pin_memory: bool = False) -> Iterator[Strip]:
+        """Read the strips of a grid over the scene plus :data:`SCENE_MARGIN`.
 
         Args:
-            tile: a tile whose window is in pixels of the scene grown by the margin
-                on every side.
+            grid: a grid whose windows are in pixels of the scene grown by the
+                margin on every side.
+            pin_memory: put strips in page-locked memory, for fast copies to CUDA.
 
-        Returns:
-            the tile to predict, or None where its part in the scene has no data.
+        Yields:
+            one strip per grid row, top to bottom.
 
         Raises:
             GlcgeoError: if GDAL cannot read the pixels (a damaged file, a lost
                 connection), naming the source.
 
         """
-        window = tile.window
-        row_off = int(window.row_off) - SCENE_MARGIN
-        col_off = int(window.col_off) - SCENE_MARGIN
-        height, width = int(window.height), int(window.width)
-        top, left = max(0, -row_off), max(0, -col_off)
-        bottom = max(0, row_off + height - self.src.height)
-        right = max(0, col_off + width - self.src.width)
-        inside = Window(
-            col_off + left, row_off + top, width - left - right, height - top - bottom
-        )
-        if inside.width <= 0 or inside.height <= 0:
-            return None  # a tile of the margin only
-        try:
-            data = self.src.read(self.bands, window=inside)
+        for row_tiles in itertools.batched(grid, len(grid.col_offsets)):
+            strip = self._strip(list(row_tiles))
+            if pin_memory and strip.data is not None and strip.holds_data is not None:
+                strip.data = strip.data.pin_memory()
+                strip.holds_data = strip.holds_data.pin_memory()
+            yield strip
+
+    def _strip(self, tiles: list[Tile]) -> Strip:
+        """Read the strip of one grid row's tiles."""
+        scene_size = (self.src.height, self.src.width)
+        first = tiles[0].window
+        top = int(first.row_off) - SCENE_MARGIN
+        height = int(first.height)
+        placements = [
+            place_tile(
+                top,
+                int(tile.window.col_off) - SCENE_MARGIN,
+                (height, int(tile.window.width)),
+                scene_size,
+                tile.edges,
+            )
+            for tile in tiles
+        ]
+        if not any(placements):  # a row of the margin only
+            return Strip(None, None, [(tile, None) for tile in tiles])
+        start, stop = max(0, top), min(self.src.height, top + height)
+        window = Window(0, start, self.src.width, stop - start)
+        with pixel_reads([os.fspath(self.source)]):
+            data = self.src.read(self.bands, window=window)
             valid = valid_pixels(torch.from_numpy(data), self.nodata).numpy()
             if self.use_dataset_mask:
-                valid &= self.src.dataset_mask(window=inside) > 0
-        except rasterio.errors.RasterioIOError as error:
-            reason = _reason(error, self.src.name)
-            raise GlcgeoError(f'cannot read pixels ({reason})', self.source) from None
-        if not valid.any():
-            return None
-        margins = ((top, bottom), (left, right))
-        if top or bottom or left or right:
-            data = np.pad(data, ((0, 0), *margins), mode='reflect')
-            valid = np.pad(valid, margins, mode='reflect')
-        return Patch(
-            data=data,
-            holds_data=valid,
-            edges=tile.edges,
-            window=inside,
-            crop=(slice(top, top + inside.height), slice(left, left + inside.width)),
-        )
+                valid &= self.src.dataset_mask(window=window) > 0
+        margins = ((start - top, top + height - stop), (SCENE_MARGIN, SCENE_MARGIN))
+        data = np.pad(data, ((0, 0), *margins), mode='reflect')
+        valid = np.pad(valid, margins, mode='reflect')
+        tiles_placed: list[tuple[Tile, Placement | None]] = []
+        for tile, placement in zip(tiles, placements, strict=True):
+            if placement is not None:
+                rows, cols = placement.crop
+                offset = int(tile.window.col_off)
+                if not valid[rows, offset + cols.start : offset + cols.stop].any():
+                    placement = None
+            tiles_placed.append((tile, placement))
+        return Strip(torch.from_numpy(data), torch.from_numpy(valid), tiles_placed)
+
+
+@dataclass
+class Patch:
+    """A patch of raw values waiting for prediction.
+
+    Attributes:
+        data: [C, H, W] raw values of the patch (the dataset's fill outside it).
+        holds_data: [H, W] True where *data* holds data.
+        placement: where its prediction goes.
+
+    """
+
+    data: np.ndarray
+    holds_data: np.ndarray
+    placement: Placement
 
 
 def dataset_patch(
@@ -289,31 +380,31 @@ def dataset_patch(
 
     """
     _, height, width = data.shape
-    top, left = max(row, 0), max(col, 0)
-    bottom = min(row + height, scene_height)
-    right = min(col + width, scene_width)
-    crop = (slice(top - row, bottom - row), slice(left - col, right - col))
+    edges = (
+        row <= 0,
+        row + height >= scene_height,
+        col <= 0,
+        col + width >= scene_width,
+    )
+    placement = place_tile(
+        row, col, (height, width), (scene_height, scene_width), edges
+    )
+    if placement is None:
+        return None
     # Whatever lies outside the scene is fill, not data.
     valid = np.zeros((height, width), dtype=bool)
-    inside = torch.from_numpy(data[:, crop[0], crop[1]])
-    valid[crop] = valid_pixels(inside, nodata).numpy()
+    rows, cols = placement.crop
+    valid[rows, cols] = valid_pixels(torch.from_numpy(data[:, rows, cols]), nodata)
     if not valid.any():
         return None
-    return Patch(
-        data=data,
-        holds_data=valid,
-        edges=(row <= 0, bottom == scene_height, col <= 0, right == scene_width),
-        window=Window(left, top, right - left, bottom - top),
-        crop=crop,
-    )
+    return Patch(data=data, holds_data=valid, placement=placement)
 
 
 @dataclass
 class PatchBatch[Item]:
     """Patches stacked for one forward pass, with what was read to find them.
 
-    *Item* is what each patch was read for: a tile of a grid, a query of a
-    sampler.
+    *Item* is what each patch was read for: a query of a sampler, say.
 
     Attributes:
         patches: the patches, in reading order.
@@ -345,10 +436,23 @@ def _stack[Item](
     return PatchBatch(patches, data, holds, items, last)
 
 
-def _batches[Item](
-    patches: Iterable[tuple[Item, Patch | None]], batch_size: int, pin_memory: bool
+def batch_patches[Item](
+    patches: Iterable[tuple[Item, Patch | None]],
+    batch_size: int,
+    pin_memory: bool = False,
 ) -> Iterator[PatchBatch[Item]]:
-    """Group patches into batches (see :func:`read_ahead`)."""
+    """Group patches into batches.
+
+    Args:
+        patches: (item, patch or None where the item holds no data), in order.
+        batch_size: patches per batch.
+        pin_memory: put batches in page-locked memory, for fast copies to CUDA.
+
+    Yields:
+        the batches: *batch_size* patches each, or fewer at the end and where
+        an item without data follows a finished batch.
+
+    """
     pending: list[Patch] = []
     items = 0
     for item, patch in patches:
@@ -356,7 +460,7 @@ def _batches[Item](
         if patch is not None:
             pending.append(patch)
         # An item without data and nothing pending ends a batch too, so that
-        # rows finish while a stretch without data is read.
+        # the caller hears of progress while a stretch without data is read.
         if len(pending) == batch_size or not pending:
             yield _stack(pending, items, item, pin_memory)
             pending, items = [], 0
@@ -364,34 +468,26 @@ def _batches[Item](
         yield _stack(pending, items, item, pin_memory)
 
 
-#: Marks the end of the batches in :func:`read_ahead`'s queue.
+#: Marks the end of the items in :func:`read_ahead`'s queue.
 _END = object()
 
 
-def read_ahead[Item](
-    patches: Iterable[tuple[Item, Patch | None]],
-    batch_size: int,
-    *,
-    pin_memory: bool = False,
-    depth: int = 2,
-) -> Generator[PatchBatch[Item]]:
-    """Read patches in a background thread, stacked into batches.
+def read_ahead[Item](items: Iterable[Item], depth: int = 2) -> Generator[Item]:
+    """Iterate in a background thread, ahead of the caller.
 
     The thread reads (GDAL releases Python's lock while it reads and
     decompresses) while the caller runs the model; it holds at most *depth*
-    batches ahead, so memory does not grow with the scene. Errors of the
+    items ahead, so memory does not grow with the scene. Errors of the
     reading are raised in the caller. Close the iterator (e.g. with
     :func:`contextlib.closing`) to stop the thread early.
 
     Args:
-        patches: (item, patch or None where the item holds no data), in order.
-        batch_size: patches per batch.
-        pin_memory: put batches in page-locked memory, for fast copies to CUDA.
-        depth: batches held ready.
+        items: what to read, e.g. :meth:`SceneReader.strips` or
+            :func:`batch_patches`.
+        depth: items held ready.
 
     Yields:
-        the batches: *batch_size* patches each, or fewer at the end and where
-        an item without data follows a finished batch.
+        the items, in order.
 
     """
     stop = threading.Event()
@@ -407,8 +503,8 @@ def read_ahead[Item](
 
     def produce() -> None:
         try:
-            for batch in _batches(patches, batch_size, pin_memory):
-                put(batch)
+            for item in items:
+                put(item)
                 if stop.is_set():
                     return
             put(_END)

@@ -17,6 +17,7 @@ a class map held in memory.
 """
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -212,22 +213,16 @@ def class_ids(scores: Tensor, metadata: CheckpointMetadata, dim: int = 0) -> Ten
 
     Returns:
         class ids (int64), *scores*' shape without *dim*; the first of equal
-        scores wins, as in :func:`torch.argmax`.
+        scores wins, as in :func:`torch.max`.
     """
     ignored = metadata.ignore_index
-    best, *others = scores.unbind(dim)
-    if ignored == 0 and others:
-        best = torch.full_like(best, -1)
-    ids = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
-    # One pass per class: torch.argmax over a dimension that is not the last is
-    # several times slower on the CPU.
-    for index, candidate in enumerate(others, start=1):
-        if index == ignored:
-            continue
-        better = candidate > best
-        ids.masked_fill_(better, index)
-        best = torch.where(better, candidate, best)
-    return ids
+    classes = scores.shape[dim]
+    if ignored is not None and 0 <= ignored < classes and classes > 1:
+        index = torch.tensor([ignored], device=scores.device)
+        scores = scores.index_fill(dim, index, -math.inf)
+    # torch.max, not torch.argmax: over a dimension that is not the last, the
+    # latter is several times slower on the CPU.
+    return scores.max(dim).indices
 
 
 def class_writer(
@@ -306,11 +301,11 @@ def write_rows(
     Class ids (and percentages) are made on the accumulator's device; only they
     come back to the host.
     """
-    top, scores, valid = accumulator.pop(end)
+    class_writer, *probability_writers = writers
+    top, scores, valid = accumulator.pop(end, normalize=bool(probability_writers))
     if not len(valid):
         return
     window = Window(0, top, valid.shape[1], valid.shape[0])
-    class_writer, *probability_writers = writers
     dtype = class_writer.profile['dtype']
     # uint8 ids travel as such; wider ones as int32 (torch's unsigned types are few).
     ids = class_ids(scores, metadata).to(
