@@ -496,8 +496,19 @@ def _host_path_map(
 
 @pytest.mark.parametrize(
     ('path', 'tile_size', 'overlap', 'batch_size'),
-    [(S2, 512, 128, 4), (RGB1, 160, 40, 3), (RGBN_SUB, 100, 30, 2)],
-    ids=['sentinel2-default', 'landsat-frame-awkward', 'rgbn-strip-small'],
+    [
+        (S2, 512, 128, 4),
+        (RGB1, 160, 40, 3),
+        (RGBN_SUB, 100, 30, 2),
+        # Rows of tiles lying in the mirrored margin only, batches across rows.
+        (RGBN_SUB, 32, 0, 5),
+    ],
+    ids=[
+        'sentinel2-default',
+        'landsat-frame-awkward',
+        'rgbn-strip-small',
+        'rgbn-margin-rows',
+    ],
 )
 def test_device_path_gives_the_host_path_map(
     tmp_path: Path,
@@ -508,22 +519,28 @@ def test_device_path_gives_the_host_path_map(
     batch_size: int,
 ) -> None:
     model, metadata = _fcn_for(path, fcn_checkpoints)
+    settings = {
+        'tile_size': tile_size,
+        'overlap': overlap,
+        'batch_size': batch_size,
+        'progress': False,
+    }
     predict_raster(
         model,
         metadata,
         path,
         tmp_path / 'map.tif',
         probabilities=tmp_path / 'p.tif',
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        progress=False,
+        **settings,
     )
+    # Without probabilities the classes come from the unnormalised sums.
+    predict_raster(model, metadata, path, tmp_path / 'alone.tif', **settings)
     classes, percent = _host_path_map(
         model, metadata, path, tile_size, overlap, batch_size
     )
     assert len(np.unique(classes)) >= 3  # a map worth comparing
     np.testing.assert_array_equal(_read(tmp_path / 'map.tif'), classes)
+    np.testing.assert_array_equal(_read(tmp_path / 'alone.tif'), classes)
     with rasterio.open(tmp_path / 'p.tif') as probabilities:
         np.testing.assert_array_equal(probabilities.read(), percent)
 

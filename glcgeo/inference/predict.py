@@ -17,7 +17,7 @@ the patches in memory.
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any, cast
@@ -41,6 +41,7 @@ from .reading import (
     Patch,
     Placement,
     SceneReader,
+    Strip,
     batch_patches,
     dataset_patch,
     input_bands,
@@ -204,6 +205,40 @@ class _BatchPredictor:
             )
 
 
+def _device_tiles(
+    strips: Iterable[Strip], metadata: CheckpointMetadata, device: torch.device
+) -> Iterator[tuple[Tile, Placement | None, Tensor | None, Tensor | None]]:
+    """Each tile of the grid, with its normalised pixels on the device.
+
+    Each strip goes to the device and is normalised there once, however many
+    tiles share its pixels.
+
+    Yields:
+        (tile, placement, [C, H, W] normalised pixels, [H, W] nodata mask); the
+        last three None for a tile without data.
+    """
+    for strip in strips:
+        if strip.data is None or strip.holds_data is None:
+            for tile, _ in strip.tiles:
+                yield tile, None, None, None
+            continue
+        holds = strip.holds_data.to(device, non_blocking=True)
+        data = strip.data.to(device, non_blocking=True)
+        image = normalize_input(data, holds, metadata)
+        for tile, placement in strip.tiles:
+            offset = int(tile.window.col_off)
+            cols = slice(offset, offset + int(tile.window.width))
+            yield tile, placement, image[:, :, cols], holds[:, cols]
+
+
+def _stacked(
+    pending: list[tuple[Tensor, Tensor, Placement]],
+) -> tuple[list[Tensor], Tensor, list[Placement]]:
+    """Tiles waiting for the model as :meth:`_BatchPredictor.run` takes them."""
+    images, holds, placements = zip(*pending, strict=True)
+    return list(images), torch.stack(holds), list(placements)
+
+
 def predict_raster(
     model: nn.Module,
     metadata: CheckpointMetadata,
@@ -304,41 +339,34 @@ def predict_raster(
                 tqdm(total=len(grid), unit='tile', disable=not progress, leave=False)
             )
             # The reader thread is the only user of src until it stops.
+            pin_memory = torch_device.type == 'cuda'
             strips = stack.enter_context(
-                closing(read_ahead(reader.strips(grid, torch_device.type == 'cuda')))
+                closing(read_ahead(reader.strips(grid, pin_memory)))
             )
             pending: list[tuple[Tensor, Tensor, Placement]] = []
 
-            def predict_pending(last: Tile) -> None:
-                images, holds, placements = zip(*pending, strict=True)
-                predictor.run(images, torch.stack(holds), placements)
-                pending.clear()
+            def write_finished(last: Tile) -> None:
+                # The rows that no tile after the last one predicted touches.
                 finished = grid.rows_finished(last) - SCENE_MARGIN
                 write_rows(writers, accumulator, min(finished, height), metadata)
 
             skipped = 0
-            for strip in strips:
-                if strip.data is not None and strip.holds_data is not None:
-                    holds_data = strip.holds_data.to(torch_device, non_blocking=True)
-                    data = strip.data.to(torch_device, non_blocking=True)
-                    # Each pixel normalised once, however many tiles share it.
-                    image = normalize_input(data, holds_data, metadata)
-                for tile, placement in strip.tiles:
-                    if placement is None:
-                        skipped += 1
-                        continue
-                    offset = int(tile.window.col_off)
-                    cols = slice(offset, offset + int(tile.window.width))
-                    pending.append((image[:, :, cols], holds_data[:, cols], placement))
+            for tile, placement, image, holds in _device_tiles(
+                strips, metadata, torch_device
+            ):
+                if placement is None or image is None or holds is None:
+                    skipped += 1
+                else:
+                    pending.append((image, holds, placement))
                     if len(pending) == batch_size:
-                        predict_pending(tile)
-                last = strip.tiles[-1][0]
+                        predictor.run(*_stacked(pending))
+                        pending.clear()
                 if not pending:
-                    finished = grid.rows_finished(last) - SCENE_MARGIN
-                    write_rows(writers, accumulator, min(finished, height), metadata)
-                bar.update(len(strip.tiles))
+                    write_finished(tile)
+                bar.update()
             if pending:
-                predict_pending(last)
+                predictor.run(*_stacked(pending))
+            write_rows(writers, accumulator, height, metadata)
             for writer in writers:
                 writer.finish()
             # The class map last: once it stands under its name, every output of
