@@ -502,12 +502,15 @@ def _host_path_map(
         (RGBN_SUB, 100, 30, 2),
         # Rows of tiles lying in the mirrored margin only, batches across rows.
         (RGBN_SUB, 32, 0, 5),
+        # Edge tiles with fewer scene pixels than the margin they mirror.
+        (RGBN_SUB, 64, 32, 3),
     ],
     ids=[
         'sentinel2-default',
         'landsat-frame-awkward',
         'rgbn-strip-small',
         'rgbn-margin-rows',
+        'rgbn-thin-edges',
     ],
 )
 def test_device_path_gives_the_host_path_map(

@@ -15,6 +15,7 @@ input is, and is published as a Cloud Optimized GeoTIFF only once complete.
 the patches in memory.
 """
 
+import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -124,9 +125,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class _BatchPredictor:
     """Runs batches of tiles through the model and blends them into a row band.
 
-    The batch's input and class probabilities go into buffers allocated once
-    and reused: on the CPU, fresh tensors of this size cost more in page faults
-    than the softmax itself (a CUDA device caches its memory anyway).
+    Tiles are copied into the batch as they are queued (so that nothing holds on
+    to the strip they were cut from), and the batch's input and class
+    probabilities live in buffers allocated once and reused: on the CPU, fresh
+    tensors of this size cost more in page faults than the softmax itself (a
+    CUDA device caches its memory anyway).
     """
 
     def __init__(
@@ -135,13 +138,21 @@ class _BatchPredictor:
         metadata: CheckpointMetadata,
         device: torch.device,
         accumulator: RowBandAccumulator,
+        batch_size: int,
     ) -> None:
         self.model = model
         self.metadata = metadata
         self.device = device
         self.accumulator = accumulator
+        self.batch_size = batch_size
         self._weights: dict[tuple[Any, ...], Tensor] = {}
         self._buffers: dict[str, Tensor] = {}
+        self._queued: list[Placement] = []
+
+    @property
+    def idle(self) -> bool:
+        """Whether every tile queued so far has been predicted."""
+        return not self._queued
 
     def weights(self, placement: Placement, height: int, width: int) -> Tensor:
         """A tile's blending weights, on the device (made once per shape)."""
@@ -159,6 +170,37 @@ class _BatchPredictor:
             self._buffers[name] = buffer
         return buffer
 
+    def queue(self, image: Tensor, holds_data: Tensor, placement: Placement) -> None:
+        """Add a tile to the batch; predict the batch once it is full.
+
+        Args:
+            image: [C, H, W] normalised tile, on the device; all tiles of one
+                size.
+            holds_data: [H, W] True where the tile holds data, on the device.
+            placement: where the tile goes in the scene.
+
+        """
+        index = len(self._queued)
+        shape = (self.batch_size, *image.shape)
+        self.buffer('image', shape, image.dtype)[index] = image
+        self.buffer('holds', (self.batch_size, *holds_data.shape), torch.bool)[
+            index
+        ] = holds_data
+        self._queued.append(placement)
+        if len(self._queued) == self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Predict the tiles queued, if any."""
+        if self._queued:
+            count = len(self._queued)
+            self.run(
+                self._buffers['image'][:count],
+                self._buffers['holds'][:count],
+                self._queued,
+            )
+            self._queued = []
+
     def scores(self, image: Tensor) -> Tensor:
         """Class probabilities [B, K, H, W] of a batch of normalised images."""
         logits = self.model(image)
@@ -174,23 +216,16 @@ class _BatchPredictor:
 
     @torch.inference_mode()
     def run(
-        self,
-        tiles: Sequence[Tensor],
-        holds_data: Tensor,
-        placements: Sequence[Placement],
+        self, image: Tensor, holds_data: Tensor, placements: Sequence[Placement]
     ) -> None:
         """Predict a batch of tiles and add it to the accumulator.
 
         Args:
-            tiles: [C, H, W] normalised tiles, on the device.
+            image: [B, C, H, W] normalised tiles, on the device.
             holds_data: [B, H, W] True where the tiles hold data, on the device.
             placements: where each tile goes in the scene.
 
         """
-        shape = (len(tiles), *tiles[0].shape)
-        image = torch.stack(
-            list(tiles), out=self.buffer('image', shape, tiles[0].dtype)
-        )
         scores = self.scores(pad_to_stride(image))
         height, width = holds_data.shape[-2:]
         for placement, tile_scores, holds in zip(
@@ -226,17 +261,9 @@ def _device_tiles(
         data = strip.data.to(device, non_blocking=True)
         image = normalize_input(data, holds, metadata)
         for tile, placement in strip.tiles:
-            offset = int(tile.window.col_off)
+            offset = int(tile.window.col_off) - strip.col_off
             cols = slice(offset, offset + int(tile.window.width))
             yield tile, placement, image[:, :, cols], holds[:, cols]
-
-
-def _stacked(
-    pending: list[tuple[Tensor, Tensor, Placement]],
-) -> tuple[list[Tensor], Tensor, list[Placement]]:
-    """Tiles waiting for the model as :meth:`_BatchPredictor.run` takes them."""
-    images, holds, placements = zip(*pending, strict=True)
-    return list(images), torch.stack(holds), list(placements)
 
 
 def predict_raster(
@@ -310,15 +337,23 @@ def predict_raster(
         bands = input_bands(src, metadata, os.fspath(source))
         width, height = src.width, src.height
         grid = prediction_grid(height, width, tile_size, overlap)
-        reader = SceneReader(src, bands, nodata, source)
-        # A batch spans at most two grid rows: the band is at most two tiles deep.
+        # Strips of a batch (4 tiles at least): their tiles share the reads of
+        # their overlaps, and their memory does not grow with the scene's width.
+        reader = SceneReader(
+            src, bands, nodata, source, tiles_per_read=max(batch_size, 4)
+        )
+        # A batch spans at most two grid rows: the band reaches from the first
+        # row's top to the second row's bottom.
+        stride = max(b - a for a, b in itertools.pairwise([0, *grid.row_offsets]))
         accumulator = RowBandAccumulator(
             width,
             metadata.num_classes,
             device=torch_device,
-            capacity=2 * grid.tile_height,
+            capacity=stride + grid.tile_height,
         )
-        predictor = _BatchPredictor(model, metadata, torch_device, accumulator)
+        predictor = _BatchPredictor(
+            model, metadata, torch_device, accumulator, batch_size
+        )
         geo = {
             'width': width,
             'height': height,
@@ -343,13 +378,6 @@ def predict_raster(
             strips = stack.enter_context(
                 closing(read_ahead(reader.strips(grid, pin_memory)))
             )
-            pending: list[tuple[Tensor, Tensor, Placement]] = []
-
-            def write_finished(last: Tile) -> None:
-                # The rows that no tile after the last one predicted touches.
-                finished = grid.rows_finished(last) - SCENE_MARGIN
-                write_rows(writers, accumulator, min(finished, height), metadata)
-
             skipped = 0
             for tile, placement, image, holds in _device_tiles(
                 strips, metadata, torch_device
@@ -357,15 +385,13 @@ def predict_raster(
                 if placement is None or image is None or holds is None:
                     skipped += 1
                 else:
-                    pending.append((image, holds, placement))
-                    if len(pending) == batch_size:
-                        predictor.run(*_stacked(pending))
-                        pending.clear()
-                if not pending:
-                    write_finished(tile)
+                    predictor.queue(image, holds, placement)
+                if predictor.idle:
+                    # The rows that no tile after this one touches are final.
+                    finished = grid.rows_finished(tile) - SCENE_MARGIN
+                    write_rows(writers, accumulator, min(finished, height), metadata)
                 bar.update()
-            if pending:
-                predictor.run(*_stacked(pending))
+            predictor.flush()
             write_rows(writers, accumulator, height, metadata)
             for writer in writers:
                 writer.finish()
@@ -438,7 +464,7 @@ def predict_dataset(
     torch_device = resolve_device(device)
     model = model.eval().to(torch_device)
     accumulator = RowBandAccumulator(width, metadata.num_classes, device=torch_device)
-    predictor = _BatchPredictor(model, metadata, torch_device, accumulator)
+    predictor = _BatchPredictor(model, metadata, torch_device, accumulator, batch_size)
 
     def patches() -> Iterable[tuple[Any, Patch | None]]:
         for query in sampler:
@@ -465,7 +491,7 @@ def predict_dataset(
                 data = batch.data.to(torch_device)
                 holds_data = batch.holds_data.to(torch_device)
                 predictor.run(
-                    normalize_input(data, holds_data, metadata).unbind(),
+                    normalize_input(data, holds_data, metadata),
                     holds_data,
                     [patch.placement for patch in batch.patches],
                 )

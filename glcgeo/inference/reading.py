@@ -1,8 +1,9 @@
 """Reading scenes for prediction: raw values with their nodata mask, ahead of the model.
 
-:class:`SceneReader` reads a raster for a :func:`prediction_grid` one grid row at
-a time: a :class:`Strip` of the scene's rows, mirrored beyond its edges, from
-which the row's tiles are cut, with each tile's :class:`Placement` on the scene.
+:class:`SceneReader` reads a raster for a :func:`prediction_grid` a few tiles of
+a grid row at a time: a :class:`Strip`, one window mirrored beyond the scene's
+edges, from which the tiles are cut, with each tile's :class:`Placement` on the
+scene.
 :func:`dataset_patch` places a TorchGeo dataset's patch on its scene, and
 :func:`batch_patches` stacks such patches. Both hand out raw values with their
 nodata mask (:func:`~glcgeo.datasets.valid_pixels`, the one nodata rule);
@@ -17,6 +18,7 @@ import queue
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import rasterio
@@ -227,30 +229,32 @@ def place_tile(
 
 @dataclass
 class Strip:
-    """A grid row's band of the grown scene, read once for all the row's tiles.
+    """Consecutive tiles of a grid row, read once for all of them.
 
     Attributes:
-        data: [C, H, W] raw values of the rows the grid row covers, over the
-            whole width of the scene grown by :data:`SCENE_MARGIN` (mirrored
-            scene pixels beyond its edges), in pinned memory when asked; None
-            where no tile of the row holds data.
+        data: [C, H, W] raw values of the window the tiles cover in the scene
+            grown by :data:`SCENE_MARGIN` (mirrored scene pixels beyond its
+            edges), in pinned memory when asked; None where no tile holds data.
         holds_data: [H, W] True where *data* holds data, or None.
-        tiles: the row's tiles, left to right, each with its placement, or None
-            where the tile holds no data in the scene.
+        col_off: the column of the grown scene where *data* starts.
+        tiles: the tiles, left to right, each with its placement, or None where
+            the tile holds no data in the scene.
 
     """
 
     data: Tensor | None
     holds_data: Tensor | None
+    col_off: int
     tiles: list[tuple[Tile, Placement | None]]
 
 
 class SceneReader:
-    """Reads a raster for a :func:`prediction_grid`, one band of rows at a time.
+    """Reads a raster for a :func:`prediction_grid`, several tiles at a time.
 
-    Each grid row's rows are read once, as one window over the scene's width,
-    rather than tile by tile: overlapping tiles share their pixels, and each
-    block of the file is decompressed once per grid row.
+    Consecutive tiles of a grid row are read as one window, a :class:`Strip`, so
+    that tiles overlapping each other share their reads and each block of the
+    file is decompressed once per strip; a strip holds at most *tiles_per_read*
+    tiles, so that its memory does not grow with the scene's width.
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class SceneReader:
         bands: list[int],
         nodata: float | None,
         source: str | os.PathLike[str],
+        tiles_per_read: int = 8,
     ) -> None:
         """Initialize a new SceneReader.
 
@@ -267,11 +272,13 @@ class SceneReader:
             bands: 1-based bands to read.
             nodata: nodata value overriding the file's own.
             source: the raster's name as the user gave it, for errors.
+            tiles_per_read: most tiles of a strip.
 
         """
         self.src = src
         self.bands = bands
         self.source = source
+        self.tiles_per_read = tiles_per_read
         self.nodata = src.nodata if nodata is None else nodata
         flags = [src.mask_flag_enums[b - 1] for b in bands]
         # An internal mask or alpha band is authoritative unless nodata is forced.
@@ -288,57 +295,71 @@ class SceneReader:
             pin_memory: put strips in page-locked memory, for fast copies to CUDA.
 
         Yields:
-            one strip per grid row, top to bottom.
+            the strips, row by row, left to right: each tile of the grid once.
 
         Raises:
             GlcgeoError: if GDAL cannot read the pixels (a damaged file, a lost
                 connection), naming the source.
 
         """
-        for row_tiles in itertools.batched(grid, len(grid.col_offsets)):
-            strip = self._strip(list(row_tiles))
-            if pin_memory and strip.data is not None and strip.holds_data is not None:
-                strip.data = strip.data.pin_memory()
-                strip.holds_data = strip.holds_data.pin_memory()
-            yield strip
+        for row in itertools.batched(grid, len(grid.col_offsets)):
+            for tiles in itertools.batched(row, self.tiles_per_read):
+                strip = self._strip(list(tiles))
+                if pin_memory and strip.data is not None:
+                    strip.data = strip.data.pin_memory()
+                    strip.holds_data = cast(Tensor, strip.holds_data).pin_memory()
+                yield strip
 
     def _strip(self, tiles: list[Tile]) -> Strip:
-        """Read the strip of one grid row's tiles."""
-        scene_size = (self.src.height, self.src.width)
-        first = tiles[0].window
+        """Read the strip of consecutive tiles of one grid row."""
+        first, last = tiles[0].window, tiles[-1].window
+        # The strip's window in scene pixels (negative in the margin).
         top = int(first.row_off) - SCENE_MARGIN
+        left = int(first.col_off) - SCENE_MARGIN
         height = int(first.height)
+        width = int(last.col_off) + int(last.width) - int(first.col_off)
         placements = [
             place_tile(
                 top,
                 int(tile.window.col_off) - SCENE_MARGIN,
                 (height, int(tile.window.width)),
-                scene_size,
+                (self.src.height, self.src.width),
                 tile.edges,
             )
             for tile in tiles
         ]
-        if not any(placements):  # a row of the margin only
-            return Strip(None, None, [(tile, None) for tile in tiles])
-        start, stop = max(0, top), min(self.src.height, top + height)
-        window = Window(0, start, self.src.width, stop - start)
+        col_off = int(first.col_off)
+        if not any(placements):  # tiles of the margin only
+            return Strip(None, None, col_off, [(tile, None) for tile in tiles])
+        rows = (max(0, top), min(self.src.height, top + height))
+        cols = (max(0, left), min(self.src.width, left + width))
+        window = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
         with pixel_reads([os.fspath(self.source)]):
             data = self.src.read(self.bands, window=window)
             valid = valid_pixels(torch.from_numpy(data), self.nodata).numpy()
             if self.use_dataset_mask:
                 valid &= self.src.dataset_mask(window=window) > 0
-        margins = ((start - top, top + height - stop), (SCENE_MARGIN, SCENE_MARGIN))
-        data = np.pad(data, ((0, 0), *margins), mode='reflect')
-        valid = np.pad(valid, margins, mode='reflect')
+        margins = (
+            (rows[0] - top, top + height - rows[1]),
+            (cols[0] - left, left + width - cols[1]),
+        )
+        if any(any(side) for side in margins):
+            data = np.pad(data, ((0, 0), *margins), mode='reflect')
+            valid = np.pad(valid, margins, mode='reflect')
         tiles_placed: list[tuple[Tile, Placement | None]] = []
         for tile, placement in zip(tiles, placements, strict=True):
             if placement is not None:
-                rows, cols = placement.crop
-                offset = int(tile.window.col_off)
-                if not valid[rows, offset + cols.start : offset + cols.stop].any():
+                crop_rows, crop_cols = placement.crop
+                offset = int(tile.window.col_off) - col_off
+                inside = valid[
+                    crop_rows, offset + crop_cols.start : offset + crop_cols.stop
+                ]
+                if not inside.any():
                     placement = None
             tiles_placed.append((tile, placement))
-        return Strip(torch.from_numpy(data), torch.from_numpy(valid), tiles_placed)
+        return Strip(
+            torch.from_numpy(data), torch.from_numpy(valid), col_off, tiles_placed
+        )
 
 
 @dataclass
