@@ -342,9 +342,10 @@ def predict_raster(
         reader = SceneReader(
             src, bands, nodata, source, tiles_per_read=max(batch_size, 4)
         )
-        # A batch spans at most two grid rows: the band reaches from the first
-        # row's top to the second row's bottom.
-        stride = max(b - a for a, b in itertools.pairwise([0, *grid.row_offsets]))
+        # A batch across two grid rows keeps the band from the first row's top to
+        # the second row's bottom (a larger batch grows the buffers).
+        offsets = grid.row_offsets
+        stride = max((b - a for a, b in itertools.pairwise(offsets)), default=0)
         accumulator = RowBandAccumulator(
             width,
             metadata.num_classes,
