@@ -652,6 +652,46 @@ def test_internal_mask_and_nan_are_nodata(tmp_path: Path) -> None:
     assert summary.skipped_tiles >= 5
 
 
+def test_binary_model_maps_its_sigmoid(tmp_path: Path) -> None:
+    mean, std = _band_stats(S2)
+    torch.manual_seed(3)
+    model = nn.Conv2d(4, 1, kernel_size=1)  # one logit: a binary task
+    metadata = CheckpointMetadata(
+        model='pointwise',
+        backbone='none',
+        in_channels=4,
+        num_classes=2,
+        task='binary',
+        band_mean=tuple(mean),
+        band_std=tuple(std),
+    )
+    predict_raster(
+        model,
+        metadata,
+        S2,
+        tmp_path / 'map.tif',
+        probabilities=tmp_path / 'p.tif',
+        tile_size=256,
+        overlap=64,
+        progress=False,
+    )
+    with rasterio.open(S2) as src:
+        x = (src.read().astype(np.float64) - np.array(mean)[:, None, None]) / np.array(
+            std
+        )[:, None, None]
+    weight = model.weight.detach().double().numpy()[0, :, 0, 0]
+    logit = np.einsum('c,chw->hw', weight, x) + float(model.bias.detach()[0])
+    classes = _read(tmp_path / 'map.tif')
+    assert set(np.unique(classes)) == {0, 1}
+    # Class 1 where the sigmoid passes one half (float32 against float64 aside).
+    assert (classes == (logit > 0)).mean() >= 0.9999
+    with rasterio.open(tmp_path / 'p.tif') as probabilities:
+        percent = probabilities.read().astype(int)
+    assert np.abs(percent.sum(axis=0) - 100).max() <= 1
+    expected = np.rint(100 / (1 + np.exp(-logit)))
+    assert np.abs(percent[1] - expected).max() <= 1
+
+
 def test_ignore_index_is_never_predicted(tmp_path: Path) -> None:
     model, metadata = _pointwise(7)
     with torch.no_grad():
