@@ -223,7 +223,7 @@ def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
 
     read: list[int] = []
 
-    def patches(fail_at: int = -1) -> Iterator[tuple[int, Patch | None]]:
+    def patches(fail_at: int = -1) -> Iterator[Patch | None]:
         for item in range(40):
             if item == fail_at:
                 raise OSError('read failed')
@@ -236,7 +236,7 @@ def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
                 ),
             )
             # Every fifth item holds no data: it ends the batch in progress.
-            yield item, None if item % 5 == 4 else patch
+            yield None if item % 5 == 4 else patch
 
     batches = read_ahead(batch_patches(patches(), batch_size=2), depth=2)
     with closing(batches):
@@ -250,7 +250,9 @@ def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
         time.sleep(0.2)
         assert 2 * 2 < len(read) <= 2 * (1 + 2 + 1) + 1
         rest = list(batches)
-    assert sum(b.items for b in [first, *rest]) == 40 and rest[-1].last == 39
+    assert sum(b.items for b in [first, *rest]) == 40
+    # The last item (39) holds no data and ends the read in a batch of its own.
+    assert rest[-1].items == 1 and not rest[-1].patches
     assert [len(b.patches) for b in rest[:3]] == [2, 0, 2]
     # Errors of the reading reach the caller; closing stops the thread.
     with (

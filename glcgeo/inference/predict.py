@@ -467,7 +467,7 @@ def predict_dataset(
     accumulator = RowBandAccumulator(width, metadata.num_classes, device=torch_device)
     predictor = _BatchPredictor(model, metadata, torch_device, accumulator, batch_size)
 
-    def patches() -> Iterable[tuple[Any, Patch | None]]:
+    def patches() -> Iterable[Patch | None]:
         for query in sampler:
             data = dataset[query]['image'].numpy()
             if len(data) != metadata.in_channels:
@@ -479,7 +479,7 @@ def predict_dataset(
             x, y = cast(tuple[slice, ...], query)[:2]
             row = round((y_bounds.stop - y.stop) / y_res)
             col = round((x.start - x_bounds.start) / x_res)
-            yield query, dataset_patch(data, nodata, row, col, height, width)
+            yield dataset_patch(data, nodata, row, col, height, width)
 
     with (
         closing(read_ahead(batch_patches(patches(), batch_size))) as batches,

@@ -422,18 +422,15 @@ def dataset_patch(
 
 
 @dataclass
-class PatchBatch[Item]:
-    """Patches stacked for one forward pass, with what was read to find them.
-
-    *Item* is what each patch was read for: a query of a sampler, say.
+class PatchBatch:
+    """Patches stacked for one forward pass.
 
     Attributes:
         patches: the patches, in reading order.
         data: [B, C, H, W] their raw values (in pinned memory when asked), or
             None when *patches* is empty.
         holds_data: [B, H, W] True where *data* holds data, or None.
-        items: items read for this batch, those without data included.
-        last: the last of them.
+        items: patches read for this batch, those without data included.
 
     """
 
@@ -441,52 +438,49 @@ class PatchBatch[Item]:
     data: Tensor | None
     holds_data: Tensor | None
     items: int
-    last: Item
 
 
-def _stack[Item](
-    patches: list[Patch], items: int, last: Item, pin_memory: bool
-) -> PatchBatch[Item]:
+def _stack(patches: list[Patch], items: int, pin_memory: bool) -> PatchBatch:
     """Stack patches into a :class:`PatchBatch`."""
     if not patches:
-        return PatchBatch(patches, None, None, items, last)
+        return PatchBatch(patches, None, None, items)
     data = torch.from_numpy(np.stack([patch.data for patch in patches]))
     holds = torch.from_numpy(np.stack([patch.holds_data for patch in patches]))
     if pin_memory:
         data, holds = data.pin_memory(), holds.pin_memory()
-    return PatchBatch(patches, data, holds, items, last)
+    return PatchBatch(patches, data, holds, items)
 
 
-def batch_patches[Item](
-    patches: Iterable[tuple[Item, Patch | None]],
+def batch_patches(
+    patches: Iterable[Patch | None],
     batch_size: int,
     pin_memory: bool = False,
-) -> Iterator[PatchBatch[Item]]:
+) -> Iterator[PatchBatch]:
     """Group patches into batches.
 
     Args:
-        patches: (item, patch or None where the item holds no data), in order.
+        patches: in order; None for a patch without data.
         batch_size: patches per batch.
         pin_memory: put batches in page-locked memory, for fast copies to CUDA.
 
     Yields:
         the batches: *batch_size* patches each, or fewer at the end and where
-        an item without data follows a finished batch.
+        a patch without data follows a finished batch.
 
     """
     pending: list[Patch] = []
     items = 0
-    for item, patch in patches:
+    for patch in patches:
         items += 1
         if patch is not None:
             pending.append(patch)
-        # An item without data and nothing pending ends a batch too, so that
+        # A patch without data and nothing pending ends a batch too, so that
         # the caller hears of progress while a stretch without data is read.
         if len(pending) == batch_size or not pending:
-            yield _stack(pending, items, item, pin_memory)
+            yield _stack(pending, items, pin_memory)
             pending, items = [], 0
     if items:
-        yield _stack(pending, items, item, pin_memory)
+        yield _stack(pending, items, pin_memory)
 
 
 #: Marks the end of the items in :func:`read_ahead`'s queue.
