@@ -497,7 +497,7 @@ def predict_dataset(
                     [patch.placement for patch in batch.patches],
                 )
             bar.update(batch.items)
-    _, scores, valid = accumulator.pop(height)
+    _, scores, valid = accumulator.pop(height, normalize=False)
     dtype, class_nodata = class_dtype(metadata.num_classes)
     classes = class_ids(scores, metadata).masked_fill(~valid, class_nodata)
     return SegmentationMap(
