@@ -1,5 +1,6 @@
 """Tiled inference: tiling, blending, checkpoints, COG writing and the Python API."""
 
+import itertools
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from glcgeo.inference.reading import (
     SCENE_MARGIN,
     Patch,
     Placement,
+    SceneReader,
     batch_patches,
     read_ahead,
 )
@@ -264,6 +266,56 @@ def test_tiles_are_read_ahead_in_a_bounded_thread() -> None:
     next(stopped)
     stopped.close()
     assert not any(t.name == 'glcgeo-read-ahead' for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ('tile_size', 'overlap', 'tiles_per_read'), [(160, 40, 2), (96, 64, 4), (700, 0, 1)]
+)
+def test_scene_reader_decodes_each_block_once(
+    tile_size: int, overlap: int, tiles_per_read: int
+) -> None:
+    class Recording:
+        """The open scene, noting the rows of each read."""
+
+        def __init__(self, src: rasterio.DatasetReader) -> None:
+            self.src = src
+            self.reads: list[tuple[int, int]] = []
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.src, name)
+
+        def read(self, *args: object, **kwargs: object) -> np.ndarray:
+            window = kwargs['window']
+            self.reads.append((window.row_off, window.row_off + window.height))
+            return self.src.read(*args, **kwargs)
+
+    with rasterio.open(S2) as src:
+        scene = src.read()
+        recording = Recording(src)
+        reader = SceneReader(
+            recording,  # type: ignore[arg-type]
+            [1, 2, 3, 4],
+            None,
+            S2,
+            tiles_per_read=tiles_per_read,
+        )
+        grid = prediction_grid(src.height, src.width, tile_size, overlap)
+        strips = list(reader.strips(grid))
+    # Whole rows of 256-row blocks, each read once, top to bottom.
+    assert recording.reads[0][0] == 0 and recording.reads[-1][1] == 640
+    for (_, end), (start, _) in itertools.pairwise(recording.reads):
+        assert start == end and end % 256 == 0
+    # Each strip holds its window of the scene grown by mirrored margins.
+    grown = np.pad(scene, ((0, 0), *[(SCENE_MARGIN, SCENE_MARGIN)] * 2), 'reflect')
+    assert sum(len(strip.tiles) for strip in strips) == len(grid)
+    for strip in strips:
+        first, _ = strip.tiles[0]
+        rows = slice(
+            int(first.window.row_off), int(first.window.row_off) + grid.tile_height
+        )
+        assert strip.data is not None
+        cols = slice(strip.col_off, strip.col_off + strip.data.shape[-1])
+        np.testing.assert_array_equal(strip.data.numpy(), grown[:, rows, cols])
 
 
 # Checkpoints.

@@ -61,6 +61,8 @@ PAD_MULTIPLE = 32
 #: reflected pixels there rather than the model's zero padding, as a whole scene
 #: padded for the model would, so tiled and whole-scene predictions agree.
 SCENE_MARGIN = 32
+#: Tallest blocks read whole (see :class:`_DecodedRows`), in rows.
+MAX_BLOCK_ROWS = 1024
 
 
 def prediction_grid(
@@ -248,13 +250,100 @@ class Strip:
     tiles: list[tuple[Tile, Placement | None]]
 
 
+class _DecodedRows:
+    """Scene rows decoded once each, across the scene's width.
+
+    GDAL decodes every block a read touches and keeps none of them for the next
+    read (its GeoTIFF reader decodes straight into the caller's array), so
+    overlapping windows read one by one decode the blocks they share again and
+    again. Here rows are read in whole block rows, each once, and kept while
+    later strips still need them: a buffer of a tile's height plus a block's,
+    reused from one grid row to the next.
+    """
+
+    def __init__(
+        self,
+        src: rasterio.DatasetReader,
+        bands: list[int],
+        nodata: float | None,
+        use_dataset_mask: bool,
+        depth: int,
+    ) -> None:
+        """Initialize a new _DecodedRows.
+
+        Args:
+            src: the open raster.
+            bands: 1-based bands to read.
+            nodata: nodata value of the raster.
+            use_dataset_mask: whether the raster's internal mask says where data is.
+            depth: the most rows asked for at once (a tile's height).
+
+        """
+        self.src = src
+        self.bands = bands
+        self.nodata = nodata
+        self.use_dataset_mask = use_dataset_mask
+        block_height = src.block_shapes[bands[0] - 1][0]
+        # A file stored in a few tall strips (or one) is read as asked: rounding
+        # up to its blocks would hold most of the scene.
+        self.block_height = block_height if block_height <= MAX_BLOCK_ROWS else 1
+        capacity = depth + self.block_height - 1
+        self.data = np.empty(
+            (len(bands), capacity, src.width), dtype=src.dtypes[bands[0] - 1]
+        )
+        self.valid = np.empty((capacity, src.width), dtype=bool)
+        #: Scene row of the buffers' first row, and the rows they hold from it.
+        self.top = 0
+        self.count = 0
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw values and nodata mask of scene rows [start, stop).
+
+        Rows above *start* are dropped: later calls must not start above it.
+
+        Returns:
+            ([C, N, W] raw values, [N, W] True where there is data), views of
+            the buffers valid until the next call.
+
+        """
+        keep = max(0, self.top + self.count - start)
+        if keep and start > self.top:
+            moved = slice(self.count - keep, self.count)
+            # Source and target may overlap: numpy copies through a buffer then.
+            self.data[:, :keep] = self.data[:, moved]
+            self.valid[:keep] = self.valid[moved]
+        self.top, self.count = start, keep
+        if stop > start + keep:
+            # Down to the end of the block row holding the last row asked for:
+            # at most depth + block height - 1 rows from start, the capacity.
+            end = min(
+                self.src.height, -(-stop // self.block_height) * self.block_height
+            )
+            first = start + keep
+            self._read(first, end, rows=slice(keep, keep + end - first))
+            self.count = end - start
+        rows = slice(0, stop - start)
+        return self.data[:, rows], self.valid[rows]
+
+    def _read(self, first: int, end: int, rows: slice) -> None:
+        """Decode scene rows [first, end) into the buffers' *rows*."""
+        window = Window(0, first, self.src.width, end - first)
+        data = self.data[:, rows]
+        self.src.read(self.bands, window=window, out=data)
+        self.valid[rows] = valid_pixels(torch.from_numpy(data), self.nodata).numpy()
+        if self.use_dataset_mask:
+            self.valid[rows] &= self.src.dataset_mask(window=window) > 0
+
+
 class SceneReader:
     """Reads a raster for a :func:`prediction_grid`, several tiles at a time.
 
-    Consecutive tiles of a grid row are read as one window, a :class:`Strip`, so
-    that tiles overlapping each other share their reads and each block of the
-    file is decompressed once per strip; a strip holds at most *tiles_per_read*
-    tiles, so that its memory does not grow with the scene's width.
+    Each block of the file is decoded once, whatever the tiles' overlaps (see
+    :class:`_DecodedRows`), and consecutive tiles of a grid row are handed out
+    together as a :class:`Strip`, cut from the decoded rows, so that they go to
+    the model's device and are normalised there once; a strip holds at most
+    *tiles_per_read* tiles, so that its memory does not grow with the scene's
+    width.
     """
 
     def __init__(
@@ -302,19 +391,41 @@ class SceneReader:
                 connection), naming the source.
 
         """
+        decoded = _DecodedRows(
+            self.src, self.bands, self.nodata, self.use_dataset_mask, grid.tile_height
+        )
         for row in itertools.batched(grid, len(grid.col_offsets)):
+            # The grid row's rows in scene pixels (negative in the margin).
+            top = int(row[0].window.row_off) - SCENE_MARGIN
+            rows = (max(0, top), min(self.src.height, top + grid.tile_height))
+            band = None
+            if rows[0] < rows[1]:
+                with pixel_reads([os.fspath(self.source)]):
+                    band = decoded.rows(*rows)
             for tiles in itertools.batched(row, self.tiles_per_read):
-                strip = self._strip(list(tiles))
+                strip = self._strip(list(tiles), top, band)
                 if pin_memory and strip.data is not None:
                     strip.data = strip.data.pin_memory()
                     strip.holds_data = cast(Tensor, strip.holds_data).pin_memory()
                 yield strip
 
-    def _strip(self, tiles: list[Tile]) -> Strip:
-        """Read the strip of consecutive tiles of one grid row."""
+    def _strip(
+        self,
+        tiles: list[Tile],
+        top: int,
+        band: tuple[np.ndarray, np.ndarray] | None,
+    ) -> Strip:
+        """Cut the strip of consecutive tiles of one grid row from its rows.
+
+        Args:
+            tiles: the tiles.
+            top: scene row of the tiles' top (negative in the margin).
+            band: the raw values and mask of the tiles' rows inside the scene,
+                or None if they have none.
+
+        """
         first, last = tiles[0].window, tiles[-1].window
         # The strip's window in scene pixels (negative in the margin).
-        top = int(first.row_off) - SCENE_MARGIN
         left = int(first.col_off) - SCENE_MARGIN
         height = int(first.height)
         width = int(last.col_off) + int(last.width) - int(first.col_off)
@@ -329,23 +440,17 @@ class SceneReader:
             for tile in tiles
         ]
         col_off = int(first.col_off)
-        if not any(placements):  # tiles of the margin only
+        if band is None or not any(placements):  # tiles of the margin only
             return Strip(None, None, col_off, [(tile, None) for tile in tiles])
         rows = (max(0, top), min(self.src.height, top + height))
         cols = (max(0, left), min(self.src.width, left + width))
-        window = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
-        with pixel_reads([os.fspath(self.source)]):
-            data = self.src.read(self.bands, window=window)
-            valid = valid_pixels(torch.from_numpy(data), self.nodata).numpy()
-            if self.use_dataset_mask:
-                valid &= self.src.dataset_mask(window=window) > 0
         margins = (
             (rows[0] - top, top + height - rows[1]),
             (cols[0] - left, left + width - cols[1]),
         )
-        if any(any(side) for side in margins):
-            data = np.pad(data, ((0, 0), *margins), mode='reflect')
-            valid = np.pad(valid, margins, mode='reflect')
+        # Copies: the decoded rows are reused for the rows below.
+        data = np.pad(band[0][:, :, cols[0] : cols[1]], ((0, 0), *margins), 'reflect')
+        valid = np.pad(band[1][:, cols[0] : cols[1]], margins, 'reflect')
         tiles_placed: list[tuple[Tile, Placement | None]] = []
         for tile, placement in zip(tiles, placements, strict=True):
             if placement is not None:
