@@ -6,8 +6,11 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -19,7 +22,12 @@ from pyproj import Transformer
 from rasterio.windows import Window
 from shapely.geometry import Point
 
+import glcgeo.inference.scenes as scenes_module
 from glcgeo.cli import main
+from glcgeo.inference import load_segmentation_checkpoint
+from glcgeo.inference.predict import UnpublishedScene
+from glcgeo.inference.scenes import SceneJob, predict_scenes, scene_jobs
+from glcgeo.inference.writer import CogWriter
 from glcgeo.sources import exists, expand, is_url, stem, to_gdal_path
 
 #: Windows (column, row) of tile A cut into the small scenes, 180 x 150 pixels.
@@ -163,6 +171,136 @@ def test_a_failed_scene_is_reported_and_the_others_go_on(
     shutil.copy(folder / 'crop0.tif', folder / 'broken.tif')
     assert predict('--in', folder, '--out', out, '--model', checkpoint) == 0
     assert '1 predicted, 3 skipped, 0 failed' in capsys.readouterr().out
+
+
+def _jobs(scenes: Path, out: Path) -> list[SceneJob]:
+    out.mkdir()
+    return scene_jobs(expand([str(scenes)]), out, folder=True)
+
+
+def _threads_end(prefix: str) -> None:
+    deadline = time.monotonic() + 60
+    while any(t.name.startswith(prefix) for t in threading.enumerate()):
+        assert time.monotonic() < deadline, 'a thread did not end'
+        time.sleep(0.05)
+
+
+def test_each_map_is_published_while_the_next_scene_is_predicted(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    single_maps: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jobs = _jobs(scenes, tmp_path / 'maps')
+    predicting = {job.destination: threading.Event() for job in jobs}
+    following = dict(zip(predicting, list(predicting)[1:], strict=False))
+    overlapped = []
+    predict_unpublished = scenes_module.predict_unpublished
+    publish = UnpublishedScene.publish
+
+    def predict_scene(*args: Any, **kwargs: Any) -> UnpublishedScene:
+        predicting[str(args[3])].set()
+        return predict_unpublished(*args, **kwargs)
+
+    def publish_scene(scene: UnpublishedScene) -> None:
+        # Published only once the next scene's prediction has started.
+        after = following.get(scene.summary.destination)
+        if after is not None:
+            overlapped.append(predicting[after].wait(timeout=60))
+        publish(scene)
+
+    monkeypatch.setattr(scenes_module, 'predict_unpublished', predict_scene)
+    monkeypatch.setattr(UnpublishedScene, 'publish', publish_scene)
+    model, metadata = load_segmentation_checkpoint(checkpoint)
+    reported: list[str] = []
+    results = predict_scenes(
+        model,
+        metadata,
+        jobs,
+        progress=False,
+        report=lambda result: reported.append(Path(result.job.destination).name),
+    )
+    assert overlapped == [True, True]
+    assert [r.status for r in results] == ['predicted'] * 3
+    assert reported == MAPS  # in job order
+    for name in MAPS:
+        assert (tmp_path / 'maps' / name).read_bytes() == single_maps[name]
+    assert sorted(os.listdir(tmp_path / 'maps')) == MAPS
+
+
+def test_a_map_that_cannot_be_published_fails_alone(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    single_maps: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jobs = _jobs(scenes, tmp_path / 'maps')
+    finish = CogWriter.finish
+
+    def disk_full_for_crop1(writer: CogWriter) -> None:
+        if Path(writer.path).name == 'crop1.tif':
+            raise OSError(28, 'No space left on device')
+        finish(writer)
+
+    monkeypatch.setattr(CogWriter, 'finish', disk_full_for_crop1)
+    model, metadata = load_segmentation_checkpoint(checkpoint)
+    results = predict_scenes(model, metadata, jobs, progress=False)
+    assert [r.status for r in results] == ['predicted', 'failed', 'predicted']
+    assert results[1].error == (
+        f'{scenes / "crop1.tif"}: [Errno 28] No space left on device'
+    )
+    # Nothing of the failed map is left, not even its temporary files.
+    assert sorted(os.listdir(tmp_path / 'maps')) == ['crop0.tif', 'crop2.tif']
+    for name in ('crop0.tif', 'crop2.tif'):
+        assert (tmp_path / 'maps' / name).read_bytes() == single_maps[name]
+
+
+@pytest.mark.parametrize('moment', ['before', 'while'])
+def test_an_interrupt_leaves_nothing_of_the_map_being_published(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    moment: str,
+) -> None:
+    jobs = _jobs(scenes, tmp_path / 'maps')
+    publishing, interrupted = threading.Event(), threading.Event()
+    predict_unpublished = scenes_module.predict_unpublished
+    publish, finish = UnpublishedScene.publish, CogWriter.finish
+
+    def predict_scene(*args: Any, **kwargs: Any) -> UnpublishedScene:
+        if Path(args[3]).name == 'crop1.tif':
+            # Ctrl-C while the first map waits to be published, or is.
+            assert publishing.wait(timeout=60)
+            raise KeyboardInterrupt
+        return predict_unpublished(*args, **kwargs)
+
+    def publish_later(scene: UnpublishedScene) -> None:
+        if moment == 'before':
+            publishing.set()
+            interrupted.wait(timeout=60)
+        publish(scene)
+
+    def finish_later(writer: CogWriter) -> None:
+        if moment == 'while':
+            publishing.set()
+            interrupted.wait(timeout=60)
+        finish(writer)
+
+    monkeypatch.setattr(scenes_module, 'predict_unpublished', predict_scene)
+    monkeypatch.setattr(UnpublishedScene, 'publish', publish_later)
+    monkeypatch.setattr(CogWriter, 'finish', finish_later)
+    model, metadata = load_segmentation_checkpoint(checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scenes(model, metadata, jobs, progress=False)
+    # Gone at once, without waiting for the conversion...
+    assert os.listdir(tmp_path / 'maps') == []
+    interrupted.set()
+    _threads_end('glcgeo-publish')
+    # ...which then fails, leaving nothing either.
+    assert os.listdir(tmp_path / 'maps') == []
 
 
 def test_scenes_sharing_a_name_or_their_folder_are_refused(

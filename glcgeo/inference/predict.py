@@ -15,8 +15,10 @@ input is, and is published as a Cloud Optimized GeoTIFF only once complete.
 the patches in memory.
 """
 
+import dataclasses
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
@@ -54,6 +56,7 @@ from .reading import (
 )
 from .tiling import Tile
 from .writer import (
+    CogWriter,
     SegmentationMap,
     class_dtype,
     class_ids,
@@ -64,8 +67,10 @@ from .writer import (
 
 __all__ = [
     'PredictionSummary',
+    'UnpublishedScene',
     'predict_dataset',
     'predict_raster',
+    'predict_unpublished',
     'resolve_device',
 ]
 
@@ -266,6 +271,196 @@ def _device_tiles(
             yield tile, placement, image[:, :, cols], holds[:, cols]
 
 
+class UnpublishedScene:
+    """A scene's outputs, predicted into temporary files and not yet published.
+
+    :meth:`publish` converts them to COGs and renames them onto their names (the
+    class map last); it may run in another thread while the next scene is
+    predicted. :meth:`discard` removes the temporary files instead, from any
+    thread.
+
+    Attributes:
+        summary: what the prediction did; its ``seconds`` without publishing.
+
+    """
+
+    def __init__(
+        self, writers: list[CogWriter], cleanup: ExitStack, summary: PredictionSummary
+    ) -> None:
+        """Initialize a new UnpublishedScene.
+
+        Args:
+            writers: the class map's writer, then the probabilities' if any.
+            cleanup: closes the writers and removes their temporary files.
+            summary: what the prediction did.
+
+        """
+        self.writers = writers
+        self.cleanup = cleanup
+        self.summary = summary
+        self._lock = threading.Lock()
+        self._publishing = False
+        self._discarded = False
+
+    def publish(self) -> None:
+        """Convert the outputs to COGs and rename them onto their names.
+
+        The temporary files are removed whatever happens.
+
+        Raises:
+            GlcgeoError: if the scene was discarded.
+            OSError: if the outputs cannot be written (e.g. a full disk).
+            rasterio.errors.RasterioError: likewise, as GDAL reports it.
+        """
+        with self._lock:
+            if self._discarded:
+                raise GlcgeoError('the scene was discarded', self.summary.destination)
+            self._publishing = True
+        with (
+            self.cleanup,
+            # In another thread, the caller's rasterio.Env does not apply.
+            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        ):
+            for writer in self.writers:
+                writer.finish()
+            # The class map last: once it stands under its name, every output
+            # of the scene is complete.
+            for writer in reversed(self.writers):
+                writer.commit()
+
+    def discard(self) -> None:
+        """Remove the temporary files, before publishing or while it runs.
+
+        Publishing that has started in another thread loses its files: it then
+        fails, or publishes complete outputs; it is not waited for.
+        """
+        with self._lock:
+            self._discarded = True
+            publishing = self._publishing
+        if publishing:
+            for writer in self.writers:
+                writer.discard()
+        else:
+            self.cleanup.close()
+
+
+def predict_unpublished(
+    model: nn.Module,
+    metadata: CheckpointMetadata,
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    probabilities: str | os.PathLike[str] | None = None,
+    tile_size: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    nodata: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> UnpublishedScene:
+    """Predict a scene as :func:`predict_raster` does, leaving it unpublished.
+
+    Takes :func:`predict_raster`'s arguments and raises its errors; nothing is
+    left behind when it raises.
+
+    Returns:
+        the outputs in temporary files, to publish.
+
+    """
+    start = time.perf_counter()
+    outputs = [os.fspath(destination)]
+    if probabilities is not None:
+        outputs.append(os.fspath(probabilities))
+    if len({os.path.realpath(output) for output in outputs}) != len(outputs):
+        raise GlcgeoError('the class map and probabilities must be different files')
+    for output in outputs:
+        check_destination(output, overwrite, inputs=[source])
+    if batch_size < 1:
+        raise GlcgeoError(f'batch size must be positive, got {batch_size}')
+    torch_device = resolve_device(device)
+    model = model.eval().to(torch_device)
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
+        open_source(source) as src,
+    ):
+        bands = input_bands(src, metadata, os.fspath(source))
+        width, height = src.width, src.height
+        grid = prediction_grid(height, width, tile_size, overlap)
+        # Strips of a batch (4 tiles at least): their tiles share the reads of
+        # their overlaps, and their memory does not grow with the scene's width.
+        reader = SceneReader(
+            src, bands, nodata, source, tiles_per_read=max(batch_size, 4)
+        )
+        # A batch across two grid rows keeps the band from the first row's top to
+        # the second row's bottom (a larger batch grows the buffers).
+        offsets = grid.row_offsets
+        stride = max((b - a for a, b in itertools.pairwise(offsets)), default=0)
+        accumulator = RowBandAccumulator(
+            width,
+            metadata.num_classes,
+            device=torch_device,
+            capacity=stride + grid.tile_height,
+        )
+        predictor = _BatchPredictor(
+            model, metadata, torch_device, accumulator, batch_size
+        )
+        geo = {
+            'width': width,
+            'height': height,
+            'crs': src.crs,
+            'transform': src.transform,
+        }
+        # The writers' temporary files go when *outputs* closes: on any error
+        # here, or once the scene is published.
+        with ExitStack() as outputs_stack, ExitStack() as stack:
+            writers = [
+                outputs_stack.enter_context(
+                    class_writer(destination, metadata, geo, overwrite)
+                )
+            ]
+            if probabilities is not None:
+                writers.append(
+                    outputs_stack.enter_context(
+                        probability_writer(probabilities, metadata, geo, overwrite)
+                    )
+                )
+            bar = stack.enter_context(
+                tqdm(total=len(grid), unit='tile', disable=not progress, leave=False)
+            )
+            # The reader thread is the only user of src until it stops.
+            pin_memory = torch_device.type == 'cuda'
+            strips = stack.enter_context(
+                closing(read_ahead(reader.strips(grid, pin_memory)))
+            )
+            skipped = 0
+            for tile, placement, image, holds in _device_tiles(
+                strips, metadata, torch_device
+            ):
+                if placement is None or image is None or holds is None:
+                    skipped += 1
+                else:
+                    predictor.queue(image, holds, placement)
+                if predictor.idle:
+                    # The rows that no tile after this one touches are final.
+                    finished = grid.rows_finished(tile) - SCENE_MARGIN
+                    write_rows(writers, accumulator, min(finished, height), metadata)
+                bar.update()
+            predictor.flush()
+            write_rows(writers, accumulator, height, metadata)
+            cleanup = outputs_stack.pop_all()
+    summary = PredictionSummary(
+        destination=outputs[0],
+        probabilities=outputs[1] if probabilities is not None else None,
+        width=width,
+        height=height,
+        tiles=len(grid),
+        skipped_tiles=skipped,
+        seconds=time.perf_counter() - start,
+    )
+    return UnpublishedScene(writers, cleanup, summary)
+
+
 def predict_raster(
     model: nn.Module,
     metadata: CheckpointMetadata,
@@ -319,96 +514,22 @@ def predict_raster(
 
     """
     start = time.perf_counter()
-    outputs = [os.fspath(destination)]
-    if probabilities is not None:
-        outputs.append(os.fspath(probabilities))
-    if len({os.path.realpath(output) for output in outputs}) != len(outputs):
-        raise GlcgeoError('the class map and probabilities must be different files')
-    for output in outputs:
-        check_destination(output, overwrite, inputs=[source])
-    if batch_size < 1:
-        raise GlcgeoError(f'batch size must be positive, got {batch_size}')
-    torch_device = resolve_device(device)
-    model = model.eval().to(torch_device)
-    with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
-        open_source(source) as src,
-    ):
-        bands = input_bands(src, metadata, os.fspath(source))
-        width, height = src.width, src.height
-        grid = prediction_grid(height, width, tile_size, overlap)
-        # Strips of a batch (4 tiles at least): their tiles share the reads of
-        # their overlaps, and their memory does not grow with the scene's width.
-        reader = SceneReader(
-            src, bands, nodata, source, tiles_per_read=max(batch_size, 4)
-        )
-        # A batch across two grid rows keeps the band from the first row's top to
-        # the second row's bottom (a larger batch grows the buffers).
-        offsets = grid.row_offsets
-        stride = max((b - a for a, b in itertools.pairwise(offsets)), default=0)
-        accumulator = RowBandAccumulator(
-            width,
-            metadata.num_classes,
-            device=torch_device,
-            capacity=stride + grid.tile_height,
-        )
-        predictor = _BatchPredictor(
-            model, metadata, torch_device, accumulator, batch_size
-        )
-        geo = {
-            'width': width,
-            'height': height,
-            'crs': src.crs,
-            'transform': src.transform,
-        }
-        with ExitStack() as stack:
-            writers = [
-                stack.enter_context(class_writer(destination, metadata, geo, overwrite))
-            ]
-            if probabilities is not None:
-                writers.append(
-                    stack.enter_context(
-                        probability_writer(probabilities, metadata, geo, overwrite)
-                    )
-                )
-            bar = stack.enter_context(
-                tqdm(total=len(grid), unit='tile', disable=not progress, leave=False)
-            )
-            # The reader thread is the only user of src until it stops.
-            pin_memory = torch_device.type == 'cuda'
-            strips = stack.enter_context(
-                closing(read_ahead(reader.strips(grid, pin_memory)))
-            )
-            skipped = 0
-            for tile, placement, image, holds in _device_tiles(
-                strips, metadata, torch_device
-            ):
-                if placement is None or image is None or holds is None:
-                    skipped += 1
-                else:
-                    predictor.queue(image, holds, placement)
-                if predictor.idle:
-                    # The rows that no tile after this one touches are final.
-                    finished = grid.rows_finished(tile) - SCENE_MARGIN
-                    write_rows(writers, accumulator, min(finished, height), metadata)
-                bar.update()
-            predictor.flush()
-            write_rows(writers, accumulator, height, metadata)
-            for writer in writers:
-                writer.finish()
-            # The class map last: once it stands under its name, every output of
-            # the scene is complete.
-            for writer in reversed(writers):
-                writer.commit()
-    return PredictionSummary(
-        destination=outputs[0],
-        probabilities=outputs[1] if probabilities is not None else None,
-        width=width,
-        height=height,
-        tiles=len(grid),
-        skipped_tiles=skipped,
-        seconds=time.perf_counter() - start,
+    scene = predict_unpublished(
+        model,
+        metadata,
+        source,
+        destination,
+        probabilities=probabilities,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        nodata=nodata,
+        overwrite=overwrite,
+        progress=progress,
     )
+    scene.publish()
+    return dataclasses.replace(scene.summary, seconds=time.perf_counter() - start)
 
 
 def predict_dataset(

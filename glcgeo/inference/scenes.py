@@ -4,7 +4,9 @@
 two scenes that would share one. :func:`predict_scenes` predicts one process's
 share of them: a scene whose map already stands under its name is skipped (maps
 are only ever renamed into place once complete, so a killed run resumes where it
-stopped), and a scene that fails is reported while the others go on.
+stopped), and a scene that fails is reported while the others go on. Each
+scene's maps are converted to COGs in a background thread while the next scene
+is predicted.
 :func:`start_processes` starts the processes with Lightning Fabric (as Lightning
 launches DDP: itself, or under ``torchrun`` or SLURM), and :func:`gather_results`
 brings every process's results to each. :func:`write_footprints` indexes the maps
@@ -25,6 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,7 +40,7 @@ from ..checkpoints import CheckpointMetadata
 from ..errors import GlcgeoError
 from ..outputs import atomic_write
 from ..sources import stem
-from .predict import predict_raster
+from .predict import UnpublishedScene, predict_unpublished
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -165,6 +168,25 @@ def _size(path: str) -> tuple[int, int]:
         return src.width, src.height
 
 
+def _failure(job: SceneJob, error: BaseException, seconds: float) -> SceneResult:
+    """The result of a scene that failed, its error in one line naming it."""
+    message = str(error).splitlines()[0] if str(error) else repr(error)
+    if not isinstance(error, GlcgeoError):
+        message = f'{job.source}: {message}'
+    return SceneResult(job, 'failed', seconds=seconds, error=message)
+
+
+def _timed(call: Callable[[], None]) -> float:
+    """Seconds *call* takes."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+#: What a scene's prediction or publication may fail with; the others go on.
+_SCENE_ERRORS = (GlcgeoError, rasterio.errors.RasterioError, OSError)
+
+
 def predict_scenes(
     model: nn.Module,
     metadata: CheckpointMetadata,
@@ -179,6 +201,10 @@ def predict_scenes(
 ) -> list[SceneResult]:
     """Predict one process's share of the scenes, each into its own map.
 
+    Each scene's maps are published (converted to COGs, renamed onto their
+    names) in a background thread while the next scene is predicted, one scene
+    at a time: the model does not wait for GDAL's compression.
+
     Args:
         model: the segmentation model (see
             :func:`~glcgeo.inference.predict_raster`).
@@ -190,7 +216,8 @@ def predict_scenes(
         skip_complete: skip a scene whose outputs all exist (unless
             *overwrite*): a file under an output's name is complete.
         overwrite: predict every scene, replacing existing outputs.
-        report: called with each scene's result as soon as it is known.
+        report: called with each scene's result as soon as it is known, in job
+            order.
         options: keyword arguments of :func:`~glcgeo.inference.predict_raster`
             (``tile_size``, ``overlap``, ``batch_size``, ``device``, ``nodata``,
             ``progress``).
@@ -198,14 +225,45 @@ def predict_scenes(
     Returns:
         the results of this process's scenes, in job order.
     """
-    results = []
-    for job in jobs[rank::world_size]:
-        start = time.perf_counter()
-        if skip_complete and not overwrite and all(map(os.path.exists, job.outputs)):
-            result = SceneResult(job, 'skipped', *_size(job.destination))
-        else:
+    results: list[SceneResult] = []
+    # The scene being published: its job, seconds of prediction, and future.
+    publishing: tuple[SceneJob, UnpublishedScene, float, Future[float]] | None = None
+
+    def add(result: SceneResult) -> None:
+        results.append(result)
+        if report is not None:
+            report(result)
+
+    def settle() -> None:
+        """Wait for the scene being published, and add its result."""
+        nonlocal publishing
+        if publishing is None:
+            return
+        job, scene, seconds, future = publishing
+        publishing = None
+        try:
+            seconds += future.result()
+        except _SCENE_ERRORS as error:
+            add(_failure(job, error, seconds))
+            return
+        summary = scene.summary
+        add(SceneResult(job, 'predicted', summary.width, summary.height, seconds))
+
+    # Not a with block: an interrupted run must not wait for a conversion.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix='glcgeo-publish')
+    try:
+        for job in jobs[rank::world_size]:
+            start = time.perf_counter()
+            if (
+                skip_complete
+                and not overwrite
+                and all(map(os.path.exists, job.outputs))
+            ):
+                settle()
+                add(SceneResult(job, 'skipped', *_size(job.destination)))
+                continue
             try:
-                summary = predict_raster(
+                scene = predict_unpublished(
                     model,
                     metadata,
                     job.source,
@@ -214,18 +272,21 @@ def predict_scenes(
                     overwrite=overwrite,
                     **options,
                 )
-                result = SceneResult(
-                    job, 'predicted', summary.width, summary.height, summary.seconds
-                )
-            except (GlcgeoError, rasterio.errors.RasterioError, OSError) as error:
-                message = str(error).splitlines()[0] if str(error) else repr(error)
-                if not isinstance(error, GlcgeoError):
-                    message = f'{job.source}: {message}'
-                seconds = time.perf_counter() - start
-                result = SceneResult(job, 'failed', seconds=seconds, error=message)
-        results.append(result)
-        if report is not None:
-            report(result)
+            except _SCENE_ERRORS as error:
+                settle()
+                add(_failure(job, error, time.perf_counter() - start))
+                continue
+            settle()
+            future = executor.submit(_timed, scene.publish)
+            publishing = (job, scene, time.perf_counter() - start, future)
+        settle()
+    except BaseException:
+        # Interrupted (or a bug): the scene being published leaves nothing.
+        if publishing is not None:
+            publishing[1].discard()
+        raise
+    finally:
+        executor.shutdown(wait=False)
     return results
 
 

@@ -189,6 +189,14 @@ class CogWriter:
         """Move the finished COG onto the destination name."""
         self._cog.commit()
 
+    def discard(self) -> None:
+        """Remove the temporary files, even while another thread converts them.
+
+        The conversion then fails, or publishes a complete COG.
+        """
+        self._striped.discard()
+        self._cog.discard()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -199,8 +207,7 @@ class CogWriter:
         if self._dataset is not None:
             self._dataset.close()
             self._dataset = None
-        self._striped.discard()
-        self._cog.discard()
+        self.discard()
 
 
 def class_ids(scores: Tensor, metadata: CheckpointMetadata, dim: int = 0) -> Tensor:
