@@ -17,7 +17,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Self
 
@@ -130,8 +130,13 @@ class OutputFile:
         os.replace(self.temporary, self.path)
 
     def discard(self) -> None:
-        """Remove the temporary file, if it is there."""
-        if os.path.exists(self.temporary):
+        """Remove the temporary file, if it is there.
+
+        Safe from several threads at once: a publishing thread may clean up
+        while an interrupted main thread discards.
+        """
+        # Not exists-then-remove: the other thread may remove it in between.
+        with suppress(FileNotFoundError):
             os.remove(self.temporary)
 
     def __exit__(
