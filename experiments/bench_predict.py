@@ -8,8 +8,8 @@ subprocess then times the pure model forward over the same number of batches of 
 same tile shape (the bound that streaming, blending and writing approach).
 
 Then, on a third scene (``--io-size 2048``: 2048 x 2048, 4 bands), the path around
-the network: a 1x1-convolution model (in channels-last memory format, PyTorch's
-fast CPU path for it, so that the network costs next to nothing) is predicted and
+the network: a 1x1-convolution model (which predict runs in channels-last memory
+format on a CPU, where it costs next to nothing) is predicted and
 compared with the I/O bound, reading every block of the scene and writing a class
 COG of the same size, content and creation options (glcgeo's own writer). Both are
 timed ``--repeats`` times, alternately, and the best of each is kept. On a CPU the
@@ -57,7 +57,7 @@ from glcgeo.inference import (
     predict_raster,
     prediction_grid,
 )
-from glcgeo.inference.predict import GDAL_CACHE_MB
+from glcgeo.inference.predict import GDAL_CACHE_MB, model_memory_format
 from glcgeo.inference.writer import class_writer
 
 TILE_SIZE, OVERLAP, BATCH_SIZE = 512, 128, 4
@@ -168,7 +168,9 @@ def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
         torch.randn((min(BATCH_SIZE, len(grid) - i), *shape), generator=generator)
         for i in range(0, len(grid), BATCH_SIZE)
     ]
-    batches = [batch.to(torch_device) for batch in batches]
+    # As predict feeds them: in the model's memory format on this device.
+    memory_format = model_memory_format(torch_device)
+    batches = [batch.to(torch_device, memory_format=memory_format) for batch in batches]
     synchronize(torch_device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -223,7 +225,6 @@ def io_worker(scene: Path, folder: Path, device: str, repeats: int) -> None:
     """Predict with a 1x1 convolution and time the I/O bound, alternately."""
     torch.manual_seed(0)
     model = torch.nn.Conv2d(4, NUM_CLASSES, kernel_size=1)
-    model = model.to(memory_format=torch.channels_last)
     metadata = CheckpointMetadata(
         model='pointwise',
         backbone='none',

@@ -809,6 +809,38 @@ def test_predict_dataset_stitches_torchgeo_patches(
         assert dst.crs.to_epsg() == 32618 and dst.colormap(1)
 
 
+class _FormatRecorder(nn.Module):
+    """A pointwise model that records whether its inputs were channels-last."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, NUM_CLASSES, kernel_size=1)
+        self.channels_last: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.channels_last.append(x.is_contiguous(memory_format=torch.channels_last))
+        return self.conv(x)
+
+
+def test_cpu_models_run_channels_last(tmp_path: Path) -> None:
+    # PyTorch's convolutions are faster so on the CPU, and the input's conversion
+    # would otherwise be copied inside every convolution.
+    cpu = torch.device('cpu')
+    assert predict_module.model_memory_format(cpu) == torch.channels_last
+    model = _FormatRecorder(4)
+    metadata = CheckpointMetadata(
+        model='pointwise', backbone='none', in_channels=4, num_classes=NUM_CLASSES
+    )
+    predict_raster(
+        model, metadata, S2, tmp_path / 'map.tif', tile_size=256, progress=False
+    )
+    dataset = GeoTiffMosaic(S2)
+    sampler = GriddedPatchSampler(dataset, size=200, stride=150)
+    predict_dataset(model, metadata, dataset, sampler, device=cpu)
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert len(model.channels_last) > 2 and all(model.channels_last)
+
+
 def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:
     model, metadata = _pointwise(4)
     text = tmp_path / 'notes.tif'
