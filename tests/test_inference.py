@@ -841,6 +841,36 @@ def test_cpu_models_run_channels_last(tmp_path: Path) -> None:
     assert len(model.channels_last) > 2 and all(model.channels_last)
 
 
+class _ViewingModel(nn.Conv2d):
+    """A pointwise model that views its input as contiguous, as some models do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.view(x.shape[0], -1)  # fails on channels-last input
+        return super().forward(flat.view(x.shape))
+
+
+def test_a_model_failing_on_channels_last_input_runs_contiguous(
+    tmp_path: Path,
+) -> None:
+    mean, std = _band_stats(L8)
+    torch.manual_seed(1)
+    model = _ViewingModel(7, NUM_CLASSES, kernel_size=1)
+    _, metadata = _pointwise(7, band_mean=tuple(mean), band_std=tuple(std))
+    with pytest.warns(UserWarning, match='fails on channels-last input'):
+        predict_raster(
+            model,
+            metadata,
+            L8,
+            tmp_path / 'map.tif',
+            tile_size=96,
+            overlap=32,
+            progress=False,
+        )
+    np.testing.assert_array_equal(
+        _read(tmp_path / 'map.tif'), _expected_pointwise(model, L8, mean, std)
+    )
+
+
 def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:
     model, metadata = _pointwise(4)
     text = tmp_path / 'notes.tif'

@@ -20,6 +20,7 @@ import itertools
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -175,6 +176,8 @@ class _BatchPredictor:
         self._weights: dict[tuple[Any, ...], Tensor] = {}
         self._buffers: dict[str, Tensor] = {}
         self._queued: list[Placement] = []
+        # Whether the model has run a batch: it then takes its memory format.
+        self._model_ran = False
 
     @property
     def idle(self) -> bool:
@@ -239,9 +242,34 @@ class _BatchPredictor:
             )
             self._queued = []
 
+    def logits(self, image: Tensor) -> Tensor:
+        """The model's logits of a batch of normalised images.
+
+        A model that fails on its first channels-last batch (one that calls
+        ``Tensor.view`` on its input, say) is given contiguous tensors from then
+        on, with a warning; its errors in that format are raised.
+        """
+        try:
+            logits = self.model(image)
+        except RuntimeError as error:
+            if self._model_ran or self.memory_format != torch.channels_last:
+                raise
+            reason = str(error).splitlines()[0]
+            warnings.warn(
+                f'the model fails on channels-last input ({reason}); predicting '
+                'in contiguous memory format, slower on a CPU',
+                stacklevel=2,
+            )
+            self.memory_format = torch.contiguous_format
+            self.model.to(memory_format=self.memory_format)
+            self._buffers.pop('image', None)
+            logits = self.model(image.contiguous())
+        self._model_ran = True
+        return logits
+
     def scores(self, image: Tensor) -> Tensor:
         """Class probabilities [B, K, H, W] of a batch of normalised images."""
-        logits = self.model(image)
+        logits = self.logits(image)
         if self.metadata.task == 'binary':
             foreground = logits[:, :1].sigmoid()
             return torch.cat([1 - foreground, foreground], dim=1).float()
