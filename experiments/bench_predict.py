@@ -169,7 +169,7 @@ def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
         for i in range(0, len(grid), BATCH_SIZE)
     ]
     # As predict feeds them: in the model's memory format on this device.
-    memory_format = model_memory_format(torch_device)
+    memory_format = model_memory_format(torch_device) or torch.contiguous_format
     batches = [batch.to(torch_device, memory_format=memory_format) for batch in batches]
     synchronize(torch_device)
     start = time.perf_counter()

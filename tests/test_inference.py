@@ -827,6 +827,8 @@ def test_cpu_models_run_channels_last(tmp_path: Path) -> None:
     # would otherwise be copied inside every convolution.
     cpu = torch.device('cpu')
     assert predict_module.model_memory_format(cpu) == torch.channels_last
+    # Elsewhere the model keeps its own, channels-last for mixed precision say.
+    assert predict_module.model_memory_format(torch.device('cuda')) is None
     model = _FormatRecorder(4)
     metadata = CheckpointMetadata(
         model='pointwise', backbone='none', in_channels=4, num_classes=NUM_CLASSES

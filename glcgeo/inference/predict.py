@@ -104,23 +104,24 @@ class PredictionSummary:
     seconds: float
 
 
-def model_memory_format(device: torch.device) -> torch.memory_format:
+def model_memory_format(device: torch.device) -> torch.memory_format | None:
     """The memory format prediction gives a model's weights and input on *device*.
 
     Channels-last on the CPU, where PyTorch's convolutions run faster in it (on
     the 2-core CI machine a 2048 x 2048 scene took 0.77 of the time with a U-Net
     ResNet-18, 0.81 with DeepLabV3+ ResNet-50; a 1 x 1 convolution over 4 bands
-    took 35 times less); PyTorch's default, contiguous, elsewhere, until
-    channels-last is measured there.
+    took 35 times less). Elsewhere the model keeps its own (contiguous unless
+    its user made it channels-last, as is usual for mixed precision on a GPU) and
+    batches are contiguous, until channels-last is measured there.
 
     Args:
         device: where the model runs.
 
     Returns:
-        the memory format.
+        the memory format, or None to leave the model's own.
 
     """
-    return torch.channels_last if device.type == 'cpu' else torch.contiguous_format
+    return torch.channels_last if device.type == 'cpu' else None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -168,7 +169,9 @@ class _BatchPredictor:
     ) -> None:
         # In place, as nn.Module.to moves a model: the caller's model is used.
         self.memory_format = model_memory_format(device)
-        self.model = model.eval().to(device).to(memory_format=self.memory_format)
+        self.model = model.eval().to(device)
+        if self.memory_format is not None:
+            self.model.to(memory_format=self.memory_format)
         self.metadata = metadata
         self.device = device
         self.accumulator = accumulator
@@ -223,7 +226,8 @@ class _BatchPredictor:
         """
         index = len(self._queued)
         shape = (self.batch_size, *image.shape)
-        self.buffer('image', shape, image.dtype, self.memory_format)[index] = image
+        memory_format = self.memory_format or torch.contiguous_format
+        self.buffer('image', shape, image.dtype, memory_format)[index] = image
         self.buffer('holds', (self.batch_size, *holds_data.shape), torch.bool)[
             index
         ] = holds_data
@@ -261,7 +265,7 @@ class _BatchPredictor:
                 stacklevel=2,
             )
             self.memory_format = torch.contiguous_format
-            self.model.to(memory_format=self.memory_format)
+            self.model.to(memory_format=torch.contiguous_format)
             self._buffers.pop('image', None)
             logits = self.model(image.contiguous())
         self._model_ran = True
@@ -292,8 +296,10 @@ class _BatchPredictor:
             placements: where each tile goes in the scene.
 
         """
-        # A no-op for the tiles queued here, already in it.
-        image = pad_to_stride(image).contiguous(memory_format=self.memory_format)
+        image = pad_to_stride(image)
+        if self.memory_format is not None:
+            # A no-op for the tiles queued here, already in it.
+            image = image.contiguous(memory_format=self.memory_format)
         scores = self.scores(image)
         height, width = holds_data.shape[-2:]
         for placement, tile_scores, holds in zip(
@@ -550,7 +556,7 @@ def predict_raster(
     Args:
         model: segmentation model taking [B, C, H, W] normalised images (H and W
             multiples of 32) and returning [B, K, H, W] logits; set to eval mode
-            and moved to *device* in place, in :func:`model_memory_format`.
+            and moved to *device* in place (in :func:`model_memory_format`).
         metadata: the model's bands, normalisation, classes and colours.
         source: input raster with the bands the model takes (see metadata.bands).
         destination: output GeoTIFF; written under a temporary name in its folder
