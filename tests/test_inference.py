@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -871,6 +872,14 @@ def test_a_model_failing_on_channels_last_input_runs_contiguous(
     np.testing.assert_array_equal(
         _read(tmp_path / 'map.tif'), _expected_pointwise(model, L8, mean, std)
     )
+    # A model failing in both formats raises its own error, without the warning.
+    broken = nn.Conv2d(3, NUM_CLASSES, kernel_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with pytest.raises(RuntimeError, match='channels'):
+            predict_raster(
+                broken, metadata, L8, tmp_path / 'broken.tif', progress=False
+            )
 
 
 def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:

@@ -249,25 +249,26 @@ class _BatchPredictor:
     def logits(self, image: Tensor) -> Tensor:
         """The model's logits of a batch of normalised images.
 
-        A model that fails on its first channels-last batch (one that calls
-        ``Tensor.view`` on its input, say) is given contiguous tensors from then
-        on, with a warning; its errors in that format are raised.
+        A model that fails on its first channels-last batch but not on the same
+        batch contiguous (one that calls ``Tensor.view`` on its input, say) is
+        given contiguous tensors from then on, with a warning; an error in both
+        formats is the model's own, raised without a warning.
         """
         try:
             logits = self.model(image)
         except RuntimeError as error:
             if self._model_ran or self.memory_format != torch.channels_last:
                 raise
+            self.memory_format = torch.contiguous_format
+            self.model.to(memory_format=torch.contiguous_format)
+            self._buffers.pop('image', None)
+            logits = self.model(image.contiguous())
             reason = str(error).splitlines()[0]
             warnings.warn(
                 f'the model fails on channels-last input ({reason}); predicting '
                 'in contiguous memory format, slower on a CPU',
                 stacklevel=2,
             )
-            self.memory_format = torch.contiguous_format
-            self.model.to(memory_format=torch.contiguous_format)
-            self._buffers.pop('image', None)
-            logits = self.model(image.contiguous())
         self._model_ran = True
         return logits
 
