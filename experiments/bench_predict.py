@@ -5,7 +5,8 @@ taller (``--scale 4``: 16 times the pixels), and a TorchGeo SemanticSegmentation
 checkpoint (Unet, ResNet-18, random weights, glcgeo extras). Each scene is predicted
 in its own subprocess, so that the two do not share a peak resident memory; the
 subprocess then times the pure model forward over the same number of batches of the
-same tile shape (the bound that streaming, blending and writing approach).
+same tile shape (the bound that streaming, blending and writing approach). Batches
+are the device's default size (one tile on a CPU, four on a GPU), as for a user.
 
 Then, on a third scene (``--io-size 2048``: 2048 x 2048, 4 bands), the path around
 the network: a 1x1-convolution model (which predict runs in channels-last memory
@@ -57,10 +58,14 @@ from glcgeo.inference import (
     predict_raster,
     prediction_grid,
 )
-from glcgeo.inference.predict import GDAL_CACHE_MB, model_memory_format
+from glcgeo.inference.predict import (
+    GDAL_CACHE_MB,
+    default_batch_size,
+    model_memory_format,
+)
 from glcgeo.inference.writer import class_writer
 
-TILE_SIZE, OVERLAP, BATCH_SIZE = 512, 128, 4
+TILE_SIZE, OVERLAP = 512, 128
 NUM_CLASSES = 8
 MEAN, STD = [1000.0] * 4, [400.0] * 4
 DATA = Path(__file__).resolve().parents[1] / 'tests' / 'data'
@@ -138,7 +143,10 @@ def predict(
     out: Path,
     device: str,
 ) -> PredictionSummary:
-    """``predict_raster`` with the benchmark's tiles, replacing *out*."""
+    """``predict_raster`` with the benchmark's tiles, replacing *out*.
+
+    The batch size is the device's default (:func:`default_batch_size`).
+    """
     return predict_raster(
         model,
         metadata,
@@ -146,7 +154,6 @@ def predict(
         out,
         tile_size=TILE_SIZE,
         overlap=OVERLAP,
-        batch_size=BATCH_SIZE,
         device=device,
         overwrite=True,
         progress=False,
@@ -164,9 +171,10 @@ def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
     shape = (metadata.in_channels, grid.tile_height, grid.tile_width)
     generator = torch.Generator().manual_seed(0)
     torch_device = next(model.parameters()).device
+    batch_size = default_batch_size(torch_device)
     batches = [
-        torch.randn((min(BATCH_SIZE, len(grid) - i), *shape), generator=generator)
-        for i in range(0, len(grid), BATCH_SIZE)
+        torch.randn((min(batch_size, len(grid) - i), *shape), generator=generator)
+        for i in range(0, len(grid), batch_size)
     ]
     # As predict feeds them: in the model's memory format on this device.
     memory_format = model_memory_format(torch_device) or torch.contiguous_format

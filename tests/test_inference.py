@@ -810,15 +810,17 @@ def test_predict_dataset_stitches_torchgeo_patches(
         assert dst.crs.to_epsg() == 32618 and dst.colormap(1)
 
 
-class _FormatRecorder(nn.Module):
-    """A pointwise model that records whether its inputs were channels-last."""
+class _InputRecorder(nn.Module):
+    """A pointwise model that records its batch sizes and memory formats."""
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, NUM_CLASSES, kernel_size=1)
+        self.batch_sizes: list[int] = []
         self.channels_last: list[bool] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(x))
         self.channels_last.append(x.is_contiguous(memory_format=torch.channels_last))
         return self.conv(x)
 
@@ -830,7 +832,7 @@ def test_cpu_models_run_channels_last(tmp_path: Path) -> None:
     assert predict_module.model_memory_format(cpu) == torch.channels_last
     # Elsewhere the model keeps its own, channels-last for mixed precision say.
     assert predict_module.model_memory_format(torch.device('cuda')) is None
-    model = _FormatRecorder(4)
+    model = _InputRecorder(4)
     metadata = CheckpointMetadata(
         model='pointwise', backbone='none', in_channels=4, num_classes=NUM_CLASSES
     )
@@ -842,6 +844,67 @@ def test_cpu_models_run_channels_last(tmp_path: Path) -> None:
     predict_dataset(model, metadata, dataset, sampler, device=cpu)
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert len(model.channels_last) > 2 and all(model.channels_last)
+
+
+def test_reading_runs_ahead_where_it_pays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    # On the CPU the model's threads take every core: a reader thread among them
+    # costs more than it hides, unless it waits on a network.
+    assert not predict_module.reads_ahead(cpu)
+    assert predict_module.reads_ahead(cpu, remote=True)
+    assert predict_module.reads_ahead(cuda)
+
+    def no_thread(items: object) -> None:
+        raise AssertionError('a reader thread on the CPU')
+
+    monkeypatch.setattr(predict_module, 'read_ahead', no_thread)
+    model, metadata = _pointwise(4)
+    predict_raster(
+        model, metadata, S2, tmp_path / 'map.tif', device='cpu', progress=False
+    )
+    dataset = GeoTiffMosaic(S2)
+    sampler = GriddedPatchSampler(dataset, size=200, stride=150)
+    predict_dataset(model, metadata, dataset, sampler, device='cpu')
+
+
+def test_cpu_predicts_one_tile_per_forward_unless_told(tmp_path: Path) -> None:
+    # One tile's activations stay in memory that glibc reuses; a batch's do not.
+    assert predict_module.default_batch_size(torch.device('cpu')) == 1
+    assert predict_module.default_batch_size(torch.device('cuda')) == 4
+    metadata = CheckpointMetadata(
+        model='pointwise', backbone='none', in_channels=4, num_classes=NUM_CLASSES
+    )
+    dataset = GeoTiffMosaic(S2)
+    sampler = GriddedPatchSampler(dataset, size=200, stride=150)
+    for batch_size, sizes in [(None, {1}), (3, {1, 2, 3})]:
+        model = _InputRecorder(4)
+        predict_raster(
+            model,
+            metadata,
+            S2,
+            tmp_path / 'map.tif',
+            tile_size=128,
+            overlap=32,
+            batch_size=batch_size,
+            device='cpu',
+            overwrite=True,
+            progress=False,
+        )
+        predict_dataset(
+            model, metadata, dataset, sampler, batch_size=batch_size, device='cpu'
+        )
+        assert set(model.batch_sizes) <= sizes and max(model.batch_sizes) == max(sizes)
+    for call in (
+        lambda: predict_raster(
+            model, metadata, S2, tmp_path / 'zero.tif', batch_size=0, progress=False
+        ),
+        lambda: predict_dataset(model, metadata, dataset, sampler, batch_size=0),
+    ):
+        with pytest.raises(GlcgeoError, match='batch size must be positive, got 0'):
+            call()
+    assert not (tmp_path / 'zero.tif').exists()
 
 
 class _ViewingModel(nn.Conv2d):

@@ -22,6 +22,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 from shapely.geometry import Point
 
+import glcgeo.inference.predict as predict_module
 import glcgeo.inference.scenes as scenes_module
 from glcgeo.cli import main
 from glcgeo.inference import load_segmentation_checkpoint
@@ -391,12 +392,24 @@ def test_a_scene_by_url_gives_the_local_map(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv('NO_PROXY', '127.0.0.1')
+    # On the CPU a local scene is read in the model's thread, a URL ahead of it:
+    # its network waits take no core.
+    read_ahead = predict_module.read_ahead
+    threads: list[Any] = []
+
+    def recording(items: Any) -> Any:
+        threads.append(items)
+        return read_ahead(items)
+
+    monkeypatch.setattr(predict_module, 'read_ahead', recording)
     url, root = http_root
     local, remote = tmp_path / 'local.tif', tmp_path / 'remote.tif'
     assert predict('--in', root / 's2.tif', '--out', local, '--model', checkpoint,
-                   '--quiet') == 0  # fmt: skip
+                   '--quiet', '--device', 'cpu') == 0  # fmt: skip
+    assert not threads
     assert predict('--in', f'{url}/s2.tif', '--out', remote, '--model', checkpoint,
-                   '--quiet') == 0  # fmt: skip
+                   '--quiet', '--device', 'cpu') == 0  # fmt: skip
+    assert len(threads) == 1
     with rasterio.open(local) as a, rasterio.open(remote) as b:
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.profile == b.profile

@@ -126,8 +126,7 @@ def add_parser(subparsers: Any) -> None:
         '--batch-size',
         metavar='TILES',
         type=positive(int),
-        default=4,
-        help='tiles per forward pass (default: %(default)s)',
+        help='tiles per forward pass (default: 1 on a CPU, 4 on a GPU)',
     )
     add(
         '--device',

@@ -8,15 +8,16 @@ scene.
 :func:`batch_patches` stacks such patches. Both hand out raw values with their
 nodata mask (:func:`~glcgeo.datasets.valid_pixels`, the one nodata rule);
 :func:`read_ahead` reads in a background thread, so reading runs while the model
-works, and :func:`normalize_input` and :func:`pad_to_stride` make raw values into
-model input on the model's device.
+works (where that pays: :func:`~glcgeo.inference.predict.reads_ahead`), and
+:func:`normalize_input` and :func:`pad_to_stride` make raw values into model
+input on the model's device.
 """
 
 import itertools
 import os
 import queue
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -375,7 +376,7 @@ class SceneReader:
             MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags
         )
 
-    def strips(self, grid: TileGrid, pin_memory: bool = False) -> Iterator[Strip]:
+    def strips(self, grid: TileGrid, pin_memory: bool = False) -> Generator[Strip]:
         """Read the strips of a grid over the scene plus :data:`SCENE_MARGIN`.
 
         Args:
@@ -560,7 +561,7 @@ def batch_patches(
     patches: Iterable[Patch | None],
     batch_size: int,
     pin_memory: bool = False,
-) -> Iterator[PatchBatch]:
+) -> Generator[PatchBatch]:
     """Group patches into batches.
 
     Args:
