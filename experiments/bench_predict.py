@@ -6,7 +6,7 @@ checkpoint (Unet, ResNet-18, random weights, glcgeo extras). Each scene is predi
 in its own subprocess, so that the two do not share a peak resident memory; the
 subprocess then times the pure model forward over the same number of batches of the
 same tile shape (the bound that streaming, blending and writing approach). Batches
-are the device's default size (one tile on a CPU, four on a GPU), as for a user.
+are the device's default size (one 512 px tile on a CPU, four on a GPU), as for a user.
 
 Then, on a third scene (``--io-size 2048``: 2048 x 2048, 4 bands), the path around
 the network: a 1x1-convolution model (which predict runs in channels-last memory
@@ -171,7 +171,7 @@ def worker(scene: Path, checkpoint: Path, out: Path, device: str) -> None:
     shape = (metadata.in_channels, grid.tile_height, grid.tile_width)
     generator = torch.Generator().manual_seed(0)
     torch_device = next(model.parameters()).device
-    batch_size = default_batch_size(torch_device)
+    batch_size = default_batch_size(torch_device, grid.tile_height * grid.tile_width)
     batches = [
         torch.randn((min(batch_size, len(grid) - i), *shape), generator=generator)
         for i in range(0, len(grid), batch_size)

@@ -869,33 +869,42 @@ def test_reading_runs_ahead_where_it_pays(
     predict_dataset(model, metadata, dataset, sampler, device='cpu')
 
 
-def test_cpu_predicts_one_tile_per_forward_unless_told(tmp_path: Path) -> None:
-    # One tile's activations stay in memory that glibc reuses; a batch's do not.
-    assert predict_module.default_batch_size(torch.device('cpu')) == 1
-    assert predict_module.default_batch_size(torch.device('cuda')) == 4
+def test_cpu_batches_make_one_512_px_tile_unless_told(tmp_path: Path) -> None:
+    # One 512 px tile's activations stay in memory that glibc reuses, a batch's
+    # do not; smaller tiles are batched up to its pixels.
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    sides = {512: 1, 1024: 1, 384: 1, 256: 4, 200: 6, 128: 16, 1: 262144}
+    for side, batch_size in sides.items():
+        assert predict_module.default_batch_size(cpu, side * side) == batch_size
+        assert predict_module.default_batch_size(cuda, side * side) == 4
     metadata = CheckpointMetadata(
         model='pointwise', backbone='none', in_channels=4, num_classes=NUM_CLASSES
     )
     dataset = GeoTiffMosaic(S2)
     sampler = GriddedPatchSampler(dataset, size=200, stride=150)
-    for batch_size, sizes in [(None, {1}), (3, {1, 2, 3})]:
+    # 256 px tiles by 4 unless told; 200 px patches (16 of them) by 6.
+    tile_count = len(prediction_grid(640, 640, 256, 64))
+    for batch_size, tiles, patches in [(None, 4, 6), (3, 3, 3)]:
         model = _InputRecorder(4)
         predict_raster(
             model,
             metadata,
             S2,
             tmp_path / 'map.tif',
-            tile_size=128,
-            overlap=32,
+            tile_size=256,
+            overlap=64,
             batch_size=batch_size,
             device='cpu',
             overwrite=True,
             progress=False,
         )
+        assert max(model.batch_sizes) == tiles
+        assert sum(model.batch_sizes) == tile_count
+        model.batch_sizes.clear()
         predict_dataset(
             model, metadata, dataset, sampler, batch_size=batch_size, device='cpu'
         )
-        assert set(model.batch_sizes) <= sizes and max(model.batch_sizes) == max(sizes)
+        assert max(model.batch_sizes) == patches and sum(model.batch_sizes) == 16
     for call in (
         lambda: predict_raster(
             model, metadata, S2, tmp_path / 'zero.tif', batch_size=0, progress=False

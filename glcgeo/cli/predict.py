@@ -126,7 +126,8 @@ def add_parser(subparsers: Any) -> None:
         '--batch-size',
         metavar='TILES',
         type=positive(int),
-        help='tiles per forward pass (default: 1 on a CPU, 4 on a GPU)',
+        help='tiles per forward pass (default: on a CPU as many as make 512 x 512 '
+        'pixels, on a GPU 4)',
     )
     add(
         '--device',

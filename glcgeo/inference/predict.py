@@ -127,26 +127,38 @@ def model_memory_format(device: torch.device) -> torch.memory_format | None:
     return torch.channels_last if device.type == 'cpu' else None
 
 
-def default_batch_size(device: torch.device) -> int:
+#: Pixels per forward pass on the CPU: one 512 x 512 tile, or several smaller ones.
+CPU_BATCH_PIXELS = 512 * 512
+
+
+def default_batch_size(device: torch.device, tile_pixels: int) -> int:
     """The tiles per forward pass prediction takes on *device* unless told.
 
-    One on the CPU: there the batch brings no parallelism, and a single 512 px
-    tile's activations (up to 16 MB for a ResNet-50 encoder) stay below the size
-    from which glibc always hands freed memory back to the kernel (32 MB), so
-    forward passes reuse much of each other's memory instead of having fresh
-    pages mapped and zeroed. On the 2-core CI machine ``glcgeo predict`` of a
-    2048 x 2048 scene took 0.76 of the time of batches of 4 with DeepLabV3+
-    ResNet-50 and 0.93 with a U-Net ResNet-18 (whole processes), with a fifth
-    less memory at peak. Four elsewhere, where a batch fills the device.
+    On the CPU, as many as make :data:`CPU_BATCH_PIXELS` (one 512 px tile, four
+    256 px ones): there a batch brings no parallelism beyond a tile's, and a
+    512 px tile's activations (up to 16 MB for a ResNet-50 encoder) stay below
+    the size from which glibc always hands freed memory back to the kernel (32
+    MB), so forward passes reuse much of each other's memory instead of having
+    fresh pages mapped and zeroed; smaller tiles are batched so that each
+    forward pass still has that much work. On the 2-core CI machine ``glcgeo
+    predict`` of a 2048 x 2048 scene (whole processes) with 512 px tiles took
+    0.76 of the time of batches of 4 with DeepLabV3+ ResNet-50 and 0.93 with a
+    U-Net ResNet-18, with a fifth less memory at peak; with 256 px tiles,
+    batches of 1 took 1.04-1.06 times as long as batches of 4, and with 128 px
+    ones 1.28 times as long as batches of 16. Four elsewhere, where a batch
+    fills the device.
 
     Args:
         device: where the model runs.
+        tile_pixels: pixels of a tile (height x width).
 
     Returns:
         the batch size.
 
     """
-    return 1 if device.type == 'cpu' else 4
+    if device.type == 'cpu':
+        return max(1, CPU_BATCH_PIXELS // tile_pixels)
+    return 4
 
 
 def reads_ahead(device: torch.device, remote: bool = False) -> bool:
@@ -173,13 +185,10 @@ def reads_ahead(device: torch.device, remote: bool = False) -> bool:
     return device.type != 'cpu' or remote
 
 
-def _resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
-    """The batch size asked for, or *device*'s default; checked to be positive."""
-    if batch_size is None:
-        return default_batch_size(device)
-    if batch_size < 1:
+def _check_batch_size(batch_size: int | None) -> None:
+    """Raise a :class:`GlcgeoError` unless *batch_size* is None or positive."""
+    if batch_size is not None and batch_size < 1:
         raise GlcgeoError(f'batch size must be positive, got {batch_size}')
-    return batch_size
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -504,8 +513,8 @@ def predict_unpublished(
         raise GlcgeoError('the class map and probabilities must be different files')
     for output in outputs:
         check_destination(output, overwrite, inputs=[source])
+    _check_batch_size(batch_size)
     torch_device = resolve_device(device)
-    batch_size = _resolve_batch_size(batch_size, torch_device)
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
         open_source(source) as src,
@@ -513,6 +522,9 @@ def predict_unpublished(
         bands = input_bands(src, metadata, os.fspath(source))
         width, height = src.width, src.height
         grid = prediction_grid(height, width, tile_size, overlap)
+        if batch_size is None:
+            tile_pixels = grid.tile_height * grid.tile_width
+            batch_size = default_batch_size(torch_device, tile_pixels)
         # Strips of a batch (4 tiles at least): their tiles share the reads of
         # their overlaps, and their memory does not grow with the scene's width.
         reader = SceneReader(
@@ -626,7 +638,8 @@ def predict_raster(
             pixels widen the overlap).
         overlap: pixels shared by neighbouring tiles, blended with Hann weights.
         batch_size: tiles per forward pass; None for
-            :func:`default_batch_size` (1 on a CPU, 4 on a GPU).
+            :func:`default_batch_size` (on a CPU one 512 px tile or as many
+            smaller ones as make its pixels, 4 on a GPU).
         device: torch device, or None / ``'auto'`` for CUDA when available.
         nodata: input nodata value overriding the file's own.
         overwrite: whether existing outputs may be replaced.
@@ -713,13 +726,26 @@ def predict_dataset(
             if isinstance(dataset, GeoTiffMosaic)
             else getattr(dataset, 'nodata', None)
         )
+    _check_batch_size(batch_size)
     torch_device = resolve_device(device)
-    batch_size = _resolve_batch_size(batch_size, torch_device)
+    queries = iter(sampler)
+    first = next(queries, None)
+    if first is not None:
+        queries = itertools.chain([first], queries)
+    if batch_size is None:
+        # The patches' pixels, from the first query (without one, none to batch).
+        tile_pixels = 1
+        if first is not None:
+            x, y = cast(tuple[slice, ...], first)[:2]
+            tile_pixels = round((x.stop - x.start) / x_res) * round(
+                (y.stop - y.start) / y_res
+            )
+        batch_size = default_batch_size(torch_device, max(1, tile_pixels))
     accumulator = RowBandAccumulator(width, metadata.num_classes, device=torch_device)
     predictor = _BatchPredictor(model, metadata, torch_device, accumulator, batch_size)
 
     def patches() -> Iterable[Patch | None]:
-        for query in sampler:
+        for query in queries:
             data = dataset[query]['image'].numpy()
             if len(data) != metadata.in_channels:
                 raise GlcgeoError(
