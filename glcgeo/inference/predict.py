@@ -734,7 +734,7 @@ def predict_dataset(
         queries = itertools.chain([first], queries)
     if batch_size is None:
         # The patches' pixels, from the first query (without one, none to batch).
-        tile_pixels = 1
+        tile_pixels = CPU_BATCH_PIXELS
         if first is not None:
             x, y = cast(tuple[slice, ...], first)[:2]
             tile_pixels = round((x.stop - x.start) / x_res) * round(
