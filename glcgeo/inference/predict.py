@@ -30,6 +30,7 @@ from typing import Any, cast
 import rasterio
 import torch
 from affine import Affine
+from rasterio.windows import Window
 from torch import Tensor, nn
 from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler
@@ -728,6 +729,17 @@ def predict_dataset(
         )
     _check_batch_size(batch_size)
     torch_device = resolve_device(device)
+
+    def pixel_window(query: object) -> Window:
+        """A patch's pixel window on the dataset's grid, from its float64 bounds."""
+        x, y = cast(tuple[slice, ...], query)[:2]
+        return Window(
+            round((x.start - x_bounds.start) / x_res),
+            round((y_bounds.stop - y.stop) / y_res),
+            round((x.stop - x.start) / x_res),
+            round((y.stop - y.start) / y_res),
+        )
+
     queries = iter(sampler)
     first = next(queries, None)
     if first is not None:
@@ -736,10 +748,8 @@ def predict_dataset(
         # The patches' pixels, from the first query (without one, none to batch).
         tile_pixels = CPU_BATCH_PIXELS
         if first is not None:
-            x, y = cast(tuple[slice, ...], first)[:2]
-            tile_pixels = round((x.stop - x.start) / x_res) * round(
-                (y.stop - y.start) / y_res
-            )
+            window = pixel_window(first)
+            tile_pixels = int(window.width * window.height)
         batch_size = default_batch_size(torch_device, max(1, tile_pixels))
     accumulator = RowBandAccumulator(width, metadata.num_classes, device=torch_device)
     predictor = _BatchPredictor(model, metadata, torch_device, accumulator, batch_size)
@@ -752,10 +762,8 @@ def predict_dataset(
                     f'the dataset has {len(data)} bands, the model takes '
                     f'{metadata.in_channels}'
                 )
-            # The patch's pixel window on the dataset's grid, from float64 bounds.
-            x, y = cast(tuple[slice, ...], query)[:2]
-            row = round((y_bounds.stop - y.stop) / y_res)
-            col = round((x.start - x_bounds.start) / x_res)
+            window = pixel_window(query)
+            row, col = int(window.row_off), int(window.col_off)
             yield dataset_patch(data, nodata, row, col, height, width)
 
     batches = batch_patches(patches(), batch_size)
