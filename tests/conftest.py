@@ -326,3 +326,13 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         yield Path('/sys')
         return
     pytest.skip('no folder here refuses new files')
+
+
+@pytest.fixture(autouse=True)
+def _allocator_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``glcgeo predict`` run in this process leaves its allocator alone.
+
+    The command tells glibc to keep freed memory (glcgeo.allocator): the test
+    process is not the command's, and would keep its peak to the end.
+    """
+    monkeypatch.setattr('glcgeo.cli.predict.keep_freed_memory', lambda: False)

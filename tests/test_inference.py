@@ -1049,6 +1049,30 @@ def test_cli_writes_map_with_checkpoint_metadata(
         assert scores.count == 5 and scores.descriptions[0] == 'water'
 
 
+def test_cli_keeps_freed_memory_before_loading_the_model(
+    tmp_path: Path,
+    fcn_checkpoints: dict[int, Path],
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def keep_freed_memory() -> bool:
+        calls.append('allocator')
+        return True
+
+    def load(path: str) -> tuple[nn.Module, CheckpointMetadata]:
+        calls.append('model')
+        return load_segmentation_checkpoint(path)
+
+    monkeypatch.setattr('glcgeo.cli.predict.keep_freed_memory', keep_freed_memory)
+    monkeypatch.setattr('glcgeo.inference.load_segmentation_checkpoint', load)
+    out = tmp_path / 'map.tif'
+    assert cli('--in', S2, '--out', out, '--model', fcn_checkpoints[4], '--quiet',
+               *RAW_VALUES) == 0  # fmt: skip
+    assert calls == ['allocator', 'model']
+
+
 def test_cli_keeps_existing_output_unless_overwrite(
     tmp_path: Path,
     fcn_checkpoints: dict[int, Path],

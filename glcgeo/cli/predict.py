@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from ..allocator import keep_freed_memory
 from ..errors import GlcgeoError
 from ..outputs import check_destination
 from ..sources import RASTER_SUFFIXES, expand, is_url
@@ -226,6 +227,9 @@ def run(args: argparse.Namespace) -> None:
         mean, std = _read_stats(args.stats)
     folder = len(sources) > 1 or _is_folder(args.out)
     inputs = [p for p in (*sources, args.model, args.stats) if p and not is_url(p)]
+    # This process only predicts: before the model's first tensor, its forward
+    # passes may keep their memory (see glcgeo.allocator).
+    keep_freed_memory()
     if not folder and not processes:
         # One scene in one process: its errors are the command's.
         for output in (args.out, args.probabilities):
