@@ -5,9 +5,10 @@ each mapped block freed, up to 32 MiB) fresh from the kernel and unmaps them whe
 they are freed, and gives the top of its heap back once more than twice that
 threshold is free there. A model's forward passes free and request the same
 large blocks over and over, so each pass has the kernel map and zero much of the
-same memory again: on the 2-core AMD CI machine, a U-Net ResNet-18 forward pass
-over 512 px tiles took 1.4 times as long inside ``glcgeo predict`` as in a loop of
-forward passes alone, with 6 times as many page faults.
+same memory again: on the 2-core AMD CI machine, a U-Net ResNet-18's forward
+passes over 512 px tiles took 1.4 times as long inside a prediction as in a loop of
+forward passes alone, and the process had 6 times the page faults it has once
+freed memory is kept.
 
 :func:`keep_freed_memory` tells glibc to keep freed memory for reuse instead.
 It is a setting of the whole process, so glcgeo's library functions never make
