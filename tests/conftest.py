@@ -330,9 +330,10 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def _allocator_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``glcgeo predict`` run in this process leaves its allocator alone.
+    """Commands run in this process leave its allocator alone.
 
-    The command tells glibc to keep freed memory (glcgeo.allocator): the test
-    process is not the command's, and would keep its peak to the end.
+    ``glcgeo predict`` tells glibc to keep freed memory (glcgeo.allocator): the
+    test process is not the command's, and would keep its peak to the end. The
+    user's own opt-out covers every caller, and the processes tests start.
     """
-    monkeypatch.setattr('glcgeo.cli.predict.keep_freed_memory', lambda: False)
+    monkeypatch.setenv('GLCGEO_KEEP_FREED_MEMORY', '0')
