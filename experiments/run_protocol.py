@@ -9,13 +9,18 @@ For each labelled data set (``--datasets``; see ``protocol/datasets.py``):
    backbone, views, batch and steps), and the control ``zero_step`` (GLCNet's
    untrained network at that seed); ``random`` is TorchGeo's own
    initialisation. Each run's loss is checked against chance.
-2. fine-tune every start on nested label budgets (counts of labelled tiles), at
+2. fine-tune every start on nested label budgets (counts of labelled tiles, or
+   percentages of the training area's labelled pixels: ``--budgets 1% 10%``), at
    every fine-tuning seed, in two evaluations: ``probe`` (encoder frozen;
    decoder and head trained) and ``finetune`` (everything trained). Runs are
    selected on validation Kappa and scored once on test.
 3. compare each start with ``random`` and ``zero_step`` pair by pair (same
    data set, evaluation, budget and seeds): mean +- standard error, wins out of
    N and a sign-flip permutation test, written to ``--results``.
+
+A data set of many scenes (``sparcs``, or ``NAME='DIR/*_img.tif:DIR/*_lbl.tif'``)
+is split by scene: pretraining sees the training scenes' images only, each on
+its own pixel grid, and test scenes are never seen before they are scored.
 
 Every run is kept under ``--work`` and reused when its settings match, so an
 interrupted protocol resumes. ``--quick`` runs everything at toy length (a check
@@ -24,6 +29,8 @@ of the pipeline, not evidence).
     .venv/bin/python experiments/run_protocol.py
     .venv/bin/python experiments/run_protocol.py --quick --results /tmp/r --work /tmp/w
     .venv/bin/python experiments/run_protocol.py --datasets mine=img.tif:labels.tif
+    .venv/bin/python experiments/run_protocol.py --datasets sparcs --primary sparcs \
+        --budgets 1% 10%
 """
 
 import argparse
@@ -34,6 +41,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import shlex
 import sys
@@ -42,9 +50,16 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
-from protocol.datasets import ROOT, LabelledSet, resolve
-from protocol.finetuning import Schedule, TiledSet, finetune_run, read_tiles
+from protocol.datasets import ROOT, LabelledSet, lay_out_scenes, resolve
+from protocol.finetuning import (
+    Schedule,
+    TiledSet,
+    finetune_run,
+    read_scenes,
+    read_tiles,
+)
 from protocol.pretraining import (
     GLCNET_ABLATIONS,
     TRAINED_MARGIN,
@@ -52,11 +67,11 @@ from protocol.pretraining import (
     pretrain_start,
     records_to_rows,
 )
-from protocol.report import PAIR_KEYS, compare, plot_differences
+from protocol.report import PAIR_KEYS, budget_label, compare, plot_differences
 
 from glcgeo.datamodules import SegmentationDataModule
 from glcgeo.datasets import GeoTiffMosaic
-from glcgeo.stats import compute_band_stats
+from glcgeo.stats import BandStats, compute_band_stats
 
 RESULTS = os.path.join(ROOT, 'experiments', 'results')
 
@@ -82,6 +97,22 @@ MAIN_METHODS = ('random', 'zero_step', 'simclr', 'moco', 'glcnet', 'glcnet_encod
 DEFAULT_DATASETS = ['nc', 'sen1floods11']
 
 
+def parse_budget(text: str) -> str:
+    """A budget as given: a whole number of tiles ('16') or a percentage ('1%')."""
+    if not re.fullmatch(r'[1-9]\d*|(\d+(\.\d*)?|\.\d+)%', text) or text in ('0%',):
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is neither a number of tiles (16) nor a percentage (1%)'
+        )
+    if text.endswith('%') and not 0 < float(text[:-1]) <= 100:
+        raise argparse.ArgumentTypeError(f'{text!r}: a percentage in (0, 100]')
+    return text
+
+
+def budget_order(budget: str) -> tuple[bool, float]:
+    """Sort key: tile counts first, then percentages, each ascending (nested)."""
+    return (budget.endswith('%'), float(budget.rstrip('%')))
+
+
 @dataclass
 class Settings:
     """Everything that shapes the results, written beside them."""
@@ -93,8 +124,13 @@ class Settings:
     finetune: Schedule = field(
         default_factory=lambda: Schedule(lr=1e-4, max_steps=1500)
     )
-    budgets: list[int] = field(default_factory=lambda: [4, 16])
-    finetune_budgets: list[int] | None = None
+    budgets: list[str] = field(default_factory=lambda: ['4', '16'])
+    finetune_budgets: list[str] | None = None
+    #: Tiles drawn from each validation and test scene of a set split by scene
+    #: (a fixed seeded sample, the same for every start).
+    scored_tiles: dict[str, int] = field(
+        default_factory=lambda: {'val': 16, 'test': 64}
+    )
     primary: str = 'nc'
     every_cell: bool = False
     pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -102,7 +138,7 @@ class Settings:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     evaluations: list[str] = field(default_factory=lambda: list(EVALUATIONS))
 
-    def planned(self, dataset: str, method: str, evaluation: str, budget: int) -> bool:
+    def planned(self, dataset: str, method: str, evaluation: str, budget: str) -> bool:
         """Whether the protocol runs this cell (see ``--every-cell``).
 
         On 2 cores in 90 minutes the protocol cannot run every start in both
@@ -220,7 +256,7 @@ class FinetuneJob:
                 self.transfer,
                 keys['evaluation'],
                 self.schedule,
-                keys['label_tiles'],
+                keys['budget'],
                 seed=keys['seed'],
                 init_seed=1000 * (keys['pretrain_seed'] + 1) + keys['seed'],
                 backbone=self.backbone,
@@ -250,11 +286,53 @@ def run_all(jobs: list[Any], pool: concurrent.futures.Executor, what: str) -> li
     return [f.result() for f in futures]
 
 
-def prepare(data: LabelledSet, settings: Settings, work: str) -> tuple[str, str]:
-    """Band statistics and tiles of a data set, computed once: (stats, tiles) paths."""
+@dataclass(frozen=True)
+class Prepared:
+    """What every run of a data set shares, computed once.
+
+    Attributes:
+        stats: band statistics JSON (of the pretraining images).
+        tiles: the fine-tuning tiles (:class:`TiledSet` file).
+        pretrain_images: the unlabelled images pretraining sees.
+    """
+
+    stats: str
+    tiles: str
+    pretrain_images: tuple[str, ...]
+
+
+def prepare(data: LabelledSet, settings: Settings, work: str) -> Prepared:
+    """Band statistics, pretraining images and tiles of a data set, made once.
+
+    A set split by scene pretrains on its training scenes only. They are laid
+    side by side on one dummy grid without resampling (:func:`lay_out_scenes`),
+    so that scenes in different UTM zones form one mosaic while every view is
+    cut from one scene's own 30 m pixels.
+    """
     folder = os.path.join(work, data.name)
     os.makedirs(folder, exist_ok=True)
     stats = os.path.join(folder, 'stats.json')
+    if data.by_scene:
+        train = data.scene_files('train')
+        images = lay_out_scenes(
+            [image for image, _ in train], os.path.join(folder, 'pretrain_scenes')
+        )
+        if not os.path.exists(stats):
+            compute_band_stats(GeoTiffMosaic(images)).save(stats)
+        scored = '-'.join(f'{settings.scored_tiles[p]}' for p in ('val', 'test'))
+        tiles = os.path.join(folder, f'tiles-{settings.tile}-scenes-{scored}.pt')
+        if not os.path.exists(tiles):
+            assert data.class_values is not None and data.class_names is not None
+            read_scenes(
+                data.name,
+                {part: data.scene_files(part) for part in ('train', 'val', 'test')},
+                data.class_values,
+                data.class_names,
+                BandStats.load(stats),
+                settings.tile,
+                settings.scored_tiles,
+            ).save(tiles)
+        return Prepared(stats, tiles, tuple(images))
     if not os.path.exists(stats):
         compute_band_stats(GeoTiffMosaic(data.images)).save(stats)
     tiles = os.path.join(folder, f'tiles-{settings.tile}-{data.block_size}.pt')
@@ -271,7 +349,7 @@ def prepare(data: LabelledSet, settings: Settings, work: str) -> tuple[str, str]
         )
         datamodule.setup('fit')
         read_tiles(data.name, datamodule).save(tiles)
-    return stats, tiles
+    return Prepared(stats, tiles, tuple(data.images))
 
 
 def main() -> None:
@@ -292,14 +370,15 @@ def main() -> None:
     add('--evaluations', nargs='+', default=defaults.evaluations, choices=EVALUATIONS)
     add(
         '--budgets',
-        type=int,
+        type=parse_budget,
         nargs='+',
         default=defaults.budgets,
-        help='labelled training tiles (nested)',
+        help='labelled training tiles (16) or percentages of the training '
+        "area's labelled pixels (1%%), nested",
     )
     add(
         '--finetune-budgets',
-        type=int,
+        type=parse_budget,
         nargs='+',
         default=defaults.finetune_budgets,
         help='budgets of the finetune evaluation (None: the smallest budget)',
@@ -336,7 +415,7 @@ def main() -> None:
     settings = Settings(
         methods=args.methods,
         evaluations=args.evaluations,
-        budgets=sorted(args.budgets),
+        budgets=sorted(args.budgets, key=budget_order),
         finetune_budgets=args.finetune_budgets,
         primary=args.primary,
         every_cell=args.every_cell,
@@ -364,9 +443,7 @@ def main() -> None:
     with concurrent.futures.ProcessPoolExecutor(
         args.jobs, mp_context=context, initializer=_worker_init, initargs=(1,)
     ) as pool:
-        prepared_paths = {
-            data.name: prepare(data, settings, args.work) for data in sets
-        }
+        prepared = {data.name: prepare(data, settings, args.work) for data in sets}
         pretrain_key = digest(
             asdict(settings.pretrain) | {'backbone': settings.backbone}
         )
@@ -381,13 +458,12 @@ def main() -> None:
             for method in settings.methods
             if settings.planned(data.name, method, evaluation, budget)
         ]
-        by_name = {data.name: data for data in sets}
         needed = {(c[0].name, METHODS[c[5]][0]) for c in cells}
         pretrain_jobs = [
             PretrainJob(
                 name,
-                tuple(by_name[name].images),
-                prepared_paths[name][0],
+                prepared[name].pretrain_images,
+                prepared[name].stats,
                 kind,
                 seed,
                 settings.pretrain,
@@ -412,7 +488,11 @@ def main() -> None:
         for data, evaluation, p, seed, budget, method in cells:
             schedule = getattr(settings, evaluation)
             key = digest(
-                [pretrain_key, asdict(schedule), settings.tile, data.block_size]
+                [
+                    pretrain_key,
+                    asdict(schedule),
+                    os.path.basename(prepared[data.name].tiles),
+                ]
             )
             kind, transfer, _ = METHODS[method]
             weights = (
@@ -422,7 +502,7 @@ def main() -> None:
                 'dataset': data.name,
                 'method': method,
                 'evaluation': evaluation,
-                'label_tiles': budget,
+                'budget': budget,
                 'pretrain_seed': p,
                 'seed': seed,
             }
@@ -432,12 +512,12 @@ def main() -> None:
                 f'finetune-{key}',
                 evaluation,
                 method,
-                f'{budget}-p{p}-s{seed}.json',
+                f'{budget.replace("%", "pct")}-p{p}-s{seed}.json',
             )
             finetune_jobs.append(
                 FinetuneJob(
                     tuple(keys.items()),
-                    prepared_paths[data.name][1],
+                    prepared[data.name].tiles,
                     weights,
                     transfer,
                     schedule,
@@ -485,6 +565,7 @@ def write_results(
             *PAIR_KEYS[:1],
             'method',
             *PAIR_KEYS[1:],
+            'label_tiles',
             'test_Kappa',
             'test_OA',
             'test_mIoU',
@@ -548,6 +629,43 @@ def not_trained(
     ]
 
 
+def per_class_table(
+    runs: list[dict[str, Any]],
+    methods: list[str],
+    budgets: list[str],
+    class_names: list[str] | None,
+) -> list[str]:
+    """Mean test F1 of each class (points), per start and budget, as markdown."""
+    if not runs:
+        return []
+    names = class_names or sorted(
+        k.removeprefix('test_F1_') for k in runs[0] if k.startswith('test_F1_')
+    )
+    lines = [
+        'Per-class test F1 (points; mean over runs; NaN where a class is absent '
+        'from the test tiles):',
+        '',
+        '| start | budget | ' + ' | '.join(names) + ' | mIoU |',
+        '|---|---|' + '---|' * (len(names) + 1),
+    ]
+    for method in methods:
+        for budget in budgets:
+            own = [r for r in runs if r['method'] == method and r['budget'] == budget]
+            if not own:
+                continue
+            cells = [
+                f'{100 * np.nanmean([r.get(f"test_F1_{n}", np.nan) for r in own]):.1f}'
+                for n in names
+            ]
+            miou = 100 * np.mean([r['test_mIoU'] for r in own])
+            lines.append(
+                f'| {METHODS[method][2]} | {budget_label(budget)} | '
+                + ' | '.join(cells)
+                + f' | {miou:.1f} |'
+            )
+    return [*lines, '']
+
+
 def markdown(
     command: str,
     settings: Settings,
@@ -589,6 +707,22 @@ def markdown(
         )
     for data in sets:
         lines += ['', f'## {data.name}', '', data.note, '']
+        if data.by_scene:
+            lines += [
+                f'Split by scene (seeded): {len(data.scenes["train"])} training, '
+                f'{len(data.scenes["val"])} validation and {len(data.scenes["test"])} '
+                "test scenes. Pretraining saw the training scenes' images only; "
+                f'scored: {settings.scored_tiles["val"]} tiles of {settings.tile} px '
+                f'per validation scene, {settings.scored_tiles["test"]} per test scene '
+                '(a fixed seeded sample, the same for every start).',
+                '',
+                *[
+                    f'- {part} scenes: {", ".join(data.scenes[part])}'
+                    for part in ('val', 'test')
+                ],
+                '- training scenes: listed in protocol_settings.json',
+                '',
+            ]
         for evaluation in settings.evaluations:
             runs = [
                 r
@@ -597,7 +731,7 @@ def markdown(
             ]
             if not runs:
                 continue
-            budgets = sorted({r['label_tiles'] for r in runs})
+            budgets = sorted({r['budget'] for r in runs}, key=budget_order)
             methods = [
                 m for m in settings.methods if any(r['method'] == m for r in runs)
             ]
@@ -613,7 +747,8 @@ def markdown(
                 '',
                 '| start | '
                 + ' | '.join(
-                    f'{b} tiles: vs random | {b} tiles: vs zero_step | {b} tiles: Kappa'
+                    f'{budget_label(b)}: vs random | {budget_label(b)}: vs zero_step | '
+                    f'{budget_label(b)}: Kappa'
                     for b in budgets
                 )
                 + ' |',
@@ -631,7 +766,7 @@ def markdown(
                     own = [
                         r['test_Kappa']
                         for r in runs
-                        if r['method'] == method and r['label_tiles'] == budget
+                        if r['method'] == method and r['budget'] == budget
                     ]
                     mean = 100 * sum(own) / len(own) if own else float('nan')
                     for ref in ('random', 'zero_step'):
@@ -650,6 +785,7 @@ def markdown(
                         + ' |' * (3 * len(budgets) - 1)
                     )
             lines.append('')
+            lines += per_class_table(runs, methods, budgets, data.class_names)
     return '\n'.join(lines) + '\n'
 
 

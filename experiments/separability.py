@@ -21,6 +21,7 @@ import torch
 from protocol.datasets import ROOT
 from protocol.diagnostics import separability
 from protocol.finetuning import TiledSet
+from protocol.report import budget_label
 
 
 def starts(folder: str) -> dict[str, list[str]]:
@@ -37,7 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--dataset', default='nc')
     parser.add_argument('--work', default=os.path.join(ROOT, 'runs', 'protocol'))
-    parser.add_argument('--budgets', type=int, nargs='+', default=[4, 16])
+    parser.add_argument(
+        '--budgets',
+        nargs='+',
+        default=['4', '16'],
+        help='labelled tiles, or percentages of the labelled pixels (1%%)',
+    )
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -54,7 +60,7 @@ def main() -> None:
         f'{args.dataset}: validation Kappa (%) of a per-pixel linear classifier on '
         f'frozen features, mean ± SE over label seeds {args.seeds}\n'
     )
-    print('| start | ' + ' | '.join(f'{b} tiles' for b in args.budgets) + ' |')
+    print('| start | ' + ' | '.join(budget_label(b) for b in args.budgets) + ' |')
     print('|---|' + '---|' * len(args.budgets))
     for name, weights, raw in rows:
         cells = []

@@ -23,7 +23,7 @@ LAYERS = (2, -1)
 def separability(
     data: TiledSet,
     weights: str | None,
-    label_tiles: int,
+    budget: str,
     seed: int,
     raw: bool = False,
     backbone: str = 'resnet18',
@@ -33,7 +33,8 @@ def separability(
     Args:
         data: the tiles.
         weights: start checkpoint (None: random weights, seeded by *seed*).
-        label_tiles: labelled training tiles (the budget of *seed*).
+        budget: labelled training tiles or a percentage of the labelled pixels
+            (see :meth:`TiledSet.budget`).
         seed: seed of the budget draw and of random weights.
         raw: classify the normalised bands themselves, not features.
         backbone: smp encoder name.
@@ -48,8 +49,8 @@ def separability(
         in_channels=data.in_channels,
         num_classes=len(data.class_names),
     ).model.encoder
-    # Batch-norm statistics re-estimated on all training images, as the probe does.
-    recalibrate(encoder, data.train.images)
+    # Batch-norm statistics re-estimated on training images, as the probe does.
+    recalibrate(encoder, data.calibration())
 
     def features(images: torch.Tensor) -> torch.Tensor:
         if raw:
@@ -64,7 +65,7 @@ def separability(
             dim=1,
         )
 
-    labelled = data.train[data.budget(label_tiles, seed)]
+    labelled = data.train[data.budget(budget, seed)]
     train = features(labelled.images)
     channels = train.shape[1]
     x = train.permute(0, 2, 3, 1).reshape(-1, channels)

@@ -1,23 +1,28 @@
 """Fine-tuning runs of the protocol: tiles held in memory, selected on validation.
 
 Hundreds of short runs share each data set's tiles, so the tiles are read once
-through glcgeo's :class:`~glcgeo.datamodules.SegmentationDataModule` (the split,
-the label-budget draw, the mask encoding and the nodata rule of ``glcgeo
-finetune``) and kept as tensors. Each run builds glcgeo's
-:class:`~glcgeo.tasks.FinetuneTask` (TorchGeo's DeepLabV3+ with the start
-weights loaded by glcgeo) and trains with Adam on random dihedral transforms
-(the 8 symmetries of a square) of its labelled tiles, scoring the validation
-tiles every ``eval_every`` steps. The best state is kept in memory (no
-checkpoint files: a run is seconds of training) and training stops after
-``patience`` scorings without improvement; the selected state is scored once
-on the test tiles.
+and kept as tensors: a set of one scene through glcgeo's
+:class:`~glcgeo.datamodules.SegmentationDataModule` (the block split, the mask
+encoding and the nodata rule of ``glcgeo finetune``), a set of many scenes scene
+by scene on each scene's own grid (:func:`read_scenes`: the same mask encoding,
+nodata rule and normalisation; the split is by scene). Label budgets are a
+number of labelled training tiles or a percentage of the training area's
+labelled pixels (:meth:`TiledSet.budget`), nested across budgets. Each run
+builds glcgeo's :class:`~glcgeo.tasks.FinetuneTask` (TorchGeo's DeepLabV3+
+with the start weights loaded by glcgeo) and trains with Adam on random
+dihedral transforms (the 8 symmetries of a square) of its labelled tiles,
+scoring the validation tiles every ``eval_every`` steps. The best state is
+kept in memory (no checkpoint files: a run is seconds of training) and
+training stops after ``patience`` scorings without improvement; the selected
+state is scored once on the test tiles.
 
 Two evaluations:
 
 * ``finetune``: every layer trained.
 * ``probe``: the encoder frozen, decoder and head trained. The frozen encoder's
-  batch-norm statistics are first re-estimated on all training tiles (images
-  only, no labels) for every start alike, so that a random encoder, whose
+  batch-norm statistics are first re-estimated on the training tiles (images
+  only, no labels; a fixed sample of :data:`CALIBRATION_TILES` where there are
+  more) for every start alike, so that a random encoder, whose
   statistics were never estimated, is not handicapped; then the encoder is
   fixed, its features computed once per tile and symmetry, and only the
   decoder and head run at each step.
@@ -27,23 +32,33 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import rasterio
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from glcgeo.datamodules import SegmentationDataModule
+from glcgeo.datamodules.segmentation import MaskEncoder
+from glcgeo.datasets import valid_pixels
 from glcgeo.metrics import SegmentationMetrics
 from glcgeo.samplers import TileSampler
 from glcgeo.splits import draw_label_tiles
+from glcgeo.stats import BandStats
 from glcgeo.tasks import FinetuneTask
+from glcgeo.transforms import normalize_bands
 
 #: Class id of pixels without a label or without image data.
 IGNORE = 255
+
+#: Most training tiles whose images re-estimate a frozen encoder's batch-norm
+#: statistics in the probe: a fixed sample, the same for every start.
+CALIBRATION_TILES = 512
 
 #: The 8 symmetries of a square: (quarter turns, mirrored).
 SYMMETRIES = [(turns, mirror) for mirror in (False, True) for turns in range(4)]
@@ -62,7 +77,8 @@ class Tiles:
 
     Attributes:
         images: [N, C, H, W] float32, normalised; nodata pixels are 0.
-        masks: [N, H, W] int64 class ids, :data:`IGNORE` where not scored.
+        masks: [N, H, W] class ids (uint8 kept, int64 used), :data:`IGNORE` where
+            not scored.
     """
 
     images: Tensor
@@ -79,32 +95,78 @@ class TiledSet:
     Attributes:
         name: data set name.
         class_names: one name per class.
-        train_tiles: the training tiles' (row, col) indexes, in split order.
+        train_tiles: the training tiles' indexes ((row, col) of the block
+            split, (scene, row, col) for scenes), in split order.
         train: every training tile (the label budgets are drawn from these).
         val: the validation tiles (model selection).
         test: the test tiles (scored once per run).
+        labelled_pixels: labelled pixels of the training area (percentage
+            budgets count against it): of the whole training scenes, or of the
+            training tiles of a block split when None.
+        scoring: how validation and test tiles were chosen.
     """
 
     name: str
     class_names: list[str]
-    train_tiles: list[tuple[int, int]]
+    train_tiles: list[tuple[int, ...]]
     train: Tiles
     val: Tiles
     test: Tiles
+    labelled_pixels: int | None = None
+    scoring: str = 'every tile of the validation and test blocks'
 
     @property
     def in_channels(self) -> int:
         """Number of image bands."""
         return int(self.train.images.shape[1])
 
-    def budget(self, label_tiles: int, seed: int) -> list[int]:
-        """Indexes of the labelled training tiles: nested across budgets for a seed."""
+    def budget(self, budget: str, seed: int) -> list[int]:
+        """Indexes of the labelled training tiles of a budget, nested for a seed.
+
+        Args:
+            budget: a number of tiles ('16') or a percentage of the training
+                area's labelled pixels ('1%'): the tiles of a seeded order are
+                taken until their labelled pixels reach it. Tiles are drawn
+                uniformly over the training area, so over the training scenes
+                in proportion to their tiles.
+            seed: seed of the order (a smaller budget is a prefix of a larger).
+
+        Raises:
+            ValueError: for a budget the training tiles cannot hold.
+        """
         order = draw_label_tiles(
             self.train_tiles,
             num_label_patches=len(self.train_tiles),
             generator=torch.Generator().manual_seed(seed),
         )
-        return [self.train_tiles.index(t) for t in order[:label_tiles]]
+        position = {tile: i for i, tile in enumerate(self.train_tiles)}
+        indexes = [position[t] for t in order]
+        if not budget.endswith('%'):
+            count = int(budget)
+        else:
+            labelled = (self.train.masks != IGNORE).sum((1, 2))[indexes].cumsum(0)
+            total = self.labelled_pixels or int(labelled[-1])
+            target = float(budget[:-1]) / 100 * total
+            count = int(torch.searchsorted(labelled, torch.tensor(target))) + 1
+        if not 1 <= count <= len(indexes):
+            raise ValueError(
+                f'{self.name}: budget {budget} needs {count} tiles, the training '
+                f'area has {len(indexes)}'
+            )
+        return indexes[:count]
+
+    def calibration(self) -> Tensor:
+        """Training images that re-estimate a frozen encoder's batch norms.
+
+        All training tiles up to :data:`CALIBRATION_TILES`, else a fixed seeded
+        sample of that many: the same for every start and run.
+        """
+        if len(self.train.images) <= CALIBRATION_TILES:
+            return self.train.images
+        pick = torch.randperm(
+            len(self.train.images), generator=torch.Generator().manual_seed(0)
+        )[:CALIBRATION_TILES]
+        return self.train.images[pick.sort().values]
 
     def save(self, path: str) -> None:
         """Keep the tiles in a ``.pt`` file."""
@@ -157,6 +219,149 @@ def read_tiles(name: str, datamodule: SegmentationDataModule) -> TiledSet:
     )
 
 
+@dataclass
+class SceneTiles:
+    """The tiles of one scene, read on its own grid.
+
+    Attributes:
+        tiles: (scene index, row, col) of each tile kept.
+        images: normalised tiles, nodata 0.
+        masks: class ids, :data:`IGNORE` where not a class or without image data.
+        labelled_pixels: labelled pixels of the whole scene (tiled or not).
+    """
+
+    tiles: list[tuple[int, int, int]]
+    images: Tensor
+    masks: Tensor
+    labelled_pixels: int
+
+
+def read_scene(
+    index: int,
+    image_path: str,
+    mask_path: str,
+    encoder: MaskEncoder,
+    stats: BandStats,
+    tile: int,
+    min_labelled: float = 0.5,
+) -> SceneTiles:
+    """Cut one scene into tiles on its own pixel grid, as fine-tuning reads them.
+
+    Image and mask must share the grid (CRS, transform and size): no pixel is
+    resampled. Masks are encoded by glcgeo's :class:`MaskEncoder`, pixels without
+    image data (glcgeo's :func:`~glcgeo.datasets.valid_pixels` rule) are ignored,
+    and images are normalised by :func:`~glcgeo.transforms.normalize_bands`.
+
+    Args:
+        index: the scene's index (first element of its tiles' indexes).
+        image_path: the scene's image.
+        mask_path: its class mask.
+        encoder: raw mask values to class ids.
+        stats: band statistics of the pretraining images.
+        tile: side of a tile, in pixels (whole tiles from the top-left corner).
+        min_labelled: smallest share of labelled pixels for a tile to be kept.
+
+    Raises:
+        ValueError: when the mask is not on the image's grid.
+    """
+    with rasterio.open(image_path) as src, rasterio.open(mask_path) as mask_src:
+        grid = (src.crs, src.transform, src.shape)
+        if grid != (mask_src.crs, mask_src.transform, mask_src.shape):
+            raise ValueError(f'{mask_path}: not on the grid of {image_path}')
+        image = torch.from_numpy(src.read())
+        nodata = src.nodata
+        raw_mask = torch.from_numpy(mask_src.read(1).astype(np.int64))
+        mask_nodata = mask_src.nodata
+    if mask_nodata is not None and mask_nodata in encoder.class_values:
+        raise ValueError(f'{mask_path}: nodata {mask_nodata} is also a class value')
+    valid = valid_pixels(image, nodata)
+    classes = encoder.encode(raw_mask)
+    classes[~valid] = IGNORE
+    normalized = normalize_bands(image, stats.mean, stats.std, valid)
+    rows, cols = image.shape[1] // tile, image.shape[2] // tile
+    # [rows, cols, ...] blocks of whole tiles, then one tile per row of the batch.
+    images = (
+        normalized[:, : rows * tile, : cols * tile]
+        .reshape(len(normalized), rows, tile, cols, tile)
+        .permute(1, 3, 0, 2, 4)
+        .reshape(rows * cols, len(normalized), tile, tile)
+    )
+    masks = (
+        classes[: rows * tile, : cols * tile]
+        .reshape(rows, tile, cols, tile)
+        .permute(0, 2, 1, 3)
+        .reshape(rows * cols, tile, tile)
+    )
+    keep = (masks != IGNORE).float().mean((1, 2)) >= min_labelled
+    tiles = [(index, r, c) for r in range(rows) for c in range(cols)]
+    return SceneTiles(
+        tiles=[t for t, k in zip(tiles, keep.tolist(), strict=True) if k],
+        images=images[keep].contiguous(),
+        masks=masks[keep].to(torch.uint8),
+        labelled_pixels=int((classes != IGNORE).sum()),
+    )
+
+
+def read_scenes(
+    name: str,
+    scenes: dict[str, Sequence[tuple[str, str]]],
+    class_values: list[int],
+    class_names: list[str],
+    stats: BandStats,
+    tile: int,
+    scored_tiles: dict[str, int] | None = None,
+) -> TiledSet:
+    """Every tile of the training scenes, a fixed sample of the others.
+
+    Args:
+        name: data set name.
+        scenes: (image, mask) files of the 'train', 'val' and 'test' scenes.
+        class_values: raw mask value of each class.
+        class_names: one name per class.
+        stats: band statistics (of the training scenes' images).
+        tile: side of a tile, in pixels.
+        scored_tiles: tiles drawn from each 'val' and 'test' scene (a seeded
+            sample, the same for every start); every tile when absent.
+
+    Returns:
+        the tiles of each split; ``train_tiles`` are (scene, row, col).
+    """
+    scored_tiles = scored_tiles or {}
+    encoder = MaskEncoder(class_values, IGNORE)
+    parts, labelled_pixels, train_tiles = {}, 0, []
+    offset = 0
+    for part in ('train', 'val', 'test'):
+        images, masks = [], []
+        for i, (image, mask) in enumerate(scenes[part]):
+            scene = read_scene(offset + i, image, mask, encoder, stats, tile)
+            keep = torch.arange(len(scene.tiles))
+            wanted = scored_tiles.get(part) if part != 'train' else None
+            if wanted is not None and wanted < len(keep):
+                generator = torch.Generator().manual_seed(offset + i)
+                keep = torch.randperm(len(keep), generator=generator)[:wanted]
+                keep = keep.sort().values
+            images.append(scene.images[keep])
+            masks.append(scene.masks[keep])
+            if part == 'train':
+                labelled_pixels += scene.labelled_pixels
+                train_tiles += scene.tiles
+        offset += len(scenes[part])
+        parts[part] = Tiles(torch.cat(images), torch.cat(masks))
+    described = ', '.join(
+        f'{scored_tiles[p]} tiles of {tile} px drawn from each {p} scene'
+        for p in ('val', 'test')
+        if p in scored_tiles
+    )
+    return TiledSet(
+        name=name,
+        class_names=class_names,
+        train_tiles=train_tiles,
+        labelled_pixels=labelled_pixels,
+        scoring=described or 'every tile of the validation and test scenes',
+        **parts,
+    )
+
+
 def score(
     predict: Callable[[slice], Tensor], masks: Tensor, class_names: list[str]
 ) -> dict[str, float]:
@@ -167,7 +372,7 @@ def score(
     with torch.no_grad():
         for start in range(0, len(masks), 32):
             part = slice(start, start + 32)
-            metric.update(predict(part).argmax(1), masks[part])
+            metric.update(predict(part).argmax(1), masks[part].long())
     return {key: float(value) for key, value in metric.compute().items()}
 
 
@@ -249,7 +454,7 @@ def finetune_run(
     transfer: str,
     evaluation: str,
     schedule: Schedule,
-    label_tiles: int,
+    budget: str,
     seed: int,
     init_seed: int,
     backbone: str = 'resnet18',
@@ -262,7 +467,8 @@ def finetune_run(
         transfer: 'encoder' or 'encoder+decoder'.
         evaluation: 'probe' or 'finetune' (see the module doc).
         schedule: learning rate and length.
-        label_tiles: number of labelled training tiles.
+        budget: labelled training tiles, or a percentage of the training
+            area's labelled pixels (see :meth:`TiledSet.budget`).
         seed: seed of the label draw, the batch order and the augmentation.
         init_seed: seed of the network's initialisation (random weights, and the
             segmentation head of every start).
@@ -283,7 +489,8 @@ def finetune_run(
         class_names=data.class_names,
         ignore_index=IGNORE,
     ).model
-    labelled = data.train[data.budget(label_tiles, seed)]
+    chosen = data.budget(budget, seed)
+    labelled = data.train[chosen]
     generator = torch.Generator().manual_seed(seed)
 
     def draw() -> tuple[Tensor, list[int]]:
@@ -296,7 +503,7 @@ def finetune_run(
 
     if evaluation == 'probe':
         encoder, decoder, head = model.encoder, model.decoder, model.segmentation_head
-        recalibrate(encoder, data.train.images)
+        recalibrate(encoder, data.calibration())
 
         def encode(images: Tensor) -> list[Tensor]:
             """The two encoder outputs smp's DeepLabV3+ decoder reads."""
@@ -309,7 +516,7 @@ def finetune_run(
             encode(torch.stack([transform(t, s) for t in labelled.images]))
             for s in range(8)
         ]
-        masks = [transform(labelled.masks, s) for s in range(8)]
+        masks = [transform(labelled.masks.long(), s) for s in range(8)]
         val_features = encode(data.val.images)
 
         def decode(low: Tensor, deep: Tensor) -> Tensor:
@@ -357,7 +564,7 @@ def finetune_run(
                     transform(labelled.masks[i], s)
                     for i, s in zip(pick, symmetries, strict=True)
                 ]
-            )
+            ).long()
             return F.cross_entropy(model(images), target, ignore_index=IGNORE)
 
         def predict_val(part: slice) -> Tensor:
@@ -378,6 +585,7 @@ def finetune_run(
     test = score(predict_test, data.test.masks, data.class_names)
     return {
         **selection,
+        'label_tiles': len(chosen),
         **{f'test_{key}': value for key, value in test.items()},
         'seconds': round(time.perf_counter() - started, 1),
     }

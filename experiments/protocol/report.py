@@ -20,7 +20,12 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 
 #: Columns that identify a pair of runs, beside the method.
-PAIR_KEYS = ('dataset', 'evaluation', 'label_tiles', 'pretrain_seed', 'seed')
+PAIR_KEYS = ('dataset', 'evaluation', 'budget', 'pretrain_seed', 'seed')
+
+
+def budget_label(budget: str) -> str:
+    """'16' -> '16 tiles'; a percentage ('1%') as it is."""
+    return budget if budget.endswith('%') else f'{budget} tiles'
 
 
 def sign_flip_p(differences: Sequence[float]) -> float:
@@ -85,7 +90,7 @@ class Comparison:
 
 def compare(
     rows: list[dict[str, Any]], method: str, reference: str, score: str = 'test_Kappa'
-) -> dict[tuple[str, str, int], Comparison]:
+) -> dict[tuple[str, str, str], Comparison]:
     """Paired differences of *method* from *reference* by data set, evaluation, budget.
 
     Scores are fractions; differences are returned in points (x 100).
@@ -95,13 +100,13 @@ def compare(
         for r in rows
         if r['method'] == reference
     }
-    grouped: dict[tuple[str, str, int], list[float]] = {}
+    grouped: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         if r['method'] != method:
             continue
         key = tuple(r[k] for k in PAIR_KEYS)
         if key in index and r[score] is not None and index[key] is not None:
-            group = (r['dataset'], r['evaluation'], int(r['label_tiles']))
+            group = (r['dataset'], r['evaluation'], str(r['budget']))
             grouped.setdefault(group, []).append(100 * (r[score] - index[key]))
     return {group: Comparison.of(values) for group, values in grouped.items()}
 
@@ -112,7 +117,7 @@ def plot_differences(
     labels: dict[str, str],
     datasets: Sequence[str],
     evaluations: Sequence[str],
-    budgets: Sequence[int],
+    budgets: Sequence[str],
     path: str,
 ) -> None:
     """Paired test-Kappa differences from random init: a panel per data set, evaluation.
@@ -153,7 +158,7 @@ def plot_differences(
                         fmt='o',
                         color=colours(b),
                         capsize=3,
-                        label=f'{budget} tiles'
+                        label=budget_label(budget)
                         if not ticks or position < len(budgets)
                         else None,
                     )
