@@ -363,8 +363,9 @@ def main() -> None:
         '--datasets',
         nargs='+',
         default=DEFAULT_DATASETS,
-        help='nc, sen1floods11, potsdam, NAME=IMAGES.tif:MASKS.tif, '
-        'torchgeo:<Dataset>=<root>',
+        help='nc, sen1floods11, sparcs, zion, potsdam, NAME=IMAGES:MASKS (two '
+        "files, two folders, or two quoted globs: 'DIR/*_img.tif:DIR/*_lbl.tif'; "
+        'several scenes are split by scene), torchgeo:<Dataset>=<root>',
     )
     add('--methods', nargs='+', default=defaults.methods, choices=list(METHODS))
     add('--evaluations', nargs='+', default=defaults.evaluations, choices=EVALUATIONS)
@@ -407,6 +408,12 @@ def main() -> None:
     )
     add('--pretrain-steps', type=int, default=defaults.pretrain.steps)
     add('--quick', action='store_true', help='toy lengths: checks the pipeline only')
+    add(
+        '--report-only',
+        action='store_true',
+        help='write the results of the runs already in --work, run nothing '
+        '(the planned runs not yet made are counted in protocol.md)',
+    )
     add('--jobs', type=int, default=2, help='worker processes (one thread each)')
     add('--torchgeo-samples', type=int, default=64)
     add('--work', default=os.path.join(ROOT, 'runs', 'protocol'))
@@ -476,6 +483,10 @@ def main() -> None:
             )
             for seed in settings.pretrain_seeds
         ]
+        if args.report_only:
+            missing = [j.result for j in pretrain_jobs if not os.path.exists(j.result)]
+            if missing:
+                parser.error(f'--report-only: {missing[0]} is not made yet')
         print(f'pretraining: {len(pretrain_jobs)} runs', flush=True)
         pretrained = dict(
             zip(
@@ -525,6 +536,14 @@ def main() -> None:
                     result,
                 )
             )
+        if args.report_only:
+            made = [j for j in finetune_jobs if os.path.exists(j.result)]
+            notes.append(
+                f'--report-only: {len(made)} of the {len(finetune_jobs)} planned '
+                'fine-tuning runs had been made; the others are missing from the '
+                'tables.'
+            )
+            finetune_jobs = made
         print(f'fine-tuning: {len(finetune_jobs)} runs', flush=True)
         rows = run_all(finetune_jobs, pool, 'fine-tuning')
     elapsed = time.perf_counter() - started

@@ -2,7 +2,8 @@
 
 A multinomial logistic regression on each pixel's frozen encoder features
 (stride-4 and stride-16 maps, upsampled to pixels), fitted on the labelled
-tiles of a budget and scored (Kappa) on the validation tiles. It needs no
+tiles of a budget and scored (Kappa) on the validation tiles (on test only to
+diagnose a result already scored, never to choose). It needs no
 decoder and no schedule, so it varies far less over seeds than fine-tuning:
 a direct reading of what pretraining put into the encoder. ``raw`` fits the
 same classifier on the normalised band values alone, the floor any useful
@@ -27,6 +28,7 @@ def separability(
     seed: int,
     raw: bool = False,
     backbone: str = 'resnet18',
+    split: str = 'val',
 ) -> float:
     """Validation Kappa of a per-pixel linear classifier on frozen features.
 
@@ -38,9 +40,10 @@ def separability(
         seed: seed of the budget draw and of random weights.
         raw: classify the normalised bands themselves, not features.
         backbone: smp encoder name.
+        split: the tiles scored, 'val' (or 'test' to diagnose a scored result).
 
     Returns:
-        the validation Kappa.
+        the Kappa on *split*.
     """
     torch.manual_seed(seed)
     encoder = FinetuneTask(
@@ -69,7 +72,7 @@ def separability(
     train = features(labelled.images)
     channels = train.shape[1]
     x = train.permute(0, 2, 3, 1).reshape(-1, channels)
-    y = labelled.masks.reshape(-1)
+    y = labelled.masks.reshape(-1).long()
     keep = y != IGNORE
     x, y = x[keep], y[keep]
     mean, std = x.mean(0), x.std(0) + 1e-6
@@ -86,10 +89,11 @@ def separability(
         return loss
 
     optimizer.step(closure)
-    val = features(data.val.images)
+    scored = getattr(data, split)
+    maps = features(scored.images)
 
     def predict(part: slice) -> torch.Tensor:
-        pixels = (val[part].permute(0, 2, 3, 1) - mean) / std
+        pixels = (maps[part].permute(0, 2, 3, 1) - mean) / std
         return linear(pixels).permute(0, 3, 1, 2)
 
-    return score(predict, data.val.masks, data.class_names)['Kappa']
+    return score(predict, scored.masks, data.class_names)['Kappa']

@@ -365,7 +365,11 @@ def read_scenes(
 def score(
     predict: Callable[[slice], Tensor], masks: Tensor, class_names: list[str]
 ) -> dict[str, float]:
-    """OA, Kappa, mIoU, mF1 and per-class F1/IoU from one confusion matrix."""
+    """OA, Kappa, mIoU, mF1, per-class F1/IoU and predicted class shares.
+
+    ``predicted_<name>`` is the share of scored pixels predicted as each class:
+    a start that predicts one class everywhere shows as a share of 1.
+    """
     metric = SegmentationMetrics(
         len(class_names), class_names=class_names, ignore_index=IGNORE
     )
@@ -373,7 +377,12 @@ def score(
         for start in range(0, len(masks), 32):
             part = slice(start, start + 32)
             metric.update(predict(part).argmax(1), masks[part].long())
-    return {key: float(value) for key, value in metric.compute().items()}
+    scores = {key: float(value) for key, value in metric.compute().items()}
+    predicted = metric.confmat.sum(0).double()
+    predicted /= predicted.sum().clamp(min=1)
+    for name, share in zip(class_names, predicted.tolist(), strict=True):
+        scores[f'predicted_{name}'] = share
+    return scores
 
 
 @dataclass(frozen=True)
