@@ -331,6 +331,8 @@ def test_vectorize_command_keeps_what_exists_and_leaves_nothing_on_failure(
     )
     err = capsys.readouterr().err
     assert err.startswith('glcgeo: ') and err.count('\n') == 1 and 'missing.tif' in err
+    assert main(['vectorize', str(S2_TILE_A), str(tmp_path / 'a.gpkg')]) == 2
+    assert 'not a class map: 4 uint16 bands' in capsys.readouterr().err
     assert main(['vectorize', str(LABELS), str(out), '--min-area', '0']) == 2
     assert '--min-area: must be > 0' in capsys.readouterr().err
     # A failure part-way (a full disk, Ctrl-C) leaves the old file, no partial one.

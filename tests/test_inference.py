@@ -811,6 +811,11 @@ def test_predict_dataset_stitches_torchgeo_patches(
     result.write(tmp_path / 'dataset.tif')
     with rasterio.open(tmp_path / 'dataset.tif') as dst:
         assert dst.crs.to_epsg() == 32618 and dst.colormap(1)
+        # Its provenance, and its class names for GDAL and QGIS, as predict_raster's.
+        assert str(S2.resolve()) in dst.tags()['source']
+        assert json.loads(dst.tags()['band_mean']) == mean
+    assert (tmp_path / 'dataset.tif.aux.xml').exists()
+    assert (tmp_path / 'dataset.qml').exists()
 
 
 class _InputRecorder(nn.Module):

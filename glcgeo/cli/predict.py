@@ -38,9 +38,9 @@ def add_parser(subparsers: Any) -> None:
             'Run a segmentation checkpoint (glcgeo fine-tuning or TorchGeo '
             'SemanticSegmentation) over rasters of any size, tile by tile, and '
             "write Cloud Optimized GeoTIFFs of class ids with each input's size, "
-            'CRS and transform, a colour map and class names (for GDAL and QGIS: '
-            'MAP.aux.xml and a QGIS style, MAP stem.qml, beside it) and provenance '
-            'tags. Bands, normalisation '
+            'CRS and transform, a colour map, class names (for GDAL and QGIS, in '
+            '<map>.tif.aux.xml and the QGIS style <map>.qml beside it) and '
+            'provenance tags. Bands, normalisation '
             'and class names come from the checkpoint; flags override them. With '
             'several scenes (or --out naming a folder), each map is written to '
             'OUT/<input stem>.tif, scenes whose map exists are skipped (a killed '

@@ -210,9 +210,9 @@ def vectorize(
         the number of polygons written.
 
     Raises:
-        GlcgeoError: if the map cannot be read, *min_area* or *band_rows* is
-            not positive, or *destination* may not be written (see
-            :func:`~glcgeo.outputs.check_destination`).
+        GlcgeoError: if the map cannot be read or is not one band of integers,
+            *min_area* or *band_rows* is not positive, or *destination* may not
+            be written (see :func:`~glcgeo.outputs.check_destination`).
     """
     if min_area < 1:
         raise GlcgeoError(f'the minimum area must be at least 1 pixel, got {min_area}')
@@ -225,6 +225,12 @@ def vectorize(
         reason = str(error).splitlines()[0]
         raise GlcgeoError(f'not a readable class map ({reason})', path) from None
     with src:
+        if src.count != 1 or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            raise GlcgeoError(
+                f'not a class map: {src.count} {src.dtypes[0]} bands, one band of '
+                'integer class ids expected',
+                path,
+            )
         names = _class_names(src)
         rows = band_rows or max(1, BAND_PIXELS // src.width)
         area_m2 = _area_m2(src.crs, src.transform)
