@@ -10,7 +10,9 @@ in the repository only:
    labels are INDEX-DERIVED PSEUDO-LABELS (NDWI/NDVI thresholds: water, vegetation,
    other land), not human annotation: the scores say how well the network learns the
    index rule, not how accurate a land-cover map is;
-4. ``glcgeo predict``: a land-cover map of one Sentinel-2 tile, ``landcover.tif``;
+4. ``glcgeo predict``: a land-cover map of one Sentinel-2 tile, ``landcover.tif`` (with
+   ``landcover.tif.aux.xml`` and ``landcover.qml``: class names for GDAL and QGIS), and
+   its class polygons, ``landcover.gpkg``;
 5. ``preview.png``: the tile in natural colours beside the map, with a legend.
 
 Settings are scaled down (ResNet-18, 64-pixel tiles, a few dozen steps) to finish in
@@ -41,7 +43,15 @@ SCENE = os.path.join(TILES, 'S2_L1C_18SUH_tileA_B02-B03-B04-B08.tif')
 LABELS = os.path.join(ROOT, 'tests', 'data', 'demo_labels', 's2_pseudo_labels.tif')
 CONFIG = os.path.join(ROOT, 'experiments', 'configs', 'finetune_sentinel2_demo.yaml')
 #: What the demo writes under --out (and removes first, to start afresh).
-OUTPUTS = ('pretrain', 'finetune', 'landcover.tif', 'preview.png')
+OUTPUTS = (
+    'pretrain',
+    'finetune',
+    'landcover.tif',
+    'landcover.tif.aux.xml',
+    'landcover.qml',
+    'landcover.gpkg',
+    'preview.png',
+)
 
 
 def step(number: int, title: str) -> None:
@@ -156,12 +166,13 @@ def main() -> None:
         '--accelerator', 'cpu', '--out', finetune, '--quiet',
     )  # fmt: skip
 
-    step(4, 'predict a land-cover map of a Sentinel-2 tile')
+    step(4, 'predict a land-cover map of a Sentinel-2 tile, and its polygons')
     landcover = os.path.join(out, 'landcover.tif')
+    polygons = os.path.join(out, 'landcover.gpkg')
     glcgeo(
         'predict', '--in', SCENE, '--out', landcover,
         '--model', os.path.join(finetune, 'model.ckpt'), '--tile-size', '256',
-        '--overlap', '32', '--device', 'cpu', '--quiet',
+        '--overlap', '32', '--device', 'cpu', '--polygons', polygons, '--quiet',
     )  # fmt: skip
 
     step(5, 'write a preview: the scene beside its map, with a legend')
@@ -170,7 +181,8 @@ def main() -> None:
     print(f'  {preview}')
     print(
         f'\nDone in {time.perf_counter() - started:.0f} s. Outputs: '
-        f'{landcover} (Cloud Optimized GeoTIFF), {preview}, '
+        f'{landcover} (Cloud Optimized GeoTIFF; opens in QGIS with its legend), '
+        f'{polygons} (class polygons), {preview}, '
         f'{os.path.join(finetune, "metrics.json")} (scores against the pseudo-labels).'
     )
 

@@ -59,6 +59,9 @@ RGBN_SUB = DATA / 'rgbn_5m_overlap' / 'rgbn_suba.tif'
 
 NUM_CLASSES = 6
 
+#: A class map's files: the map and its sidecars for GDAL and QGIS.
+MAP_FILES = ['map.qml', 'map.tif', 'map.tif.aux.xml']
+
 
 def _band_stats(path: Path) -> tuple[list[float], list[float]]:
     """Per-band mean and std of a file's non-zero pixels."""
@@ -628,7 +631,7 @@ def test_output_keeps_georeferencing_and_is_a_cog(tmp_path: Path, name: str) -> 
         model, metadata, path, out, tile_size=256, overlap=64, progress=False
     )
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ['map.tif', *(['rgb1_4326.tif'] if name == 'epsg4326' else [])]
+        [*MAP_FILES, *(['rgb1_4326.tif'] if name == 'epsg4326' else [])]
     )
     with rasterio.open(out) as dst:
         assert dst.crs == crs and dst.crs.to_wkt() == crs.to_wkt()
@@ -808,6 +811,11 @@ def test_predict_dataset_stitches_torchgeo_patches(
     result.write(tmp_path / 'dataset.tif')
     with rasterio.open(tmp_path / 'dataset.tif') as dst:
         assert dst.crs.to_epsg() == 32618 and dst.colormap(1)
+        # Its provenance, and its class names for GDAL and QGIS, as predict_raster's.
+        assert str(S2.resolve()) in dst.tags()['source']
+        assert json.loads(dst.tags()['band_mean']) == mean
+    assert (tmp_path / 'dataset.tif.aux.xml').exists()
+    assert (tmp_path / 'dataset.qml').exists()
 
 
 class _InputRecorder(nn.Module):
@@ -1088,7 +1096,12 @@ def test_cli_keeps_existing_output_unless_overwrite(
     assert 'use --overwrite' in capsys.readouterr().err
     assert cli(*arguments, '--overwrite') == 0
     assert _read(out).shape == (640, 640)
-    assert sorted(os.listdir(tmp_path)) == ['map.tif']
+    assert sorted(os.listdir(tmp_path)) == MAP_FILES
+    # Its sidecars are outputs too.
+    os.remove(out)
+    assert cli(*arguments) == 2
+    assert 'map.tif.aux.xml: output exists' in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_never_replaces_its_model_or_input(

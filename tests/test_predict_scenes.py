@@ -29,11 +29,29 @@ from glcgeo.inference import load_segmentation_checkpoint
 from glcgeo.inference.predict import UnpublishedScene
 from glcgeo.inference.scenes import SceneJob, predict_scenes, scene_jobs
 from glcgeo.inference.writer import CogWriter
+from glcgeo.provenance import Provenance
 from glcgeo.sources import exists, expand, is_url, stem, to_gdal_path
 
 #: Windows (column, row) of tile A cut into the small scenes, 180 x 150 pixels.
 CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200), 'sub/crop2.tif': (100, 400)}
 MAPS = ['crop0.tif', 'crop1.tif', 'crop2.tif']
+
+
+def _with_sidecars(*maps: str) -> list[str]:
+    """The files of class maps: each map and its sidecars for GDAL and QGIS."""
+    return sorted(
+        name
+        for map_name in maps
+        for name in (map_name, f'{map_name}.aux.xml', f'{Path(map_name).stem}.qml')
+    )
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _reproducible_creation_time() -> Iterator[None]:
+    """Maps made at different moments compare byte for byte (their provenance)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('SOURCE_DATE_EPOCH', '1796256000')
+        yield
 
 
 def predict(*args: object) -> int:
@@ -97,7 +115,9 @@ def test_folder_gives_a_map_per_scene_and_a_footprint_index(
 ) -> None:
     out = tmp_path / 'maps'
     assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
-    assert sorted(os.listdir(out)) == [*MAPS, 'footprints.gpkg']
+    assert sorted(os.listdir(out)) == sorted(
+        [*_with_sidecars(*MAPS), 'footprints.gpkg']
+    )
     for name in MAPS:
         assert (out / name).read_bytes() == single_maps[name]
     table = capsys.readouterr().out
@@ -132,6 +152,30 @@ def test_folder_gives_a_map_per_scene_and_a_footprint_index(
     assert all(t > before.get(n, 0) for n, t in _mtimes(out).items())
 
 
+def test_a_map_without_its_sidecars_is_predicted_again(
+    tmp_path: Path,
+    scenes: Path,
+    checkpoint: Path,
+    single_maps: dict[str, bytes],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / 'maps'
+    assert predict('--in', scenes, '--out', out, '--model', checkpoint,
+                   '--quiet') == 0  # fmt: skip
+    # A map is complete with its sidecars only: class names for GDAL and QGIS.
+    os.remove(out / 'crop0.qml')
+    os.remove(out / 'crop2.tif.aux.xml')
+    kept = (out / 'crop1.tif').stat().st_mtime_ns
+    assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
+    assert '2 predicted, 1 skipped, 0 failed' in capsys.readouterr().out
+    assert (out / 'crop1.tif').stat().st_mtime_ns == kept
+    assert sorted(os.listdir(out)) == sorted(
+        [*_with_sidecars(*MAPS), 'footprints.gpkg']
+    )
+    for name in MAPS:
+        assert (out / name).read_bytes() == single_maps[name]
+
+
 def test_files_and_globs_and_a_folder_path(
     tmp_path: Path, scenes: Path, checkpoint: Path
 ) -> None:
@@ -139,12 +183,16 @@ def test_files_and_globs_and_a_folder_path(
     status = predict('--in', scenes / 'crop0.tif', f'{scenes}/sub/*.tif',
                      '--out', out, '--model', checkpoint, '--quiet')  # fmt: skip
     assert status == 0
-    assert sorted(os.listdir(out)) == ['crop0.tif', 'crop2.tif', 'footprints.gpkg']
+    assert sorted(os.listdir(out)) == sorted(
+        [*_with_sidecars('crop0.tif', 'crop2.tif'), 'footprints.gpkg']
+    )
     # One scene into a path ending in '/' is a folder too.
     one = tmp_path / 'one'
     assert predict('--in', scenes / 'crop1.tif', '--out', f'{one}/',
                    '--model', checkpoint, '--quiet') == 0  # fmt: skip
-    assert sorted(os.listdir(one)) == ['crop1.tif', 'footprints.gpkg']
+    assert sorted(os.listdir(one)) == sorted(
+        [*_with_sidecars('crop1.tif'), 'footprints.gpkg']
+    )
 
 
 def test_a_failed_scene_is_reported_and_the_others_go_on(
@@ -163,7 +211,9 @@ def test_a_failed_scene_is_reported_and_the_others_go_on(
     assert errors[0].startswith(f'glcgeo: {folder / "broken.tif"}: not a readable')
     assert errors[-1] == 'glcgeo: 1 of 4 scenes failed (see above)'
     assert re.search(r'broken\.tif +- +[\d.]+ +failed', captured.out)
-    assert sorted(os.listdir(out)) == [*MAPS, 'footprints.gpkg']
+    assert sorted(os.listdir(out)) == sorted(
+        [*_with_sidecars(*MAPS), 'footprints.gpkg']
+    )
     index = gpd.read_file(out / 'footprints.gpkg')
     failed = index[index['status'] == 'failed']
     assert len(failed) == 1 and failed.geometry.isna().all()
@@ -220,6 +270,7 @@ def test_each_map_is_published_while_the_next_scene_is_predicted(
         metadata,
         jobs,
         progress=False,
+        provenance=Provenance.of_checkpoint(checkpoint),
         report=lambda result: reported.append(Path(result.job.destination).name),
     )
     assert overlapped == [True, True]
@@ -227,7 +278,7 @@ def test_each_map_is_published_while_the_next_scene_is_predicted(
     assert reported == MAPS  # in job order
     for name in MAPS:
         assert (tmp_path / 'maps' / name).read_bytes() == single_maps[name]
-    assert sorted(os.listdir(tmp_path / 'maps')) == MAPS
+    assert sorted(os.listdir(tmp_path / 'maps')) == _with_sidecars(*MAPS)
 
 
 def test_a_map_that_cannot_be_published_fails_alone(
@@ -247,13 +298,18 @@ def test_a_map_that_cannot_be_published_fails_alone(
 
     monkeypatch.setattr(CogWriter, 'finish', disk_full_for_crop1)
     model, metadata = load_segmentation_checkpoint(checkpoint)
-    results = predict_scenes(model, metadata, jobs, progress=False)
+    provenance = Provenance.of_checkpoint(checkpoint)
+    results = predict_scenes(
+        model, metadata, jobs, progress=False, provenance=provenance
+    )
     assert [r.status for r in results] == ['predicted', 'failed', 'predicted']
     assert results[1].error == (
         f'{scenes / "crop1.tif"}: [Errno 28] No space left on device'
     )
     # Nothing of the failed map is left, not even its temporary files.
-    assert sorted(os.listdir(tmp_path / 'maps')) == ['crop0.tif', 'crop2.tif']
+    assert sorted(os.listdir(tmp_path / 'maps')) == _with_sidecars(
+        'crop0.tif', 'crop2.tif'
+    )
     for name in ('crop0.tif', 'crop2.tif'):
         assert (tmp_path / 'maps' / name).read_bytes() == single_maps[name]
 

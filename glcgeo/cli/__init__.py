@@ -115,7 +115,7 @@ def config_sections(
 
 
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
-COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict')
+COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict', 'vectorize')
 
 
 def build_parser() -> argparse.ArgumentParser:

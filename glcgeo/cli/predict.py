@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..checkpoints import CheckpointMetadata
     from ..inference.scenes import SceneJob
 from .types import at_least, positive
+from .vectorize import add_polygon_options
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,7 +38,9 @@ def add_parser(subparsers: Any) -> None:
             'Run a segmentation checkpoint (glcgeo fine-tuning or TorchGeo '
             'SemanticSegmentation) over rasters of any size, tile by tile, and '
             "write Cloud Optimized GeoTIFFs of class ids with each input's size, "
-            'CRS and transform, a colour map and class names. Bands, normalisation '
+            'CRS and transform, a colour map, class names (for GDAL and QGIS, in '
+            '<map>.tif.aux.xml and the QGIS style <map>.qml beside it) and '
+            'provenance tags. Bands, normalisation '
             'and class names come from the checkpoint; flags override them. With '
             'several scenes (or --out naming a folder), each map is written to '
             'OUT/<input stem>.tif, scenes whose map exists are skipped (a killed '
@@ -68,6 +71,18 @@ def add_parser(subparsers: Any) -> None:
         metavar='PATH',
         help='also write per-class percent here (a folder when --out is one)',
     )
+    add(
+        '--confidence',
+        action='store_true',
+        help='add a last band to --probabilities: the percent probability of the '
+        'class mapped',
+    )
+    add(
+        '--polygons',
+        metavar='GPKG',
+        help='also write the class polygons here (one scene; see glcgeo vectorize)',
+    )
+    add_polygon_options(parser)
     add(
         '--overwrite', action='store_true', help='replace (re-predict) existing outputs'
     )
@@ -226,13 +241,27 @@ def run(args: argparse.Namespace) -> None:
             raise GlcgeoError('give either --stats or --mean/--std, not both')
         mean, std = _read_stats(args.stats)
     folder = len(sources) > 1 or _is_folder(args.out)
+    if args.confidence and args.probabilities is None:
+        raise GlcgeoError('--confidence is a band of --probabilities: give both')
+    if args.polygons is not None and (folder or processes):
+        raise GlcgeoError(
+            '--polygons takes one scene in one process; run glcgeo vectorize on '
+            'each map of several'
+        )
     inputs = [p for p in (*sources, args.model, args.stats) if p and not is_url(p)]
     # This process only predicts: before the model's first tensor, its forward
     # passes may keep their memory (see glcgeo.allocator).
     keep_freed_memory()
     if not folder and not processes:
         # One scene in one process: its errors are the command's.
-        for output in (args.out, args.probabilities):
+        from ..inference.writer import sidecar_paths
+
+        rasters = [args.out, *sidecar_paths(args.out), args.probabilities]
+        if args.polygons is not None and os.path.realpath(args.polygons) in {
+            os.path.realpath(output) for output in rasters if output is not None
+        }:
+            raise GlcgeoError('--polygons must be another file than the maps')
+        for output in (*rasters, args.polygons):
             if output is not None:
                 check_destination(output, args.overwrite, inputs)
         _predict_scene(args, sources[0], mean, std)
@@ -279,12 +308,19 @@ def _load(
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The tiling options of predict_raster given on the command line."""
+    """The options of predict_raster given on the command line, and provenance.
+
+    The checkpoint is hashed here, once for all scenes.
+    """
+    from ..provenance import Provenance
+
     return {
         'tile_size': args.tile_size,
         'overlap': args.overlap,
         'batch_size': args.batch_size,
         'nodata': args.nodata,
+        'confidence': args.confidence,
+        'provenance': Provenance.of_checkpoint(args.model),
     }
 
 
@@ -294,8 +330,9 @@ def _predict_scene(
     mean: list[float] | None,
     std: list[float] | None,
 ) -> None:
-    """Predict one scene in this process and say what was written."""
+    """Predict one scene in this process (and its polygons); say what was written."""
     from ..inference import predict_raster
+    from ..inference.polygons import vectorize
 
     model, metadata = _load(args, mean, std)
     with _sigterm_interrupts():
@@ -316,6 +353,16 @@ def _predict_scene(
             f'tiles: {summary.tiles}, {summary.skipped_tiles} of them without data; '
             f'{summary.seconds:.1f} s'
         )
+    if args.polygons is not None:
+        with _sigterm_interrupts():
+            count = vectorize(
+                args.out,
+                args.polygons,
+                min_area=args.min_area,
+                overwrite=args.overwrite,
+            )
+        if not args.quiet:
+            print(f'{args.polygons}: {count} polygons')
 
 
 def _predict_scenes(

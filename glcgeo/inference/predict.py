@@ -40,6 +40,7 @@ from ..checkpoints import CheckpointMetadata
 from ..datasets import GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..outputs import check_destination
+from ..provenance import Provenance, creation_time
 from ..sources import gdal_options, is_url
 from .blending import RowBandAccumulator, tile_weights
 from .reading import (
@@ -496,6 +497,8 @@ def predict_unpublished(
     nodata: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    confidence: bool = False,
+    provenance: Provenance | None = None,
 ) -> UnpublishedScene:
     """Predict a scene as :func:`predict_raster` does, leaving it unpublished.
 
@@ -507,6 +510,7 @@ def predict_unpublished(
 
     """
     start = time.perf_counter()
+    created = creation_time()
     outputs = [os.fspath(destination)]
     if probabilities is not None:
         outputs.append(os.fspath(probabilities))
@@ -550,18 +554,28 @@ def predict_unpublished(
             'crs': src.crs,
             'transform': src.transform,
         }
+        settings = {
+            'tile_size': tile_size,
+            'overlap': overlap,
+            'batch_size': batch_size,
+            'device': str(torch_device),
+            'nodata': nodata,
+        }
+        tags = (provenance or Provenance()).tags(source, metadata, settings, created)
         # The writers' temporary files go when *outputs* closes: on any error
         # here, or once the scene is published.
         with ExitStack() as outputs_stack, ExitStack() as stack:
             writers = [
                 outputs_stack.enter_context(
-                    class_writer(destination, metadata, geo, overwrite)
+                    class_writer(destination, metadata, geo, overwrite, tags)
                 )
             ]
             if probabilities is not None:
                 writers.append(
                     outputs_stack.enter_context(
-                        probability_writer(probabilities, metadata, geo, overwrite)
+                        probability_writer(
+                            probabilities, metadata, geo, overwrite, tags, confidence
+                        )
                     )
                 )
             bar = stack.enter_context(
@@ -615,6 +629,8 @@ def predict_raster(
     nodata: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    confidence: bool = False,
+    provenance: Provenance | None = None,
 ) -> PredictionSummary:
     """Predict a class map of a raster scene, tile by tile, into a COG.
 
@@ -622,8 +638,12 @@ def predict_raster(
     smallest unsigned dtype that fits (uint8 up to 255 classes) with its largest
     value as nodata, written wherever the input has no data (every band equal to
     nodata, NaN, or masked by the file's internal mask). It carries a colour table
-    and the class names (band 1 tag ``class_names``, JSON). Tiles holding no data
-    are not predicted.
+    and the class names (band 1 tag ``class_names``, JSON), and two sidecars:
+    ``<destination>.aux.xml`` with GDAL's category names and attribute table, and
+    a QGIS style ``<destination stem>.qml`` (see
+    :func:`~glcgeo.inference.writer.class_map_sidecars`). Every output carries the
+    provenance tags of :meth:`Provenance.tags <glcgeo.provenance.Provenance.tags>`.
+    Tiles holding no data are not predicted.
 
     Args:
         model: segmentation model taking [B, C, H, W] normalised images (H and W
@@ -634,7 +654,8 @@ def predict_raster(
         destination: output GeoTIFF; written under a temporary name in its folder
             and renamed when complete.
         probabilities: optional output of per-class probabilities, one band per
-            class, uint8 percent (0-100, scale 0.01), nodata 255.
+            class (named after it, plain grey), uint8 percent (0-100, scale
+            0.01), nodata 255.
         tile_size: tile side in pixels, rounded up to a multiple of 32 (the extra
             pixels widen the overlap).
         overlap: pixels shared by neighbouring tiles, blended with Hann weights.
@@ -645,6 +666,10 @@ def predict_raster(
         nodata: input nodata value overriding the file's own.
         overwrite: whether existing outputs may be replaced.
         progress: show a progress bar (tiles, ETA) on stderr.
+        confidence: add a last band ``confidence`` to *probabilities*: the
+            probability of the class mapped (the highest, unless it is the
+            ignored class), in percent.
+        provenance: the model file, for the outputs' tags; None for none.
 
     Returns:
         a summary of the run.
@@ -670,6 +695,8 @@ def predict_raster(
         nodata=nodata,
         overwrite=overwrite,
         progress=progress,
+        confidence=confidence,
+        provenance=provenance,
     )
     scene.publish()
     return dataclasses.replace(scene.summary, seconds=time.perf_counter() - start)
@@ -685,6 +712,7 @@ def predict_dataset(
     device: str | torch.device | None = None,
     nodata: float | None = None,
     progress: bool = False,
+    provenance: Provenance | None = None,
 ) -> SegmentationMap:
     """Predict a class map over a TorchGeo dataset's bounds, patch by patch.
 
@@ -708,6 +736,7 @@ def predict_dataset(
         device: torch device, or None / ``'auto'``.
         nodata: nodata value of the raw images (defaults to the dataset's).
         progress: show a progress bar.
+        provenance: the model file, for the map's tags; None for none.
 
     Returns:
         the class map on the dataset's grid (origin at the top-left of its bounds).
@@ -788,10 +817,15 @@ def predict_dataset(
     _, scores, valid = accumulator.pop(height, normalize=False)
     dtype, class_nodata = class_dtype(metadata.num_classes)
     classes = class_ids(scores, metadata).masked_fill(~valid, class_nodata)
+    # A dataset's paths are its files or folders (a dataset of datasets has none).
+    paths = getattr(dataset, 'paths', [])
+    settings = {'batch_size': batch_size, 'device': str(torch_device), 'nodata': nodata}
+    tags = (provenance or Provenance()).tags(paths, metadata, settings)
     return SegmentationMap(
         classes.cpu().numpy().astype(dtype),
         transform,
         dataset.crs,
         class_nodata,
         metadata,
+        tags,
     )

@@ -41,6 +41,7 @@ from ..errors import GlcgeoError
 from ..outputs import atomic_write
 from ..sources import stem
 from .predict import UnpublishedScene, predict_unpublished
+from .writer import sidecar_paths
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -85,8 +86,9 @@ class SceneJob:
 
     @property
     def outputs(self) -> list[str]:
-        """The files the scene is written to, the class map first."""
-        return [self.destination] + ([self.probabilities] if self.probabilities else [])
+        """The files the scene is written to, the class map and its sidecars first."""
+        probabilities = [self.probabilities] if self.probabilities else []
+        return [self.destination, *sidecar_paths(self.destination), *probabilities]
 
 
 @dataclass(frozen=True)
@@ -214,13 +216,15 @@ def predict_scenes(
             world_size``, ...
         world_size: number of processes.
         skip_complete: skip a scene whose outputs all exist (unless
-            *overwrite*): a file under an output's name is complete.
+            *overwrite*): a file under an output's name is complete; the outputs
+            of a scene that lacks some (a map without its sidecars) are
+            replaced.
         overwrite: predict every scene, replacing existing outputs.
         report: called with each scene's result as soon as it is known, in job
             order.
         options: keyword arguments of :func:`~glcgeo.inference.predict_raster`
             (``tile_size``, ``overlap``, ``batch_size``, ``device``, ``nodata``,
-            ``progress``).
+            ``progress``, ``confidence``, ``provenance``).
 
     Returns:
         the results of this process's scenes, in job order.
@@ -269,7 +273,8 @@ def predict_scenes(
                     job.source,
                     job.destination,
                     probabilities=job.probabilities,
-                    overwrite=overwrite,
+                    # What an incomplete scene left is replaced.
+                    overwrite=overwrite or skip_complete,
                     **options,
                 )
             except _SCENE_ERRORS as error:
