@@ -14,7 +14,7 @@ import rasterio
 import rasterio.vrt
 import torch
 import torchgeo.datasets.geo
-from conftest import RGB1_3857, S2_TILE_A, S2_TILE_B, S2_TILES
+from conftest import NC_DIR, RGB1_3857, S2_TILE_A, S2_TILE_B, S2_TILES
 from rasterio.transform import from_origin
 from rasterio.windows import Window, from_bounds
 
@@ -248,3 +248,27 @@ def test_finetuning_on_several_crss_is_refused_in_one_line(
     assert 'in 2 CRSs' in error and '--crs' in error
     assert any(str(path) in error for path in two_zones)
     assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+#: SPARCS scenes in ../shared/data (used from there, never committed): 64
+#: Landsat-8 scenes of 1000 x 1000 px at 30 m, each in its own UTM zone.
+SPARCS = NC_DIR.parent / 'sparcs_landsat8'
+
+
+@pytest.mark.skipif(not SPARCS.is_dir(), reason='../shared/data (SPARCS) is absent')
+def test_statistics_of_sparcs_scenes_across_zones_are_their_pixels() -> None:
+    """Warped into the first scene's zone, 16 scenes gave means ~40 % too low."""
+    scenes = sorted(SPARCS.glob('*_img.tif'))[:16]
+    collection = open_mosaic(GeoTiffMosaic, scenes)
+    assert isinstance(collection, GeoTiffCollection)
+    for group in collection.groups:
+        for path in group.files:
+            with rasterio.open(path) as src:
+                assert group.crs == src.crs and group.res == src.res == (30.0, 30.0)
+    # Small windows: little of each scene's edge is left out by their clamping.
+    stats = compute_band_stats(collection, windows=1024, window_size=32)
+    total = np.zeros(3)
+    for path in scenes:
+        with rasterio.open(path) as src:
+            total += src.read().reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(stats.mean, total / len(scenes), rtol=0.05)
