@@ -17,6 +17,7 @@ give a plain mosaic, exactly as constructing it directly does.
 """
 
 import functools
+import glob
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -46,6 +47,7 @@ from .errors import GlcgeoError
 from .index_cache import cache_key, load_crs_groups, save_crs_groups
 from .pairs import GeoTiffUnions, WindowPair
 from .samplers import PairedWindowSampler, PairStream
+from .sources import is_url
 
 __all__ = [
     'GeoTiffCollection',
@@ -78,7 +80,8 @@ class GeoTiffCollection[M: GeoTiffMosaic](Dataset[Sample]):
 
         Args:
             groups: one mosaic per CRS, the first holding the first file.
-            files: every file, in the order given.
+            files: every file, in index order (as :func:`glcgeo.sources.expand`
+                lists them).
         """
         self.groups = list(groups)
         self._files = list(files)
@@ -92,13 +95,8 @@ class GeoTiffCollection[M: GeoTiffMosaic](Dataset[Sample]):
 
     @property
     def files(self) -> list[str]:
-        """Every file of the collection, in the order given."""
+        """Every file of the collection, in index order."""
         return list(self._files)
-
-    @property
-    def crs(self) -> list[PROJ_CRS]:
-        """The CRS of each group."""
-        return [group.crs for group in self.groups]
 
     @property
     def num_bands(self) -> int:
@@ -233,6 +231,8 @@ def open_mosaic[M: GeoTiffMosaic](
     """
     if crs is not None or res is not None:
         return cls(paths, crs=crs, res=res, index_cache=index_cache, **kwargs)
+    if not isinstance(paths, str | os.PathLike):
+        paths = list(paths)  # expanded twice where all files share one CRS
     files = expand_paths(paths)
     folder = None if index_cache is None else os.fspath(index_cache)
     key = cache_key(files, {'crs_groups': True})
@@ -245,13 +245,17 @@ def open_mosaic[M: GeoTiffMosaic](
         if folder is not None:
             save_crs_groups(folder, key, groups)
     if groups.max() == 0:
-        return cls(files, index_cache=index_cache, headers=headers, **kwargs)
+        return cls(paths, index_cache=index_cache, headers=headers, **kwargs)
     mosaics = []
     for group in range(int(groups.max()) + 1):
         members = np.flatnonzero(groups == group).tolist()
         mosaics.append(
             cls(
-                [files[i] for i in members],
+                # Each file as itself, even with glob characters in its name.
+                [
+                    files[i] if is_url(files[i]) else glob.escape(files[i])
+                    for i in members
+                ],
                 index_cache=index_cache,
                 headers=None if headers is None else [headers[i] for i in members],
                 **kwargs,

@@ -6,6 +6,7 @@ coordinates of that zone.
 """
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,19 @@ def test_one_crs_or_a_forced_grid_is_one_mosaic_as_before(
     assert type(forced) is GeoTiffMosaic and forced.crs.to_epsg() == 32618
     resampled = open_mosaic(GeoTiffMosaic, two_zones, res=20.0)
     assert type(resampled) is GeoTiffMosaic and resampled.res == (20.0, 20.0)
+
+
+def test_groups_read_files_named_with_glob_characters(
+    two_zones: list[Path], tmp_path: Path
+) -> None:
+    for path, name in zip(two_zones, ['zone[18].tif', 'zone[17].tif'], strict=True):
+        shutil.copy(path, tmp_path / name)
+    collection = open_mosaic(GeoTiffMosaic, tmp_path)
+    assert isinstance(collection, GeoTiffCollection)
+    assert sorted(path for group in collection.groups for path in group.files) == [
+        str(tmp_path / 'zone[17].tif'),
+        str(tmp_path / 'zone[18].tif'),
+    ]
 
 
 def test_groups_are_kept_in_the_index_cache(
