@@ -134,6 +134,28 @@ def test_groups_are_drawn_by_valid_ground_area_not_by_file_count(
     assert abs(np.mean(drawn == crop) - 0.2) < 0.02
 
 
+def test_ranks_draw_disjoint_shares_of_the_one_process_stream(
+    two_zones: list[Path],
+) -> None:
+    collection = open_mosaic(GeoTiffPairs, two_zones)
+    assert isinstance(collection, GeoTiffCollection)
+
+    def pairs(**ranks: int) -> list[tuple[int, int, int]]:
+        sampler = pair_sampler(
+            collection,
+            size=64,
+            length=16,
+            generator=torch.Generator().manual_seed(3),
+            **ranks,
+        )
+        return [(p.group, int(p.view1.col_off), int(p.view1.row_off)) for p in sampler]
+
+    one = pairs()
+    assert pairs(num_replicas=2, rank=0) == one[0::2]
+    assert pairs(num_replicas=2, rank=1) == one[1::2]
+    assert len({group for group, _, _ in one}) == 2
+
+
 def test_ground_area_per_crs_unit() -> None:
     """About 1 in UTM; cos(latitude)^2 in Web Mercator."""
     assert math.isclose(

@@ -162,7 +162,8 @@ class SegmentationDataModule(GeoDataModule):
             masks: GeoTIFF files, folders or glob patterns of the class masks (any
                 CRS; warped onto the images' grid).
             bands: 1-based band indexes or names of the images (defaults to all).
-            crs: CRS to work in (defaults to the first image's).
+            crs: CRS to work in (defaults to the images' own; images in
+                several CRSs need one).
             res: pixel size in CRS units (defaults to the first image's).
             nodata: image nodata value overriding the files' own.
             mask_nodata: mask nodata value overriding the files' own.
