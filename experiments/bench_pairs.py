@@ -1,9 +1,11 @@
 """Benchmark: window pairs per second through glcgeo's data module loader.
 
 On each mosaic (by default the shipped one, the two overlapping Sentinel-2
-tiles, and a generated many-file one: 256 touching files of 512 x 512 px, tiled
+tiles, a generated many-file one: 256 touching files of 512 x 512 px, tiled
 and deflate-compressed, of Sentinel-2 texture, written once under
-$GLCGEO_BENCH_DATA or $TMPDIR/glcgeo-bench; or the mosaics given with --data),
+$GLCGEO_BENCH_DATA or $TMPDIR/glcgeo-bench, and, where ../shared/data holds it,
+a collection in many CRSs: 16 SPARCS Landsat-8 scenes of 1000 x 1000 px in their
+own UTM zones, each read in its own CRS; or the mosaics given with --data),
 the same seeded pairs (224 px views, default scales and overlap) are read three
 ways, each through a DataLoader with the same sampler, batch size and worker
 processes:
@@ -17,9 +19,9 @@ processes:
   device (``glcgeo.pairs.cut_views``);
 * raw read: the I/O bound through the same loader: a Dataset that only does the
   rasterio ``read(window=...)`` of each pair's union window from the file(s) it
-  covers (found by a vectorised test of all files' bounds, every file kept
-  open) and returns the arrays, collated into one flat buffer per batch (one
-  transfer a batch to the main process);
+  covers (found by a vectorised test of the bounds of all files of the pair's
+  CRS group, every file kept open) and returns the arrays, collated into one
+  flat buffer per batch (one transfer a batch to the main process);
 * two reads: the naive way, two TorchGeo slice reads per pair
   (``mosaic[xmin:xmax:res, ymin:ymax:res]``, each view at its own resolution).
 
@@ -36,13 +38,15 @@ part of a training step).
 
 Last line: ``RESULT pairs_per_s=<x> ratio_vs_raw_read=<r> ratio_vs_two_reads=<s>``
 for the first mosaic, then ``many_pairs_per_s``, ``many_ratio_vs_raw_read``,
-``many_ratio_vs_two_reads`` for the generated one in the default run (or
-``<i>_pairs_per_s`` ... for the i-th --data mosaic, i >= 2), with x the glcgeo
+``many_ratio_vs_two_reads`` for the generated one and ``crs_pairs_per_s`` ...
+for the many-CRS collection in the default run (or ``<i>_pairs_per_s`` ... for
+the i-th --data mosaic, i >= 2), with x the glcgeo
 loader's pairs/s, r = x / raw read through the loader, s = x / two reads
 (targets: r >= 0.8 on every mosaic and s >= 1.5).
 """
 
 import argparse
+import glob
 import math
 import os
 import time
@@ -57,14 +61,34 @@ from rasterio.windows import from_bounds
 from synthetic_mosaics import clustered_corners, default_folder, write_mosaic
 from torch.utils.data import DataLoader, Dataset
 
+from glcgeo.collection import (
+    GeoTiffCollection,
+    GroupedPairSampler,
+    mosaic_groups,
+    open_mosaic,
+    pair_sampler,
+)
 from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.geometry import PixelGrid
-from glcgeo.pairs import WindowPair, cut_views, unpack_unions
+from glcgeo.pairs import GeoTiffUnions, WindowPair, cut_views, unpack_unions
 from glcgeo.samplers import PairedWindowSampler
+
+#: A mosaic of one CRS, or a collection of several.
+Mosaic = GeoTiffMosaic | GeoTiffCollection[GeoTiffMosaic]
 
 DATA = os.path.join(
     os.path.dirname(__file__), '..', 'tests', 'data', 'sentinel2_10m_tiles'
+)
+#: SPARCS scenes, each in its own UTM zone (used from ../shared/data only).
+SPARCS = os.path.join(
+    os.path.dirname(__file__),
+    '..',
+    '..',
+    'shared',
+    'data',
+    'labeled',
+    'sparcs_landsat8',
 )
 
 
@@ -108,17 +132,18 @@ def open_all(files: Sequence[str]) -> tuple[list[DatasetReader], np.ndarray]:
 class RawReads(Dataset[list[np.ndarray]]):
     """The I/O bound: each pair's union window read by rasterio, nothing more."""
 
-    def __init__(self, mosaic: GeoTiffMosaic) -> None:
-        self.files = mosaic.files
-        self.grid = mosaic.grid
-        self.handles: dict[int, tuple[list[DatasetReader], np.ndarray]] = {}
+    def __init__(self, mosaic: Mosaic) -> None:
+        self.groups = [(group.files, group.grid) for group in mosaic_groups(mosaic)]
+        self.handles: dict[int, list[tuple[list[DatasetReader], np.ndarray]]] = {}
 
     def __getitem__(self, pair: WindowPair) -> list[np.ndarray]:
         # Files opened once per worker process (a forked handle is not shareable).
         opened = self.handles.get(os.getpid())
         if opened is None:
-            opened = self.handles[os.getpid()] = open_all(self.files)
-        return read_union(*opened, self.grid, pair)
+            opened = self.handles[os.getpid()] = [
+                open_all(files) for files, _ in self.groups
+            ]
+        return read_union(*opened[pair.group], self.groups[pair.group][1], pair)
 
 
 def one_buffer(samples: list[list[np.ndarray]]) -> torch.Tensor:
@@ -129,28 +154,31 @@ def one_buffer(samples: list[list[np.ndarray]]) -> torch.Tensor:
 class TwoReads(Dataset[dict[str, Any]]):
     """The naive pair reader: one TorchGeo read per view, at the view's resolution."""
 
-    def __init__(self, mosaic: GeoTiffMosaic) -> None:
-        self.mosaic = mosaic
+    def __init__(self, mosaic: Mosaic) -> None:
+        self.groups = mosaic_groups(mosaic)
 
     def __len__(self) -> int:
-        return len(self.mosaic)
+        return sum(len(group) for group in self.groups)
 
     def __getitem__(self, pair: WindowPair) -> dict[str, Any]:
         sample = {}
+        mosaic = self.groups[pair.group]
         for k, window in ((1, pair.view1), (2, pair.view2)):
-            affine = self.mosaic.grid.window_transform(window, pair.size)
+            affine = mosaic.grid.window_transform(window, pair.size)
             res = affine.a
             xmax = affine.c + pair.size * res
             ymin = affine.f - pair.size * res
-            read = self.mosaic[affine.c : xmax : res, ymin : affine.f : res]
+            read = mosaic[affine.c : xmax : res, ymin : affine.f : res]
             sample[f'image{k}'] = read['image']
             sample[f'transform{k}'] = read['transform']
         return sample
 
 
-def sampler(mosaic: GeoTiffMosaic, args: argparse.Namespace) -> PairedWindowSampler:
+def sampler(
+    mosaic: Mosaic, args: argparse.Namespace
+) -> PairedWindowSampler | GroupedPairSampler:
     """The benchmark's pairs: the same for every path (same seed)."""
-    return PairedWindowSampler(
+    return pair_sampler(
         mosaic,
         size=args.size,
         length=args.pairs,
@@ -172,23 +200,25 @@ def time_loader(loader: DataLoader[Any], batch_size: int) -> float:
 def time_glcgeo(datamodule: GLCNetDataModule, args: argparse.Namespace) -> float:
     """Pairs per second through the data module's own training loader."""
     dataset = datamodule.train_dataset
-    assert isinstance(dataset, GeoTiffMosaic)
+    assert isinstance(dataset, GeoTiffMosaic | GeoTiffCollection)
     # A fresh seeded sampler: the pairs the other paths read.
     datamodule.train_sampler = sampler(dataset, args)
     return time_loader(datamodule.train_dataloader(), args.batch)
 
 
-def time_raw_reads(mosaic: GeoTiffMosaic, pairs: list[WindowPair]) -> float:
+def time_raw_reads(mosaic: Mosaic, pairs: list[WindowPair]) -> float:
     """Pairs per second of rasterio reads of the union windows, one process."""
-    handles, bounds = open_all(mosaic.files)
+    groups = mosaic_groups(mosaic)
+    opened = [open_all(group.files) for group in groups]
     try:
         start = time.perf_counter()
         for pair in pairs:
-            read_union(handles, bounds, mosaic.grid, pair)
+            read_union(*opened[pair.group], groups[pair.group].grid, pair)
         return len(pairs) / (time.perf_counter() - start)
     finally:
-        for src in handles:
-            src.close()
+        for handles, _ in opened:
+            for src in handles:
+                src.close()
 
 
 def time_cut(
@@ -201,9 +231,9 @@ def time_cut(
         best of a few runs.
     """
     dataset = datamodule.train_dataset
-    assert isinstance(dataset, GeoTiffMosaic)
+    assert isinstance(dataset, GeoTiffUnions | GeoTiffCollection)
     pairs = list(sampler(dataset, args))[: args.batch]
-    batch = datamodule.collate_fn(dataset.read_unions(pairs))
+    batch = datamodule.collate_fn(dataset.read_pairs(pairs))
     cut_views(batch, args.size)  # warm up
     cut, unpack = math.inf, math.inf
     for _ in range(3):
@@ -230,7 +260,7 @@ def measure(paths: list[str], args: argparse.Namespace) -> tuple[float, float, f
         num_workers=args.workers,
     )
     datamodule.setup('fit')
-    mosaic = GeoTiffMosaic(paths)
+    mosaic = open_mosaic(GeoTiffMosaic, paths)
     pairs = list(sampler(mosaic, args))
 
     def loader(dataset: Any, **kwargs: Any) -> DataLoader[Any]:
@@ -243,7 +273,8 @@ def measure(paths: list[str], args: argparse.Namespace) -> tuple[float, float, f
         )
 
     print(
-        f'mosaic: {len(mosaic.files)} files, {mosaic.num_bands} bands, '
+        f'mosaic: {len(mosaic.files)} files in {len(mosaic_groups(mosaic))} CRS(s), '
+        f'{mosaic.num_bands} bands, '
         f'{args.pairs} pairs of {args.size} px, batch {args.batch}, '
         f'{args.workers} workers, {torch.get_num_threads()} torch threads'
     )
@@ -307,6 +338,11 @@ def main() -> None:
             res=10.0,
         )
         mosaics = [('', [DATA]), ('many_', many)]
+        scenes = sorted(glob.glob(os.path.join(SPARCS, '*_img.tif')))[:16]
+        if scenes:
+            mosaics.append(('crs_', scenes))
+        else:
+            print(f'no SPARCS scenes in {SPARCS}: the many-CRS case is skipped')
     results = []
     for prefix, paths in mosaics:
         print(f'== {prefix or "first "}mosaic: {paths[0]} ... ==', flush=True)

@@ -31,6 +31,7 @@ import torch
 from affine import Affine
 from geopandas import GeoDataFrame
 from pyproj import CRS as PROJ_CRS
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReader
@@ -239,6 +240,25 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
         raise GlcgeoError(f'not a readable raster ({reason})', path) from None
 
 
+def check_band_counts(files: Sequence[str], headers: Sequence[RasterHeader]) -> None:
+    """Check that all files have the same number of bands.
+
+    Args:
+        files: the files.
+        headers: their headers, in the same order.
+
+    Raises:
+        GlcgeoError: naming the first file and each file's band count, if they
+            differ.
+    """
+    if len({header.count for header in headers}) > 1:
+        detail = ', '.join(
+            f'{os.path.basename(f)}: {h.count}'
+            for f, h in zip(files, headers, strict=True)
+        )
+        raise GlcgeoError(f'files have different band counts ({detail})', files[0])
+
+
 def _cell_span(
     x: float, y: float, cell: float, shape: tuple[int, int], start: bool
 ) -> tuple[int, int]:
@@ -417,6 +437,7 @@ class GeoTiffMosaic(RasterDataset):
         transforms: Callable[[Sample], Sample] | None = None,
         cache: bool = True,
         index_cache: str | os.PathLike[str] | None = None,
+        headers: Sequence[RasterHeader] | None = None,
     ) -> None:
         """Initialize a new GeoTiffMosaic.
 
@@ -436,10 +457,14 @@ class GeoTiffMosaic(RasterDataset):
                 (:mod:`glcgeo.index_cache`), so that other processes of a run
                 (DDP ranks, a resumed run) read them instead of every file
                 (defaults to none: computed in this process).
+            headers: the files' headers (:func:`read_header`, one per file of
+                *paths* once expanded), when they have been read already, so
+                that indexing does not open the files again.
 
         Raises:
             GlcgeoError: for a missing or unreadable file, files with different band
-                counts, or a band out of range.
+                counts, a file that cannot be reprojected to *crs*, or a band out
+                of range.
 
         """
         files = expand_paths(paths)
@@ -455,7 +480,7 @@ class GeoTiffMosaic(RasterDataset):
         if self.index_cache is not None:
             index = load_index(self.index_cache, self._cache_key)
         if index is None:
-            index = self._read_index(files, crs, res)
+            index = self._read_index(files, crs, res, headers)
             if self.index_cache is not None:
                 save_index(self.index_cache, self._cache_key, index)
         descriptions = index.descriptions
@@ -494,6 +519,7 @@ class GeoTiffMosaic(RasterDataset):
         files: list[str],
         crs: PROJ_CRS | None,
         res: float | tuple[float, float] | None,
+        headers: Sequence[RasterHeader] | None = None,
     ) -> MosaicIndex:
         """Index the files: one open each (in threads), and their footprints.
 
@@ -506,24 +532,20 @@ class GeoTiffMosaic(RasterDataset):
             files: the files, in mosaic order.
             crs: the mosaic CRS, or None for the first file's.
             res: the pixel size, or None for the first file's.
+            headers: the files' headers if already read, else None (read here).
 
         Returns:
             the index.
 
         Raises:
-            GlcgeoError: for an unreadable or ungeoreferenced file, or files with
-                different band counts.
+            GlcgeoError: for an unreadable or ungeoreferenced file, files with
+                different band counts, or a file GDAL cannot reproject to *crs*.
         """
-        headers = map_files(
-            functools.partial(read_header, crs_given=crs is not None), files
-        )
-        counts = {header.count for header in headers}
-        if len(counts) > 1:
-            detail = ', '.join(
-                f'{os.path.basename(f)}: {h.count}'
-                for f, h in zip(files, headers, strict=True)
+        if headers is None:
+            headers = map_files(
+                functools.partial(read_header, crs_given=crs is not None), files
             )
-            raise GlcgeoError(f'files have different band counts ({detail})', files[0])
+        check_band_counts(files, headers)
         if crs is None:
             crs = self._first_crs(files[0], headers[0])
         target = CRS.from_user_input(crs)
@@ -549,9 +571,17 @@ class GeoTiffMosaic(RasterDataset):
                 bounds[i] = array_bounds(header.height, header.width, affine)
                 file_res = (affine.a, -affine.e)
             else:
-                with open_env(path), self._load_warp_file(path, crs) as vrt:
-                    bounds[i] = tuple(vrt.bounds)
-                    file_res = vrt.res
+                try:
+                    with open_env(path), self._load_warp_file(path, crs) as vrt:
+                        bounds[i] = tuple(vrt.bounds)
+                        file_res = vrt.res
+                except (rasterio.errors.RasterioError, CPLE_BaseError) as error:
+                    # Too far from the target CRS's area of use, GDAL cannot
+                    # place the file's footprint in it.
+                    raise GlcgeoError(
+                        f'cannot be reprojected to {crs.name} ({gdal_reason(error)})',
+                        path,
+                    ) from None
             first_res = first_res or file_res
         if res is None:
             assert first_res is not None

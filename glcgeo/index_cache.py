@@ -4,12 +4,13 @@ Indexing a mosaic opens every file, and its coverage reads every file's mask
 that is not known valid everywhere; with thousands of files that is the start's
 whole cost. Each process that builds the mosaic (a DDP rank, a resumed run, a
 ``torchgeo fit`` of the saved config) finds them here instead, in a folder of the
-run: :class:`MosaicIndex` (files, footprints, what reading them needs) and each
-:class:`~glcgeo.coverage.SparseCoverage`, as numpy ``.npz`` files named by a key
-of what they depend on (:func:`cache_key`): the file list with each local file's
-size and modification time, and the settings. A changed, added or removed file
-gives another key, so a stale entry is never read. Remote files (URLs) are keyed
-by their address only.
+run: :class:`MosaicIndex` (files, footprints, what reading them needs), each
+:class:`~glcgeo.coverage.SparseCoverage` and the CRS group of each file of a
+collection (:func:`glcgeo.collection.open_mosaic`), as numpy ``.npz`` files
+named by a key of what they depend on (:func:`cache_key`): the file list with
+each local file's size and modification time, and the settings. A changed, added
+or removed file gives another key, so a stale entry is never read. Remote files
+(URLs) are keyed by their address only.
 
 DataLoader workers need no cache: they receive the mosaic, index included,
 from the process that built it (forked or pickled).
@@ -32,8 +33,10 @@ __all__ = [
     'MosaicIndex',
     'cache_key',
     'load_coverage',
+    'load_crs_groups',
     'load_index',
     'save_coverage',
+    'save_crs_groups',
     'save_index',
 ]
 
@@ -195,5 +198,34 @@ def load_coverage(folder: str, key: str) -> SparseCoverage | None:
                 data['keys'],
                 data['fractions'],
             )
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def save_crs_groups(folder: str, key: str, groups: np.ndarray) -> None:
+    """Write the CRS group of each file of a collection, whole or not at all.
+
+    Args:
+        folder: the cache folder.
+        key: its key (:func:`cache_key`).
+        groups: [N] int64 each file's group, numbered in order of first file.
+    """
+    _save_npz(_npz(folder, f'crs-groups-{key}'), groups=groups)
+
+
+def load_crs_groups(folder: str, key: str) -> np.ndarray | None:
+    """Read the CRS groups of *key* from *folder*.
+
+    Args:
+        folder: the cache folder.
+        key: the key (:func:`cache_key`).
+
+    Returns:
+        [N] int64 each file's group, or None if there are none (or they cannot
+        be read).
+    """
+    try:
+        with np.load(_npz(folder, f'crs-groups-{key}')) as data:
+            return np.asarray(data['groups'], dtype=np.int64)
     except (OSError, KeyError, ValueError):
         return None

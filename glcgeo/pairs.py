@@ -51,7 +51,8 @@ class WindowPair:
     """Two overlapping windows of a mosaic's pixel grid, and where they match.
 
     All windows and boxes are in pixels of the mosaic's grid
-    (:attr:`glcgeo.datasets.GeoTiffMosaic.grid`).
+    (:attr:`glcgeo.datasets.GeoTiffMosaic.grid`; in a collection of several
+    CRSs, that of the pair's group).
 
     Attributes:
         view1: the first view's window (read pixels; resized to *size*).
@@ -60,6 +61,8 @@ class WindowPair:
         overlap: the intersection of the two views.
         regions: ground regions inside the overlap, matched across the views.
         size: width and height of each view after resizing, in pixels.
+        group: the CRS group of a :class:`~glcgeo.collection.GeoTiffCollection`
+            whose grid the windows are of (0 for a mosaic of one CRS).
 
     """
 
@@ -69,6 +72,7 @@ class WindowPair:
     overlap: PixelBox
     regions: tuple[PixelBox, ...]
     size: int
+    group: int = 0
 
 
 def _union_geometry(

@@ -10,6 +10,7 @@ Both are TorchGeo spatial samplers: they take the dataset and an optional region
 of interest, in the dataset CRS, out of which they yield nothing.
 """
 
+import abc
 import math
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -29,7 +30,7 @@ from .errors import GlcgeoError
 from .geometry import PixelBox
 from .pairs import WindowPair
 
-__all__ = ['PairedWindowSampler', 'TileSampler']
+__all__ = ['PairStream', 'PairedWindowSampler', 'TileSampler']
 
 
 def _box(window: Window) -> PixelBox:
@@ -50,7 +51,66 @@ def _area(box: PixelBox) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
-class PairedWindowSampler(SpatialSampler):
+class PairStream(abc.ABC):
+    """One seeded stream of window pairs per epoch, shared out between ranks.
+
+    What every pair sampler has in common: each epoch draws ``length`` pairs from
+    a stream seeded by :attr:`generator` (:meth:`draw` makes one), and under
+    distributed training each rank yields every ``world_size``-th of them, so
+    ranks draw disjoint shares and ``k`` ranks see the same global batches as one
+    process does.
+
+    Attributes:
+        generator: seeds each epoch's stream; every rank's is seeded alike.
+        length: pairs per epoch, over all ranks.
+        num_replicas: number of ranks, or None for the process group's size.
+        rank: this rank, or None for the process group's rank.
+    """
+
+    generator: Generator
+    length: int
+    num_replicas: int | None
+    rank: int | None
+
+    @abc.abstractmethod
+    def draw(self, rng: np.random.Generator) -> WindowPair:
+        """Draw one pair from the stream *rng*."""
+
+    def _ranks(self) -> tuple[int, int]:
+        """Return (number of ranks, this rank), from the arguments or process group."""
+        initialised = dist.is_available() and dist.is_initialized()
+        world = self.num_replicas or (dist.get_world_size() if initialised else 1)
+        rank = (
+            self.rank
+            if self.rank is not None
+            else (dist.get_rank() if initialised else 0)
+        )
+        return world, rank
+
+    def __len__(self) -> int:
+        """Pairs this rank yields per epoch."""
+        world, _ = self._ranks()
+        return self.length // world
+
+    def __iter__(self) -> Iterator[WindowPair]:  # type: ignore[override]
+        """Yield this rank's share of one epoch of pairs.
+
+        Yields:
+            window pairs, for :class:`~glcgeo.pairs.GeoTiffUnions` or
+            :class:`~glcgeo.pairs.GeoTiffPairs` (or a collection of them).
+
+        """
+        world, rank = self._ranks()
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
+        rng = np.random.default_rng(seed)
+        for i in range(len(self) * world):
+            pair = self.draw(rng)
+            if i % world == rank:
+                yield pair
+
+
+# A GeoSampler yields TorchGeo queries; this one yields window pairs.
+class PairedWindowSampler(PairStream, SpatialSampler):  # type: ignore[misc]
     """Draw pairs of overlapping windows over the same ground, GLCNet style.
 
     Each pair is drawn as follows: a first window centred on a random point of the
@@ -194,43 +254,14 @@ class PairedWindowSampler(SpatialSampler):
                 'nodata (or nearly) everywhere',
                 dataset.files[0],
             )
+        # Ground a view may be centred on, in squared CRS units: what a group of a
+        # collection of several CRSs weighs.
+        self.valid_area = float(weights.sum()) * self.cell**2
         # Cumulative distribution over the occupied cells, built once: drawing by
         # it is what rng.choice(cells, p=...) does, without rebuilding it every
         # draw.
         self.cell_cdf = (weights / weights.sum()).cumsum()
         self.cell_cdf /= self.cell_cdf[-1]
-
-    def _ranks(self) -> tuple[int, int]:
-        """Return (number of ranks, this rank), from the arguments or process group."""
-        initialised = dist.is_available() and dist.is_initialized()
-        world = self.num_replicas or (dist.get_world_size() if initialised else 1)
-        rank = (
-            self.rank
-            if self.rank is not None
-            else (dist.get_rank() if initialised else 0)
-        )
-        return world, rank
-
-    def __len__(self) -> int:
-        """Pairs this rank yields per epoch."""
-        world, _ = self._ranks()
-        return self.length // world
-
-    def __iter__(self) -> Iterator[WindowPair]:  # type: ignore[override]
-        """Yield this rank's share of one epoch of pairs.
-
-        Yields:
-            window pairs, for :class:`~glcgeo.pairs.GeoTiffUnions` or
-            :class:`~glcgeo.pairs.GeoTiffPairs`.
-
-        """
-        world, rank = self._ranks()
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
-        rng = np.random.default_rng(seed)
-        for i in range(len(self) * world):
-            pair = self.draw(rng)
-            if i % world == rank:
-                yield pair
 
     def valid_fractions(self, boxes: Sequence[PixelBox]) -> np.ndarray:
         """Estimated fraction of boxes of the mosaic grid holding data.

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .outputs import atomic_write
 from .transforms import normalize_bands
+
+if TYPE_CHECKING:
+    from .collection import GeoTiffCollection
 
 __all__ = ['BandStats', 'compute_band_stats']
 
@@ -135,8 +139,18 @@ class BandStats:
             raise GlcgeoError(f'not glcgeo band statistics ({error})', path) from None
 
 
+def _whole_pixels(mosaic: GeoTiffMosaic) -> tuple[int, int]:
+    """(width, height) of a mosaic in whole pixels (a partial last one is none)."""
+    x, y, _ = mosaic.bounds
+    grid = mosaic.grid
+    return (
+        math.floor((x.stop - x.start) / grid.res[0] + 1e-6),
+        math.floor((y.stop - y.start) / grid.res[1] + 1e-6),
+    )
+
+
 def compute_band_stats(
-    dataset: GeoTiffMosaic,
+    dataset: 'GeoTiffMosaic | GeoTiffCollection[Any]',
     windows: int = 64,
     window_size: int = 128,
     generator: Generator | None = None,
@@ -144,12 +158,17 @@ def compute_band_stats(
     """Estimate per-band mean and standard deviation from random windows.
 
     Windows are centred on random points of the mosaic's valid area; nodata pixels
-    are excluded. The result is deterministic for a given generator.
+    are excluded. In a collection of several CRSs, each window is read from one
+    group, on its own grid, the groups drawn in proportion to their valid ground
+    area (:class:`~glcgeo.collection.GroupedPairSampler`). The result is
+    deterministic for a given generator.
 
     Args:
-        dataset: the mosaic.
+        dataset: the mosaic, or a collection of several CRSs
+            (:func:`~glcgeo.collection.open_mosaic`).
         windows: number of windows to read.
-        window_size: side of each window, in mosaic pixels (clamped to the mosaic).
+        window_size: side of each window, in mosaic pixels (clamped to the
+            mosaic; groups of a collection smaller than that are left out).
         generator: random generator (defaults to one seeded with 0).
 
     Returns:
@@ -159,38 +178,41 @@ def compute_band_stats(
         GlcgeoError: if the sampled windows hold no valid pixel.
 
     """
-    from .samplers import PairedWindowSampler
+    from .collection import GroupedPairSampler, mosaic_groups, pair_sampler
 
     generator = generator or torch.Generator().manual_seed(0)
-    grid = dataset.grid
-    x, y, _ = dataset.bounds
+    groups = mosaic_groups(dataset)
     # Whole pixels, as the sampler counts them (a partial last pixel is no pixel).
-    width = math.floor((x.stop - x.start) / grid.res[0] + 1e-6)
-    height = math.floor((y.stop - y.start) / grid.res[1] + 1e-6)
-    size = max(1, min(window_size, width, height))
+    size = max(1, max(min(window_size, *_whole_pixels(group)) for group in groups))
     # The pair sampler knows where the valid data is.
-    sampler = PairedWindowSampler(
+    sampler = pair_sampler(
         dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99
     )
+    if isinstance(sampler, GroupedPairSampler):
+        grouped, samplers = sampler, sampler.samplers
+    else:
+        grouped, samplers = None, [sampler]
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    footprints = dataset.index.geometry.values
     count = 0
     total = np.zeros(dataset.num_bands)
     total_sq = np.zeros(dataset.num_bands)
     for _ in range(windows):
-        window = sampler.random_window(rng, size)
-        xmin, ymin, xmax, ymax = grid.window_bounds(window)
-        image = dataset.read_window(xmin, ymin, xmax, ymax)
+        group = 0 if grouped is None else grouped.draw_group(rng)
+        mosaic, window_sampler = groups[group], samplers[group]
+        assert window_sampler is not None  # a group left out is never drawn
+        window = window_sampler.random_window(rng, size)
+        xmin, ymin, xmax, ymax = mosaic.grid.window_bounds(window)
+        image = mosaic.read_window(xmin, ymin, xmax, ymax)
         # Gaps between files are filled with 0, which is data for files without
         # a nodata value: keep only pixels whose centre lies on a file (one of
         # those the window overlaps).
         on_files = geometry_mask(
-            footprints[dataset.files_within(xmin, ymin, xmax, ymax)],
+            mosaic.index.geometry.values[mosaic.files_within(xmin, ymin, xmax, ymax)],
             out_shape=(size, size),
-            transform=grid.window_transform(window, size),
+            transform=mosaic.grid.window_transform(window, size),
             invert=True,
         )
-        valid = dataset.valid_mask(image) & torch.from_numpy(on_files)
+        valid = mosaic.valid_mask(image) & torch.from_numpy(on_files)
         pixels = image[:, valid].double().numpy()
         count += pixels.shape[1]
         total += pixels.sum(axis=1)

@@ -103,7 +103,11 @@ def add_parser(subparsers: Any) -> None:
     add('--model', help='smp architecture [deeplabv3+]')
     add('--backbone', help='smp encoder [resnet50]')
     add('--bands', nargs='+', help='1-based image bands or names [all]')
-    add('--crs', type=crs, help="CRS to work in [the first image's]")
+    add(
+        '--crs',
+        type=crs,
+        help="CRS to work in [the images' own; images in several CRSs need one]",
+    )
     add('--res', type=positive(), help="pixel size in CRS units [the first image's]")
     add('--nodata', type=float, help="image nodata overriding the files' own")
     add('--mask-nodata', type=float, help="mask nodata overriding the files' own")

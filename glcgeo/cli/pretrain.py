@@ -74,11 +74,15 @@ def add_parser(subparsers: Any) -> None:
         'OUT/config.yaml (flags override them)',
     )
     add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
-    add('--crs', type=crs, help="CRS to reproject to (default: the first file's)")
+    add(
+        '--crs',
+        type=crs,
+        help='CRS to reproject every file to (default: each file read in its own)',
+    )
     add(
         '--res',
         type=positive(),
-        help="pixel size in CRS units (default: the first file's)",
+        help="pixel size in CRS units, on one grid (default: each file's own)",
     )
     add('--nodata', type=float, help="nodata value overriding the files' own")
     add('--patch-size', type=positive(int), help='view size in pixels [224]')

@@ -39,11 +39,15 @@ def add_parser(subparsers: Any) -> None:
     )
     add('--out', required=True, help='statistics JSON to write')
     add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
-    add('--crs', type=crs, help="CRS to reproject to (default: the first file's)")
+    add(
+        '--crs',
+        type=crs,
+        help='CRS to reproject every file to (default: each file read in its own)',
+    )
     add(
         '--res',
         type=positive(),
-        help="pixel size in CRS units (default: the first file's)",
+        help="pixel size in CRS units, on one grid (default: each file's own)",
     )
     add('--nodata', type=float, help="nodata value overriding the files' own")
     add('--windows', type=positive(int), default=64, help='random windows to read')
@@ -84,13 +88,19 @@ def run(args: argparse.Namespace) -> None:
     """
     import torch
 
+    from ..collection import open_mosaic
     from ..datasets import GeoTiffMosaic
     from ..stats import compute_band_stats
 
     out = os.path.abspath(args.out)
     check_destination(out, args.overwrite, inputs=expand(args.data))
-    dataset = GeoTiffMosaic(
-        args.data, bands=args.bands, crs=args.crs, res=args.res, nodata=args.nodata
+    dataset = open_mosaic(
+        GeoTiffMosaic,
+        args.data,
+        bands=args.bands,
+        crs=args.crs,
+        res=args.res,
+        nodata=args.nodata,
     )
     stats = compute_band_stats(
         dataset,

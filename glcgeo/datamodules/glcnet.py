@@ -7,9 +7,10 @@ from torch import Tensor
 from torchgeo.datamodules import GeoDataModule
 
 from ..checkpoints import BandMetadata
+from ..collection import GeoTiffCollection, open_mosaic, pair_sampler
 from ..datasets import GeoTiffMosaic
 from ..pairs import GeoTiffUnions, collate_unions, cut_views
-from ..samplers import PairedWindowSampler
+from ..samplers import PairStream
 from ..stats import BandStats, compute_band_stats
 from ..transforms import TwoViewAugmentation
 
@@ -25,7 +26,9 @@ class GLCNetDataModule(GeoDataModule):
     after transfer, cuts both views on the device (:func:`~glcgeo.pairs.cut_views`)
     and augments them there with :class:`~glcgeo.transforms.TwoViewAugmentation`.
     Normalisation statistics are read from *stats* or computed from the mosaic by
-    sampling.
+    sampling. Files in several CRSs, with no *crs* or *res* given, are read each
+    in its own CRS (:func:`~glcgeo.collection.open_mosaic`): every pair comes
+    from one CRS group, the groups drawn in proportion to their valid area.
 
     Under DDP, each rank draws its own share of pairs (the sampler is rank-aware),
     so Lightning must not wrap it: train with ``use_distributed_sampler=False``.
@@ -59,8 +62,10 @@ class GLCNetDataModule(GeoDataModule):
         Args:
             paths: GeoTIFF files, folders or glob patterns of the mosaic.
             bands: 1-based band indexes or band names (defaults to all).
-            crs: CRS to reproject to (defaults to the first file's).
-            res: pixel size in CRS units (defaults to the first file's).
+            crs: CRS to reproject every file to (defaults to none: each file is
+                read in its own CRS, one group per CRS).
+            res: pixel size in CRS units, on one grid (defaults to each file's
+                own).
             nodata: nodata value overriding the files' own.
             batch_size: pairs per batch, per process.
             patch_size: side of each view, in pixels.
@@ -114,7 +119,7 @@ class GLCNetDataModule(GeoDataModule):
         # Built once, here, before the workers start: they receive the index
         # with the dataset, and only read. Other ranks find it in index_cache.
         # Workers only read: the views are cut on the device, after transfer.
-        dataset = GeoTiffUnions(**self.kwargs)
+        dataset = open_mosaic(GeoTiffUnions, **self.kwargs)
         if hp['stats'] is not None:
             self.band_stats = BandStats.load(hp['stats'])
             self.band_stats.check_band_count(
@@ -123,7 +128,9 @@ class GLCNetDataModule(GeoDataModule):
         else:
             self.band_stats = compute_band_stats(dataset)
         self.train_dataset = dataset
-        self.train_sampler = PairedWindowSampler(
+        # A collection's sampler is no GeoSampler (no one CRS); the loader only
+        # iterates it.
+        self.train_sampler = pair_sampler(  # type: ignore[assignment]
             dataset,
             size=hp['patch_size'],
             length=hp['length'],
@@ -144,7 +151,7 @@ class GLCNetDataModule(GeoDataModule):
     @property
     def num_bands(self) -> int:
         """Number of bands of each view (after :meth:`setup`)."""
-        assert isinstance(self.train_dataset, GeoTiffMosaic)
+        assert isinstance(self.train_dataset, GeoTiffMosaic | GeoTiffCollection)
         return self.train_dataset.num_bands
 
     @property
@@ -168,7 +175,7 @@ class GLCNetDataModule(GeoDataModule):
             patch_size] (see :func:`~glcgeo.pairs.cut_views`), augmented when
             training.
         """
-        assert isinstance(self.train_dataset, GeoTiffMosaic)
+        assert isinstance(self.train_dataset, GeoTiffMosaic | GeoTiffCollection)
         batch = cut_views(
             batch, self.hparams['patch_size'], self.train_dataset.file_nodata
         )
@@ -185,7 +192,7 @@ class GLCNetDataModule(GeoDataModule):
         """
         if self.train_sampler is None or self.band_stats is None:
             return {}
-        assert isinstance(self.train_sampler, PairedWindowSampler)
+        assert isinstance(self.train_sampler, PairStream)
         return {
             'generator': self.train_sampler.generator.get_state(),
             'band_stats': self.band_stats.__dict__,
@@ -200,6 +207,6 @@ class GLCNetDataModule(GeoDataModule):
         if not state_dict:
             return
         self.setup('fit')
-        assert isinstance(self.train_sampler, PairedWindowSampler)
+        assert isinstance(self.train_sampler, PairStream)
         self.train_sampler.generator.set_state(state_dict['generator'])
         self.band_stats = BandStats(**state_dict['band_stats'])

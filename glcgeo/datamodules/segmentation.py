@@ -18,6 +18,7 @@ from torchgeo.datasets import IntersectionDataset
 from torchgeo.datasets.utils import Sample, merge_samples
 
 from ..checkpoints import BandMetadata
+from ..collection import GeoTiffCollection, open_mosaic
 from ..datasets import GeoTiffMask, GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..geometry import PixelGrid
@@ -161,7 +162,8 @@ class SegmentationDataModule(GeoDataModule):
             masks: GeoTIFF files, folders or glob patterns of the class masks (any
                 CRS; warped onto the images' grid).
             bands: 1-based band indexes or names of the images (defaults to all).
-            crs: CRS to work in (defaults to the first image's).
+            crs: CRS to work in (defaults to the images' own; images in
+                several CRSs need one).
             res: pixel size in CRS units (defaults to the first image's).
             nodata: image nodata value overriding the files' own.
             mask_nodata: mask nodata value overriding the files' own.
@@ -221,13 +223,22 @@ class SegmentationDataModule(GeoDataModule):
         if self.tile_split is not None:
             return
         hp = self.hparams
-        images = GeoTiffMosaic(
+        images = open_mosaic(
+            GeoTiffMosaic,
             hp['images'],
             bands=self.bands,
             crs=hp['crs'],
             res=hp['res'],
             nodata=hp['nodata'],
         )
+        if isinstance(images, GeoTiffCollection):
+            # Tiles, splits and masks are cut on one grid.
+            raise GlcgeoError(
+                f'the images are in {len(images.groups)} CRSs; fine-tuning reads '
+                'one grid: give --crs (and --res) to reproject them onto one, or '
+                'fine-tune on the images of one CRS',
+                images.files[0],
+            )
         # Warped onto the images' grid from the start (nearest neighbour).
         masks = GeoTiffMask(
             hp['masks'], crs=images.crs, res=images.res, nodata=hp['mask_nodata']
