@@ -20,6 +20,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from ..checkpoints import CheckpointMetadata
 from ..errors import GlcgeoError
-from ..outputs import OutputFile, check_destination
+from ..outputs import OutputFile, check_destination, no_room_reported
 from .blending import RowBandAccumulator
 
 __all__ = [
@@ -166,24 +167,40 @@ class CogWriter:
             window: where, in the output's pixels.
 
         """
-        self._dataset.write(array, window=window)
+        with self._no_room_reported():
+            self._dataset.write(array, window=window)
 
     def finish(self) -> None:
-        """Close the temporary file and convert it to a COG (still temporary)."""
+        """Close the temporary file and convert it to a COG (still temporary).
+
+        Raises:
+            NoRoomError: if the device, a quota or the file size limit leaves
+                no room for the outputs.
+        """
         dataset, self._dataset = self._dataset, None
-        dataset.close()
-        # The COG driver copies the colour table, descriptions, scales and tags.
-        rasterio.shutil.copy(
-            self._striped.temporary,
-            self._cog.temporary,
-            driver='COG',
-            compress='deflate',
-            blocksize=512,
-            overview_resampling=self.overview_resampling,
-            bigtiff='if_safer',
-            num_threads='all_cpus',
-        )
+        with self._no_room_reported():
+            dataset.close()
+            # The COG driver copies the colour table, descriptions, scales and
+            # tags.
+            rasterio.shutil.copy(
+                self._striped.temporary,
+                self._cog.temporary,
+                driver='COG',
+                compress='deflate',
+                blocksize=512,
+                overview_resampling=self.overview_resampling,
+                bigtiff='if_safer',
+                num_threads='all_cpus',
+            )
         self._striped.discard()
+
+    def _no_room_reported(self) -> AbstractContextManager[None]:
+        """Report a write that finds no room as one line naming the output.
+
+        GDAL reports failed writes on stderr, and fails later reading the
+        truncated file.
+        """
+        return no_room_reported(self.path, self._striped.temporary, self._cog.temporary)
 
     def commit(self) -> None:
         """Move the finished COG onto the destination name."""
