@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import pytest
@@ -123,6 +124,7 @@ def test_a_resume_that_cannot_load_leaves_last_ckpt_and_config_untouched(
         with pytest.raises(RuntimeError, match='Missing key'):
             main([*resume, '--backbone', 'resnet34'])
     assert untouched()
+    capfd.readouterr()
     # A truncated checkpoint is one line naming it.
     last.write_bytes(before[last][: len(before[last]) // 2])
     _one_line(capfd, main(resume), f'glcgeo: {last}: not a readable checkpoint')
@@ -322,9 +324,9 @@ def test_a_full_disk_fails_the_scenes_left_without_predicting_them(
     predicted = []
     predict_unpublished = scenes_module.predict_unpublished
 
-    def predict_scene(*args: object, **kwargs: object) -> object:
-        predicted.append(Path(str(args[3])).name)
-        return predict_unpublished(*args, **kwargs)  # type: ignore[arg-type]
+    def predict_scene(*args: Any, **kwargs: Any) -> Any:
+        predicted.append(Path(args[3]).name)
+        return predict_unpublished(*args, **kwargs)
 
     def full(writer: CogWriter) -> None:
         raise NoRoomError('no space left on the device', writer.path, lasting=True)
