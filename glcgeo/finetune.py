@@ -18,7 +18,6 @@ read the same YAML (:mod:`glcgeo.runs`).
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -193,10 +192,28 @@ def finetune(
         the selected checkpoint and its scores.
 
     Raises:
-        GlcgeoError: for bad data, weights or settings, before anything is written.
+        GlcgeoError: for bad data, weights or settings, before anything is written;
+            if another live run holds *out* (:class:`~glcgeo.outputs.OutputLock`).
+        NoRoomError: if a file of the run finds no room.
 
     """
     run = RunFolder(out, OUTPUTS)
+    run.check()
+    with run.claimed():
+        return _finetune(run, data, model, trainer, seed, quiet, overwrite)
+
+
+def _finetune(
+    run: RunFolder,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    trainer: dict[str, Any],
+    seed: int,
+    quiet: bool,
+    overwrite: bool,
+) -> FinetuneResult:
+    """:func:`finetune` in its claimed output folder."""
+    out = run.path
     existing = run.existing()
     if existing and not overwrite:
         raise GlcgeoError(
@@ -204,7 +221,6 @@ def finetune(
             '--overwrite to replace it, or choose another --out',
             out,
         )
-    run.check()
     seed_everything(seed, workers=True, verbose=False)
     data = dict(data)
     weights = model.get('weights')
@@ -251,7 +267,6 @@ def finetune(
     # A run that fails or is interrupted leaves no half run behind: without
     # model.ckpt, nothing in it is of use, and it would block the rerun.
     with run.taken_back_on_failure():
-        os.makedirs(out, exist_ok=True)
         tiles = _write_split(datamodule, run.join('split.geojson'))
         data_config = {k: v for k, v in data.items() if k != 'stats'}
         if isinstance(data.get('stats'), str):

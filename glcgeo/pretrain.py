@@ -10,11 +10,13 @@ read the same YAML (:mod:`glcgeo.runs`).
 
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
+from .checkpoints import read_checkpoint, state_dict_misfit
 from .datamodules import GLCNetDataModule
 from .errors import GlcgeoError
 from .outputs import OutputFile
@@ -49,7 +51,10 @@ def pretrain(
         out: output folder: ``checkpoints/``, ``logs/`` (CSV, TensorBoard),
             ``stats.json``, ``config.yaml`` and ``index/`` (the mosaic's index
             and coverage, :mod:`glcgeo.index_cache`).
-        resume: continue from ``out/checkpoints/last.ckpt``.
+        resume: continue from ``out/checkpoints/last.ckpt``. A checkpoint that
+            cannot be read, or holds another network than *model* asks for, is
+            refused before anything is written: ``last.ckpt`` and
+            ``config.yaml`` stay as they were.
         seed: global seed (model initialisation, augmentation).
         quiet: no progress bar.
 
@@ -57,9 +62,108 @@ def pretrain(
         the path of ``last.ckpt``.
 
     Raises:
-        GlcgeoError: for bad data or settings, before training starts.
+        GlcgeoError: for bad data or settings, before training starts; if another
+            live run holds *out* (:class:`~glcgeo.outputs.OutputLock`).
+        NoRoomError: if a file of the run finds no room.
     """
     run = RunFolder(out, OUTPUTS)
+    run.check()
+    with run.claimed():
+        return _pretrain(run, data, model, trainer, resume, seed, quiet)
+
+
+def _check_resumable(task: GLCNetTask, path: str) -> None:
+    """Check that a checkpoint resumes *task*, before anything is written.
+
+    Raises:
+        GlcgeoError: naming the checkpoint, if it cannot be read (truncated,
+            damaged), holds another network than *task*'s, or holds no training
+            state.
+    """
+    checkpoint = read_checkpoint(path)
+    misfit = state_dict_misfit(task, checkpoint['state_dict'], strict=True)
+    if misfit:
+        saved = checkpoint['hyper_parameters']
+        changed = [
+            f'{name} {saved[name]!r}, not {value!r}'
+            for name, value in task.hparams.items()
+            if value is not None and name in saved and saved[name] != value
+        ]
+        raise GlcgeoError(
+            'cannot resume: the checkpoint holds another network '
+            f'({"; ".join(changed) or misfit}); resume with the settings it was '
+            'trained with, or choose another --out',
+            path,
+        )
+    if not {'optimizer_states', 'loops'} <= checkpoint.keys():
+        raise GlcgeoError(
+            'cannot resume: the checkpoint holds no training state (optimizer, loops)',
+            path,
+        )
+
+
+def _save_training_state(fit: Trainer, path: str) -> None:
+    """Save the full training state (optimiser, loops, data module) whole.
+
+    Only the first process writes checkpoints; the file appears complete or not
+    at all (:class:`~glcgeo.outputs.OutputFile`).
+    """
+    with OutputFile(path) as output:
+        fit.save_checkpoint(output.temporary, weights_only=False)
+        if fit.is_global_zero:
+            output.commit()
+
+
+class _TrainingStateOnException(OnExceptionCheckpoint):
+    """Lightning's ``OnExceptionCheckpoint`` for the steps taken since this start.
+
+    An interrupted run (Ctrl-C, a killed job) leaves ``last.ckpt`` to resume
+    from, written whole; a run that fails before its first step (a checkpoint
+    that cannot be restored, a first batch that fails) leaves ``last.ckpt`` as
+    it was. ``last.ckpt`` stays when training ends: the final state replaces it.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath, filename='last')
+        self._start: int | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = trainer.global_step
+
+    def on_exception(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        if self._start is not None and trainer.global_step > self._start:
+            _save_training_state(trainer, self.ckpt_path)
+
+    def teardown(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _OnTrainStart(Callback):
+    """Call a function in the first process once training has started.
+
+    That is, once the model and a resumed checkpoint are restored: a run that
+    cannot start leaves the files it would write as they were.
+    """
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self.call = call
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.call()
+
+
+def _pretrain(
+    run: RunFolder,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    trainer: dict[str, Any],
+    resume: bool,
+    seed: int,
+    quiet: bool,
+) -> str:
+    """:func:`pretrain` in its claimed output folder."""
+    out = run.path
     checkpoints = run.join('checkpoints')
     last = run.join('checkpoints', 'last.ckpt')
     if resume and not os.path.exists(last):
@@ -72,7 +176,6 @@ def pretrain(
             'choose another --out',
             out,
         )
-    run.check()
     seed_everything(seed, workers=True, verbose=False)
 
     # A run that fails before its first step leaves nothing (a corrected rerun
@@ -104,6 +207,8 @@ def pretrain(
             )
         task = GLCNetTask(**model)
         check_patch_size(task, datamodule.hparams['patch_size'])
+        if resume:
+            _check_resumable(task, last)
         settings: dict[str, Any] = {
             # With --max-steps alone, the step count decides when to stop.
             'max_epochs': -1 if 'max_steps' in trainer else 1,
@@ -116,6 +221,20 @@ def pretrain(
             and 'strategy' not in trainer
         ):
             settings['strategy'] = 'ddp'
+        stats_path = run.join('stats.json')
+
+        def write_settings() -> None:
+            assert datamodule.band_stats is not None
+            datamodule.band_stats.save(stats_path)
+            run.write_config(
+                seed,
+                trainer,
+                'glcgeo.tasks.GLCNetTask',
+                model,
+                'glcgeo.datamodules.GLCNetDataModule',
+                {**data, 'stats': stats_path},
+            )
+
         callbacks: list[Callback] = [
             # One last.ckpt, overwritten when resuming (no last-v1.ckpt beside it).
             ModelCheckpoint(
@@ -124,22 +243,11 @@ def pretrain(
                 every_n_train_steps=CHECKPOINT_EVERY,
                 enable_version_counter=False,
             ),
-            # An interrupted run (Ctrl-C, a killed job) leaves last.ckpt to resume from.
-            OnExceptionCheckpoint(dirpath=checkpoints, filename='last'),
+            _TrainingStateOnException(checkpoints),
+            # The run's settings, once it is known to start.
+            _OnTrainStart(write_settings),
         ]
         fit = run.trainer(settings, callbacks, quiet)
-
-        os.makedirs(out, exist_ok=True)
-        stats_path = run.join('stats.json')
-        datamodule.band_stats.save(stats_path)
-        run.write_config(
-            seed,
-            trainer,
-            'glcgeo.tasks.GLCNetTask',
-            model,
-            'glcgeo.datamodules.GLCNetDataModule',
-            {**data, 'stats': stats_path},
-        )
         with warnings.catch_warnings():
             # Pretraining has no validation, and a new run (checked above) has
             # no last.ckpt for OnExceptionCheckpoint's implicit ckpt_path='last'.
@@ -150,11 +258,7 @@ def pretrain(
             ):
                 warnings.filterwarnings('ignore', message=f'.*{message}')
             fit.fit(task, datamodule=datamodule, ckpt_path=last if resume else None)
-        # Periodic checkpoints may predate the last step: save the final state, in
-        # full (optimiser, loops, data module), to resume from.
-        with OutputFile(last) as output:
-            fit.save_checkpoint(output.temporary, weights_only=False)
-            # Only the first process writes checkpoints.
-            if fit.is_global_zero:
-                output.commit()
+        # Periodic checkpoints may predate the last step: save the final state to
+        # resume from.
+        _save_training_state(fit, last)
     return last

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from segmentation_models_pytorch.base import SegmentationModel
 
 from .errors import GlcgeoError
-from .outputs import atomic_write, check_output_folder
+from .outputs import OutputLock, atomic_write, check_output_folder, no_room_reported
 
 __all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'load_config']
 
@@ -168,14 +168,48 @@ class RunFolder:
         check_output_folder(self.path)
 
     @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the folder for this run alone, from its checks to its end.
+
+        The folder is created if needed and claimed
+        (:class:`~glcgeo.outputs.OutputLock`: another live run's folder is
+        refused, temporary files of dead runs are removed); a folder the run
+        created and left empty is removed when the block ends. A write that
+        finds no room in the block is one line naming the file or the folder.
+
+        Yields:
+            nothing.
+
+        Raises:
+            GlcgeoError: if the folder cannot be created or another run holds
+                it; :class:`~glcgeo.errors.NoRoomError` for lack of room.
+        """
+        created = not os.path.exists(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as error:
+            raise GlcgeoError(
+                f'cannot create the folder ({error.strerror})', self.path
+            ) from None
+        try:
+            with (
+                OutputLock(self.path, folder=True, subfolders=self.outputs),
+                no_room_reported(self.path),
+            ):
+                yield
+        finally:
+            if created and os.path.isdir(self.path) and not os.listdir(self.path):
+                os.rmdir(self.path)
+
+    @contextmanager
     def taken_back_on_failure(
         self, keep: Callable[[], bool] = lambda: False
     ) -> Iterator[None]:
         """Remove what the run wrote if it fails, so the folder serves its rerun.
 
-        On an error or a Ctrl-C inside the block, the :attr:`outputs` go (and the
-        folder, if the run created it and nothing else is in it), unless *keep*
-        says they hold something worth resuming.
+        On an error or a Ctrl-C inside the block, the :attr:`outputs` go, unless
+        *keep* says they hold something worth resuming (an empty folder the run
+        created goes when :meth:`claimed` ends).
 
         Args:
             keep: asked after a failure; True keeps the outputs.
@@ -183,14 +217,11 @@ class RunFolder:
         Yields:
             nothing.
         """
-        created = not os.path.exists(self.path)
         try:
             yield
         except BaseException:
             if not keep():
                 self.clear()
-                if created and os.path.isdir(self.path) and not os.listdir(self.path):
-                    os.rmdir(self.path)
             raise
 
     def existing(self) -> list[str]:

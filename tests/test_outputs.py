@@ -1,14 +1,18 @@
 """Output files: checked before any work, written whole, never one of the inputs."""
 
+import errno
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import LANDSAT8
 
 from glcgeo.cli import main
-from glcgeo.errors import GlcgeoError
-from glcgeo.outputs import OutputFile, atomic_write, check_destination
+from glcgeo.errors import GlcgeoError, NoRoomError
+from glcgeo.outputs import HOST, OutputFile, OutputLock, atomic_write, check_destination
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
@@ -81,3 +85,64 @@ def test_stats_never_replaces_its_input(
     assert 'output and input must be different files' in error
     assert error.count('\n') == 1
     assert source.read_bytes() == LANDSAT8.read_bytes()
+
+
+def test_a_lock_refuses_a_second_run_and_clears_what_dead_ones_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ended = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead, live = int(ended.stdout), os.getpid()
+    lock = tmp_path / '.map.tif.lock'
+    lock.write_text(f'{dead} {HOST}\n')  # a killed run's lock and temporary files
+    partials = {
+        (name, pid): tmp_path / f'.{name}.{HOST}.{pid}.0123abcd.partial'
+        for name in ('map.tif', 'other.tif')
+        for pid in (dead, live)
+    }
+    for path in partials.values():
+        path.write_bytes(b'part')
+    with OutputLock(tmp_path / 'map.tif'):
+        assert lock.read_text() == f'{live} {HOST}\n'
+        # Only the dead process's temporary files of this output go.
+        gone = [key for key, path in partials.items() if not path.exists()]
+        assert gone == [('map.tif', dead)]
+        owner = re.escape(f'(process {live} on {HOST})')
+        message = f'in use by another glcgeo run {owner}'
+        with (
+            pytest.raises(GlcgeoError, match=message),
+            OutputLock(tmp_path / 'map.tif'),
+        ):
+            pass
+        assert lock.exists()
+    assert not lock.exists()
+    # The other processes of a multi-process run join the first one's claim.
+    with OutputLock(tmp_path, folder=True):
+        monkeypatch.setenv('LOCAL_RANK', '1')
+        with OutputLock(tmp_path, folder=True):
+            pass
+    assert not (tmp_path / '.glcgeo.lock').exists()
+    # A folder's claim clears every output's temporary files of dead processes.
+    assert not partials[('other.tif', dead)].exists()
+    assert partials[('other.tif', live)].exists()
+
+
+def test_a_write_without_room_is_one_line_naming_the_output(tmp_path: Path) -> None:
+    out = tmp_path / 'stats.json'
+    for code, reason, lasting in (
+        (errno.ENOSPC, 'no space left on the device', True),
+        (errno.EFBIG, 'file size limit reached', False),
+    ):
+        with pytest.raises(NoRoomError) as raised, atomic_write(out) as temporary:
+            Path(temporary).write_text('half')
+            raise OSError(code, os.strerror(code))
+        assert str(raised.value).startswith(f'{out}: cannot write it: {reason}')
+        assert raised.value.lasting is lasting
+        assert os.listdir(tmp_path) == []
+    # Other errors pass unchanged.
+    with pytest.raises(OSError, match='Permission'), atomic_write(out):
+        raise OSError(errno.EACCES, 'Permission denied')

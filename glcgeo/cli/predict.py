@@ -7,13 +7,13 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..allocator import keep_freed_memory
 from ..errors import GlcgeoError
-from ..outputs import check_destination
+from ..outputs import OutputLock, check_destination
 from ..sources import RASTER_SUFFIXES, expand, is_url
 
 if TYPE_CHECKING:
@@ -217,6 +217,46 @@ def _make_folder(path: str, flag: str) -> None:
         ) from None
 
 
+def _outside_output_folders(sources: list[str], args: argparse.Namespace) -> list[str]:
+    """The sources, less the files found in the output folders.
+
+    Maps written into a folder inside an input folder are no inputs of the
+    next run; a file named on the command line stays (an input that an output
+    would replace is refused later).
+    """
+    named = {os.path.abspath(path) for path in args.source}
+    folders = [
+        os.path.realpath(path) + os.sep
+        for path in (args.out, args.probabilities)
+        if path is not None
+    ]
+    kept = [
+        source
+        for source in sources
+        if is_url(source)
+        or source in named
+        or not os.path.realpath(source).startswith(tuple(folders))
+    ]
+    if not kept:
+        raise GlcgeoError(
+            'every input lies in the output folder: choose another --out', args.out
+        )
+    return kept
+
+
+def _claim(args: argparse.Namespace, folder: bool) -> ExitStack:
+    """Claim the outputs (:class:`~glcgeo.outputs.OutputLock`) until the stack closes.
+
+    Raises:
+        GlcgeoError: if another live run writes one of them.
+    """
+    with ExitStack() as stack:
+        for output in (args.out, args.probabilities):
+            if output is not None:
+                stack.enter_context(OutputLock(output, folder=folder))
+        return stack.pop_all()
+
+
 def run(args: argparse.Namespace) -> None:
     """Predict the maps described by the parsed arguments.
 
@@ -224,8 +264,9 @@ def run(args: argparse.Namespace) -> None:
         args: the parsed ``glcgeo predict`` arguments.
 
     Raises:
-        GlcgeoError: for bad input, before any tile is predicted; at the end,
-            when some scenes failed (each reported as it failed).
+        GlcgeoError: for bad input or outputs that another live run writes,
+            before any tile is predicted; at the end, when some scenes failed
+            (each reported as it failed).
     """
     # Cheap checks first, so a mistake is reported before the model loads.
     sources = expand(args.source)
@@ -248,6 +289,8 @@ def run(args: argparse.Namespace) -> None:
             '--polygons takes one scene in one process; run glcgeo vectorize on '
             'each map of several'
         )
+    if folder:
+        sources = _outside_output_folders(sources, args)
     inputs = [p for p in (*sources, args.model, args.stats) if p and not is_url(p)]
     # This process only predicts: before the model's first tensor, its forward
     # passes may keep their memory (see glcgeo.allocator).
@@ -264,7 +307,8 @@ def run(args: argparse.Namespace) -> None:
         for output in (*rasters, args.polygons):
             if output is not None:
                 check_destination(output, args.overwrite, inputs)
-        _predict_scene(args, sources[0], mean, std)
+        with _claim(args, folder=False):
+            _predict_scene(args, sources[0], mean, std)
         return
 
     from ..inference.scenes import FOOTPRINTS, scene_jobs
@@ -281,10 +325,11 @@ def run(args: argparse.Namespace) -> None:
             if path is not None:
                 _make_folder(path, flag)
         outputs.append(os.path.join(args.out, FOOTPRINTS))
-    for output in outputs:
-        # Existing maps are skipped or replaced scene by scene, not refused.
-        check_destination(output, True, inputs)
-    _predict_scenes(args, jobs, folder, mean, std)
+    with _claim(args, folder):
+        for output in outputs:
+            # Existing maps are skipped or replaced scene by scene, not refused.
+            check_destination(output, True, inputs)
+        _predict_scenes(args, jobs, folder, mean, std)
 
 
 def _load(

@@ -4,7 +4,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..outputs import check_destination
+from ..outputs import OutputLock, check_destination
 from ..sources import expand
 from . import HelpFormatter
 from .types import at_least, crs, positive
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> None:
 
     Raises:
         GlcgeoError: when --out cannot be written (it exists without --overwrite,
-            its folder does not, or it is one of the inputs), or for bad input
-            data.
+            its folder does not, it is one of the inputs, or another live run
+            writes it), or for bad input data.
     """
     import torch
 
@@ -94,23 +94,24 @@ def run(args: argparse.Namespace) -> None:
 
     out = os.path.abspath(args.out)
     check_destination(out, args.overwrite, inputs=expand(args.data))
-    dataset = open_mosaic(
-        GeoTiffMosaic,
-        args.data,
-        bands=args.bands,
-        crs=args.crs,
-        res=args.res,
-        nodata=args.nodata,
-    )
-    stats = compute_band_stats(
-        dataset,
-        windows=args.windows,
-        window_size=args.window_size,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    names = [dataset.all_bands[i - 1] for i in stats.bands]
-    print(format_table(stats, names))
-    stats.save(out)
+    with OutputLock(out):
+        dataset = open_mosaic(
+            GeoTiffMosaic,
+            args.data,
+            bands=args.bands,
+            crs=args.crs,
+            res=args.res,
+            nodata=args.nodata,
+        )
+        stats = compute_band_stats(
+            dataset,
+            windows=args.windows,
+            window_size=args.window_size,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        names = [dataset.all_bands[i - 1] for i in stats.bands]
+        print(format_table(stats, names))
+        stats.save(out)
     print(
         f'glcgeo: statistics of {len(stats.files)} file(s) from {stats.pixels} '
         f'valid pixels written to {out}'

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import rasterio
 import rasterio.errors
+from rasterio._err import CPLE_BaseError
 from torch import nn
 
 from ..checkpoints import CheckpointMetadata
-from ..errors import GlcgeoError
+from ..errors import GlcgeoError, NoRoomError
 from ..outputs import atomic_write
 from ..sources import stem
 from .predict import UnpublishedScene, predict_unpublished
@@ -186,7 +187,7 @@ def _timed(call: Callable[[], None]) -> float:
 
 
 #: What a scene's prediction or publication may fail with; the others go on.
-_SCENE_ERRORS = (GlcgeoError, rasterio.errors.RasterioError, OSError)
+_SCENE_ERRORS = (GlcgeoError, rasterio.errors.RasterioError, CPLE_BaseError, OSError)
 
 
 def predict_scenes(
@@ -206,6 +207,11 @@ def predict_scenes(
     Each scene's maps are published (converted to COGs, renamed onto their
     names) in a background thread while the next scene is predicted, one scene
     at a time: the model does not wait for GDAL's compression.
+
+    A scene whose map finds no room fails, its temporary files removed; where
+    the device (or quota) is full, the scenes left then fail at once, unread,
+    and a rerun resumes with them once there is room (a file size limit fails
+    the scenes whose maps exceed it, and the others go on).
 
     Args:
         model: the segmentation model (see
@@ -232,11 +238,19 @@ def predict_scenes(
     results: list[SceneResult] = []
     # The scene being published: its job, seconds of prediction, and future.
     publishing: tuple[SceneJob, UnpublishedScene, float, Future[float]] | None = None
+    # Why the device took no more, once it did.
+    full: NoRoomError | None = None
 
     def add(result: SceneResult) -> None:
         results.append(result)
         if report is not None:
             report(result)
+
+    def fail(job: SceneJob, error: BaseException, seconds: float) -> None:
+        nonlocal full
+        if isinstance(error, NoRoomError) and error.lasting:
+            full = error
+        add(_failure(job, error, seconds))
 
     def settle() -> None:
         """Wait for the scene being published, and add its result."""
@@ -248,7 +262,7 @@ def predict_scenes(
         try:
             seconds += future.result()
         except _SCENE_ERRORS as error:
-            add(_failure(job, error, seconds))
+            fail(job, error, seconds)
             return
         summary = scene.summary
         add(SceneResult(job, 'predicted', summary.width, summary.height, seconds))
@@ -266,6 +280,11 @@ def predict_scenes(
                 settle()
                 add(SceneResult(job, 'skipped', *_size(job.destination)))
                 continue
+            if full is not None:
+                settle()
+                reason = f'not predicted: {full.reason}'
+                fail(job, GlcgeoError(reason, job.destination), 0.0)
+                continue
             try:
                 scene = predict_unpublished(
                     model,
@@ -279,9 +298,13 @@ def predict_scenes(
                 )
             except _SCENE_ERRORS as error:
                 settle()
-                add(_failure(job, error, time.perf_counter() - start))
+                fail(job, error, time.perf_counter() - start)
                 continue
-            settle()
+            try:
+                settle()
+            except BaseException:
+                scene.discard()
+                raise
             future = executor.submit(_timed, scene.publish)
             publishing = (job, scene, time.perf_counter() - start, future)
         settle()

@@ -25,6 +25,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from ..checkpoints import CheckpointMetadata
 from ..errors import GlcgeoError
-from ..outputs import OutputFile, check_destination
+from ..outputs import OutputFile, check_destination, no_room_reported
 from .blending import RowBandAccumulator
 
 __all__ = [
@@ -186,27 +187,44 @@ class CogWriter:
             window: where, in the output's pixels.
 
         """
-        self._dataset.write(array, window=window)
+        with self._no_room_reported():
+            self._dataset.write(array, window=window)
 
     def finish(self) -> None:
-        """Convert the temporary file to a COG and write the sidecars (temporary)."""
+        """Convert the temporary file to a COG and write the sidecars (temporary).
+
+        Raises:
+            NoRoomError: if the device, a quota or the file size limit leaves
+                no room for the outputs.
+        """
         dataset, self._dataset = self._dataset, None
-        dataset.close()
-        # The COG driver copies the colour table, descriptions, scales and tags.
-        rasterio.shutil.copy(
-            self._striped.temporary,
-            self._cog.temporary,
-            driver='COG',
-            compress='deflate',
-            blocksize=512,
-            overview_resampling=self.overview_resampling,
-            bigtiff='if_safer',
-            num_threads='all_cpus',
-        )
+        with self._no_room_reported():
+            dataset.close()
+            # The COG driver copies the colour table, descriptions, scales and
+            # tags.
+            rasterio.shutil.copy(
+                self._striped.temporary,
+                self._cog.temporary,
+                driver='COG',
+                compress='deflate',
+                blocksize=512,
+                overview_resampling=self.overview_resampling,
+                bigtiff='if_safer',
+                num_threads='all_cpus',
+            )
         self._striped.discard()
-        for output, text in self._sidecars:
-            with open(output.temporary, 'w', encoding='utf-8') as f:
-                f.write(text)
+        with self._no_room_reported():
+            for output, text in self._sidecars:
+                with open(output.temporary, 'w', encoding='utf-8') as f:
+                    f.write(text)
+
+    def _no_room_reported(self) -> AbstractContextManager[None]:
+        """Report a write that finds no room as one line naming the output.
+
+        GDAL reports failed writes on stderr, and fails later reading the
+        truncated file.
+        """
+        return no_room_reported(self.path, self._striped.temporary, self._cog.temporary)
 
     def commit(self) -> None:
         """Move the sidecars, then the finished COG, onto their names."""
