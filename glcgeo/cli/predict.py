@@ -1,14 +1,8 @@
 """``glcgeo predict``: georeferenced land-cover maps of scenes from a checkpoint."""
 
 import argparse
-import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..allocator import keep_freed_memory
@@ -21,7 +15,7 @@ if TYPE_CHECKING:
 
     from ..checkpoints import CheckpointMetadata
     from ..inference.scenes import SceneJob
-from .types import at_least, positive
+from .types import at_least, finite, positive
 
 
 def add_parser(subparsers: Any) -> None:
@@ -81,7 +75,7 @@ def add_parser(subparsers: Any) -> None:
     add(
         '--mean',
         metavar='VALUE',
-        type=float,
+        type=finite,
         nargs='+',
         help="per-band mean of raw values (default: the checkpoint's)",
     )
@@ -146,39 +140,6 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _read_stats(path: str) -> tuple[list[float], list[float]]:
-    """Read per-band mean and std from a JSON file with keys ``mean`` and ``std``."""
-    try:
-        with open(path) as f:
-            stats = json.load(f)
-        return list(stats['mean']), list(stats['std'])
-    except FileNotFoundError:
-        raise GlcgeoError('no such statistics file', path) from None
-    except OSError as error:  # a folder, an unreadable file
-        raise GlcgeoError(
-            f'cannot read the statistics ({error.strerror})', path
-        ) from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise GlcgeoError(f'not band statistics ({error!r})', path) from None
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM (e.g. a job scheduler's) like Ctrl-C, so temporaries go too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _is_folder(path: str) -> bool:
     """Whether an output path names a folder: an existing one, or ending in /."""
     return os.path.isdir(path) or path.endswith(('/', os.sep))
@@ -224,7 +185,10 @@ def run(args: argparse.Namespace) -> None:
     if args.stats is not None:
         if mean is not None or std is not None:
             raise GlcgeoError('give either --stats or --mean/--std, not both')
-        mean, std = _read_stats(args.stats)
+        from ..stats import BandStats
+
+        stats = BandStats.load(args.stats)
+        mean, std = stats.mean, stats.std
     folder = len(sources) > 1 or _is_folder(args.out)
     inputs = [p for p in (*sources, args.model, args.stats) if p and not is_url(p)]
     # This process only predicts: before the model's first tensor, its forward
@@ -298,18 +262,17 @@ def _predict_scene(
     from ..inference import predict_raster
 
     model, metadata = _load(args, mean, std)
-    with _sigterm_interrupts():
-        summary = predict_raster(
-            model,
-            metadata,
-            source,
-            args.out,
-            probabilities=args.probabilities,
-            device=args.device,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            **_options(args),
-        )
+    summary = predict_raster(
+        model,
+        metadata,
+        source,
+        args.out,
+        probabilities=args.probabilities,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **_options(args),
+    )
     if not args.quiet:
         print(
             f'{summary.destination}: {summary.width} x {summary.height} pixels; '
@@ -357,20 +320,19 @@ def _predict_scenes(
                 flush=True,
             )
 
-    with _sigterm_interrupts():
-        results = predict_scenes(
-            model,
-            metadata,
-            jobs,
-            rank=rank,
-            world_size=world_size,
-            skip_complete=folder,
-            overwrite=args.overwrite,
-            report=report,
-            device=device,
-            progress=not args.quiet and world_size == 1,
-            **_options(args),
-        )
+    results = predict_scenes(
+        model,
+        metadata,
+        jobs,
+        rank=rank,
+        world_size=world_size,
+        skip_complete=folder,
+        overwrite=args.overwrite,
+        report=report,
+        device=device,
+        progress=not args.quiet and world_size == 1,
+        **_options(args),
+    )
     results = gather_results(results)
     if rank != 0:
         return  # the first process reports for all
