@@ -950,6 +950,17 @@ class GeoTiffMosaic(RasterDataset):
         """
         x, y, _ = self._disambiguate_slice(index)
         xres, yres = self.res
+        rows, columns = (
+            round((y.stop - y.start) / y.step),
+            round((x.stop - x.start) / x.step),
+        )
+        # Read in the files' dtype, then as float32 (8 bytes at most, then 4).
+        check_memory(
+            12 * rows * columns * self.num_bands,
+            f'at a pixel size of {x.step:g} (--res), a read of {columns:,} x '
+            f'{rows:,} pixels',
+            "choose a coarser --res, in units of the mosaic's CRS",
+        )
         if math.isclose(x.step, xres, rel_tol=1e-9) and math.isclose(
             y.step, yres, rel_tol=1e-9
         ):
