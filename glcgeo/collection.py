@@ -16,7 +16,6 @@ Files that all share one CRS, or a ``crs`` or ``res`` given to force one grid,
 give a plain mosaic, exactly as constructing it directly does.
 """
 
-import functools
 import glob
 import os
 from collections.abc import Iterable, Sequence
@@ -39,8 +38,7 @@ from .datasets import (
     RasterHeader,
     check_band_counts,
     expand_paths,
-    map_files,
-    read_header,
+    read_headers,
     valid_pixels,
 )
 from .errors import GlcgeoError
@@ -239,7 +237,7 @@ def open_mosaic[M: GeoTiffMosaic](
     groups = None if folder is None else load_crs_groups(folder, key)
     headers: list[RasterHeader] | None = None
     if groups is None or len(groups) != len(files):
-        headers = map_files(functools.partial(read_header, crs_given=False), files)
+        headers = read_headers(files, crs_given=False)
         check_band_counts(files, headers)
         groups = _group_files(headers)
         if folder is not None:

@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import resource
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,7 +45,7 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from .coverage import CellBlock, SparseCoverage
-from .errors import GlcgeoError
+from .errors import GlcgeoError, check_memory
 from .geometry import PixelGrid
 from .index_cache import (
     MosaicIndex,
@@ -54,13 +55,14 @@ from .index_cache import (
     save_coverage,
     save_index,
 )
+from .sources import exists, gdal_options, gdal_reason, is_url, to_gdal_path
 from .sources import expand as expand_paths
-from .sources import gdal_options, gdal_reason, to_gdal_path
 
 __all__ = [
     'GeoTiffMask',
     'GeoTiffMosaic',
     'expand_paths',
+    'open_raster',
     'pixel_reads',
     'valid_pixels',
 ]
@@ -194,6 +196,48 @@ class RasterHeader:
     all_valid: bool
 
 
+def open_raster(source: str | os.PathLike[str]) -> DatasetReader:
+    """Open a raster, a local file or a URL, with glcgeo's GDAL settings.
+
+    The one way glcgeo opens an input: GDAL's settings for the source
+    (:func:`open_env`, network time limits included) and, when it cannot be
+    used, one line naming it as given with GDAL's own reason
+    (:func:`~glcgeo.sources.gdal_reason`).
+
+    Args:
+        source: a local path or a URL (see :mod:`glcgeo.sources`).
+
+    Returns:
+        the open dataset.
+
+    Raises:
+        GlcgeoError: naming *source*: a missing local file, a file or URL that
+            GDAL cannot open as a raster, or a raster georeferenced by ground
+            control points only (glcgeo reads rasters on a grid).
+    """
+    source = os.fspath(source)
+    if not exists(source):
+        raise GlcgeoError('no such file', source)
+    gdal_path = to_gdal_path(source)
+    try:
+        with open_env(source):
+            src = rasterio.open(gdal_path)
+    except rasterio.errors.RasterioIOError as error:
+        what = 'cannot open the URL as a raster'
+        if not is_url(source):
+            what = 'not a readable raster'
+        raise GlcgeoError(f'{what} ({gdal_reason(error, gdal_path)})', source) from None
+    if src.transform.is_identity and src.gcps[0]:
+        src.close()
+        raise GlcgeoError(
+            'raster is georeferenced by ground control points only (no '
+            'geotransform); warp it onto a grid first, e.g. gdalwarp -r bilinear '
+            'IN.tif OUT.tif',
+            source,
+        )
+    return src
+
+
 def read_header(path: str, crs_given: bool) -> RasterHeader:
     """Open one file once and check that glcgeo can use it.
 
@@ -208,36 +252,47 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
         GlcgeoError: if the file is not a readable raster or has no georeferencing.
 
     """
-    try:
-        with open_env(path), rasterio.open(path) as src:
-            if src.crs is None and not src.gcps[1] and not crs_given:
-                raise GlcgeoError(
-                    'raster has no CRS (not georeferenced); give one with --crs '
-                    '(crs= in Python)',
-                    path,
-                )
-            if src.transform.is_identity and not src.gcps[0]:
-                raise GlcgeoError(
-                    'raster has no geotransform (not georeferenced)', path
-                )
-            return RasterHeader(
-                count=src.count,
-                dtype=src.dtypes[0],
-                nodata=src.nodata,
-                crs=src.crs,
-                transform=src.transform,
-                width=src.width,
-                height=src.height,
-                descriptions=tuple(
-                    d or f'B{i + 1}' for i, d in enumerate(src.descriptions)
-                ),
-                all_valid=all(
-                    flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums
-                ),
+    with open_raster(path) as src:
+        if src.transform.is_identity:
+            raise GlcgeoError(
+                'raster has no geotransform (not georeferenced); georeference it '
+                'first, e.g. gdal_translate -a_srs EPSG:32631 -a_ullr ULX ULY LRX '
+                'LRY IN.tif OUT.tif',
+                path,
             )
-    except rasterio.errors.RasterioIOError as error:
-        reason = str(error).split(':')[-1].strip() or 'unreadable'
-        raise GlcgeoError(f'not a readable raster ({reason})', path) from None
+        if src.crs is None and not crs_given:
+            raise GlcgeoError(
+                'raster has no CRS (not georeferenced); give one with --crs '
+                '(crs= in Python)',
+                path,
+            )
+        return RasterHeader(
+            count=src.count,
+            dtype=src.dtypes[0],
+            nodata=src.nodata,
+            crs=src.crs,
+            transform=src.transform,
+            width=src.width,
+            height=src.height,
+            descriptions=tuple(
+                d or f'B{i + 1}' for i, d in enumerate(src.descriptions)
+            ),
+            all_valid=all(
+                flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums
+            ),
+        )
+
+
+def read_headers(files: Sequence[str], crs_given: bool) -> list[RasterHeader]:
+    """:func:`read_header` of each file, in parallel for many.
+
+    Raises:
+        GlcgeoError: naming the first file glcgeo cannot use, and why (GDAL's
+            georeferencing warnings are left out: the error says it).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
+        return map_files(functools.partial(read_header, crs_given=crs_given), files)
 
 
 def check_band_counts(files: Sequence[str], headers: Sequence[RasterHeader]) -> None:
@@ -524,7 +579,7 @@ class GeoTiffMosaic(RasterDataset):
         """Index the files: one open each (in threads), and their footprints.
 
         A file in the mosaic CRS on a north-up grid is read as it is: its
-        footprint is its bounds. Other files (another CRS, rotated, GCPs, a
+        footprint is its bounds. Other files (another CRS, rotated, a
         nodata override) are opened as TorchGeo opens them (a warped VRT) for
         theirs.
 
@@ -542,9 +597,7 @@ class GeoTiffMosaic(RasterDataset):
                 different band counts, or a file GDAL cannot reproject to *crs*.
         """
         if headers is None:
-            headers = map_files(
-                functools.partial(read_header, crs_given=crs is not None), files
-            )
+            headers = read_headers(files, crs_given=crs is not None)
         check_band_counts(files, headers)
         if crs is None:
             crs = self._first_crs(files[0], headers[0])
@@ -607,12 +660,11 @@ class GeoTiffMosaic(RasterDataset):
 
     @staticmethod
     def _first_crs(path: str, header: RasterHeader) -> PROJ_CRS:
-        """The CRS of the first file, as TorchGeo takes it (WKT2), or its GCPs'."""
-        if header.crs is not None:
-            with rasterio.Env(OSR_WKT_FORMAT='WKT2_2018'):
-                return PROJ_CRS.from_user_input(header.crs)
-        with rasterio.open(path) as src:
-            return PROJ_CRS.from_user_input(src.gcps[1])
+        """The CRS of the first file, as TorchGeo takes it (WKT2)."""
+        # read_header refuses files without a CRS unless one is given.
+        assert header.crs is not None, path
+        with rasterio.Env(OSR_WKT_FORMAT='WKT2_2018'):
+            return PROJ_CRS.from_user_input(header.crs)
 
     def __getstate__(self) -> dict[str, Any]:
         """The state DataLoader workers receive: the index, not the coverages.
@@ -935,6 +987,17 @@ class GeoTiffMosaic(RasterDataset):
         """
         x, y, _ = self._disambiguate_slice(index)
         xres, yres = self.res
+        rows, columns = (
+            round((y.stop - y.start) / y.step),
+            round((x.stop - x.start) / x.step),
+        )
+        # Read in the files' dtype, then as float32 (8 bytes at most, then 4).
+        check_memory(
+            12 * rows * columns * self.num_bands,
+            f'at a pixel size of {x.step:g} (--res), a read of {columns:,} x '
+            f'{rows:,} pixels',
+            "choose a coarser --res, in units of the mosaic's CRS",
+        )
         if math.isclose(x.step, xres, rel_tol=1e-9) and math.isclose(
             y.step, yres, rel_tol=1e-9
         ):
@@ -1018,6 +1081,17 @@ class GeoTiffMosaic(RasterDataset):
         shape = (
             max(1, math.ceil((y.stop - y.start) / cell - 1e-9)),
             max(1, math.ceil((x.stop - x.start) / cell - 1e-9)),
+        )
+        # Each file's block of cells, in float64 as it is computed.
+        left, bottom, right, top = self._file_boxes.T
+        cells = np.sum(((right - left) / cell + 2) * ((top - bottom) / cell + 2))
+        columns = round((x.stop - x.start) / self.res[0])
+        rows = round((y.stop - y.start) / self.res[1])
+        check_memory(
+            8 * cells,
+            f'at a pixel size of {self.res[0]:g} (--res), the mosaic is {columns:,} '
+            f'x {rows:,} pixels; its coverage',
+            "choose a coarser --res, in units of the mosaic's CRS",
         )
         blocks = map_files(
             functools.partial(self._file_coverage, grid=grid, shape=shape),

@@ -56,3 +56,44 @@ class NoRoomError(GlcgeoError):
         self.reason = reason
         self.lasting = lasting
         super().__init__(f'cannot write it: {reason}', path)
+
+
+def physical_memory() -> int:
+    """The machine's physical memory, in bytes (0 where it cannot be told)."""
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError):
+        return 0
+
+
+def check_memory(nbytes: float, what: str, advice: str) -> None:
+    """Refuse, before allocating, what would not fit in the machine's memory.
+
+    Sizes that settings derive (a grid from a pixel size, windows and batches
+    from their sides) grow with their square: a pixel size given in the wrong
+    unit asks for terabytes. Refused in one line instead of a failed allocation.
+
+    Args:
+        nbytes: the bytes it would take.
+        what: what would take them, naming the setting it follows from
+            (e.g. ``'the coverage of the mosaic at --res 0.001'``).
+        advice: how to make it smaller.
+
+    Raises:
+        GlcgeoError: if *nbytes* exceeds the physical memory.
+    """
+    memory = physical_memory()
+    if memory and nbytes > memory:
+        raise GlcgeoError(
+            f'{what} would take {_size(nbytes)}, more than this machine has '
+            f'({_size(memory)}): {advice}'
+        )
+
+
+def _size(nbytes: float) -> str:
+    """Bytes in binary units, e.g. ``1.7 TiB``."""
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if nbytes < 1024 or unit == 'TiB':
+            return f'{nbytes:.1f} {unit}'
+        nbytes /= 1024
+    raise AssertionError  # the loop returns

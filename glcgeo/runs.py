@@ -7,8 +7,13 @@ config (:meth:`RunFolder.write_config`), which ``torchgeo fit --config`` and the
 command's ``--config`` (:func:`load_config`) both read.
 """
 
+import collections.abc
+import difflib
+import inspect
 import os
 import shutil
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,21 +95,31 @@ class RunTrainer(Trainer):
             return super().test(*args, **kwargs)
 
 
-def load_config(path: str) -> dict[str, Any]:
+#: The sections of a config file glcgeo reads (LightningCLI's names).
+CONFIG_SECTIONS = ('seed_everything', 'trainer', 'model', 'data')
+
+
+def load_config(path: str, data_class: type, model_class: type) -> dict[str, Any]:
     """Read the ``data``, ``model`` and ``trainer`` sections of a LightningCLI YAML.
 
     Both ``{'init_args': {...}}`` sections (``torchgeo fit`` style) and plain
-    mappings are accepted. The trainer's ``default_root_dir``, ``logger`` and
-    ``callbacks`` are left out: glcgeo writes its own under ``--out``.
+    mappings are accepted. Every setting is checked against the arguments of the
+    class it is for (names, and the types a YAML value can have), so a mistake
+    is one line naming the file and the key. The trainer's ``default_root_dir``,
+    ``logger`` and ``callbacks`` are left out: glcgeo writes its own under
+    ``--out``.
 
     Args:
         path: the YAML file.
+        data_class: the data module the ``data`` section is for.
+        model_class: the task the ``model`` section is for.
 
     Returns:
         a mapping with keys ``data``, ``model``, ``trainer`` and ``seed_everything``.
 
     Raises:
-        GlcgeoError: if the file is missing or not a YAML mapping.
+        GlcgeoError: naming the file, if it is missing or not a YAML mapping, or
+            a key is unknown or its value of the wrong type.
     """
     try:
         with open(path) as f:
@@ -113,24 +128,133 @@ def load_config(path: str) -> dict[str, Any]:
         raise GlcgeoError('no such config file', path) from None
     except OSError as error:  # a folder, an unreadable file
         raise GlcgeoError(f'cannot read the config ({error.strerror})', path) from None
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise GlcgeoError(
             f'not valid YAML ({error.__class__.__name__})', path
         ) from None
     if not isinstance(config, dict):
         raise GlcgeoError('config is not a YAML mapping', path)
-    sections: dict[str, Any] = {}
-    for name in ('data', 'model'):
-        section = config.get(name) or {}
-        sections[name] = dict(section.get('init_args') or section)
-        sections[name].pop('class_path', None)
-    sections['trainer'] = dict(config.get('trainer') or {})
+    _check_keys(config, CONFIG_SECTIONS, '', path)
+    seed = config.get('seed_everything')
+    _check_value(seed, int | None, 'seed_everything', path)
+    sections: dict[str, Any] = {'seed_everything': seed}
+    for name, cls in (('data', data_class), ('model', model_class)):
+        section = _section(config, name, path)
+        if 'init_args' in section:
+            _check_keys(section, ('class_path', 'init_args'), f'{name}.', path)
+            section = _section(section, 'init_args', path, f'{name}.')
+        section.pop('class_path', None)
+        _check_arguments(section, cls, f'{name}.', path)
+        sections[name] = section
+    trainer = _section(config, 'trainer', path)
     # glcgeo's commands write logs and checkpoints under their --out folder: a
     # config's own places are for `torchgeo fit`.
     for key in ('default_root_dir', 'logger', 'callbacks'):
-        sections['trainer'].pop(key, None)
-    sections['seed_everything'] = config.get('seed_everything')
+        trainer.pop(key, None)
+    _check_arguments(trainer, Trainer, 'trainer.', path)
+    sections['trainer'] = trainer
     return sections
+
+
+def _section(
+    config: Mapping[str, Any], name: str, path: str, prefix: str = ''
+) -> dict[str, Any]:
+    """A section of a config, a mapping (empty if absent)."""
+    section = config.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise GlcgeoError(
+            f'{prefix}{name} must be a mapping of settings, got '
+            f'{type(section).__name__} {section!r:.40}',
+            path,
+        )
+    return dict(section)
+
+
+def _check_keys(
+    section: Mapping[str, Any], known: Sequence[str], prefix: str, path: str
+) -> None:
+    """Refuse a key of a config section that is not among *known*."""
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=3)
+            hint = (
+                f'did you mean {" or ".join(close)}?'
+                if close
+                else f'keys: {", ".join(known)}'
+            )
+            raise GlcgeoError(f'unknown key {prefix}{key} ({hint})', path)
+
+
+def _check_arguments(
+    section: Mapping[str, Any], cls: type, prefix: str, path: str
+) -> None:
+    """Check a config section's settings against the arguments of *cls*."""
+    parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    names = [
+        name
+        for name, parameter in parameters.items()
+        if name != 'self'
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]
+    _check_keys(section, names, prefix, path)
+    hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    for key, value in section.items():
+        _check_value(value, hints.get(key, Any), f'{prefix}{key}', path)
+
+
+def _check_value(value: Any, annotation: Any, key: str, path: str) -> None:
+    """Refuse a setting whose value is not of its argument's type."""
+    if not _matches(value, annotation):
+        name = str(annotation).replace('typing.', '').replace('NoneType', 'None')
+        if isinstance(annotation, type):
+            name = annotation.__name__
+        raise GlcgeoError(
+            f'{key} must be {name}, got {type(value).__name__} {value!r:.40}', path
+        )
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value can be an argument of type *annotation*.
+
+    YAML gives None, bool, int, float, str, lists and mappings: those are
+    checked (a list stands for a tuple); other classes are the API's to check.
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, collections.abc.Sequence, collections.abc.Iterable):
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _matches(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()
+        )
+    if annotation in (list, tuple, dict):
+        return isinstance(value, annotation)
+    return True
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,18 @@ GDAL_URL_OPTIONS = {
     'GDAL_HTTP_MERGE_CONSECUTIVE_RANGES': 'YES',
 }
 
+#: GDAL's network limits for remote rasters, each overridden by the environment
+#: variable of its name: a connection is given up after 10 s, a request (a byte
+#: range, a header) after 60 s, and a failed request is tried 3 more times, 1 s
+#: apart at first (GDAL doubles the delay each time), so a server that accepts
+#: and never answers fails the read in minutes, not never.
+GDAL_HTTP_LIMITS = {
+    'GDAL_HTTP_CONNECTTIMEOUT': '10',
+    'GDAL_HTTP_TIMEOUT': '60',
+    'GDAL_HTTP_MAX_RETRY': '3',
+    'GDAL_HTTP_RETRY_DELAY': '1',
+}
+
 #: GDAL settings for local rasters: GDAL lists a file's folder at each open to
 #: find side-car files (.ovr, .aux.xml, .msk); in a folder of N files that is N
 #: names per open. Looking them up by name instead keeps each open's cost flat.
@@ -100,9 +112,14 @@ def gdal_options(source: str) -> dict[str, str]:
         source: a local path or a URL.
 
     Returns:
-        :data:`GDAL_URL_OPTIONS` for a URL, else :data:`GDAL_LOCAL_OPTIONS`.
+        for a URL, :data:`GDAL_URL_OPTIONS` and those of :data:`GDAL_HTTP_LIMITS`
+        not set in the environment (GDAL reads the environment's itself); else
+        :data:`GDAL_LOCAL_OPTIONS`.
     """
-    return GDAL_URL_OPTIONS if is_url(source) else GDAL_LOCAL_OPTIONS
+    if not is_url(source):
+        return GDAL_LOCAL_OPTIONS
+    limits = {k: v for k, v in GDAL_HTTP_LIMITS.items() if k not in os.environ}
+    return {**GDAL_URL_OPTIONS, **limits}
 
 
 def gdal_reason(error: BaseException, gdal_path: str = '') -> str:
@@ -232,7 +249,9 @@ def expand(
         paths: one or more of the above.
 
     Returns:
-        the local files (absolute) and the URLs, sorted and de-duplicated.
+        the local files (absolute) and the URLs, sorted, each once: a file
+        reached by several names (links to it or to a folder above it) under
+        the first of them.
 
     Raises:
         GlcgeoError: if a local path does not exist, a folder (local or remote)
@@ -255,11 +274,7 @@ def expand(
         if is_url(path):
             found = _list_remote_folder(path) if path.endswith('/') else [path]
         elif os.path.isdir(path):
-            found = [
-                f
-                for f in glob.glob(os.path.join(path, '**', '*'), recursive=True)
-                if f.endswith(RASTER_SUFFIXES) and os.path.isfile(f)
-            ]
+            found = _folder_rasters(path)
             if not found:
                 raise GlcgeoError('folder holds no GeoTIFF (*.tif, *.tiff)', path)
         elif glob.has_magic(path):
@@ -273,4 +288,37 @@ def expand(
         sources.update(f if is_url(f) else os.path.abspath(f) for f in found)
     if not sources:
         raise GlcgeoError('no input raster given')
-    return sorted(sources)
+    # A file reached by several names (links, a folder and a file in it) is one
+    # file: keep its first name.
+    by_file: dict[str, str] = {}
+    for source in sorted(sources):
+        real = source if is_url(source) else os.path.realpath(source)
+        by_file.setdefault(real, source)
+    return sorted(by_file.values())
+
+
+def _folder_rasters(folder: str) -> list[str]:
+    """The rasters under a local folder, each folder visited once.
+
+    Links to folders are followed, but a folder reached again (a link to one of
+    its parents, two links to one folder) is not read again, so a link loop
+    ends. Hidden files and folders (``.name``) are left out, as globs leave them.
+    """
+    found = []
+    visited: set[str] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            folders.clear()
+            continue
+        visited.add(real)
+        folders[:] = sorted(f for f in folders if not f.startswith('.'))
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if (
+                name.endswith(RASTER_SUFFIXES)
+                and not name.startswith('.')
+                and os.path.isfile(path)
+            ):
+                found.append(path)
+    return found

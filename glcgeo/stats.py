@@ -11,7 +11,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from torch import Generator, Tensor
 
 from .checkpoints import BandMetadata
 from .datasets import GeoTiffMosaic
-from .errors import GlcgeoError
+from .errors import GlcgeoError, check_memory
 from .outputs import atomic_write
 from .transforms import normalize_bands
 
@@ -113,7 +113,11 @@ class BandStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> 'BandStats':
-        """Read statistics written by :meth:`save`.
+        """Read statistics written by :meth:`save`, and check them.
+
+        The one reader of statistics files: every ``--stats`` goes through it.
+        ``mean`` and ``std`` are required; ``bands`` defaults to the first
+        ``len(mean)`` bands.
 
         Args:
             path: the JSON file.
@@ -122,21 +126,100 @@ class BandStats:
             the statistics.
 
         Raises:
-            GlcgeoError: if the file is missing or not glcgeo statistics.
+            GlcgeoError: naming the file, if it is missing, unreadable, not JSON,
+                or not statistics: an unknown key, a value of the wrong type, a
+                mean or std that is not finite, a std <= 0, or lists of different
+                lengths.
 
         """
         try:
-            with open(path) as f:
+            with open(path, encoding='utf-8') as f:
                 data = json.load(f)
-            return cls(**data)
         except FileNotFoundError:
             raise GlcgeoError('no such statistics file', path) from None
         except OSError as error:  # a folder, an unreadable file
             raise GlcgeoError(
                 f'cannot read the statistics ({error.strerror})', path
             ) from None
-        except (json.JSONDecodeError, TypeError) as error:
+        except UnicodeDecodeError:  # a checkpoint, an image
+            raise GlcgeoError(
+                'not glcgeo band statistics (not a JSON text file)', path
+            ) from None
+        except json.JSONDecodeError as error:
+            raise GlcgeoError(
+                f'not glcgeo band statistics (not JSON: {error})', path
+            ) from None
+        try:
+            return cls._from_json(data)
+        except ValueError as error:
             raise GlcgeoError(f'not glcgeo band statistics ({error})', path) from None
+
+    @classmethod
+    def _from_json(cls, data: object) -> 'BandStats':
+        """Statistics from a JSON value, checked (see :meth:`load`).
+
+        Raises:
+            ValueError: saying what is wrong.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f'a JSON object is expected, got {type(data).__name__}')
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f'unknown key {unknown[0]!r}; keys: {", ".join(known)}')
+        for key in ('mean', 'std'):
+            if key not in data:
+                raise ValueError(f'no {key!r} list')
+        mean = _numbers(data['mean'], 'mean')
+        std = _numbers(data['std'], 'std')
+        if len(std) != len(mean):
+            raise ValueError(f'{len(mean)} means but {len(std)} stds')
+        if any(value <= 0 for value in std):
+            raise ValueError(f'std must be > 0, got {std}')
+        bands = data.get('bands', list(range(1, len(mean) + 1)))
+        if not (
+            isinstance(bands, list)
+            and len(bands) == len(mean)
+            and all(_is_int(b) and b >= 1 for b in bands)
+        ):
+            raise ValueError(
+                f"'bands' must be {len(mean)} band indexes >= 1, got {bands!r}"
+            )
+        nodata = data.get('nodata')
+        if nodata is not None and not _is_number(nodata):
+            raise ValueError(f"'nodata' must be a number or null, got {nodata!r}")
+        pixels = data.get('pixels', 0)
+        if not (_is_int(pixels) and pixels >= 0):
+            raise ValueError(f"'pixels' must be an integer >= 0, got {pixels!r}")
+        files = data.get('files', [])
+        if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+            raise ValueError(f"'files' must be a list of paths, got {files!r}")
+        return cls(
+            mean=mean, std=std, bands=bands, nodata=nodata, pixels=pixels, files=files
+        )
+
+
+def _is_int(value: object) -> bool:
+    """Whether a JSON value is an integer (true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """Whether a JSON value is a number (true and false are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(values: object, key: str) -> list[float]:
+    """A non-empty list of finite numbers from a JSON value, or why not.
+
+    Raises:
+        ValueError: naming *key*.
+    """
+    if not (isinstance(values, list) and values and all(_is_number(v) for v in values)):
+        raise ValueError(f'{key!r} must be a list of numbers, got {values!r}')
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f'{key!r} must be finite numbers, got {values}')
+    return [float(v) for v in values]
 
 
 def _whole_pixels(mosaic: GeoTiffMosaic) -> tuple[int, int]:
@@ -184,6 +267,13 @@ def compute_band_stats(
     groups = mosaic_groups(dataset)
     # Whole pixels, as the sampler counts them (a partial last pixel is no pixel).
     size = max(1, max(min(window_size, *_whole_pixels(group)) for group in groups))
+    # A window is read raw, as float32 and as float64 values.
+    check_memory(
+        16 * size**2 * dataset.num_bands,
+        f'windows of {size:,} x {size:,} pixels of {dataset.num_bands} bands '
+        '(--window-size)',
+        'choose a smaller --window-size',
+    )
     # The pair sampler knows where the valid data is.
     sampler = pair_sampler(
         dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99

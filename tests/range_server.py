@@ -5,7 +5,8 @@
 ``Range: bytes=a-b`` requests (as GDAL's /vsicurl/ makes them) and serves folders
 as Apache-style "Index of" pages (which GDAL lists). ``server.requests()`` are
 the files' bytes sent so far, one GET each: (path, ``Range`` header or
-``whole``).
+``whole``). ``with unresponsive() as (url, listening):`` is a server that
+accepts connections and never answers.
 
 The server runs in its own process (``python range_server.py FOLDER [LOG]``
 prints its port on its first line): GDAL calls that hold the GIL (folder
@@ -18,6 +19,7 @@ import http.server
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -136,6 +138,22 @@ def serve(folder: str | os.PathLike[str]) -> Iterator[ServedFolder]:
     finally:
         server.kill()
         server.wait()
+
+
+@contextmanager
+def unresponsive() -> Iterator[tuple[str, socket.socket]]:
+    """A server on 127.0.0.1 that accepts connections and never answers.
+
+    The kernel accepts them into the listening socket's queue; nothing reads
+    them. The socket is readable once a client has connected.
+
+    Yields:
+        (base URL, no trailing ``/``; the listening socket).
+    """
+    with socket.socket() as listening:
+        listening.bind(('127.0.0.1', 0))
+        listening.listen(64)
+        yield f'http://127.0.0.1:{listening.getsockname()[1]}', listening
 
 
 if __name__ == '__main__':

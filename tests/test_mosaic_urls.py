@@ -116,6 +116,7 @@ def test_stats_and_pretrain_commands_take_urls(served: str, tmp_path: Path) -> N
 
 def test_a_missing_url_is_one_line_naming_it(served: str) -> None:
     url = f'{served}/s2/missing.tif'
-    with pytest.raises(GlcgeoError, match='not a readable raster') as info:
+    reason = r'cannot open the URL as a raster \(HTTP response code: 404\)'
+    with pytest.raises(GlcgeoError, match=reason) as info:
         GeoTiffMosaic(url)
     assert info.value.path == url and '\n' not in str(info.value)

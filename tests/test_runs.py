@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.errors import GlcgeoError
 from glcgeo.runs import RunFolder, load_config
+from glcgeo.tasks import GLCNetTask
 
 OUTPUTS = ('model.ckpt', 'config.yaml', 'checkpoints', 'logs')
 
@@ -31,7 +33,7 @@ def test_config_is_a_lightning_cli_config_that_load_config_reads(
     for section in ('model', 'data'):
         module, _, name = config[section]['class_path'].rpartition('.')
         assert getattr(importlib.import_module(module), name)
-    assert load_config(path) == {
+    assert load_config(path, GLCNetDataModule, GLCNetTask) == {
         'data': {'paths': ['tiles/'], 'overlap': [0.3, 1.0]},
         'model': {'backbone': 'resnet18'},
         'trainer': {'max_steps': 5},

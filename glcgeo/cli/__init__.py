@@ -8,6 +8,7 @@ rasterio inside the function that runs the command, never at the top: ``glcgeo
 """
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -170,6 +171,62 @@ class _InterruptAfter:
             sys.settrace(_interrupt_next_call)
 
 
+#: Seconds the main thread has to take Ctrl-C (or SIGTERM) before the process
+#: ends without it (see :class:`_SignalWatch`).
+INTERRUPT_GRACE = 5.0
+#: The signals that interrupt a command.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _SignalWatch:
+    """End the process when Ctrl-C finds the main thread stuck in a C call.
+
+    Python runs signal handlers in the main thread, between two bytecodes: while
+    that thread waits inside a library (GDAL waiting for a server that accepted
+    the connection and never answers), Ctrl-C and SIGTERM wait with it. Python's
+    C-level handler still writes the signal's number to its wakeup file
+    descriptor: this thread reads it and, if the main thread's handler has not
+    run within :data:`INTERRUPT_GRACE` seconds, says ``interrupted`` and ends the
+    process with status 130 itself.
+    """
+
+    def __init__(self, taken: threading.Event) -> None:
+        """Start watching (from the main thread).
+
+        Args:
+            taken: set by the main thread's handler when it runs.
+        """
+        self.taken = taken
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name='glcgeo-signals', daemon=True).start()
+
+    def _watch(self) -> None:
+        while received := os.read(self._read, 64):
+            if not any(number in INTERRUPTS for number in received):
+                continue  # e.g. SIGCHLD, which DataLoader handles
+            if not self.taken.wait(INTERRUPT_GRACE):
+                print('glcgeo: interrupted', file=sys.stderr, flush=True)
+                os._exit(130)
+        os.close(self._read)
+
+    def stop(self) -> None:
+        """Stop watching (from the main thread)."""
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write)  # the watching thread reads the end, and ends
+
+
+def _forget_wakeup_fd() -> None:
+    """In a forked child (a DataLoader worker), leave the parent's watch alone."""
+    # ValueError: forked from another thread than the main one, which has none.
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+
+
+os.register_at_fork(after_in_child=_forget_wakeup_fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``glcgeo`` command line.
 
@@ -187,11 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # without NumPy), surface as another error (NumPy's "cannot load module more
     # than once") or abort the process (torch's operator registry).
     interrupted = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
+    taken = threading.Event()
+    previous = {number: signal.getsignal(number) for number in INTERRUPTS}
     previous_hook = sys.unraisablehook
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         interrupted.set()
+        taken.set()
         importing = _outermost_import(frame)
         if importing is None:
             raise KeyboardInterrupt
@@ -208,9 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous_hook(report)
 
     main_thread = threading.current_thread() is threading.main_thread()
+    watch = None
     if main_thread:
-        signal.signal(signal.SIGINT, interrupt)
+        # SIGTERM (a job scheduler's, a container's stop) is Ctrl-C too.
+        for number in INTERRUPTS:
+            signal.signal(number, interrupt)
         sys.unraisablehook = unraisable
+        if argv is None:
+            watch = _SignalWatch(taken)
     try:
         status = _run(argv)
         if interrupted.is_set():
@@ -218,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise KeyboardInterrupt
         return status
     except BaseException as error:
-        # A KeyboardInterrupt of our own (predict turns SIGTERM into one), or
-        # any error that Ctrl-C caused.
+        # A KeyboardInterrupt of our own, or any error that Ctrl-C caused.
         if not (interrupted.is_set() or isinstance(error, KeyboardInterrupt)):
             raise
         print('glcgeo: interrupted', file=sys.stderr)
@@ -232,8 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if main_thread:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             sys.unraisablehook = previous_hook
+            if watch is not None:
+                watch.stop()
             if sys.gettrace() is _interrupt_next_call:
                 sys.settrace(None)
             if isinstance(sys.getprofile(), _InterruptAfter):

@@ -194,10 +194,16 @@ def run(args: argparse.Namespace) -> None:
     Raises:
         GlcgeoError: when images or masks are missing.
     """
+    from ..datamodules import SegmentationDataModule
     from ..finetune import finetune
     from ..runs import load_config
+    from ..tasks import FinetuneTask
 
-    config = load_config(args.config) if args.config else {}
+    config = (
+        load_config(args.config, SegmentationDataModule, FinetuneTask)
+        if args.config
+        else {}
+    )
     data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
     # A budget on the command line replaces the config's, whichever kind it is.
     for given, other in (

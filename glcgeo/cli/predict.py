@@ -1,14 +1,9 @@
 """``glcgeo predict``: georeferenced land-cover maps of scenes from a checkpoint."""
 
 import argparse
-import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from types import FrameType
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..allocator import keep_freed_memory
@@ -21,7 +16,7 @@ if TYPE_CHECKING:
 
     from ..checkpoints import CheckpointMetadata
     from ..inference.scenes import SceneJob
-from .types import at_least, positive
+from .types import at_least, finite, positive
 from .vectorize import add_polygon_options
 
 
@@ -96,7 +91,7 @@ def add_parser(subparsers: Any) -> None:
     add(
         '--mean',
         metavar='VALUE',
-        type=float,
+        type=finite,
         nargs='+',
         help="per-band mean of raw values (default: the checkpoint's)",
     )
@@ -159,39 +154,6 @@ def add_parser(subparsers: Any) -> None:
     add('--accelerator', help='cpu, gpu or auto, with --devices (default: auto)')
     add('--quiet', action='store_true', help='no progress bar nor summary')
     parser.set_defaults(func=run)
-
-
-def _read_stats(path: str) -> tuple[list[float], list[float]]:
-    """Read per-band mean and std from a JSON file with keys ``mean`` and ``std``."""
-    try:
-        with open(path) as f:
-            stats = json.load(f)
-        return list(stats['mean']), list(stats['std'])
-    except FileNotFoundError:
-        raise GlcgeoError('no such statistics file', path) from None
-    except OSError as error:  # a folder, an unreadable file
-        raise GlcgeoError(
-            f'cannot read the statistics ({error.strerror})', path
-        ) from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise GlcgeoError(f'not band statistics ({error!r})', path) from None
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM (e.g. a job scheduler's) like Ctrl-C, so temporaries go too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_folder(path: str) -> bool:
@@ -280,7 +242,10 @@ def run(args: argparse.Namespace) -> None:
     if args.stats is not None:
         if mean is not None or std is not None:
             raise GlcgeoError('give either --stats or --mean/--std, not both')
-        mean, std = _read_stats(args.stats)
+        from ..stats import BandStats
+
+        stats = BandStats.load(args.stats)
+        mean, std = stats.mean, stats.std
     folder = len(sources) > 1 or _is_folder(args.out)
     if args.confidence and args.probabilities is None:
         raise GlcgeoError('--confidence is a band of --probabilities: give both')
@@ -380,18 +345,17 @@ def _predict_scene(
     from ..inference.polygons import vectorize
 
     model, metadata = _load(args, mean, std)
-    with _sigterm_interrupts():
-        summary = predict_raster(
-            model,
-            metadata,
-            source,
-            args.out,
-            probabilities=args.probabilities,
-            device=args.device,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            **_options(args),
-        )
+    summary = predict_raster(
+        model,
+        metadata,
+        source,
+        args.out,
+        probabilities=args.probabilities,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **_options(args),
+    )
     if not args.quiet:
         print(
             f'{summary.destination}: {summary.width} x {summary.height} pixels; '
@@ -399,13 +363,9 @@ def _predict_scene(
             f'{summary.seconds:.1f} s'
         )
     if args.polygons is not None:
-        with _sigterm_interrupts():
-            count = vectorize(
-                args.out,
-                args.polygons,
-                min_area=args.min_area,
-                overwrite=args.overwrite,
-            )
+        count = vectorize(
+            args.out, args.polygons, min_area=args.min_area, overwrite=args.overwrite
+        )
         if not args.quiet:
             print(f'{args.polygons}: {count} polygons')
 
@@ -449,20 +409,19 @@ def _predict_scenes(
                 flush=True,
             )
 
-    with _sigterm_interrupts():
-        results = predict_scenes(
-            model,
-            metadata,
-            jobs,
-            rank=rank,
-            world_size=world_size,
-            skip_complete=folder,
-            overwrite=args.overwrite,
-            report=report,
-            device=device,
-            progress=not args.quiet and world_size == 1,
-            **_options(args),
-        )
+    results = predict_scenes(
+        model,
+        metadata,
+        jobs,
+        rank=rank,
+        world_size=world_size,
+        skip_complete=folder,
+        overwrite=args.overwrite,
+        report=report,
+        device=device,
+        progress=not args.quiet and world_size == 1,
+        **_options(args),
+    )
     results = gather_results(results)
     if rank != 0:
         return  # the first process reports for all

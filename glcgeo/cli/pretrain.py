@@ -152,15 +152,19 @@ def run(args: argparse.Namespace) -> None:
     Raises:
         GlcgeoError: when no data is given, or nothing is there to resume.
     """
+    from ..datamodules import GLCNetDataModule
     from ..pretrain import pretrain
     from ..runs import load_config
+    from ..tasks import GLCNetTask
 
     config_file = args.config
     if config_file is None and args.resume:
         # A resumed run keeps the settings it started with (flags still override).
         saved = os.path.join(args.out, 'config.yaml')
         config_file = saved if os.path.exists(saved) else None
-    config = load_config(config_file) if config_file else {}
+    config = (
+        load_config(config_file, GLCNetDataModule, GLCNetTask) if config_file else {}
+    )
     data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
     if 'paths' not in data and args.resume:
         raise GlcgeoError('nothing to resume in this folder (no config.yaml)', args.out)

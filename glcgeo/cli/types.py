@@ -39,6 +39,15 @@ def _number(kind: type, text: str) -> float:
     return value
 
 
+def finite(text: str) -> float:
+    """A type for finite numbers (NaN and infinities refused).
+
+    Returns:
+        the number.
+    """
+    return _number(float, text)
+
+
 def at_least(minimum: float, kind: type = int) -> ArgumentType:
     """A type for numbers >= *minimum*.
 

@@ -37,8 +37,8 @@ from torchgeo.samplers import GeoSampler
 from tqdm import tqdm
 
 from ..checkpoints import CheckpointMetadata
-from ..datasets import GeoTiffMosaic
-from ..errors import GlcgeoError
+from ..datasets import GeoTiffMosaic, open_raster
+from ..errors import GlcgeoError, check_memory
 from ..outputs import check_destination
 from ..provenance import Provenance, creation_time
 from ..sources import gdal_options, is_url
@@ -53,7 +53,6 @@ from .reading import (
     dataset_patch,
     input_bands,
     normalize_input,
-    open_source,
     pad_to_stride,
     prediction_grid,
     read_ahead,
@@ -522,7 +521,7 @@ def predict_unpublished(
     torch_device = resolve_device(device)
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
-        open_source(source) as src,
+        open_raster(source) as src,
     ):
         bands = input_bands(src, metadata, os.fspath(source))
         width, height = src.width, src.height
@@ -530,6 +529,18 @@ def predict_unpublished(
         if batch_size is None:
             tile_pixels = grid.tile_height * grid.tile_width
             batch_size = default_batch_size(torch_device, tile_pixels)
+        # At least: a batch's input and probabilities, and the rows in progress.
+        tiles = f'{grid.tile_height:,} x {grid.tile_width:,} pixels'
+        check_memory(
+            4
+            * batch_size
+            * grid.tile_height
+            * grid.tile_width
+            * (len(bands) + 2 * metadata.num_classes)
+            + 4 * 2 * grid.tile_height * width * metadata.num_classes,
+            f'batches of {batch_size} tiles of {tiles} (--batch-size, --tile-size)',
+            'choose a smaller --tile-size or --batch-size',
+        )
         # Strips of a batch (4 tiles at least): their tiles share the reads of
         # their overlaps, and their memory does not grow with the scene's width.
         reader = SceneReader(

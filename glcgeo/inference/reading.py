@@ -32,7 +32,6 @@ from torch import Tensor
 from ..checkpoints import CheckpointMetadata
 from ..datasets import pixel_reads, valid_pixels
 from ..errors import GlcgeoError
-from ..sources import exists, gdal_reason, is_url, to_gdal_path
 from ..transforms import normalize_bands
 from .tiling import Tile, TileGrid
 
@@ -48,7 +47,6 @@ __all__ = [
     'dataset_patch',
     'input_bands',
     'normalize_input',
-    'open_source',
     'pad_to_stride',
     'place_tile',
     'prediction_grid',
@@ -133,34 +131,6 @@ def pad_to_stride(image: Tensor) -> Tensor:
         image = F.pad(image, (0, cols, 0, rows), mode='reflect')
         pad_rows, pad_cols = pad_rows - rows, pad_cols - cols
     return image
-
-
-def open_source(source: str | os.PathLike[str]) -> rasterio.DatasetReader:
-    """Open an input raster, a local file or a URL, or say in one line why not.
-
-    Args:
-        source: a local path or a URL (see :mod:`glcgeo.sources`).
-
-    Returns:
-        the open dataset.
-
-    Raises:
-        GlcgeoError: naming *source* as given: a missing local file, or a file or
-            URL that GDAL cannot open as a raster.
-
-    """
-    gdal_path = to_gdal_path(source)
-    if not exists(source):
-        raise GlcgeoError('no such input file', source)
-    try:
-        return rasterio.open(gdal_path)
-    except rasterio.errors.RasterioIOError as error:
-        what = (
-            'cannot open the URL as a raster'
-            if is_url(source)
-            else ('not a readable raster')
-        )
-        raise GlcgeoError(f'{what} ({gdal_reason(error, gdal_path)})', source) from None
 
 
 def input_bands(
