@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from rasterio.features import geometry_mask
 from torch import Generator, Tensor
 
 from .checkpoints import BandMetadata
@@ -173,7 +172,6 @@ def compute_band_stats(
         dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99
     )
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    footprints = dataset.index.geometry.values
     count = 0
     total = np.zeros(dataset.num_bands)
     total_sq = np.zeros(dataset.num_bands)
@@ -182,15 +180,8 @@ def compute_band_stats(
         xmin, ymin, xmax, ymax = grid.window_bounds(window)
         image = dataset.read_window(xmin, ymin, xmax, ymax)
         # Gaps between files are filled with 0, which is data for files without
-        # a nodata value: keep only pixels whose centre lies on a file (one of
-        # those the window overlaps).
-        on_files = geometry_mask(
-            footprints[dataset.files_within(xmin, ymin, xmax, ymax)],
-            out_shape=(size, size),
-            transform=grid.window_transform(window, size),
-            invert=True,
-        )
-        valid = dataset.valid_mask(image) & torch.from_numpy(on_files)
+        # a nodata value: keep only pixels whose centre lies on a file.
+        valid = dataset.valid_mask(image) & dataset.on_files(xmin, ymin, xmax, ymax)
         pixels = image[:, valid].double().numpy()
         count += pixels.shape[1]
         total += pixels.sum(axis=1)
