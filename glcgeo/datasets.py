@@ -16,7 +16,7 @@ import os
 import resource
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1135,7 +1135,7 @@ class GeoTiffMask(GeoTiffMosaic):
         res: float | tuple[float, float] | None = None,
         nodata: float | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
-        read_as: dict[str, PROJ_CRS | str] | None = None,
+        read_as: Mapping[str, CRS | PROJ_CRS | str] | None = None,
     ) -> None:
         """Initialize a new GeoTiffMask.
 

@@ -138,6 +138,11 @@ def _start_normalisation(weights: str, data: dict[str, Any]) -> None:
                 weights,
             )
         data['bands'], data['stats'] = stats.bands, stats
+    elif len(bands) != len(stats.bands):
+        raise GlcgeoError(
+            f'the weights take {len(stats.bands)} bands, --bands gives {len(bands)}',
+            weights,
+        )
     elif [str(b) for b in bands] == [str(b) for b in stats.bands] and not other_dtype:
         data['stats'] = stats
     else:

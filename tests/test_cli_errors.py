@@ -342,7 +342,7 @@ def _mask_variant(folder: Path, name: str) -> Path:
         ('sparse', 'lower --min-labelled'),
         ('nodata', 'the masks hold no class pixel over the images'),
         ('four bands', 'a class mask must have one band of class ids, this file has 4'),
-        ('float masks', 'the mask holds values that are no whole number (0.5): '),
+        ('float masks', 'the mask holds values that are no whole number ('),
         ('one class', 'the masks hold one class (value 1) over the images: give the '
          'values of every class, at least two, with --class-values'),
         ('local crs', 'its CRS, a local CRS "RGF93 v1 / Lambert-93", cannot be '
