@@ -17,7 +17,7 @@ import resource
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ from pyproj import CRS as PROJ_CRS
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
+from rasterio.features import geometry_mask
 from rasterio.io import DatasetReader
 from rasterio.merge import copy_first
 from rasterio.transform import array_bounds
@@ -754,6 +755,46 @@ class GeoTiffMosaic(RasterDataset):
         left, bottom, right, top = self._file_boxes[found].T
         return found[(left < xmax) & (xmin < right) & (bottom < ymax) & (ymin < top)]
 
+    def on_files(
+        self,
+        xmin: float,
+        ymin: float,
+        xmax: float,
+        ymax: float,
+        res: tuple[float, float] | None = None,
+    ) -> Tensor:
+        """Pixels of a read whose centre lies on a file's footprint.
+
+        A read fills the ground between files with the first file's nodata
+        value, or 0 where it has none, which is data (or a class) for files
+        without nodata: this tells the files' ground from the gaps.
+
+        Args:
+            xmin: left edge, in the dataset CRS.
+            ymin: bottom edge.
+            xmax: right edge.
+            ymax: top edge.
+            res: (x, y) pixel size of the read (defaults to the dataset's).
+
+        Returns:
+            a boolean [H, W] mask of the read's pixels, True on a file.
+        """
+        xres, yres = res or self.res
+        shape = (round((ymax - ymin) / yres), round((xmax - xmin) / xres))
+        boxes = self._file_boxes[self.files_within(xmin, ymin, xmax, ymax)]
+        left, bottom, right, top = boxes.T
+        if np.any((left <= xmin) & (bottom <= ymin) & (xmax <= right) & (ymax <= top)):
+            return torch.ones(shape, dtype=torch.bool)  # one file covers the read
+        if len(boxes) == 0:
+            return torch.zeros(shape, dtype=torch.bool)
+        on_files = geometry_mask(
+            shapely.box(*boxes.T),
+            out_shape=shape,
+            transform=Affine(xres, 0.0, xmin, 0.0, -yres, ymax),
+            invert=True,
+        )
+        return torch.from_numpy(on_files)
+
     def read_window(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Tensor:
         """Read a ground box at the dataset's resolution, as float32.
 
@@ -1177,9 +1218,13 @@ class GeoTiffMosaic(RasterDataset):
 class GeoTiffMask(GeoTiffMosaic):
     """Class masks in GeoTIFFs: one band of integer class values.
 
-    Samples hold ``mask`` [H, W] int64 instead of ``image``. Resampling is nearest
-    neighbour (TorchGeo's choice for integer data), so class values are never
-    blended. Areas outside the files read as the nodata value.
+    Samples hold ``mask`` [H, W] int64 instead of ``image``, and ``labelled``
+    [H, W] bool: True where a file holds a value other than the nodata value
+    (or NaN). The ground outside every file is unlabelled whatever the files'
+    nodata: a read fills it with the nodata value, or with 0 where there is
+    none, which is a class in many masks. Resampling is nearest neighbour
+    (TorchGeo's choice for integer data), so class values are never blended.
+    Float files must hold whole numbers (1.0, not 1.5).
 
     .. versionadded:: 0.1
     """
@@ -1194,6 +1239,7 @@ class GeoTiffMask(GeoTiffMosaic):
         res: float | tuple[float, float] | None = None,
         nodata: float | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        read_as: Mapping[str, CRS | PROJ_CRS | str] | None = None,
     ) -> None:
         """Initialize a new GeoTiffMask.
 
@@ -1205,8 +1251,20 @@ class GeoTiffMask(GeoTiffMosaic):
             res: pixel size in units of *crs* (defaults to the first file's).
             nodata: value of unlabelled pixels overriding the files' own.
             transforms: a function applied to each sample.
+            read_as: files (as :func:`~glcgeo.sources.expand` gives them) to read
+                in another CRS than their own: a mask in a local (engineering)
+                CRS, which cannot be transformed, on the exact pixel grid of an
+                image in that CRS.
+
+        Raises:
+            GlcgeoError: for a file of several bands without *band*, or a float
+                file holding values that are no whole number.
 
         """
+        # Before indexing, which opens the files.
+        self.read_as = {
+            path: CRS.from_user_input(crs) for path, crs in (read_as or {}).items()
+        }
         super().__init__(
             paths,
             bands=[band or 1],
@@ -1221,3 +1279,74 @@ class GeoTiffMask(GeoTiffMosaic):
                 f'{len(self.all_bands)}',
                 self.files[0],
             )
+        if np.issubdtype(self.source_dtype, np.floating):
+            map_files(self._check_whole_numbers, self.files)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """int64, or float64 for float files (NaN is no class: see ``labelled``)."""
+        if np.issubdtype(self.source_dtype, np.floating):
+            return torch.float64
+        return torch.long
+
+    def _check_whole_numbers(self, path: str) -> None:
+        """Check that a float mask holds class ids: whole numbers, NaN or nodata.
+
+        Raises:
+            GlcgeoError: naming the file and a value that is no whole number.
+        """
+        band = self.band_indexes_selected[0]
+        with open_env(path), rasterio.open(path) as src, pixel_reads([path]):
+            nodata = self.nodata if self.nodata is not None else src.nodata
+            for _, window in src.block_windows(band):
+                values = src.read(band, window=window)
+                values = values[np.isfinite(values) & (values != nodata)]
+                fractional = values[values != np.round(values)]
+                if fractional.size:
+                    raise GlcgeoError(
+                        f'the mask holds values that are no whole number '
+                        f'({fractional[0]:g}): class masks hold integer class ids',
+                        path,
+                    )
+
+    def _load_warp_file(  # type: ignore[override]
+        self, filepath: str, crs: PROJ_CRS | None = None
+    ) -> DatasetReader | WarpedVRT:
+        """Open a file in *crs*, or a file of *read_as* in the CRS given there."""
+        grid_crs = self.read_as.get(filepath)
+        if grid_crs is None:
+            return super()._load_warp_file(filepath, crs)
+        src = rasterio.open(filepath)
+        override = {} if self.nodata is None else {'src_nodata': self.nodata}
+        vrt = WarpedVRT(src, src_crs=grid_crs, crs=grid_crs, **override)
+        src.close()
+        return vrt
+
+    def __getitem__(self, index: GeoSlice) -> Sample:
+        """Read a TorchGeo slice.
+
+        Args:
+            index: ``[xmin:xmax:xres, ymin:ymax:yres]`` in the dataset CRS.
+
+        Returns:
+            ``mask`` [H, W] int64 raw class values, ``labelled`` [H, W] bool (True
+            on a file's value that is not nodata), ``bounds`` and ``transform``
+            (see :meth:`GeoTiffMosaic.__getitem__`).
+        """
+        transforms, self.transforms = self.transforms, None
+        try:
+            sample = super().__getitem__(index)
+        finally:
+            self.transforms = transforms
+        x, y, _ = self._disambiguate_slice(index)
+        values = sample['mask']
+        labelled = self.on_files(x.start, y.start, x.stop, y.stop, (x.step, y.step))
+        labelled &= valid_pixels(values[None], self.file_nodata)
+        if values.is_floating_point():
+            labelled &= torch.isfinite(values)
+            values = torch.where(labelled, values, 0.0).long()
+        sample['mask'] = values
+        sample['labelled'] = labelled
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample

@@ -18,6 +18,7 @@ read the same YAML (:mod:`glcgeo.runs`).
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,24 +96,61 @@ def pretrained_band_stats(path: str) -> BandStats | None:
     )
 
 
-def _check_weights_bands(
-    weights: str, stats: BandStats, images: str | list[str]
-) -> None:
-    """Check that the images have the bands the start weights were trained on.
+def _start_normalisation(weights: str, data: dict[str, Any]) -> None:
+    """Normalise as the start weights were trained, on the data they were trained on.
+
+    Without ``bands``, the images must have the band count (and dtype, where the
+    weights record it) of those the weights were trained on: their bands and
+    statistics are then used. ``bands`` other than the weights' (or of another
+    dtype) are the user's choice of bands to feed the weights: they are
+    normalised with the images' own statistics, computed by the data module.
+
+    Args:
+        weights: the start checkpoint.
+        data: the data module's arguments, without ``stats``; ``stats`` and
+            ``bands`` are set here.
 
     Raises:
-        GlcgeoError: naming the weights, if the first image has too few bands.
+        GlcgeoError: naming the weights, if the images differ from the data the
+            weights were trained on and no ``bands`` are given.
     """
+    stats = pretrained_band_stats(weights)
+    if stats is None:
+        return
+    trained_dtype = read_band_metadata(weights).band_dtype
     try:
-        with rasterio.open(expand_paths(images)[0]) as src:
-            count = src.count
+        with rasterio.open(expand_paths(data['images'])[0]) as src:
+            count, dtype = src.count, src.dtypes[0]
     except rasterio.errors.RasterioIOError:
         return  # the data module names the unreadable file
-    if max(stats.bands) > count:
+    other_dtype = trained_dtype is not None and trained_dtype != dtype
+    bands = data.get('bands')
+    if bands is None:
+        if count != len(stats.bands) or other_dtype:
+            trained_on = f'{trained_dtype} images' if trained_dtype else 'images'
+            these = f' ({dtype})' if trained_dtype else ''
+            raise GlcgeoError(
+                f'the weights take {len(stats.bands)} bands (bands {stats.bands} of '
+                f'the {trained_on} they were trained on), but the images have '
+                f'{count}{these}: give --bands with {len(stats.bands)} of their '
+                "bands (normalised with the images' own statistics), or --stats",
+                weights,
+            )
+        data['bands'], data['stats'] = stats.bands, stats
+    elif len(bands) != len(stats.bands):
         raise GlcgeoError(
-            f'the weights take {len(stats.bands)} bands (bands {stats.bands} of the '
-            f'images they were trained on), but the images have {count}',
+            f'the weights take {len(stats.bands)} bands, --bands gives {len(bands)}',
             weights,
+        )
+    elif [str(b) for b in bands] == [str(b) for b in stats.bands] and not other_dtype:
+        data['stats'] = stats
+    else:
+        warnings.warn(
+            f'{weights}: the weights were trained on bands {stats.bands} of other '
+            f'images; bands {list(bands)} of these are normalised with their own '
+            'statistics',
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -176,7 +214,9 @@ def finetune(
     Args:
         data: keyword arguments of :class:`~glcgeo.datamodules.SegmentationDataModule`
             (``images``, ``masks``, ``label_fraction`` ...). Without ``stats``, a
-            start checkpoint's own statistics are used, else the images'.
+            start checkpoint's own bands and statistics are used where the
+            images are of the data it was trained on, else the images' own
+            statistics (:func:`_start_normalisation`).
         model: keyword arguments of :class:`~glcgeo.tasks.FinetuneTask`
             (``weights``, ``transfer``, ``backbone`` ...); ``in_channels``,
             ``num_classes``, ``class_names`` and ``ignore_index`` default to the
@@ -193,7 +233,9 @@ def finetune(
 
     Raises:
         GlcgeoError: for bad data, weights or settings, before anything is written;
-            if another live run holds *out* (:class:`~glcgeo.outputs.OutputLock`).
+            if another live run holds *out* (:class:`~glcgeo.outputs.OutputLock`),
+            or for start weights trained on other data than the images, unless
+            ``bands`` are given.
         NoRoomError: if a file of the run finds no room.
 
     """
@@ -225,10 +267,7 @@ def _finetune(
     data = dict(data)
     weights = model.get('weights')
     if weights is not None and data.get('stats') is None:
-        data['stats'] = pretrained_band_stats(weights)
-        if data['stats'] is not None and data.get('bands') is None:
-            _check_weights_bands(weights, data['stats'], data['images'])
-            data['bands'] = data['stats'].bands
+        _start_normalisation(weights, data)
     # Build the data, the model and the trainer first: bad inputs or settings
     # fail before any file is written.
     datamodule = SegmentationDataModule(**data)

@@ -20,7 +20,7 @@ import torch
 from rasterio.windows import Window
 from torch import Generator
 
-from .datasets import GeoTiffMask
+from .datasets import GeoTiffMask, GeoTiffMosaic
 from .errors import GlcgeoError
 from .geometry import PixelGrid
 
@@ -117,6 +117,40 @@ def _split_counts(fractions: Sequence[float], total: int) -> list[int]:
     return counts
 
 
+def _blocks_on_files(
+    masks: GeoTiffMask, grid: PixelGrid, span: int, shape: tuple[int, int]
+) -> list[TileIndex]:
+    """The blocks that mask files overlap, sorted.
+
+    Blocks are found from the files' footprints, so that scattered files cost
+    their own blocks, not their bounding box's.
+
+    Args:
+        masks: the masks, in the CRS of *grid*.
+        grid: the tiled pixel grid.
+        span: side of a block, in pixels.
+        shape: (rows, columns) of blocks of the tiled area.
+
+    Returns:
+        (row, col) of each block, in blocks.
+    """
+    xres, yres = grid.res
+    last_row, last_col = shape[0] - 1, shape[1] - 1
+    blocks: set[TileIndex] = set()
+    for left, bottom, right, top in masks.index.geometry.bounds.to_numpy():
+        # Block edges from the grid's top-left corner, rounded off float error.
+        c0 = math.floor(round((left - grid.x0) / xres / span, 9))
+        c1 = math.ceil(round((right - grid.x0) / xres / span, 9)) - 1
+        r0 = math.floor(round((grid.y0 - top) / yres / span, 9))
+        r1 = math.ceil(round((grid.y0 - bottom) / yres / span, 9)) - 1
+        blocks.update(
+            (r, c)
+            for r in range(max(r0, 0), min(r1, last_row) + 1)
+            for c in range(max(c0, 0), min(c1, last_col) + 1)
+        )
+    return sorted(blocks)
+
+
 def split_tiles(
     masks: GeoTiffMask,
     grid: PixelGrid,
@@ -127,13 +161,17 @@ def split_tiles(
     min_labelled: float = 0.5,
     class_values: Sequence[int] | None = None,
     generator: Generator | None = None,
+    images: GeoTiffMosaic | None = None,
 ) -> TileSplit:
     """Cut the labelled area into tiles and deal whole blocks of them to splits.
 
-    The mask is read once, block by block, to find each tile's labelled fraction;
-    tiles below *min_labelled* are dropped, and blocks without any kept tile take
-    no part in the draw. Blocks are dealt in the order of a seeded permutation:
-    the first ``fractions[0]`` of them to train, and so on, at least one each.
+    The mask is read once, block by block (only blocks on mask files), to find
+    each tile's labelled fraction: pixels on a mask file holding a class value,
+    and on an image file when *images* are given (the ground between files is
+    never labelled, whatever the masks' nodata); tiles below *min_labelled* are
+    dropped, and blocks without any kept tile take no part in the draw. Blocks
+    are dealt in the order of a seeded permutation: the first ``fractions[0]``
+    of them to train, and so on, at least one each.
 
     Args:
         masks: the masks, in the CRS and resolution of *grid*.
@@ -144,8 +182,10 @@ def split_tiles(
         fractions: shares of blocks for train, validation and test.
         min_labelled: smallest fraction of class pixels for a tile to be used.
         class_values: raw values that are classes (defaults to every value found
-            except the masks' nodata).
+            on labelled pixels).
         generator: random generator of the block deal (defaults to seed 0).
+        images: the images, in the CRS and resolution of *grid*: labels count
+            only on their files.
 
     Returns:
         the split.
@@ -171,32 +211,36 @@ def split_tiles(
             masks.files[0],
         )
     generator = generator or torch.Generator().manual_seed(0)
-    nodata = masks.file_nodata
     span = tile_size * block_size
-    raw_blocks: dict[TileIndex, np.ndarray] = {}
-    for block_row in range(math.ceil(rows / block_size)):
-        for block_col in range(math.ceil(columns / block_size)):
-            # Read whole blocks (clipped to the tiled area): one read per block.
-            width = min(span, (columns - block_col * block_size) * tile_size)
-            height = min(span, (rows - block_row * block_size) * tile_size)
-            block = Window(block_col * span, block_row * span, width, height)
-            xmin, ymin, xmax, ymax = grid.window_bounds(block)
-            query = (slice(xmin, xmax, grid.res[0]), slice(ymin, ymax, grid.res[1]))
-            try:
-                raw = masks[query]['mask'].numpy()
-            except IndexError:
-                continue  # a block outside every mask file
-            raw_blocks[(block_row, block_col)] = raw
+    raw_blocks: dict[TileIndex, tuple[np.ndarray, np.ndarray]] = {}
+    shape = (math.ceil(rows / block_size), math.ceil(columns / block_size))
+    for block_row, block_col in _blocks_on_files(masks, grid, span, shape):
+        # Read whole blocks (clipped to the tiled area): one read per block.
+        width = min(span, (columns - block_col * block_size) * tile_size)
+        height = min(span, (rows - block_row * block_size) * tile_size)
+        block = Window(block_col * span, block_row * span, width, height)
+        xmin, ymin, xmax, ymax = grid.window_bounds(block)
+        query = (slice(xmin, xmax, grid.res[0]), slice(ymin, ymax, grid.res[1]))
+        try:
+            sample = masks[query]
+        except IndexError:
+            continue  # only touches a mask file
+        block_labels = sample['labelled']
+        if images is not None:
+            block_labels &= images.on_files(xmin, ymin, xmax, ymax)
+        raw_blocks[(block_row, block_col)] = (
+            sample['mask'].numpy(),
+            block_labels.numpy(),
+        )
     if class_values is None:
         found = set()
-        for raw in raw_blocks.values():
-            found.update(np.unique(raw).tolist())
-        found.discard(nodata)
+        for raw, on_labels in raw_blocks.values():
+            found.update(np.unique(raw[on_labels]).tolist())
         class_values = sorted(int(v) for v in found)
     labelled: dict[TileIndex, float] = {}
     any_class = False
-    for (block_row, block_col), raw in raw_blocks.items():
-        is_class = np.isin(raw, class_values)
+    for (block_row, block_col), (raw, on_labels) in raw_blocks.items():
+        is_class = np.isin(raw, class_values) & on_labels
         any_class = any_class or bool(is_class.any())
         for r in range(raw.shape[0] // tile_size):
             for c in range(raw.shape[1] // tile_size):

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from rasterio.features import geometry_mask
 from torch import Generator, Tensor
 
 from .checkpoints import BandMetadata
@@ -294,15 +293,8 @@ def compute_band_stats(
         xmin, ymin, xmax, ymax = mosaic.grid.window_bounds(window)
         image = mosaic.read_window(xmin, ymin, xmax, ymax)
         # Gaps between files are filled with 0, which is data for files without
-        # a nodata value: keep only pixels whose centre lies on a file (one of
-        # those the window overlaps).
-        on_files = geometry_mask(
-            mosaic.index.geometry.values[mosaic.files_within(xmin, ymin, xmax, ymax)],
-            out_shape=(size, size),
-            transform=mosaic.grid.window_transform(window, size),
-            invert=True,
-        )
-        valid = mosaic.valid_mask(image) & torch.from_numpy(on_files)
+        # a nodata value: keep only pixels whose centre lies on a file.
+        valid = mosaic.valid_mask(image) & mosaic.on_files(xmin, ymin, xmax, ymax)
         pixels = image[:, valid].double().numpy()
         count += pixels.shape[1]
         total += pixels.sum(axis=1)

@@ -13,8 +13,10 @@ import rasterio
 import torch
 import yaml
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.windows import Window
 from torch import nn
 from torch.utils.data import DataLoader
 from torchgeo.tasks import SemanticSegmentation
@@ -144,6 +146,12 @@ def write_raster(
     with rasterio.open(path, 'w', **profile) as dst:
         dst.write(array)
     return path
+
+
+def read_crop(source: Path, window: Window) -> tuple[np.ndarray, Affine, CRS]:
+    """A window of a raster: its [C, H, W] values, transform and CRS."""
+    with rasterio.open(source) as src:
+        return src.read(window=window), src.window_transform(window), src.crs
 
 
 @pytest.fixture

@@ -73,10 +73,18 @@ def starts(
 
 
 def test_band_metadata_is_written_and_read_by_one_schema() -> None:
-    metadata = BandMetadata(bands=(4, 3), band_mean=(1.0, 2.0), band_std=(3.0, 4.0))
+    metadata = BandMetadata(
+        bands=(4, 3), band_mean=(1.0, 2.0), band_std=(3.0, 4.0), band_dtype='uint16'
+    )
     written = metadata.to_hyperparameters()
-    assert written == {'bands': [4, 3], 'band_mean': [1.0, 2.0], 'band_std': [3.0, 4.0]}
-    assert all(type(v) is list for v in written.values())  # weights_only-safe
+    assert written == {
+        'bands': [4, 3],
+        'band_mean': [1.0, 2.0],
+        'band_std': [3.0, 4.0],
+        'band_dtype': 'uint16',
+    }
+    # weights_only-safe: plain lists and strings.
+    assert all(type(written[k]) is list for k in ('bands', 'band_mean', 'band_std'))
     assert BandMetadata.from_hyperparameters({**written, 'lr': 0.1}) == metadata
     assert BandMetadata.from_hyperparameters({}) == BandMetadata()
     with pytest.raises(GlcgeoError, match='given together'):

@@ -299,23 +299,38 @@ def test_finetuning_shorter_than_an_epoch_validates_at_its_end(
 # [7] Advice that points the right way.
 
 
+#: A local (engineering) CRS, as FLAIR-2's masks have beside EPSG:2154 images.
+LOCAL_CRS = (
+    'LOCAL_CS["RGF93 v1 / Lambert-93",UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
+    'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
+
+
 def _mask_variant(folder: Path, name: str) -> Path:
-    """The demo labels made sparse, empty, or four bands deep."""
+    """The demo labels made sparse, empty, four bands deep, float, of one class,
+    or in a local CRS (the labels cover both tiles: on neither's grid)."""
     with rasterio.open(LABELS) as src:
         labels, profile = src.read(1), src.profile
-    nodata = profile['nodata']
+    nodata, crs = profile['nodata'], profile['crs']
     if name == 'sparse':
         sparse = np.full_like(labels, nodata)
         sparse[::7, ::7] = labels[::7, ::7]
         bands = sparse[None]
     elif name == 'nodata':
         bands = np.full_like(labels, nodata)[None]
+    elif name == 'float':
+        bands = np.where(labels == nodata, nodata, labels + 0.5).astype('float32')
+        bands = bands[None]
+    elif name == 'one':
+        bands = np.where(labels == nodata, nodata, 1).astype(labels.dtype)[None]
+    elif name == 'local':
+        bands, crs = labels[None], LOCAL_CRS
     else:
         bands = np.stack([labels] * 4)
     return write_raster(
         folder / f'{name}.tif',
         bands,
-        crs=profile['crs'],
+        crs=crs,
         transform=profile['transform'],
         nodata=nodata,
     )
@@ -327,16 +342,27 @@ def _mask_variant(folder: Path, name: str) -> Path:
         ('sparse', 'lower --min-labelled'),
         ('nodata', 'the masks hold no class pixel over the images'),
         ('four bands', 'a class mask must have one band of class ids, this file has 4'),
+        ('float masks', 'the mask holds values that are no whole number ('),
+        ('one class', 'the masks hold one class (value 1) over the images: give the '
+         'values of every class, at least two, with --class-values'),
+        ('local crs', 'its CRS, a local CRS "RGF93 v1 / Lambert-93", cannot be '
+         "transformed to EPSG:32618 (such a mask is read in the images' CRS only "
+         'on the exact grid of an image'),
         ('weights', 'the weights take 4 bands (bands [1, 2, 3, 4] of the images'),
+        # Weights of a 3-band uint8 pretraining, 4-band uint16 images.
+        ('uint8 weights', 'the weights take 3 bands (bands [1, 2, 3] of the uint8 '
+         'images they were trained on), but the images have 4 (uint16): give '
+         "--bands with 3 of their bands (normalised with the images' own "
+         'statistics), or --stats'),
         ('no crs', 'raster has no CRS (not georeferenced); give one with --crs'),
     ],
-)
+)  # fmt: skip
 def test_advice_points_the_right_way(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, advice: str
 ) -> None:
     out = tmp_path / 'out'
     finetune = ['finetune', '--images', str(S2_TILES), '--out', str(out), *FINETUNE]
-    if case in ('sparse', 'nodata', 'four bands'):
+    if case not in ('weights', 'uint8 weights', 'no crs'):
         mask = _mask_variant(tmp_path, case.split()[0])
         argv, culprit = [*finetune, '--masks', str(mask)], mask
     elif case == 'weights':
@@ -350,6 +376,16 @@ def test_advice_points_the_right_way(
         torch.save({'state_dict': {}, 'hyper_parameters': metadata}, culprit)
         argv = [*finetune, '--images', str(QUADRANTS[0]), '--weights', str(culprit)]
         advice += ' they were trained on), but the images have 3'
+    elif case == 'uint8 weights':
+        culprit = tmp_path / 'weights.ckpt'
+        metadata = {
+            'bands': [1, 2, 3],
+            'band_mean': [50.0] * 3,
+            'band_std': [30.0] * 3,
+            'band_dtype': 'uint8',
+        }
+        torch.save({'state_dict': {}, 'hyper_parameters': metadata}, culprit)
+        argv = [*finetune, '--weights', str(culprit)]
     else:
         with rasterio.open(LANDSAT8) as src:
             culprit = write_raster(

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,16 @@ import torch
 from conftest import (
     NC_IMAGE,
     NC_LABELS,
+    S2_TILE_A,
     RasterWriter,
     TorchGeoFit,
     needs_nc,
+    read_crop,
     save_ssl_checkpoint,
+    save_task_checkpoint,
+    write_raster,
 )
+from rasterio.windows import Window
 from torchgeo.tasks import SimCLR
 
 from glcgeo.cli import main
@@ -23,6 +29,7 @@ from glcgeo.datasets import GeoTiffMask, GeoTiffMosaic
 from glcgeo.errors import GlcgeoError
 from glcgeo.finetune import finetune
 from glcgeo.stats import BandStats, compute_band_stats
+from glcgeo.tasks import GLCNetTask
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 S2 = os.path.join(DATA, 'sentinel2_10m_tiles')
@@ -202,6 +209,109 @@ def test_cli_finetunes_from_a_simclr_checkpoint_with_the_demo_config(
     assert len(hparams['band_mean']) == 4
     assert main(args) == 2  # the run exists
     assert main([*args, '--overwrite']) == 0
+
+
+def test_weights_of_other_data_need_bands_and_then_use_the_images_statistics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GLCNet weights of a 3-band uint8 pretraining, 4-band uint16 images.
+    task = GLCNetTask(
+        backbone='resnet18', in_channels=3, bands=[1, 2, 3], band_mean=[50.0] * 3,
+        band_std=[30.0] * 3, band_dtype='uint8',
+    )  # fmt: skip
+    weights = save_task_checkpoint(task, tmp_path / 'landsat7.ckpt')
+    out = tmp_path / 'ft'
+    argv = [
+        'finetune', '--images', S2, '--masks', LABELS, '--out', out,
+        '--weights', weights, '--backbone', 'resnet18', '--patch-size', '32',
+        '--batch-size', '2', '--num-workers', '0', '--accelerator', 'cpu',
+        '--num-label-patches', '2', '--max-steps', '1', '--quiet',
+    ]  # fmt: skip
+    assert main([str(a) for a in argv]) == 2
+    assert 'the weights take 3 bands' in capsys.readouterr().err
+    assert not out.exists()
+    # The same band indexes of other data: the images' own statistics.
+    with pytest.warns(UserWarning, match='normalised with their own statistics'):
+        finetune(
+            {**TINY_DATA, 'bands': [1, 2, 3], 'num_label_patches': 2},
+            {**TINY_MODEL, 'weights': str(weights)},
+            {**TINY_TRAINER, 'max_steps': 1},
+            str(out),
+            quiet=True,
+        )
+    hparams = torch.load(out / 'model.ckpt', weights_only=True)['hyper_parameters']
+    images = compute_band_stats(GeoTiffMosaic(S2, bands=[1, 2, 3]))
+    assert hparams['band_mean'] == pytest.approx(images.mean)
+    assert hparams['bands'] == [1, 2, 3] and hparams['band_dtype'] == 'uint16'
+
+
+def test_float_masks_of_whole_numbers_with_nan_nodata_read_as_classes(
+    make_raster: RasterWriter,
+) -> None:
+    with rasterio.open(LABELS) as src:
+        labels, transform = src.read(1), src.transform
+    floats = np.where(labels == 255, np.nan, labels).astype('float32')
+    mask = make_raster('float.tif', floats[None], transform=transform, nodata=np.nan)
+    datamodule = SegmentationDataModule(**{**TINY_DATA, 'masks': str(mask)})
+    datamodule.setup('fit')
+    assert datamodule.tile_split is not None
+    assert datamodule.tile_split.class_values == [0, 1, 2]
+    sample = datamodule.dataset[datamodule.tile_split.query(datamodule.label_tiles[0])]  # type: ignore[index]
+    assert set(sample['mask'].unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_a_mask_of_one_class_trains_with_the_class_values_given(
+    tmp_path: Path, make_raster: RasterWriter
+) -> None:
+    with rasterio.open(LABELS) as src:
+        labels, transform = src.read(1), src.transform
+    land = np.where(labels == 255, 255, 1).astype('uint8')
+    mask = make_raster('land.tif', land[None], transform=transform, nodata=255)
+    # Water (0) and land (1): a binary task whose masks hold land only.
+    data = {**TINY_DATA, 'masks': str(mask), 'class_values': [0, 1],
+            'class_names': ['water', 'land'], 'num_label_patches': 2}  # fmt: skip
+    result = finetune(
+        data, TINY_MODEL, {**TINY_TRAINER, 'max_steps': 1}, str(tmp_path / 'ft'),
+        quiet=True,
+    )  # fmt: skip
+    assert result.test['test_OA'] >= 0 and 'test_F1_land' in result.test
+
+
+#: A local (engineering) CRS, as FLAIR-2's masks have beside EPSG:2154 images.
+LOCAL_CRS = (
+    'LOCAL_CS["RGF93 v1 / Lambert-93",UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
+    'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
+
+
+@pytest.mark.parametrize(
+    ('local', 'crs'),
+    [('masks', None), ('masks', 'EPSG:32618'), ('images', None)],
+    ids=['local masks', 'local masks, --crs', 'local images'],
+)
+def test_a_local_crs_on_the_grid_of_its_image_is_read_as_the_image_crs(
+    tmp_path: Path, local: str, crs: str | None
+) -> None:
+    window = Window(0, 0, 128, 128)  # tile A and the labels share this grid
+    files = {}
+    for name, source in (('images', S2_TILE_A), ('masks', LABELS)):
+        data, transform, file_crs = read_crop(source, window)
+        with rasterio.open(source) as src:
+            nodata = src.nodata
+        files[name] = write_raster(
+            tmp_path / f'{name}.tif', data, transform=transform, nodata=nodata,
+            crs=LOCAL_CRS if name == local else file_crs,
+        )  # fmt: skip
+    datamodule = SegmentationDataModule(
+        str(files['images']), str(files['masks']), crs=crs, patch_size=32,
+        block_size=1,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match='lies on the exact grid of .*images.tif'):
+        datamodule.setup('fit')
+    masks = datamodule.dataset.datasets[1]  # type: ignore[union-attr]
+    x, y, _ = masks.bounds
+    read = masks[x.start : x.stop : 10.0, y.start : y.stop : 10.0]['mask']
+    assert np.array_equal(read.numpy(), read_crop(LABELS, window)[0][0])
 
 
 def test_demo_config_runs_under_torchgeo_fit(torchgeo_fit: TorchGeoFit) -> None:

@@ -53,6 +53,7 @@ def test_pretrain_cli_writes_checkpoint_logs_and_resumes(tmp_path: str) -> None:
     assert checkpoint['global_step'] == 3
     hparams = checkpoint['hyper_parameters']
     assert hparams['in_channels'] == 4 and len(hparams['band_mean']) == 4
+    assert hparams['band_dtype'] == 'uint16'  # what fine-tuning checks its data by
     assert all(math.isfinite(loss) for loss in _losses(out))
     assert os.path.exists(os.path.join(out, 'stats.json'))
     assert glob.glob(os.path.join(out, 'logs', 'tensorboard', '*', 'events.*'))

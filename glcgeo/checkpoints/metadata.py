@@ -52,12 +52,15 @@ class BandMetadata:
         bands: 1-based band indexes of the input files to read, None for all.
         band_mean: per-band mean of raw values, None for no normalisation.
         band_std: per-band standard deviation of raw values.
+        band_dtype: dtype of the raw values (``'uint8'``, ``'uint16'`` ...), None
+            where not known.
 
     """
 
     bands: tuple[int, ...] | None = None
     band_mean: tuple[float, ...] | None = None
     band_std: tuple[float, ...] | None = None
+    band_dtype: str | None = None
 
     def __post_init__(self) -> None:
         """Check that the statistics go together."""
@@ -74,6 +77,7 @@ class BandMetadata:
             'bands': _optional_tuple(hyper_parameters.get('bands'), int),
             'band_mean': _optional_tuple(hyper_parameters.get('band_mean'), float),
             'band_std': _optional_tuple(hyper_parameters.get('band_std'), float),
+            'band_dtype': hyper_parameters.get('band_dtype'),
         }
 
     @classmethod
@@ -92,12 +96,14 @@ class BandMetadata:
         """The hyperparameters that carry this metadata in a checkpoint.
 
         Returns:
-            ``bands``, ``band_mean`` and ``band_std`` as plain lists (or None).
+            ``bands``, ``band_mean`` and ``band_std`` as plain lists (or None), and
+            ``band_dtype``.
         """
         return {
             'bands': _plain_list(self.bands, int),
             'band_mean': _plain_list(self.band_mean, float),
             'band_std': _plain_list(self.band_std, float),
+            'band_dtype': self.band_dtype,
         }
 
 

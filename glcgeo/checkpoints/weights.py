@@ -82,6 +82,7 @@ class PretrainedWeights:
         band_mean: per-band mean of the raw values used for normalisation.
         band_std: per-band standard deviation of the raw values.
         bands: 1-based band indexes of the input files.
+        band_dtype: dtype of the input files' raw values, None where not known.
         hyper_parameters: all hyperparameters stored with the weights.
     """
 
@@ -92,6 +93,7 @@ class PretrainedWeights:
     band_mean: list[float] | None
     band_std: list[float] | None
     bands: list[int] | None
+    band_dtype: str | None
     hyper_parameters: dict[str, Any]
 
 
@@ -270,6 +272,7 @@ def write_weights(weights: PretrainedWeights, path: StrPath) -> PretrainedWeight
         bands=weights.bands,
         band_mean=weights.band_mean,
         band_std=weights.band_std,
+        band_dtype=weights.band_dtype,
     )
     encoder_prefix, decoder_prefix = LAYOUTS['weights']
     assert decoder_prefix is not None

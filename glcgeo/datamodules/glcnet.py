@@ -1,5 +1,6 @@
 """GLCNet pretraining data: pairs of overlapping views from an unlabeled mosaic."""
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -158,7 +159,10 @@ class GLCNetDataModule(GeoDataModule):
     def band_metadata(self) -> BandMetadata:
         """The bands and statistics of the views, as checkpoints keep them."""
         assert self.band_stats is not None
-        return self.band_stats.metadata()
+        assert isinstance(self.train_dataset, GeoTiffMosaic)
+        return dataclasses.replace(
+            self.band_stats.metadata(), band_dtype=self.train_dataset.source_dtype
+        )
 
     def on_after_batch_transfer(
         self, batch: dict[str, Tensor], dataloader_idx: int

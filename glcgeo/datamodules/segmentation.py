@@ -7,11 +7,18 @@ split and label budget of :mod:`glcgeo.splits`, and
 :class:`~torchgeo.tasks.SemanticSegmentation` and :func:`glcgeo.finetune.finetune`.
 """
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 
 import kornia.augmentation as K
 import torch
+from pyproj import CRS as PROJ_CRS
+from pyproj import Transformer
+from pyproj.exceptions import ProjError
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from torch import Tensor, nn
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import IntersectionDataset
@@ -19,7 +26,7 @@ from torchgeo.datasets.utils import Sample, merge_samples
 
 from ..checkpoints import BandMetadata
 from ..collection import GeoTiffCollection, open_mosaic
-from ..datasets import GeoTiffMask, GeoTiffMosaic
+from ..datasets import GeoTiffMask, GeoTiffMosaic, expand_paths, read_header
 from ..errors import GlcgeoError
 from ..geometry import PixelGrid
 from ..samplers import TileSampler
@@ -79,33 +86,131 @@ class MaskEncoder:
         return ids
 
     def __call__(self, sample: Sample) -> Sample:
-        """Encode ``mask`` of a sample, ignoring pixels without image data.
+        """Encode ``mask``, ignoring unlabelled pixels and pixels without image.
 
         Args:
-            sample: a sample with ``mask`` (and optionally ``valid``: [H, W] bool,
-                True where the image holds data; it is kept, for normalisation).
+            sample: a sample with ``mask``, optionally ``labelled`` ([H, W] bool,
+                True on a mask file's value that is not nodata, as
+                :class:`~glcgeo.datasets.GeoTiffMask` reads it; removed) and
+                ``valid`` ([H, W] bool, True where the image holds data; kept,
+                for normalisation).
 
         Returns:
             the sample with ``mask`` as class ids.
 
         """
         mask = self.encode(sample['mask'])
-        valid = sample.get('valid')
-        if valid is not None:
-            mask[~valid] = self.ignore_index
+        for key in ('labelled', 'valid'):
+            known = sample.get(key)
+            if known is not None:
+                mask[~known] = self.ignore_index
+        sample.pop('labelled', None)
         sample['mask'] = mask
         return sample
 
 
 class _MarkImageValid:
-    """Record where the image holds data, for :class:`MaskEncoder` to ignore."""
+    """Record where the image holds data, for :class:`MaskEncoder` to ignore.
+
+    Pixels between image files read as the fill value (0 without nodata), which
+    is no data either.
+    """
 
     def __init__(self, images: GeoTiffMosaic) -> None:
         self.images = images
 
     def __call__(self, sample: Sample) -> Sample:
-        sample['valid'] = self.images.valid_mask(sample['image'])
+        xmin, xmax, xres, ymin, ymax, yres = sample['bounds'].tolist()
+        on_files = self.images.on_files(xmin, ymin, xmax, ymax, (xres, yres))
+        sample['valid'] = self.images.valid_mask(sample['image']) & on_files
         return sample
+
+
+#: What a mask in a CRS that cannot be transformed needs, for errors.
+ON_GRIDS = (
+    " (such a mask is read in the images' CRS only on the exact grid of an image: "
+    'same transform and size)'
+)
+
+
+def _crs_name(crs: CRS) -> str:
+    """A CRS as users know it: its EPSG code, or its name."""
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        return f'EPSG:{epsg}'
+    proj = PROJ_CRS.from_user_input(crs.to_wkt())
+    kind = 'a local CRS' if proj.is_engineering else 'the CRS'
+    return f'{kind} "{proj.name}"'
+
+
+def _transformable(source: CRS, target: CRS) -> bool:
+    """Whether PROJ knows how to transform coordinates of *source* to *target*."""
+    if source == target:
+        return True
+    try:
+        Transformer.from_crs(source.to_wkt(), target.to_wkt())
+    except ProjError:
+        return False  # a local (engineering) CRS, for one
+    return True
+
+
+def _crs_error(files: list[str], target: CRS, advice: str) -> GlcgeoError:
+    """The error naming the first file whose CRS cannot be transformed to *target*."""
+    for path in files:
+        crs = read_header(path, crs_given=True).crs
+        if crs is not None and not _transformable(crs, target):
+            return GlcgeoError(
+                f'its CRS, {_crs_name(crs)}, cannot be transformed to '
+                f'{_crs_name(target)}{advice}',
+                path,
+            )
+    return GlcgeoError(f'cannot transform the files to {_crs_name(target)}', files[0])
+
+
+def _on_image_grids(mask_files: list[str], images: GeoTiffMosaic) -> dict[str, CRS]:
+    """Masks whose CRS cannot be transformed to the images', on an image's grid.
+
+    A mask and its image on the same pixel grid, one in a local (engineering)
+    CRS such as FLAIR-2's masks beside EPSG:2154 images, hold the same ground
+    pixel for pixel: such a mask is read in the images' CRS, with a warning.
+
+    Args:
+        mask_files: the mask files.
+        images: the images.
+
+    Returns:
+        each mask to read in the images' CRS, with that CRS.
+
+    Raises:
+        GlcgeoError: naming the first mask whose CRS cannot be transformed and
+            that lies on the exact grid (transform and size) of no image file in
+            the images' CRS.
+    """
+    target = CRS.from_user_input(images.crs)
+    grids = {}
+    for path in images.files:
+        header = read_header(path, crs_given=True)
+        if header.crs == target:
+            grids[(header.transform, header.width, header.height)] = path
+    read_as = {}
+    for path in mask_files:
+        header = read_header(path, crs_given=True)
+        if header.crs is None or _transformable(header.crs, target):
+            continue
+        image = grids.get((header.transform, header.width, header.height))
+        if image is None:
+            raise _crs_error([path], target, ON_GRIDS)
+        warnings.warn(
+            f'{path}: its CRS, {_crs_name(header.crs)}, cannot be transformed to '
+            f"the images' {_crs_name(target)}; the mask lies on the exact grid of "
+            f"{image}, so it is read in the images' CRS",
+            UserWarning,
+            stacklevel=2,
+        )
+        read_as[path] = target
+    if not read_as:
+        raise _crs_error(mask_files, target, ON_GRIDS)
+    return read_as
 
 
 class SegmentationDataModule(GeoDataModule):
@@ -223,14 +328,20 @@ class SegmentationDataModule(GeoDataModule):
         if self.tile_split is not None:
             return
         hp = self.hparams
-        images = open_mosaic(
-            GeoTiffMosaic,
-            hp['images'],
-            bands=self.bands,
-            crs=hp['crs'],
-            res=hp['res'],
-            nodata=hp['nodata'],
-        )
+        image_files = expand_paths(hp['images'])
+        try:
+            images = open_mosaic(
+                GeoTiffMosaic,
+                image_files,
+                bands=self.bands,
+                crs=hp['crs'],
+                res=hp['res'],
+                nodata=hp['nodata'],
+            )
+        except CRSError:
+            target = hp['crs'] or read_header(image_files[0], crs_given=True).crs
+            advice = ': leave out --crs' if hp['crs'] else ''
+            raise _crs_error(image_files, CRS.from_user_input(target), advice) from None
         if isinstance(images, GeoTiffCollection):
             # Tiles, splits and masks are cut on one grid.
             raise GlcgeoError(
@@ -240,9 +351,19 @@ class SegmentationDataModule(GeoDataModule):
                 images.files[0],
             )
         # Warped onto the images' grid from the start (nearest neighbour).
-        masks = GeoTiffMask(
-            hp['masks'], crs=images.crs, res=images.res, nodata=hp['mask_nodata']
-        )
+        mask_files = expand_paths(hp['masks'])
+        try:
+            masks = GeoTiffMask(
+                mask_files, crs=images.crs, res=images.res, nodata=hp['mask_nodata']
+            )
+        except CRSError:
+            masks = GeoTiffMask(
+                mask_files,
+                crs=images.crs,
+                res=images.res,
+                nodata=hp['mask_nodata'],
+                read_as=_on_image_grids(mask_files, images),
+            )
         try:
             dataset = IntersectionDataset(
                 images, masks, spatial_only=True, collate_fn=merge_samples
@@ -262,7 +383,21 @@ class SegmentationDataModule(GeoDataModule):
             min_labelled=hp['min_labelled'],
             class_values=hp['class_values'],
             generator=torch.Generator().manual_seed(hp['split_seed']),
+            images=images,
         )
+        if len(split.class_values) < 2:
+            # A segmentation needs two classes; a mask may hold one of them only.
+            held = (
+                'one class value is given'
+                if hp['class_values']
+                else ('the masks hold one class')
+            )
+            raise GlcgeoError(
+                f'{held} (value {split.class_values[0]}) over the images: give the '
+                'values of every class, at least two, with --class-values '
+                '(class_values= in Python)',
+                masks.files[0],
+            )
         names = self.given_class_names or [str(v) for v in split.class_values]
         if len(names) != len(split.class_values):
             raise GlcgeoError(
@@ -375,7 +510,13 @@ class SegmentationDataModule(GeoDataModule):
     def band_metadata(self) -> BandMetadata:
         """The image bands read and their statistics, as checkpoints keep them."""
         assert self.band_stats is not None
-        return self.band_stats.metadata(self.band_indexes)
+        assert isinstance(self.dataset, IntersectionDataset)
+        images = self.dataset.datasets[0]
+        assert isinstance(images, GeoTiffMosaic)
+        return dataclasses.replace(
+            self.band_stats.metadata(self.band_indexes),
+            band_dtype=images.source_dtype,
+        )
 
     @property
     def band_indexes(self) -> list[int]:

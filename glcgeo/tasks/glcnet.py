@@ -53,6 +53,7 @@ class GLCNetTask(BaseTask):
         band_mean: list[float] | None = None,
         band_std: list[float] | None = None,
         bands: list[int] | None = None,
+        band_dtype: str | None = None,
     ) -> None:
         """Initialize a new GLCNetTask.
 
@@ -80,6 +81,7 @@ class GLCNetTask(BaseTask):
                 statistics when None, and saved with the weights).
             band_std: per-band standard deviation of raw values (likewise).
             bands: 1-based band indexes of the input files (likewise).
+            band_dtype: dtype of the input files' raw values (likewise).
 
         Raises:
             GlcgeoError: for an unknown ablation or matching.

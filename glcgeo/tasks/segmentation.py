@@ -76,6 +76,7 @@ class FinetuneTask(SemanticSegmentation):
         bands: list[int] | None = None,
         band_mean: list[float] | None = None,
         band_std: list[float] | None = None,
+        band_dtype: str | None = None,
     ) -> None:
         """Initialize a new FinetuneTask.
 
@@ -105,6 +106,7 @@ class FinetuneTask(SemanticSegmentation):
             bands: 1-based band indexes of the input files (for prediction).
             band_mean: per-band mean of raw values used to normalise inputs.
             band_std: per-band standard deviation of raw values.
+            band_dtype: dtype of the input files' raw values (``'uint16'`` ...).
 
         Raises:
             GlcgeoError: for an unknown transfer, names or colours that do not
