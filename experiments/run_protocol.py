@@ -322,12 +322,12 @@ def prepare(data: LabelledSet, settings: Settings, work: str) -> Prepared:
         scored = '-'.join(f'{settings.scored_tiles[p]}' for p in ('val', 'test'))
         tiles = os.path.join(folder, f'tiles-{settings.tile}-scenes-{scored}.pt')
         if not os.path.exists(tiles):
-            assert data.class_values is not None and data.class_names is not None
+            class_values, class_names = data.classes()
             read_scenes(
                 data.name,
                 {part: data.scene_files(part) for part in ('train', 'val', 'test')},
-                data.class_values,
-                data.class_names,
+                class_values,
+                class_names,
                 BandStats.load(stats),
                 settings.tile,
                 settings.scored_tiles,

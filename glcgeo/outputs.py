@@ -265,6 +265,23 @@ def _remove_stale_partials(folder: str, names: Sequence[str] | None) -> None:
                 os.remove(entry.path)
 
 
+#: Files of this process that only its unwinding would remove (temporary
+#: outputs, lock files): a process ending without unwinding (``os._exit`` after
+#: a Ctrl-C that found the main thread stuck in a C call) removes them first.
+_UNWOUND_FILES: set[str] = set()
+
+
+def remove_unwound_files() -> None:
+    """Remove the files only this process's unwinding would have removed.
+
+    For a process about to end without unwinding its ``with`` blocks; what
+    another thread removes meanwhile is no error.
+    """
+    for path in list(_UNWOUND_FILES):
+        with suppress(OSError):
+            os.remove(path)
+
+
 class OutputLock:
     """Claim an output, a file or a folder of outputs, for one run at a time.
 
@@ -353,6 +370,7 @@ class OutputLock:
                     break
             os.close(fd)
         self._fd = fd
+        _UNWOUND_FILES.add(self.lock)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f'{os.getpid()} {HOST}\n'.encode())
@@ -377,6 +395,7 @@ class OutputLock:
             return
         with suppress(FileNotFoundError):
             os.remove(self.lock)
+        _UNWOUND_FILES.discard(self.lock)
         os.close(fd)
 
     def __exit__(
@@ -423,11 +442,13 @@ class OutputFile:
 
     def __enter__(self) -> Self:
         """Start writing."""
+        _UNWOUND_FILES.add(self.temporary)
         return self
 
     def commit(self) -> None:
         """Move the complete temporary file onto the destination."""
         os.replace(self.temporary, self.path)
+        _UNWOUND_FILES.discard(self.temporary)
 
     def discard(self) -> None:
         """Remove the temporary file, if it is there.
@@ -438,6 +459,7 @@ class OutputFile:
         # Not exists-then-remove: the other thread may remove it in between.
         with suppress(FileNotFoundError):
             os.remove(self.temporary)
+        _UNWOUND_FILES.discard(self.temporary)
 
     def __exit__(
         self,

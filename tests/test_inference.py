@@ -969,7 +969,7 @@ def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / 'out'
     out.mkdir()
     for source, destination, message in [
-        (tmp_path / 'missing.tif', out / 'a.tif', 'no such input'),
+        (tmp_path / 'missing.tif', out / 'a.tif', 'no such file'),
         (text, out / 'a.tif', 'not a readable raster'),
         (RGB1, out / 'a.tif', 'the input has 3 bands, the model takes 4'),
         (S2, tmp_path / 'nowhere' / 'a.tif', 'output folder does not exist'),

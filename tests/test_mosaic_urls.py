@@ -109,9 +109,10 @@ def test_stats_and_pretrain_commands_take_urls(served: str, tmp_path: Path) -> N
     tiny = ['--backbone', 'resnet18', '--patch-size', '64', '--batch-size', '4']
     assert main([*argv, *tiny, '--num-workers', '0', '--quiet']) == 0
     assert (run / 'checkpoints' / 'last.ckpt').exists()
-    # Built once for the run's other processes (DDP ranks, --resume).
+    # Built once for the run's other processes (DDP ranks, --resume): the
+    # files' CRS groups, the index and the valid-data coverage.
     cached = {p.name.split('-')[0] for p in (run / 'index').iterdir()}
-    assert cached == {'coverage', 'index'}
+    assert cached == {'coverage', 'crs', 'index'}
 
 
 def test_a_missing_url_is_one_line_naming_it(served: str) -> None:

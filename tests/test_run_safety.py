@@ -30,7 +30,7 @@ from glcgeo.cli import main
 from glcgeo.errors import NoRoomError
 from glcgeo.inference import load_segmentation_checkpoint
 from glcgeo.inference.scenes import predict_scenes, scene_jobs
-from glcgeo.inference.writer import CogWriter
+from glcgeo.inference.writer import CogWriter, sidecar_paths
 from glcgeo.outputs import HOST, OutputLock
 from glcgeo.sources import expand
 
@@ -84,6 +84,15 @@ def scenes(tmp_path: Path) -> Path:
             with rasterio.open(folder / name, 'w', **profile) as dst:
                 dst.write(src.read(window=window))
     return folder
+
+
+def _with_sidecars(*maps: str) -> list[str]:
+    """The file names of class maps and of the GIS sidecars that travel with them."""
+    return [
+        name
+        for m in maps
+        for name in (m, *(os.path.basename(p) for p in sidecar_paths(m)))
+    ]
 
 
 def _partials(folder: Path) -> list[str]:
@@ -216,7 +225,9 @@ def test_a_killed_prediction_leaves_nothing_that_blocks_or_stays(
     # The dead run's lock is taken over and its temporary files removed.
     assert main(argv) == 0
     name = S2_TILE_A.name if folder else 'map.tif'
-    maps = [name, 'footprints.gpkg'] if folder else [name]
+    maps = (
+        [*_with_sidecars(name), 'footprints.gpkg'] if folder else _with_sidecars(name)
+    )
     assert sorted(os.listdir(where)) == sorted(maps)
 
 
@@ -230,7 +241,9 @@ def test_maps_inside_the_input_folder_are_never_inputs(
     argv = ['predict', '--in', str(scenes), '--out', f'{maps}/', '--model',
             str(checkpoint)]  # fmt: skip
     assert main(argv) == 0
-    assert sorted(os.listdir(maps)) == [*CROPS, 'footprints.gpkg']
+    assert sorted(os.listdir(maps)) == sorted(
+        [*_with_sidecars(*CROPS), 'footprints.gpkg']
+    )
     # The rerun (after a kill, say) finds the same two scenes, both done.
     assert main(argv) == 0
     assert '0 predicted, 2 skipped, 0 failed' in capsys.readouterr().out
@@ -285,7 +298,9 @@ def test_a_file_size_limit_fails_the_scene_that_exceeds_it(
         'largest file of the file system)',
         'glcgeo: 1 of 3 scenes failed (see above)',
     ]
-    assert sorted(os.listdir(maps)) == [*CROPS, 'footprints.gpkg']
+    assert sorted(os.listdir(maps)) == sorted(
+        [*_with_sidecars(*CROPS), 'footprints.gpkg']
+    )
     # One scene, one file: one line, nothing left.
     single = tmp_path / 'map.tif'
     argv = ['predict', '--in', str(S2_TILE_A), '--out', str(single),

@@ -104,6 +104,24 @@ class LabelledSet:
             for part, indexes in (('train', train), ('val', val), ('test', test))
         }
 
+    def classes(self) -> tuple[list[int], list[str]]:
+        """Class values and names: as given, or every mask value but nodata.
+
+        Values are read from every mask (whole files: a set of scenes is small
+        enough); a mask's own nodata and :attr:`mask_nodata` are no class.
+        """
+        if self.class_values is not None:
+            names = self.class_names or [str(v) for v in self.class_values]
+            return list(self.class_values), names
+        found: set[int] = set()
+        for path in self.masks:
+            with rasterio.open(path) as src:
+                values = np.unique(src.read(1))
+                nodata = {src.nodata, self.mask_nodata} - {None}
+            found |= {int(v) for v in values if v not in nodata}
+        values = sorted(found)
+        return values, [str(v) for v in values]
+
     def scene_files(self, part: str) -> list[tuple[str, str]]:
         """(image, mask) files of the scenes of one split."""
         wanted = set(self.scenes[part])

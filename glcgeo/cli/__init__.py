@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GlcgeoError
+from ..outputs import remove_unwound_files
 from .types import ArgumentParser, at_least, positive
 
 #: importlib's frame of an import statement at work.
@@ -208,6 +209,7 @@ class _SignalWatch:
                 continue  # e.g. SIGCHLD, which DataLoader handles
             if not self.taken.wait(INTERRUPT_GRACE):
                 print('glcgeo: interrupted', file=sys.stderr, flush=True)
+                remove_unwound_files()
                 os._exit(130)
         os.close(self._read)
 
