@@ -33,12 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 from protocol.datasets import ROOT, LabelledSet, resolve
-from protocol.diagnostics import separability
-from protocol.finetuning import IGNORE, TiledSet, finetune_run, recalibrate
+from protocol.diagnostics import frozen_encoder, separability
+from protocol.finetuning import IGNORE, TiledSet, finetune_run
 from run_protocol import PretrainJob, Settings, _worker_init, digest, prepare
 from torch import nn
-
-from glcgeo.tasks import FinetuneTask
 
 
 def composition(data: TiledSet) -> list[str]:
@@ -71,14 +69,7 @@ def batch_norm_shift(
     tiles minus its running mean, in running standard deviations, averaged over
     the channels of every batch norm of the encoder.
     """
-    torch.manual_seed(seed)
-    encoder = FinetuneTask(
-        backbone=backbone,
-        weights=weights,
-        in_channels=data.in_channels,
-        num_classes=len(data.class_names),
-    ).model.encoder
-    recalibrate(encoder, data.calibration())
+    encoder = frozen_encoder(data, weights, seed, backbone)
     shifts: dict[str, list[float]] = {}
     current: list[str] = []
 

@@ -21,6 +21,32 @@ from .finetuning import IGNORE, TiledSet, recalibrate, score
 LAYERS = (2, -1)
 
 
+def frozen_encoder(
+    data: TiledSet, weights: str | None, seed: int, backbone: str = 'resnet18'
+) -> torch.nn.Module:
+    """A start's encoder as the probe freezes it.
+
+    Args:
+        data: the tiles (band count, classes, training images).
+        weights: start checkpoint (None: random weights, seeded by *seed*).
+        seed: seed of random weights.
+        backbone: smp encoder name.
+
+    Returns:
+        the encoder, its batch-norm statistics re-estimated on training images
+        (:func:`~protocol.finetuning.recalibrate`), frozen.
+    """
+    torch.manual_seed(seed)
+    encoder = FinetuneTask(
+        backbone=backbone,
+        weights=weights,
+        in_channels=data.in_channels,
+        num_classes=len(data.class_names),
+    ).model.encoder
+    recalibrate(encoder, data.calibration())
+    return encoder
+
+
 def separability(
     data: TiledSet,
     weights: str | None,
@@ -45,15 +71,7 @@ def separability(
     Returns:
         the Kappa on *split*.
     """
-    torch.manual_seed(seed)
-    encoder = FinetuneTask(
-        backbone=backbone,
-        weights=weights,
-        in_channels=data.in_channels,
-        num_classes=len(data.class_names),
-    ).model.encoder
-    # Batch-norm statistics re-estimated on training images, as the probe does.
-    recalibrate(encoder, data.calibration())
+    encoder = frozen_encoder(data, weights, seed, backbone)
 
     def features(images: torch.Tensor) -> torch.Tensor:
         if raw:
