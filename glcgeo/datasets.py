@@ -284,6 +284,37 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
         )
 
 
+#: Most pixels a read may make of one file pixel (100 x 100): beyond it a
+#: pixel size was given in the wrong unit, and reads would take hours or
+#: terabytes.
+MAX_PIXELS_PER_FILE_PIXEL = 10_000
+
+
+def _check_upsampling(
+    res: float | tuple[float, float], native: tuple[float, float], path: str
+) -> None:
+    """Refuse a pixel size that makes one file pixel into too many.
+
+    Args:
+        res: the pixel size asked for, in CRS units.
+        native: the first file's pixel size in the same CRS.
+        path: the first file, named in the error.
+
+    Raises:
+        GlcgeoError: naming --res, if one file pixel would be read as more than
+            :data:`MAX_PIXELS_PER_FILE_PIXEL`.
+    """
+    xres, yres = (res, res) if isinstance(res, int | float) else res
+    per_pixel = native[0] / float(xres) * native[1] / float(yres)
+    if per_pixel > MAX_PIXELS_PER_FILE_PIXEL:
+        raise GlcgeoError(
+            f'at a pixel size of {float(xres):g} (--res), each {native[0]:g} x '
+            f'{native[1]:g} pixel of the files would be read as {per_pixel:,.0f}: '
+            "give a pixel size near the files' own",
+            path,
+        )
+
+
 def read_headers(files: Sequence[str], crs_given: bool) -> list[RasterHeader]:
     """:func:`read_header` of each file, in parallel for many.
 
@@ -637,9 +668,11 @@ class GeoTiffMosaic(RasterDataset):
                         path,
                     ) from None
             first_res = first_res or file_res
+        assert first_res is not None
         if res is None:
-            assert first_res is not None
             res = first_res
+        else:
+            _check_upsampling(res, first_res, files[0])
         nodata = self.nodata if self.nodata is not None else headers[0].nodata
         return MosaicIndex(
             files=files,
