@@ -49,7 +49,7 @@ def _one_line(capture: pytest.CaptureFixture[str], status: int, *fragments: str)
     assert status == 2, error
     assert error.startswith('glcgeo') and error.count('\n') == 1, error
     for fragment in fragments:
-        assert fragment in error
+        assert fragment in error, error
     return error
 
 

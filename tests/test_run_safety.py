@@ -23,6 +23,7 @@ import rasterio
 import torch
 from conftest import S2_TILE_A, S2_TILES, fcn_task, save_task_checkpoint
 from rasterio.windows import Window
+from test_cli_errors import _one_line
 
 import glcgeo.inference.scenes as scenes_module
 import glcgeo.pretrain
@@ -48,16 +49,6 @@ FINETUNE = [
 ]  # fmt: skip
 #: Windows (column, row) of tile A cut into small scenes, 180 x 150 pixels.
 CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200)}
-
-
-def _one_line(capture: pytest.CaptureFixture[str], status: int, *fragments: str) -> str:
-    """Check that a command failed with one line holding every fragment."""
-    error = capture.readouterr().err
-    assert status == 2, error
-    assert error.startswith('glcgeo') and error.count('\n') == 1, error
-    for fragment in fragments:
-        assert fragment in error, error
-    return error
 
 
 @pytest.fixture(scope='module')
