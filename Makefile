@@ -1,4 +1,4 @@
-# `make test` and `make demo` create .venv with a Python 3.12 they find themselves, then run.
+# `make test` and `make demo` create .venv (with the Python .ci/make_venv.sh finds), then run.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
