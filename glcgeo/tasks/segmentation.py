@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import ExponentialLR
 from torchgeo.tasks import SemanticSegmentation
 from torchmetrics import MetricCollection
 
-from ..errors import GlcgeoError
+from ..errors import GlcgeoError, check_band_count
 from ..export import load_pretrained
 from ..metrics import SegmentationMetrics
 
@@ -188,11 +188,12 @@ class FinetuneTask(SemanticSegmentation):
         if datamodule is None or stats is None:
             return
         hp = self.hparams
-        if len(stats.mean) != hp['in_channels']:
-            raise GlcgeoError(
-                f'the images have {len(stats.mean)} bands but the model expects '
-                f'in_channels={hp["in_channels"]}'
-            )
+        check_band_count(
+            'the images have',
+            len(stats.mean),
+            'the model expects in_channels =',
+            hp['in_channels'],
+        )
         names = getattr(datamodule, 'class_names', None)
         if names is not None and len(names) != hp['num_classes']:
             raise GlcgeoError(
