@@ -33,18 +33,13 @@ from torch import Generator, Tensor
 from torch.utils.data import Dataset, Sampler
 from torchgeo.datasets.utils import Sample
 
-from .datasets import (
-    GeoTiffMosaic,
-    RasterHeader,
-    check_band_counts,
-    expand_paths,
-    read_headers,
-    valid_pixels,
-)
+from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .index_cache import cache_key, load_crs_groups, save_crs_groups
 from .pairs import GeoTiffUnions, WindowPair
+from .rasters import RasterHeader, check_band_counts, read_headers, valid_pixels
 from .samplers import PairedWindowSampler, PairStream
+from .sources import expand as expand_paths
 from .sources import is_url
 
 __all__ = [

@@ -65,6 +65,31 @@ class PixelGrid:
         """
         return self.x0 + col * self.res[0], self.y0 - row * self.res[1]
 
+    def window(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Window:
+        """The window of this grid a ground box covers: glcgeo's one such rule.
+
+        Each edge of the box goes to the nearest pixel edge of the grid, as
+        ``rasterio.merge`` (and so TorchGeo) sizes a read of a box: a box on
+        the grid (within float error) gives its exact window, and a box read at
+        the grid's pixel size gives the read's shape.
+
+        Args:
+            xmin: left edge, in the grid's CRS.
+            ymin: bottom edge.
+            xmax: right edge.
+            ymax: top edge.
+
+        Returns:
+            the window, in grid pixels (offsets may be negative: left of or
+            above the grid's origin).
+
+        """
+        col0 = round((xmin - self.x0) / self.res[0])
+        row0 = round((self.y0 - ymax) / self.res[1])
+        col1 = round((xmax - self.x0) / self.res[0])
+        row1 = round((self.y0 - ymin) / self.res[1])
+        return Window(col0, row0, col1 - col0, row1 - row0)
+
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
         """The ground box of a window of this grid.
 

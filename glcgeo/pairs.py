@@ -28,8 +28,9 @@ from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datasets.utils import GeoSlice, Sample
 from torchvision.ops import roi_align
 
-from .datasets import GeoTiffMosaic, valid_pixels
+from .datasets import GeoTiffMosaic
 from .geometry import PixelBox, PixelGrid, ground_to_pixel_boxes
+from .rasters import valid_pixels
 
 __all__ = [
     'UNION_KEYS',
@@ -437,7 +438,7 @@ def cut_views(
     (scale not 1) take up to half a pixel of the union just outside it: the
     ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
     :func:`unpack_unions` pads by replicating them). Nodata does not spread:
-    pixels without data (:func:`~glcgeo.datasets.valid_pixels`: every band equal
+    pixels without data (:func:`~glcgeo.rasters.valid_pixels`: every band equal
     to *nodata*, or a band NaN) are set to NaN in every band, and each output
     pixel is the weighted mean of its valid samples only, NaN where it has none,
     so a view at scale 1 keeps exactly the source's nodata pixels, as NaN.

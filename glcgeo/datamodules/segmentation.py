@@ -26,10 +26,12 @@ from torchgeo.datasets.utils import Sample, merge_samples
 
 from ..checkpoints import BandMetadata
 from ..collection import GeoTiffCollection, open_mosaic
-from ..datasets import GeoTiffMask, GeoTiffMosaic, expand_paths, read_header
+from ..datasets import GeoTiffMask, GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..geometry import PixelGrid
+from ..rasters import read_header
 from ..samplers import TileSampler
+from ..sources import expand as expand_paths
 from ..splits import TileIndex, TileSplit, draw_label_tiles, split_tiles
 from ..stats import BandStats, compute_band_stats
 from ..transforms import normalize_bands
