@@ -18,8 +18,8 @@ from torch.optim.lr_scheduler import ExponentialLR
 from torchgeo.tasks import SemanticSegmentation
 from torchmetrics import MetricCollection
 
+from ..checkpoints import load_pretrained
 from ..errors import GlcgeoError, check_band_count
-from ..export import load_pretrained
 from ..metrics import SegmentationMetrics
 
 __all__ = ['TRANSFERS', 'FinetuneTask']
@@ -36,7 +36,7 @@ class FinetuneTask(SemanticSegmentation):
     TorchGeo's :class:`~torchgeo.tasks.SemanticSegmentation` (the same smp model,
     loss and steps), with:
 
-    * *weights*: a checkpoint path loaded by :func:`~glcgeo.export.load_pretrained`
+    * *weights*: a checkpoint path loaded by :func:`~glcgeo.checkpoints.load_pretrained`
       (TorchGeo itself loads encoders only and finds nothing in its own
       SimCLR/MoCo checkpoints);
     * metrics: OA, Kappa, mIoU, mF1 and per-class F1/IoU from one global
