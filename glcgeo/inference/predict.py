@@ -14,6 +14,10 @@ published as a Cloud Optimized GeoTIFF only once complete.
 
 :func:`predict_dataset` does the same over a TorchGeo dataset and sampler, stitching
 the patches in memory.
+
+The module is long for one reason: both entry points share the batch loop
+(:class:`_BatchPredictor`) and the device, batch-size and read-ahead policies,
+which nothing else uses; split, each half would import the other's internals.
 """
 
 import dataclasses
