@@ -267,19 +267,21 @@ class GeoTiffUnions(GeoTiffMosaic):
             _regions_on_data(pair, valid.numpy())
             for pair, valid in zip(pairs, valids, strict=True)
         ]
-        geometry = {
-            key: torch.from_numpy(value)
-            for key, value in _union_geometry(grid, pairs).items()
-        }
+        arrays = _union_geometry(grid, pairs)
+        geometry = {key: torch.from_numpy(value) for key, value in arrays.items()}
         samples = []
         for i, (raw, valid) in enumerate(zip(raws, valids, strict=True)):
             sample: Sample = {'union': raw}
+            # Counted by numpy, all at once where the union is all data: torch's
+            # sums of small slices cost as much as a view's read.
+            holds_data = valid.numpy()
+            full = bool(holds_data.all())
             for k in (1, 2):
-                sample[f'window{k}'] = window = geometry[f'window{k}'][i]
-                c0, r0, c1, r1 = window.tolist()
-                sample[f'valid{k}'] = valid[r0:r1, c0:c1].sum() / (
-                    (c1 - c0) * (r1 - r0)
-                )
+                sample[f'window{k}'] = geometry[f'window{k}'][i]
+                c0, r0, c1, r1 = arrays[f'window{k}'][i].tolist()
+                area = (c1 - c0) * (r1 - r0)
+                count = area if full else np.count_nonzero(holds_data[r0:r1, c0:c1])
+                sample[f'valid{k}'] = torch.tensor(np.float32(count) / np.float32(area))
             for key in ('transform1', 'transform2', 'boxes1', 'boxes2'):
                 sample[key] = geometry[key][i]
             sample['regions'] = geometry['regions'][i]
