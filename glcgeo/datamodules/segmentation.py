@@ -478,13 +478,13 @@ class SegmentationDataModule(GeoDataModule):
 
         Returns:
             (grid with its origin at the overlap's top-left, snapped to the image
-            pixels; (width, height) of the overlap in image pixels, as
-            :meth:`PixelGrid.window <glcgeo.geometry.PixelGrid.window>` counts
-            them).
+            pixels; (width, height) of the overlap in whole image pixels:
+            :meth:`PixelGrid.inner_window
+            <glcgeo.geometry.PixelGrid.inner_window>`).
         """
         image_grid = images.grid
         x, y, _ = dataset.bounds
-        window = image_grid.window(x.start, y.start, x.stop, y.stop)
+        window = image_grid.inner_window(x.start, y.start, x.stop, y.stop)
         x0, y0 = image_grid.to_map(window.col_off, window.row_off)
         grid = PixelGrid(x0=x0, y0=y0, res=image_grid.res)
         return grid, (int(window.width), int(window.height))

@@ -253,12 +253,13 @@ class GeoTiffMosaic(RasterDataset):
 
     @functools.cached_property
     def shape(self) -> tuple[int, int]:
-        """(rows, cols) of the dataset's bounds on its :attr:`grid`.
+        """(rows, cols) of the whole pixels of :attr:`grid` inside the bounds.
 
-        The size of a read of the whole bounds at the dataset's resolution.
+        Where windows may lie (:meth:`PixelGrid.inner_window
+        <glcgeo.geometry.PixelGrid.inner_window>`: a partial last pixel is none).
         """
         x, y, _ = self.bounds
-        window = self.grid.window(x.start, y.start, x.stop, y.stop)
+        window = self.grid.inner_window(x.start, y.start, x.stop, y.stop)
         return int(window.height), int(window.width)
 
     def files_within(
@@ -532,7 +533,8 @@ class GeoTiffMosaic(RasterDataset):
         # Each file's block of cells, in float64 as it is computed.
         left, bottom, right, top = self._footprints.boxes.T
         cells = np.sum(((right - left) / cell + 2) * ((top - bottom) / cell + 2))
-        rows, columns = self.shape
+        mosaic = self.grid.window(x.start, y.start, x.stop, y.stop)
+        columns, rows = int(mosaic.width), int(mosaic.height)
         check_memory(
             8 * cells,
             f'at a pixel size of {self.res[0]:g} (--res), the mosaic is {columns:,} '
