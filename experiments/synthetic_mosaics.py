@@ -46,6 +46,20 @@ def _written(folder: str, settings: dict[str, object]) -> bool:
     return False
 
 
+def _fresh_folder(folder: str) -> np.ndarray:
+    """Empty *folder* (created if needed); the texture to write into it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    with rasterio.open(S2_TILE) as src:
+        return src.read()
+
+
+def _mark_written(folder: str, settings: dict[str, object]) -> None:
+    """Mark *folder* complete, written with *settings* (see :func:`_written`)."""
+    with open(os.path.join(folder, '.complete'), 'w') as f:
+        json.dump(settings, f)
+
+
 def _profile(texture: np.ndarray, side: int, tiled: bool, nodata: float | None) -> dict:
     """The GeoTIFF profile of a generated file of *side* x *side* pixels."""
     profile = {
@@ -99,10 +113,7 @@ def write_mosaic(
     paths = [os.path.join(folder, f'tile_{i:05d}.tif') for i in range(len(corners))]
     if _written(folder, settings):
         return paths
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    with rasterio.open(S2_TILE) as src:
-        texture = src.read()
+    texture = _fresh_folder(folder)
     rng = np.random.default_rng(seed)
     profile = _profile(texture, side, tiled, nodata)
     for path, (x, y) in zip(paths, corners, strict=True):
@@ -115,8 +126,7 @@ def write_mosaic(
             path, 'w', transform=from_origin(x, y, res, res), **profile
         ) as dst:
             dst.write(crop)
-    with open(os.path.join(folder, '.complete'), 'w') as f:
-        json.dump(settings, f)
+    _mark_written(folder, settings)
     return paths
 
 
@@ -144,10 +154,7 @@ def write_cut_scene(
     paths = [os.path.join(folder, f'cut_{i:03d}.tif') for i in range(per_side**2)]
     if _written(folder, settings):
         return paths
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    with rasterio.open(S2_TILE) as src:
-        texture = src.read()
+    texture = _fresh_folder(folder)
     pixels = np.pad(texture, ((0, 0), (0, scene), (0, scene)), mode='symmetric')
     pixels = pixels[:, :scene, :scene]
     profile = _profile(texture, tile, tiled=True, nodata=None)
@@ -160,8 +167,7 @@ def write_cut_scene(
             dst.write(
                 pixels[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile]
             )
-    with open(os.path.join(folder, '.complete'), 'w') as f:
-        json.dump(settings, f)
+    _mark_written(folder, settings)
     return paths
 
 
