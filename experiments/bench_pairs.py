@@ -3,7 +3,9 @@
 On each mosaic (by default the shipped one, the two overlapping Sentinel-2
 tiles, a generated many-file one: 256 touching files of 512 x 512 px, tiled
 and deflate-compressed, of Sentinel-2 texture, written once under
-$GLCGEO_BENCH_DATA or $TMPDIR/glcgeo-bench, and, where ../shared/data holds it,
+$GLCGEO_BENCH_DATA or $TMPDIR/glcgeo-bench; touching tiles: one 4,096 x 4,096
+px scene of that texture cut into a grid of 64 files of 512 x 512 px, so that
+most views cross file edges; and, where ../shared/data holds it,
 a collection in many CRSs: 16 SPARCS Landsat-8 scenes of 1000 x 1000 px in their
 own UTM zones, each read in its own CRS; or the mosaics given with --data),
 the same seeded pairs (224 px views, default scales and overlap) are read three
@@ -26,7 +28,7 @@ processes:
   (``mosaic[xmin:xmax:res, ymin:ymax:res]``, each view at its own resolution).
 
     python experiments/bench_pairs.py [--data PATH ...] [--pairs 512] [--batch 32]
-        [--workers 2]
+        [--workers 2] [--cases shipped many touching crs]
 
 Also printed, as context only (not in the RESULT ratios): the raw reads in one
 process with no DataLoader (the shipped files are small: after the first round
@@ -38,8 +40,9 @@ part of a training step).
 
 Last line: ``RESULT pairs_per_s=<x> ratio_vs_raw_read=<r> ratio_vs_two_reads=<s>``
 for the first mosaic, then ``many_pairs_per_s``, ``many_ratio_vs_raw_read``,
-``many_ratio_vs_two_reads`` for the generated one and ``crs_pairs_per_s`` ...
-for the many-CRS collection in the default run (or ``<i>_pairs_per_s`` ... for
+``many_ratio_vs_two_reads`` for the generated one, ``touching_pairs_per_s`` ...
+for the cut scene and ``crs_pairs_per_s`` ... for the many-CRS collection in
+the default run (``--cases`` picks some of them; or ``<i>_pairs_per_s`` ... for
 the i-th --data mosaic, i >= 2), with x the glcgeo
 loader's pairs/s, r = x / raw read through the loader, s = x / two reads
 (targets: r >= 0.8 on every mosaic and s >= 1.5).
@@ -58,7 +61,12 @@ import rasterio
 import torch
 from rasterio.io import DatasetReader
 from rasterio.windows import from_bounds
-from synthetic_mosaics import clustered_corners, default_folder, write_mosaic
+from synthetic_mosaics import (
+    clustered_corners,
+    default_folder,
+    write_cut_scene,
+    write_mosaic,
+)
 from torch.utils.data import DataLoader, Dataset
 
 from glcgeo.collection import (
@@ -304,6 +312,30 @@ def measure(paths: list[str], args: argparse.Namespace) -> tuple[float, float, f
     return glcgeo, raw, naive
 
 
+def many_files() -> list[str]:
+    """The generated many-file mosaic: 256 touching files in clusters of 16 x 16."""
+    return write_mosaic(
+        default_folder('pairs_256x512'),
+        clustered_corners(256, 512 * 10.0, cluster=16),
+        side=512,
+        res=10.0,
+    )
+
+
+def crs_scenes() -> list[str]:
+    """16 SPARCS scenes in their own UTM zones, or none where they are absent."""
+    return sorted(glob.glob(os.path.join(SPARCS, '*_img.tif')))[:16]
+
+
+#: The default mosaics: case name -> its files.
+CASES = {
+    'shipped': lambda: [DATA],
+    'many': many_files,
+    'touching': lambda: write_cut_scene(default_folder('cut_4096_into_512')),
+    'crs': crs_scenes,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
@@ -323,6 +355,13 @@ def main() -> None:
     )
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--rounds', type=int, default=3, help='timing rounds')
+    parser.add_argument(
+        '--cases',
+        nargs='+',
+        choices=CASES,
+        default=list(CASES),
+        help='the default mosaics to measure (without --data): all by default',
+    )
     args = parser.parse_args()
     if args.pairs % args.batch or args.pairs < 3 * args.batch:
         parser.error('--pairs must be a multiple of --batch, at least 3 batches')
@@ -331,18 +370,13 @@ def main() -> None:
     if args.data:
         mosaics = [('' if i == 0 else f'{i + 1}_', d) for i, d in enumerate(args.data)]
     else:
-        many = write_mosaic(
-            default_folder('pairs_256x512'),
-            clustered_corners(256, 512 * 10.0, cluster=16),
-            side=512,
-            res=10.0,
-        )
-        mosaics = [('', [DATA]), ('many_', many)]
-        scenes = sorted(glob.glob(os.path.join(SPARCS, '*_img.tif')))[:16]
-        if scenes:
-            mosaics.append(('crs_', scenes))
-        else:
-            print(f'no SPARCS scenes in {SPARCS}: the many-CRS case is skipped')
+        mosaics = []
+        for case in args.cases:
+            paths = CASES[case]()
+            if paths:
+                mosaics.append(('' if case == 'shipped' else f'{case}_', paths))
+            else:
+                print(f'no SPARCS scenes in {SPARCS}: the many-CRS case is skipped')
     results = []
     for prefix, paths in mosaics:
         print(f'== {prefix or "first "}mosaic: {paths[0]} ... ==', flush=True)

@@ -1,9 +1,10 @@
-"""Generated mosaics for the benchmarks: many files, or files far apart.
+"""Generated mosaics for the benchmarks: many files, files far apart, a cut scene.
 
 Each mosaic is written once into a folder (a ``.complete`` file marks it done,
 so an interrupted run writes it anew) and reused by later runs. The pixels are
 real texture: crops of the shipped Sentinel-2 tile (4 x uint16 bands), placed on
-a grid of files in EPSG:32618 at the asked pixel size.
+a grid of files in EPSG:32618 at the asked pixel size (:func:`write_mosaic`), or
+one scene of that texture cut into touching tiles (:func:`write_cut_scene`).
 """
 
 import json
@@ -34,6 +35,46 @@ def default_folder(name: str) -> str:
         os.environ.get('TMPDIR', '/tmp'), 'glcgeo-bench'
     )
     return os.path.join(root, name)
+
+
+def _written(folder: str, settings: dict[str, object]) -> bool:
+    """Whether *folder* holds a complete mosaic written with *settings*."""
+    marker = os.path.join(folder, '.complete')
+    if os.path.exists(marker):
+        with open(marker) as f:
+            return bool(json.load(f) == settings)
+    return False
+
+
+def _fresh_folder(folder: str) -> np.ndarray:
+    """Empty *folder* (created if needed); the texture to write into it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    with rasterio.open(S2_TILE) as src:
+        return src.read()
+
+
+def _mark_written(folder: str, settings: dict[str, object]) -> None:
+    """Mark *folder* complete, written with *settings* (see :func:`_written`)."""
+    with open(os.path.join(folder, '.complete'), 'w') as f:
+        json.dump(settings, f)
+
+
+def _profile(texture: np.ndarray, side: int, tiled: bool, nodata: float | None) -> dict:
+    """The GeoTIFF profile of a generated file of *side* x *side* pixels."""
+    profile = {
+        'driver': 'GTiff',
+        'count': texture.shape[0],
+        'width': side,
+        'height': side,
+        'dtype': texture.dtype,
+        'crs': 'EPSG:32618',
+        'compress': 'deflate',
+        'nodata': nodata,
+    }
+    if tiled:
+        profile |= {'tiled': True, 'blockxsize': 256, 'blockysize': 256}
+    return profile
 
 
 def write_mosaic(
@@ -69,29 +110,12 @@ def write_mosaic(
         'tiled': tiled,
         'seed': seed,
     }
-    marker = os.path.join(folder, '.complete')
     paths = [os.path.join(folder, f'tile_{i:05d}.tif') for i in range(len(corners))]
-    if os.path.exists(marker):
-        with open(marker) as f:
-            if json.load(f) == settings:
-                return paths
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    with rasterio.open(S2_TILE) as src:
-        texture = src.read()
+    if _written(folder, settings):
+        return paths
+    texture = _fresh_folder(folder)
     rng = np.random.default_rng(seed)
-    profile = {
-        'driver': 'GTiff',
-        'count': texture.shape[0],
-        'width': side,
-        'height': side,
-        'dtype': texture.dtype,
-        'crs': 'EPSG:32618',
-        'compress': 'deflate',
-        'nodata': nodata,
-    }
-    if tiled:
-        profile |= {'tiled': True, 'blockxsize': 256, 'blockysize': 256}
+    profile = _profile(texture, side, tiled, nodata)
     for path, (x, y) in zip(paths, corners, strict=True):
         # A crop of the texture, mirrored to the side asked when it is larger.
         row, col = rng.integers(0, texture.shape[1] // 2, 2)
@@ -102,8 +126,48 @@ def write_mosaic(
             path, 'w', transform=from_origin(x, y, res, res), **profile
         ) as dst:
             dst.write(crop)
-    with open(marker, 'w') as f:
-        json.dump(settings, f)
+    _mark_written(folder, settings)
+    return paths
+
+
+def write_cut_scene(
+    folder: str, scene: int = 4096, tile: int = 512, res: float = 10.0
+) -> list[str]:
+    """Cut one *scene* x *scene* px scene into touching *tile* x *tile* px files.
+
+    The scene is the shipped tile's texture mirrored to its size; the files
+    (tiled, deflate) share its grid, so that a window across their edges reads
+    the scene's own pixels, as a scene delivered in tiles does.
+
+    Args:
+        folder: where the files go; reused as it is when complete with the same
+            settings.
+        scene: side of the scene, in pixels (a multiple of *tile*).
+        tile: side of each file, in pixels.
+        res: pixel size in metres.
+
+    Returns:
+        the files, row by row from the scene's top-left.
+    """
+    settings = {'scene': scene, 'tile': tile, 'res': res}
+    per_side = scene // tile
+    paths = [os.path.join(folder, f'cut_{i:03d}.tif') for i in range(per_side**2)]
+    if _written(folder, settings):
+        return paths
+    texture = _fresh_folder(folder)
+    pixels = np.pad(texture, ((0, 0), (0, scene), (0, scene)), mode='symmetric')
+    pixels = pixels[:, :scene, :scene]
+    profile = _profile(texture, tile, tiled=True, nodata=None)
+    for i, path in enumerate(paths):
+        row, col = divmod(i, per_side)
+        x, y = ORIGIN[0] + col * tile * res, ORIGIN[1] - row * tile * res
+        with rasterio.open(
+            path, 'w', transform=from_origin(x, y, res, res), **profile
+        ) as dst:
+            dst.write(
+                pixels[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile]
+            )
+    _mark_written(folder, settings)
     return paths
 
 

@@ -18,7 +18,7 @@ give a plain mosaic, exactly as constructing it directly does.
 
 import glob
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,23 +33,19 @@ from torch import Generator, Tensor
 from torch.utils.data import Dataset, Sampler
 from torchgeo.datasets.utils import Sample
 
-from .datasets import (
-    GeoTiffMosaic,
-    RasterHeader,
-    check_band_counts,
-    expand_paths,
-    read_headers,
-    valid_pixels,
-)
+from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .index_cache import cache_key, load_crs_groups, save_crs_groups
 from .pairs import GeoTiffUnions, WindowPair
-from .samplers import PairedWindowSampler, PairStream
+from .rasters import RasterHeader, check_band_counts, read_headers, valid_pixels
+from .samplers import PairedWindowSampler, PairStream, ValidWindowSampler
+from .sources import expand as expand_paths
 from .sources import is_url
 
 __all__ = [
     'GeoTiffCollection',
     'GroupedPairSampler',
+    'group_samplers',
     'mosaic_groups',
     'open_mosaic',
     'pair_sampler',
@@ -317,14 +313,59 @@ def square_metres_per_unit(mosaic: GeoTiffMosaic) -> float:
     return ground / planar
 
 
+def group_samplers[S: ValidWindowSampler](
+    dataset: GeoTiffMosaic | GeoTiffCollection[Any],
+    sampler: Callable[[GeoTiffMosaic], S],
+) -> tuple[list[S | None], np.ndarray]:
+    """A window sampler per CRS group, and the groups' weights by valid ground area.
+
+    Each group weighs the ground area (m²) a window may be centred on in it
+    (:attr:`ValidWindowSampler.valid_area <glcgeo.samplers.ValidWindowSampler>`,
+    converted by :func:`square_metres_per_unit`), so that groups weigh by their
+    data, not by their number of files or their extent. A group its sampler
+    refuses (no room for a window, no area with data) is left out, as such a
+    file is in a mosaic.
+
+    Args:
+        dataset: a mosaic (one group), or a collection of several CRSs.
+        sampler: makes a group's sampler; may raise :class:`GlcgeoError`.
+
+    Returns:
+        (each group's sampler, None where left out; the cumulative distribution
+        of the groups' weights, drawn with ``searchsorted(rng.random(),
+        side='right')``).
+
+    Raises:
+        GlcgeoError: the first group's refusal, if every group is left out.
+    """
+    samplers: list[S | None] = []
+    refusals: list[GlcgeoError] = []
+    groups = mosaic_groups(dataset)
+    for group in groups:
+        try:
+            samplers.append(sampler(group))
+        except GlcgeoError as error:
+            samplers.append(None)
+            refusals.append(error)
+    if all(s is None for s in samplers):
+        raise refusals[0]
+    if len(groups) == 1:
+        return samplers, np.ones(1)
+    areas = np.array(
+        [
+            0.0 if s is None else s.valid_area * square_metres_per_unit(group)
+            for s, group in zip(samplers, groups, strict=True)
+        ]
+    )
+    cdf = (areas / areas.sum()).cumsum()
+    return samplers, cdf / cdf[-1]
+
+
 class GroupedPairSampler(PairStream, Sampler[WindowPair]):
     """Draw window pairs from a collection of several CRSs, one group a pair.
 
     Each pair first draws a CRS group, in proportion to the ground area (m²) a
-    view may be centred on in it (:attr:`PairedWindowSampler.valid_area
-    <glcgeo.samplers.PairedWindowSampler>`, converted by
-    :func:`square_metres_per_unit`), so that groups weigh by their data, not by
-    their number of files or their extent; then the group's own
+    view may be centred on in it (:func:`group_samplers`); then the group's own
     :class:`~glcgeo.samplers.PairedWindowSampler` draws the pair on the group's
     grid, in its CRS. A group with no room for a view, or no area with data, is
     left out, as such a file is in a mosaic; an error if every group is.
@@ -362,28 +403,13 @@ class GroupedPairSampler(PairStream, Sampler[WindowPair]):
         """
         self.collection = collection
         self.generator = generator or torch.Generator().manual_seed(0)
-        self.samplers: list[PairedWindowSampler | None] = []
-        refusals: list[GlcgeoError] = []
-        for group in collection.groups:
-            try:
-                self.samplers.append(PairedWindowSampler(group, **kwargs))
-            except GlcgeoError as error:
-                self.samplers.append(None)
-                refusals.append(error)
+        self.samplers, self.group_cdf = group_samplers(
+            collection, lambda group: PairedWindowSampler(group, **kwargs)
+        )
         drawn = [s for s in self.samplers if s is not None]
-        if not drawn:
-            raise refusals[0]
         self.length = drawn[0].length
         self.num_replicas = drawn[0].num_replicas
         self.rank = drawn[0].rank
-        areas = np.array(
-            [
-                0.0 if s is None else s.valid_area * square_metres_per_unit(group)
-                for s, group in zip(self.samplers, collection.groups, strict=True)
-            ]
-        )
-        self.group_cdf = (areas / areas.sum()).cumsum()
-        self.group_cdf /= self.group_cdf[-1]
 
     def draw_group(self, rng: np.random.Generator) -> int:
         """Draw a group in proportion to its valid ground area.

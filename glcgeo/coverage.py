@@ -6,17 +6,21 @@ data (row-major keys and values, with per-row prefix sums), so its memory and th
 cost of building it grow with the data, never with the bounding box. It answers
 the two questions window drawing asks: the mean coverage of a box of cells
 (:meth:`SparseCoverage.box_means`) and a cell drawn in proportion to its valid
-area (:meth:`SparseCoverage.cell_weights`).
+area (:meth:`SparseCoverage.cell_weights`). A file's share of it is a
+:class:`CellBlock`: its footprint's (:func:`footprint_block`), or its valid
+mask's, read at reduced resolution (:func:`mask_block`).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from affine import Affine
 
 from .geometry import PixelGrid
 
-__all__ = ['CellBlock', 'SparseCoverage']
+__all__ = ['CellBlock', 'SparseCoverage', 'footprint_block', 'mask_block']
 
 
 @dataclass(frozen=True)
@@ -142,3 +146,125 @@ class SparseCoverage:
         return SparseCoverage(
             self.grid, self.shape, self.keys[keep], self.fractions[keep]
         )
+
+
+def _cell_span(
+    x: float, y: float, cell: float, shape: tuple[int, int], start: bool
+) -> tuple[int, int]:
+    """The cell (col, row) holding a corner at (x, y) from the grid's origin.
+
+    Args:
+        x: distance right of the grid's left edge, in CRS units.
+        y: distance below the grid's top edge.
+        cell: cell size.
+        shape: (rows, cols) of the grid.
+        start: True for a top-left corner (first cell), False for a bottom-right
+            one (last cell).
+
+    Returns:
+        (col, row) clamped inside the grid.
+    """
+    # A corner on a cell edge (within float error) belongs to one side only.
+    rounding = math.floor if start else math.ceil
+    offset = 1e-9 if start else -1e-9
+    col = rounding(x / cell + offset) - (0 if start else 1)
+    row = rounding(y / cell + offset) - (0 if start else 1)
+    return (
+        min(max(col, 0), shape[1] - 1),
+        min(max(row, 0), shape[0] - 1),
+    )
+
+
+def _overlap_matrix(cells: np.ndarray, pixels: np.ndarray, cell: float) -> np.ndarray:
+    """Overlap of cells with pixels along one axis, as a fraction of a cell.
+
+    Args:
+        cells: the cells' edges, increasing (one more than the cells).
+        pixels: the pixels' edges, increasing, in the same units and origin.
+        cell: cell size.
+
+    Returns:
+        [cells, pixels] float64 length shared by each cell and pixel, divided by
+        *cell*; a row of pixels covering a cell sums to exactly 1.
+    """
+    low = np.maximum(cells[:-1, None], pixels[None, :-1])
+    high = np.minimum(cells[1:, None], pixels[None, 1:])
+    overlap = np.clip(high - low, 0.0, None) / cell
+    # A cell inside the pixels is whole, whatever the rounding of their edges.
+    inside = (cells[:-1] >= pixels[0] - 1e-9 * cell) & (
+        cells[1:] <= pixels[-1] + 1e-9 * cell
+    )
+    total = overlap.sum(axis=1)
+    overlap[inside] /= np.where(total[inside] > 0, total[inside], 1.0)[:, None]
+    return overlap
+
+
+def _cell_edges(
+    box: np.ndarray, grid: PixelGrid, shape: tuple[int, int]
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """The block of cells a footprint spans.
+
+    Returns:
+        (first row, first column, the block's column edges and row edges as
+        distances right of and below the grid's corner).
+    """
+    left, bottom, right, top = box
+    cell = grid.res[0]
+    c0, r0 = _cell_span(left - grid.x0, grid.y0 - top, cell, shape, start=True)
+    c1, r1 = _cell_span(right - grid.x0, grid.y0 - bottom, cell, shape, start=False)
+    return r0, c0, np.arange(c0, c1 + 2) * cell, np.arange(r0, r1 + 2) * cell
+
+
+def footprint_block(
+    box: np.ndarray, grid: PixelGrid, shape: tuple[int, int]
+) -> CellBlock:
+    """The cells a file holding data everywhere covers, and how much of each.
+
+    Args:
+        box: the file's (left, bottom, right, top) in the grid's CRS.
+        grid: the cell grid (square cells).
+        shape: (rows, cols) of the cell grid.
+
+    Returns:
+        the file's block of cells: its footprint is its data, one "pixel" as
+        large as the file.
+    """
+    left, bottom, right, top = box
+    r0, c0, cells_x, cells_y = _cell_edges(box, grid, shape)
+    cell = grid.res[0]
+    along_x = _overlap_matrix(cells_x, np.array([left, right]) - grid.x0, cell)
+    along_y = _overlap_matrix(cells_y, grid.y0 - np.array([top, bottom]), cell)
+    return CellBlock(r0, c0, (along_y @ along_x.T).astype(np.float32))
+
+
+def mask_block(
+    box: np.ndarray,
+    grid: PixelGrid,
+    shape: tuple[int, int],
+    mask: np.ndarray,
+    transform: Affine,
+    size: tuple[int, int],
+) -> CellBlock:
+    """The cells a file covers, and the area of each holding its data.
+
+    Args:
+        box: the file's (left, bottom, right, top) in the grid's CRS.
+        grid: the cell grid (square cells).
+        shape: (rows, cols) of the cell grid.
+        mask: [rows, cols] float32 1.0 where the file holds data, read at
+            reduced resolution over the whole file.
+        transform: the file's north-up pixel -> map transform (full resolution).
+        size: the file's (height, width) in full-resolution pixels.
+
+    Returns:
+        the file's block of cells: each cell's valid area, the mask's pixels
+        weighted by their overlap with it.
+    """
+    r0, c0, cells_x, cells_y = _cell_edges(box, grid, shape)
+    cell = grid.res[0]
+    height, width = size
+    pixels_x = transform.c + np.linspace(0, width, mask.shape[1] + 1) * transform.a
+    pixels_y = transform.f + np.linspace(0, height, mask.shape[0] + 1) * transform.e
+    along_x = _overlap_matrix(cells_x, pixels_x - grid.x0, cell)
+    along_y = _overlap_matrix(cells_y, grid.y0 - pixels_y, cell)
+    return CellBlock(r0, c0, (along_y @ mask @ along_x.T).astype(np.float32))

@@ -58,6 +58,35 @@ class NoRoomError(GlcgeoError):
         super().__init__(f'cannot write it: {reason}', path)
 
 
+def check_band_count(
+    data: str,
+    count: int,
+    taker: str,
+    expected: int,
+    path: str | os.PathLike[str] | None = None,
+    advice: str = '',
+) -> None:
+    """Refuse data whose band count is not the one a model or statistics take.
+
+    glcgeo's one band-count check: the message reads ``<data> <count> bands,
+    but <taker> <expected><advice>``.
+
+    Args:
+        data: what has the bands, with its verb (``'the mosaic has'``).
+        count: its band count.
+        taker: what takes them, with its verb (``'the model takes'``).
+        expected: the band count that takes.
+        path: the file named by the error, if any.
+        advice: what to do, appended to the message (``' (choose them with
+            --bands)'``).
+
+    Raises:
+        GlcgeoError: if *count* is not *expected*.
+    """
+    if count != expected:
+        raise GlcgeoError(f'{data} {count} bands, but {taker} {expected}{advice}', path)
+
+
 def physical_memory() -> int:
     """The machine's physical memory, in bytes (0 where it cannot be told)."""
     try:

@@ -32,10 +32,10 @@ from torchgeo.datasets import IntersectionDataset
 
 from .checkpoints import read_band_metadata, write_model_checkpoint
 from .datamodules import SegmentationDataModule
-from .datasets import expand_paths
-from .errors import GlcgeoError
+from .errors import GlcgeoError, check_band_count
 from .outputs import atomic_write
 from .runs import RunFolder, check_patch_size
+from .sources import expand as expand_paths
 from .splits import SPLITS
 from .stats import BandStats
 from .tasks import FinetuneTask
@@ -138,9 +138,8 @@ def _start_normalisation(weights: str, data: dict[str, Any]) -> None:
             )
         data['bands'], data['stats'] = stats.bands, stats
     elif len(bands) != len(stats.bands):
-        raise GlcgeoError(
-            f'the weights take {len(stats.bands)} bands, --bands gives {len(bands)}',
-            weights,
+        check_band_count(
+            '--bands gives', len(bands), 'the weights take', len(stats.bands), weights
         )
     elif [str(b) for b in bands] == [str(b) for b in stats.bands] and not other_dtype:
         data['stats'] = stats

@@ -11,6 +11,7 @@ Conventions used throughout glcgeo:
   (x' = M @ [x, y, 1] with x the column index of a pixel centre).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,61 @@ class PixelGrid:
 
         """
         return self.x0 + col * self.res[0], self.y0 - row * self.res[1]
+
+    def window(self, xmin: float, ymin: float, xmax: float, ymax: float) -> Window:
+        """The window of this grid a read of a ground box fills.
+
+        Its offsets are the box's top-left corner at the nearest pixel edge and
+        its size the box's extent in pixels, rounded: the size ``rasterio.merge``
+        (and so TorchGeo) gives a read of the box at the grid's pixel size, which
+        every read of glcgeo matches. A box on the grid (within float error)
+        gives its exact window, as :meth:`inner_window` does.
+
+        Args:
+            xmin: left edge, in the grid's CRS.
+            ymin: bottom edge.
+            xmax: right edge.
+            ymax: top edge.
+
+        Returns:
+            the window, in grid pixels (offsets may be negative: left of or
+            above the grid's origin).
+
+        """
+        xres, yres = self.res
+        return Window(
+            round((xmin - self.x0) / xres),
+            round((self.y0 - ymax) / yres),
+            round((xmax - xmin) / xres),
+            round((ymax - ymin) / yres),
+        )
+
+    def inner_window(
+        self, xmin: float, ymin: float, xmax: float, ymax: float
+    ) -> Window:
+        """The whole pixels of this grid inside a ground box.
+
+        A partial pixel is no pixel: a mosaic's windows and tiles hold none
+        beyond its bounds. An edge within float error (1e-6 pixel) of a pixel
+        edge is on it, so a box on the grid gives its exact window, as
+        :meth:`window` does.
+
+        Args:
+            xmin: left edge, in the grid's CRS.
+            ymin: bottom edge.
+            xmax: right edge.
+            ymax: top edge.
+
+        Returns:
+            the window, in grid pixels (empty if no whole pixel is inside).
+
+        """
+        xres, yres = self.res
+        col0 = math.ceil((xmin - self.x0) / xres - 1e-6)
+        row0 = math.ceil((self.y0 - ymax) / yres - 1e-6)
+        col1 = math.floor((xmax - self.x0) / xres + 1e-6)
+        row1 = math.floor((self.y0 - ymin) / yres + 1e-6)
+        return Window(col0, row0, max(col1 - col0, 0), max(row1 - row0, 0))
 
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
         """The ground box of a window of this grid.

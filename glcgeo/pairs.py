@@ -28,8 +28,9 @@ from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datasets.utils import GeoSlice, Sample
 from torchvision.ops import roi_align
 
-from .datasets import GeoTiffMosaic, valid_pixels
+from .datasets import GeoTiffMosaic
 from .geometry import PixelBox, PixelGrid, ground_to_pixel_boxes
+from .rasters import valid_pixels
 
 __all__ = [
     'UNION_KEYS',
@@ -266,19 +267,21 @@ class GeoTiffUnions(GeoTiffMosaic):
             _regions_on_data(pair, valid.numpy())
             for pair, valid in zip(pairs, valids, strict=True)
         ]
-        geometry = {
-            key: torch.from_numpy(value)
-            for key, value in _union_geometry(grid, pairs).items()
-        }
+        arrays = _union_geometry(grid, pairs)
+        geometry = {key: torch.from_numpy(value) for key, value in arrays.items()}
         samples = []
         for i, (raw, valid) in enumerate(zip(raws, valids, strict=True)):
             sample: Sample = {'union': raw}
+            # Counted by numpy, all at once where the union is all data: torch's
+            # sums of small slices cost as much as a view's read.
+            holds_data = valid.numpy()
+            full = bool(holds_data.all())
             for k in (1, 2):
-                sample[f'window{k}'] = window = geometry[f'window{k}'][i]
-                c0, r0, c1, r1 = window.tolist()
-                sample[f'valid{k}'] = valid[r0:r1, c0:c1].sum() / (
-                    (c1 - c0) * (r1 - r0)
-                )
+                sample[f'window{k}'] = geometry[f'window{k}'][i]
+                c0, r0, c1, r1 = arrays[f'window{k}'][i].tolist()
+                area = (c1 - c0) * (r1 - r0)
+                count = area if full else np.count_nonzero(holds_data[r0:r1, c0:c1])
+                sample[f'valid{k}'] = torch.tensor(np.float32(count) / np.float32(area))
             for key in ('transform1', 'transform2', 'boxes1', 'boxes2'):
                 sample[key] = geometry[key][i]
             sample['regions'] = geometry['regions'][i]
@@ -437,7 +440,7 @@ def cut_views(
     (scale not 1) take up to half a pixel of the union just outside it: the
     ground there, or, at the union's edge, its edge pixels (roi_align clamps, and
     :func:`unpack_unions` pads by replicating them). Nodata does not spread:
-    pixels without data (:func:`~glcgeo.datasets.valid_pixels`: every band equal
+    pixels without data (:func:`~glcgeo.rasters.valid_pixels`: every band equal
     to *nodata*, or a band NaN) are set to NaN in every band, and each output
     pixel is the weighted mean of its valid samples only, NaN where it has none,
     so a view at scale 1 keeps exactly the source's nodata pixels, as NaN.

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCh
 
 from .checkpoints import read_checkpoint, state_dict_misfit
 from .datamodules import GLCNetDataModule
-from .errors import GlcgeoError
+from .errors import GlcgeoError, check_band_count
 from .outputs import OutputFile
 from .runs import RunFolder, check_patch_size
 from .tasks import GLCNetTask
@@ -199,12 +199,13 @@ def _pretrain(
             'region_size': datamodule.hparams['region_size'],
             **model,
         }
-        if model['in_channels'] != datamodule.num_bands:
-            raise GlcgeoError(
-                f'the mosaic has {datamodule.num_bands} bands but in_channels is '
-                f'{model["in_channels"]}',
-                datamodule.band_stats.files[0],
-            )
+        check_band_count(
+            'the mosaic has',
+            datamodule.num_bands,
+            'in_channels is',
+            model['in_channels'],
+            datamodule.band_stats.files[0],
+        )
         task = GLCNetTask(**model)
         check_patch_size(task, datamodule.hparams['patch_size'])
         if resume:

@@ -1,12 +1,15 @@
-"""Samplers: pairs of overlapping windows for pretraining, tiles for fine-tuning.
+"""Samplers: windows on data, pairs of them for pretraining, tiles for fine-tuning.
 
-:class:`PairedWindowSampler` yields :class:`~glcgeo.pairs.WindowPair` records:
-two windows of a mosaic's pixel grid that overlap by a controlled fraction, each at
-its own scale, plus ground regions inside their overlap for GLCNet's local
-matching; :mod:`glcgeo.pairs` reads them. :class:`TileSampler` yields the TorchGeo
-queries of a fixed list of tiles (a split's, :mod:`glcgeo.splits`).
+:class:`ValidWindowSampler` yields windows of a mosaic's pixel grid centred on
+random points of its valid area (as TorchGeo queries; statistics draw them one by
+one). :class:`PairedWindowSampler`, one of them, yields
+:class:`~glcgeo.pairs.WindowPair` records instead: two windows that overlap by a
+controlled fraction, each at its own scale, plus ground regions inside their
+overlap for GLCNet's local matching; :mod:`glcgeo.pairs` reads them.
+:class:`TileSampler` yields the TorchGeo queries of a fixed list of tiles (a
+split's, :mod:`glcgeo.splits`).
 
-Both are TorchGeo spatial samplers: they take the dataset and an optional region
+All are TorchGeo spatial samplers: they take the dataset and an optional region
 of interest, in the dataset CRS, out of which they yield nothing.
 """
 
@@ -30,7 +33,7 @@ from .errors import GlcgeoError
 from .geometry import PixelBox
 from .pairs import WindowPair
 
-__all__ = ['PairStream', 'PairedWindowSampler', 'TileSampler']
+__all__ = ['PairStream', 'PairedWindowSampler', 'TileSampler', 'ValidWindowSampler']
 
 
 def _box(window: Window) -> PixelBox:
@@ -49,6 +52,19 @@ def _intersection(a: PixelBox, b: PixelBox) -> PixelBox | None:
 
 def _area(box: PixelBox) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _check_window_arguments(size: int, length: int, max_nodata: float) -> None:
+    """Refuse a window size, epoch length or nodata fraction out of range.
+
+    Raises:
+        GlcgeoError: naming the argument.
+    """
+    for name, value, least in (('size', size, 1), ('length', length, 1)):
+        if value < least:
+            raise GlcgeoError(f'{name} must be >= {least}, got {value}')
+    if not 0 <= max_nodata < 1:
+        raise GlcgeoError(f'max_nodata must be in [0, 1), got {max_nodata}')
 
 
 class PairStream(abc.ABC):
@@ -109,13 +125,211 @@ class PairStream(abc.ABC):
                 yield pair
 
 
+class ValidWindowSampler(SpatialSampler):
+    """Draw square windows of a mosaic's grid centred on random points with data.
+
+    The mosaic's coverage (:meth:`~glcgeo.datasets.GeoTiffMosaic.coverage`, in
+    coarse cells) weighs where a window may be centred: cells with at most
+    *max_nodata* nodata, in proportion to their valid area, so that windows spread
+    over files in proportion to their data. A window is clamped inside the mosaic.
+
+    Example::
+
+        mosaic = GeoTiffMosaic('tiles/*.tif')
+        sampler = ValidWindowSampler(mosaic, size=128, length=64)
+        for query in sampler:
+            image = mosaic[query]['image']
+
+    .. versionadded:: 0.1
+    """
+
+    strategy = 'random'
+
+    def __init__(
+        self,
+        dataset: GeoTiffMosaic,
+        size: int = 224,
+        length: int = 1000,
+        max_nodata: float = 0.1,
+        generator: Generator | None = None,
+        roi: Polygon | None = None,
+        cell: float | None = None,
+        max_tries: int = 1000,
+    ) -> None:
+        """Initialize a new ValidWindowSampler.
+
+        Args:
+            dataset: the mosaic to draw from.
+            size: width and height of a window, in mosaic pixels.
+            length: windows per epoch.
+            max_nodata: largest nodata fraction of a coverage cell a window may
+                be centred in.
+            generator: random generator (defaults to one seeded with 0).
+            roi: region of interest, in the dataset CRS, that every window lies
+                in (defaults to the whole mosaic).
+            cell: side of a coverage cell, in CRS units (defaults to an eighth
+                of a window).
+            max_tries: draws allowed per window inside *roi* before giving up.
+
+        Raises:
+            GlcgeoError: if a window is larger than the mosaic, the arguments
+                are out of range, or the mosaic (inside *roi*) holds (almost) no
+                valid data.
+        """
+        _check_window_arguments(size, length, max_nodata)
+        super().__init__(dataset, roi=roi)
+        self.roi = roi
+        if roi is not None:
+            shapely.prepare(roi)  # one containment test per window drawn
+        self.dataset = dataset
+        self.size = size
+        self.length = length
+        self.max_nodata = max_nodata
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.max_tries = max_tries
+        # The grid is fixed: keep it rather than recompute the dataset bounds
+        # (a pass over the index) at every draw.
+        self.grid = grid = dataset.grid
+        self.height, self.width = dataset.shape
+        if size > min(self.width, self.height):
+            raise GlcgeoError(
+                f'a window of {size} x {size} px does not fit in the mosaic, '
+                f'{self.width} x {self.height} px',
+                dataset.files[0],
+            )
+        # Coverage cells of about an eighth of a window: fine enough to reject
+        # windows by their nodata fraction without reading them.
+        self.cell = cell = size / 8 * grid.res[0] if cell is None else cell
+        # Cells per pixel and pixels per cell, along columns (x) and rows (y):
+        # pixels need not be square.
+        self.cells_per_pixel = (grid.res[0] / cell, grid.res[1] / cell)
+        self.pixels_per_cell = (cell / grid.res[0], cell / grid.res[1])
+        coverage = dataset.coverage(cell)
+        if roi is not None:
+            # Cells whose centre lies outside the region count as nodata: no
+            # window centre there.
+            rows, cols = coverage.cells()
+            xs, ys = coverage.grid.to_map(cols + 0.5, rows + 0.5)  # type: ignore[arg-type]
+            coverage = coverage.restricted(shapely.contains_xy(roi, xs, ys))
+        self.coverage = coverage
+        weights = np.where(
+            coverage.fractions >= 1 - max_nodata, coverage.fractions, 0.0
+        ).astype(np.float64)
+        if weights.sum() <= 0:
+            where = 'the region of interest' if roi is not None else 'the mosaic'
+            raise GlcgeoError(
+                f'no area with at most {max_nodata:.0%} nodata: {where} is '
+                'nodata (or nearly) everywhere',
+                dataset.files[0],
+            )
+        # Ground a window may be centred on, in squared CRS units: what a group
+        # of a collection of several CRSs weighs.
+        self.valid_area = float(weights.sum()) * cell**2
+        # Cumulative distribution over the occupied cells, built once: drawing by
+        # it is what rng.choice(cells, p=...) does, without rebuilding it every
+        # draw.
+        self.cell_cdf = (weights / weights.sum()).cumsum()
+        self.cell_cdf /= self.cell_cdf[-1]
+
+    def __iter__(self) -> Iterator[tuple[slice, slice]]:
+        """Yield one epoch of windows, as TorchGeo queries.
+
+        Yields:
+            ``(slice(xmin, xmax, xres), slice(ymin, ymax, yres))`` of *size* x
+            *size* px windows, in the dataset CRS.
+
+        Raises:
+            GlcgeoError: if no window inside the region of interest is found in
+                *max_tries* draws.
+        """
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
+        rng = np.random.default_rng(seed)
+        xres, yres = self.grid.res
+        for _ in range(self.length):
+            for _ in range(self.max_tries):
+                window = self.random_window(rng, self.size)
+                if self.roi is None or self._in_roi(_box(window)):
+                    break
+            else:
+                raise GlcgeoError(
+                    f'no window of {self.size} px inside the region of interest '
+                    f'found in {self.max_tries} draws',
+                    self.dataset.files[0],
+                )
+            xmin, ymin, xmax, ymax = self.grid.window_bounds(window)
+            yield slice(xmin, xmax, xres), slice(ymin, ymax, yres)
+
+    def __len__(self) -> int:
+        """Windows per epoch."""
+        return self.length
+
+    def valid_fractions(self, boxes: Sequence[PixelBox]) -> np.ndarray:
+        """Estimated fraction of boxes of the mosaic grid holding data.
+
+        Args:
+            boxes: (col1, row1, col2, row2) boxes in mosaic pixels.
+
+        Returns:
+            [len(boxes)] float64 mean coverage of the coarse cells each box spans.
+
+        """
+        col_ratio, row_ratio = self.cells_per_pixel
+        rows, cols = self.coverage.shape
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        c1 = np.clip(np.floor(b[:, 0] * col_ratio), 0, cols - 1)
+        r1 = np.clip(np.floor(b[:, 1] * row_ratio), 0, rows - 1)
+        c2 = np.clip(np.ceil(b[:, 2] * col_ratio), c1 + 1, cols)
+        r2 = np.clip(np.ceil(b[:, 3] * row_ratio), r1 + 1, rows)
+        return self.coverage.box_means(np.stack([c1, r1, c2, r2], axis=1))
+
+    def valid_fraction(self, box: PixelBox) -> float:
+        """Estimated fraction of a box of the mosaic grid holding data.
+
+        Args:
+            box: (col1, row1, col2, row2) in mosaic pixels.
+
+        Returns:
+            the mean coverage of the coarse cells the box spans.
+
+        """
+        return float(self.valid_fractions([box])[0])
+
+    def _in_roi(self, box: PixelBox) -> bool:
+        """Whether a box of the mosaic grid lies inside the region of interest."""
+        assert self.roi is not None
+        return bool(self.roi.covers(shapely.box(*self.grid.boxes_to_map([box])[0])))
+
+    def random_window(self, rng: np.random.Generator, n: int) -> Window:
+        """Draw a window of n x n mosaic pixels centred on a random point with data.
+
+        Args:
+            rng: the random stream.
+            n: window side in mosaic pixels.
+
+        Returns:
+            the window, clamped inside the mosaic.
+
+        """
+        index = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
+        cell_row, cell_col = divmod(
+            int(self.coverage.keys[index]), self.coverage.shape[1]
+        )
+        col_ratio, row_ratio = self.pixels_per_cell
+        centre_col = (cell_col + rng.uniform()) * col_ratio
+        centre_row = (cell_row + rng.uniform()) * row_ratio
+        col = min(max(0, round(centre_col - n / 2)), self.width - n)
+        row = min(max(0, round(centre_row - n / 2)), self.height - n)
+        return Window(col, row, n, n)
+
+
 # A GeoSampler yields TorchGeo queries; this one yields window pairs.
-class PairedWindowSampler(PairStream, SpatialSampler):  # type: ignore[misc]
+class PairedWindowSampler(PairStream, ValidWindowSampler):  # type: ignore[misc]
     """Draw pairs of overlapping windows over the same ground, GLCNet style.
 
     Each pair is drawn as follows: a first window centred on a random point of the
-    mosaic's valid area (so pairs spread over files in proportion to their data,
-    never a whole batch from one tile, cf. TorchGeo issue #3548); a scale per view
+    mosaic's valid area (:meth:`ValidWindowSampler.random_window`: pairs spread
+    over files in proportion to their data, never a whole batch from one tile, cf.
+    TorchGeo issue #3548); a scale per view
     (each view covers ``size * scale`` mosaic pixels resized to ``size``, so it has
     its own ground resolution); a second window shifted so that the fraction of
     each view covered by the other lies in *overlap*; windows with more than
@@ -184,9 +398,7 @@ class PairedWindowSampler(PairStream, SpatialSampler):  # type: ignore[misc]
                 of range, or the mosaic (inside *roi*) holds (almost) no valid data.
 
         """
-        for name, value, least in (('size', size, 1), ('length', length, 1)):
-            if value < least:
-                raise GlcgeoError(f'{name} must be >= {least}, got {value}')
+        _check_window_arguments(size, length, max_nodata)
         if regions < 0:
             raise GlcgeoError(f'regions must be >= 0, got {regions}')
         if not 0 < overlap[0] <= overlap[1] <= 1:
@@ -197,102 +409,31 @@ class PairedWindowSampler(PairStream, SpatialSampler):  # type: ignore[misc]
             raise GlcgeoError(
                 f'scale must be (min, max) with 0 < min <= max, got {scale}'
             )
-        if not 0 <= max_nodata < 1:
-            raise GlcgeoError(f'max_nodata must be in [0, 1), got {max_nodata}')
-        super().__init__(dataset, roi=roi)
-        self.roi = roi
-        if roi is not None:
-            shapely.prepare(roi)  # one containment test per view drawn
-        self.dataset = dataset
-        self.size = size
-        self.length = length
+        rows, cols = dataset.shape
+        largest = math.ceil(size * scale[1])
+        if largest > min(cols, rows):
+            raise GlcgeoError(
+                f'a view of {size} px at scale up to {scale[1]} needs {largest} x '
+                f'{largest} px, but the mosaic is {cols} x {rows} px',
+                dataset.files[0],
+            )
+        # Coverage cells of about an eighth of the smallest view.
+        super().__init__(
+            dataset,
+            size=size,
+            length=length,
+            max_nodata=max_nodata,
+            generator=generator,
+            roi=roi,
+            cell=size * scale[0] / 8 * dataset.res[0],
+            max_tries=max_tries,
+        )
         self.overlap = overlap
         self.scale = scale
         self.regions = regions
         self.region_size = region_size
-        self.max_nodata = max_nodata
-        self.generator = generator or torch.Generator().manual_seed(0)
         self.num_replicas = num_replicas
         self.rank = rank
-        self.max_tries = max_tries
-
-        # The grid is fixed: keep it rather than recompute the dataset bounds
-        # (a pass over the index) at every draw.
-        self.grid = grid = dataset.grid
-        x, y, _ = dataset.bounds
-        self.width = math.floor((x.stop - x.start) / grid.res[0] + 1e-6)
-        self.height = math.floor((y.stop - y.start) / grid.res[1] + 1e-6)
-        largest = math.ceil(size * scale[1])
-        if largest > min(self.width, self.height):
-            raise GlcgeoError(
-                f'a view of {size} px at scale up to {scale[1]} needs {largest} x '
-                f'{largest} px, but the mosaic is {self.width} x {self.height} px',
-                dataset.files[0],
-            )
-        # Coverage cells of about an eighth of a view: fine enough to reject
-        # windows by their nodata fraction without reading them.
-        self.cell = size * scale[0] / 8 * grid.res[0]
-        # Cells per pixel and pixels per cell, along columns (x) and rows (y):
-        # pixels need not be square.
-        self.cells_per_pixel = (grid.res[0] / self.cell, grid.res[1] / self.cell)
-        self.pixels_per_cell = (self.cell / grid.res[0], self.cell / grid.res[1])
-        coverage = dataset.coverage(self.cell)
-        if roi is not None:
-            # Cells whose centre lies outside the region count as nodata: no view
-            # centre there.
-            rows, cols = coverage.cells()
-            xs, ys = coverage.grid.to_map(cols + 0.5, rows + 0.5)  # type: ignore[arg-type]
-            coverage = coverage.restricted(shapely.contains_xy(roi, xs, ys))
-        self.coverage = coverage
-        weights = np.where(
-            coverage.fractions >= 1 - max_nodata, coverage.fractions, 0.0
-        ).astype(np.float64)
-        if weights.sum() <= 0:
-            where = 'the region of interest' if roi is not None else 'the mosaic'
-            raise GlcgeoError(
-                f'no area with at most {max_nodata:.0%} nodata: {where} is '
-                'nodata (or nearly) everywhere',
-                dataset.files[0],
-            )
-        # Ground a view may be centred on, in squared CRS units: what a group of a
-        # collection of several CRSs weighs.
-        self.valid_area = float(weights.sum()) * self.cell**2
-        # Cumulative distribution over the occupied cells, built once: drawing by
-        # it is what rng.choice(cells, p=...) does, without rebuilding it every
-        # draw.
-        self.cell_cdf = (weights / weights.sum()).cumsum()
-        self.cell_cdf /= self.cell_cdf[-1]
-
-    def valid_fractions(self, boxes: Sequence[PixelBox]) -> np.ndarray:
-        """Estimated fraction of boxes of the mosaic grid holding data.
-
-        Args:
-            boxes: (col1, row1, col2, row2) boxes in mosaic pixels.
-
-        Returns:
-            [len(boxes)] float64 mean coverage of the coarse cells each box spans.
-
-        """
-        col_ratio, row_ratio = self.cells_per_pixel
-        rows, cols = self.coverage.shape
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        c1 = np.clip(np.floor(b[:, 0] * col_ratio), 0, cols - 1)
-        r1 = np.clip(np.floor(b[:, 1] * row_ratio), 0, rows - 1)
-        c2 = np.clip(np.ceil(b[:, 2] * col_ratio), c1 + 1, cols)
-        r2 = np.clip(np.ceil(b[:, 3] * row_ratio), r1 + 1, rows)
-        return self.coverage.box_means(np.stack([c1, r1, c2, r2], axis=1))
-
-    def valid_fraction(self, box: PixelBox) -> float:
-        """Estimated fraction of a box of the mosaic grid holding data.
-
-        Args:
-            box: (col1, row1, col2, row2) in mosaic pixels.
-
-        Returns:
-            the mean coverage of the coarse cells the box spans.
-
-        """
-        return float(self.valid_fractions([box])[0])
 
     def draw(self, rng: np.random.Generator) -> WindowPair:
         """Draw one pair.
@@ -352,33 +493,6 @@ class PairedWindowSampler(PairStream, SpatialSampler):  # type: ignore[misc]
             'lower the size or overlap, or raise max_nodata',
             self.dataset.files[0],
         )
-
-    def _in_roi(self, box: PixelBox) -> bool:
-        """Whether a box of the mosaic grid lies inside the region of interest."""
-        assert self.roi is not None
-        return bool(self.roi.covers(shapely.box(*self.grid.boxes_to_map([box])[0])))
-
-    def random_window(self, rng: np.random.Generator, n: int) -> Window:
-        """Draw a window of n x n mosaic pixels centred on a random point with data.
-
-        Args:
-            rng: the random stream.
-            n: window side in mosaic pixels.
-
-        Returns:
-            the window, clamped inside the mosaic.
-
-        """
-        index = int(self.cell_cdf.searchsorted(rng.random(), side='right'))
-        cell_row, cell_col = divmod(
-            int(self.coverage.keys[index]), self.coverage.shape[1]
-        )
-        col_ratio, row_ratio = self.pixels_per_cell
-        centre_col = (cell_col + rng.uniform()) * col_ratio
-        centre_row = (cell_row + rng.uniform()) * row_ratio
-        col = min(max(0, round(centre_col - n / 2)), self.width - n)
-        row = min(max(0, round(centre_row - n / 2)), self.height - n)
-        return Window(col, row, n, n)
 
     def _regions(
         self, rng: np.random.Generator, overlap: PixelBox, pixel_ratio: float

@@ -3,8 +3,10 @@
 uint8 aerial images and uint16 Sentinel-2 reflectances differ by orders of
 magnitude; :func:`compute_band_stats` estimates each band's mean and standard
 deviation from random windows of the mosaic's valid area (never loading it whole),
-and :class:`BandStats` saves them as JSON so that pretraining, fine-tuning and
-prediction normalise alike.
+and :class:`BandStats` saves them as JSON (and :meth:`BandStats.load`, the one
+reader, reads them back) so that pretraining, fine-tuning and prediction normalise
+alike; :func:`resolve_band_stats` gives a data module the statistics given, or
+computed, checked against the data's band count.
 """
 
 import json
@@ -12,22 +14,21 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Generator, Tensor
 
 from .checkpoints import BandMetadata
+from .collection import GeoTiffCollection, group_samplers, mosaic_groups
 from .datasets import GeoTiffMosaic
-from .errors import GlcgeoError, check_memory
+from .errors import GlcgeoError, check_band_count, check_memory
 from .outputs import atomic_write
+from .samplers import ValidWindowSampler
 from .transforms import normalize_bands
 
-if TYPE_CHECKING:
-    from .collection import GeoTiffCollection
-
-__all__ = ['BandStats', 'compute_band_stats']
+__all__ = ['BandStats', 'compute_band_stats', 'resolve_band_stats']
 
 
 @dataclass
@@ -78,24 +79,6 @@ class BandStats:
             band_mean=tuple(self.mean),
             band_std=tuple(self.std),
         )
-
-    def check_band_count(
-        self, count: int, data: str, path: str | os.PathLike[str] | None = None
-    ) -> None:
-        """Check that the statistics are of *count* bands.
-
-        Args:
-            count: the band count of the data they normalise.
-            data: the data, with its verb (``'the mosaic has'``), for the message.
-            path: the statistics file, named by the error.
-
-        Raises:
-            GlcgeoError: if the counts differ.
-        """
-        if len(self.mean) != count:
-            raise GlcgeoError(
-                f'statistics of {len(self.mean)} bands, but {data} {count}', path
-            )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics as JSON.
@@ -221,29 +204,20 @@ def _numbers(values: object, key: str) -> list[float]:
     return [float(v) for v in values]
 
 
-def _whole_pixels(mosaic: GeoTiffMosaic) -> tuple[int, int]:
-    """(width, height) of a mosaic in whole pixels (a partial last one is none)."""
-    x, y, _ = mosaic.bounds
-    grid = mosaic.grid
-    return (
-        math.floor((x.stop - x.start) / grid.res[0] + 1e-6),
-        math.floor((y.stop - y.start) / grid.res[1] + 1e-6),
-    )
-
-
 def compute_band_stats(
-    dataset: 'GeoTiffMosaic | GeoTiffCollection[Any]',
+    dataset: GeoTiffMosaic | GeoTiffCollection[Any],
     windows: int = 64,
     window_size: int = 128,
     generator: Generator | None = None,
 ) -> BandStats:
     """Estimate per-band mean and standard deviation from random windows.
 
-    Windows are centred on random points of the mosaic's valid area; nodata pixels
-    are excluded. In a collection of several CRSs, each window is read from one
-    group, on its own grid, the groups drawn in proportion to their valid ground
-    area (:class:`~glcgeo.collection.GroupedPairSampler`). The result is
-    deterministic for a given generator.
+    Windows are centred on random points of the mosaic's valid area
+    (:class:`~glcgeo.samplers.ValidWindowSampler`); nodata pixels are excluded.
+    In a collection of several CRSs, each window is read from one group, on its
+    own grid, the groups drawn in proportion to their valid ground area
+    (:func:`~glcgeo.collection.group_samplers`). The result is deterministic for
+    a given generator.
 
     Args:
         dataset: the mosaic, or a collection of several CRSs
@@ -260,12 +234,9 @@ def compute_band_stats(
         GlcgeoError: if the sampled windows hold no valid pixel.
 
     """
-    from .collection import GroupedPairSampler, mosaic_groups, pair_sampler
-
     generator = generator or torch.Generator().manual_seed(0)
-    groups = mosaic_groups(dataset)
-    # Whole pixels, as the sampler counts them (a partial last pixel is no pixel).
-    size = max(1, max(min(window_size, *_whole_pixels(group)) for group in groups))
+    # Whole pixels, as the sampler counts them.
+    size = max(1, max(min(window_size, *g.shape) for g in mosaic_groups(dataset)))
     # A window is read raw, as float32 and as float64 values.
     check_memory(
         16 * size**2 * dataset.num_bands,
@@ -273,23 +244,25 @@ def compute_band_stats(
         '(--window-size)',
         'choose a smaller --window-size',
     )
-    # The pair sampler knows where the valid data is.
-    sampler = pair_sampler(
-        dataset, size=size, length=windows, scale=(1.0, 1.0), max_nodata=0.99
+    # Windows with any data at all (the pixels without are left out).
+    samplers, group_cdf = group_samplers(
+        dataset,
+        lambda group: ValidWindowSampler(
+            group, size=size, length=windows, max_nodata=0.99
+        ),
     )
-    if isinstance(sampler, GroupedPairSampler):
-        grouped, samplers = sampler, sampler.samplers
-    else:
-        grouped, samplers = None, [sampler]
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
     count = 0
     total = np.zeros(dataset.num_bands)
     total_sq = np.zeros(dataset.num_bands)
     for _ in range(windows):
-        group = 0 if grouped is None else grouped.draw_group(rng)
-        mosaic, window_sampler = groups[group], samplers[group]
-        assert window_sampler is not None  # a group left out is never drawn
-        window = window_sampler.random_window(rng, size)
+        group = 0
+        if isinstance(dataset, GeoTiffCollection):
+            group = int(group_cdf.searchsorted(rng.random(), side='right'))
+        sampler = samplers[group]
+        assert sampler is not None  # a group left out is never drawn
+        mosaic = sampler.dataset
+        window = sampler.random_window(rng, size)
         xmin, ymin, xmax, ymax = mosaic.grid.window_bounds(window)
         image = mosaic.read_window(xmin, ymin, xmax, ymax)
         # Gaps between files are filled with 0, which is data for files without
@@ -315,3 +288,32 @@ def compute_band_stats(
         pixels=int(count),
         files=list(dataset.files),
     )
+
+
+def resolve_band_stats(
+    stats: BandStats | str | os.PathLike[str] | None,
+    dataset: GeoTiffMosaic | GeoTiffCollection[Any],
+    data: str = 'the mosaic has',
+) -> BandStats:
+    """The statistics a data module normalises with: given, or computed.
+
+    Args:
+        stats: statistics, their JSON file (:meth:`BandStats.load`), or None to
+            compute them from *dataset* (:func:`compute_band_stats`).
+        dataset: the data they normalise.
+        data: the data, with its verb, for the error (``'the images have'``).
+
+    Returns:
+        the statistics, of as many bands as *dataset* reads.
+
+    Raises:
+        GlcgeoError: for a file that is no statistics, or statistics of another
+            band count than *dataset*'s (naming the file, if any).
+    """
+    if stats is None:
+        return compute_band_stats(dataset)
+    path = None if isinstance(stats, BandStats) else stats
+    if not isinstance(stats, BandStats):
+        stats = BandStats.load(stats)
+    check_band_count('statistics of', len(stats.mean), data, dataset.num_bands, path)
+    return stats

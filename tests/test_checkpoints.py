@@ -16,12 +16,13 @@ from glcgeo.checkpoints import (
     CheckpointMetadata,
     build_segmentation_model,
     checkpoint_kind,
+    load_pretrained,
     read_checkpoint,
     read_weights,
     write_model_checkpoint,
 )
 from glcgeo.errors import GlcgeoError
-from glcgeo.export import export_weights, load_pretrained
+from glcgeo.export import export_weights
 from glcgeo.finetune import pretrained_band_stats
 from glcgeo.tasks import FinetuneTask, GLCNetTask
 

@@ -19,7 +19,7 @@ from conftest import NC_DIR, RGB1_3857, S2_TILE_A, S2_TILE_B, S2_TILES
 from rasterio.transform import from_origin
 from rasterio.windows import Window, from_bounds
 
-import glcgeo.datasets
+import glcgeo.datasets.mask
 from glcgeo.cli import main
 from glcgeo.collection import (
     GeoTiffCollection,
@@ -79,7 +79,7 @@ class Warps:
                 warps.count += 1
                 super().__init__(*args, **kwargs)
 
-        for module in (rasterio.vrt, torchgeo.datasets.geo, glcgeo.datasets):
+        for module in (rasterio.vrt, torchgeo.datasets.geo, glcgeo.datasets.mask):
             monkeypatch.setattr(module, 'WarpedVRT', Counted)
 
 

@@ -362,6 +362,38 @@ def test_read_window_composites_files_first_on_top(
     assert torch.equal(s2_mosaic.read_window(*box), torchgeo)
 
 
+def test_touching_tiles_read_as_the_scene_they_were_cut_from(tmp_path: Path) -> None:
+    """A Sentinel-2 tile cut into four touching files: windows across their
+    edges read the tile's own pixels."""
+    with rasterio.open(S2_TILE_A) as src:
+        scene, profile = src.read(), src.profile
+    for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        window = Window(col * 320, row * 320, 320, 320)
+        with rasterio.open(
+            tmp_path / f'cut_{row}{col}.tif',
+            'w',
+            **{
+                **profile,
+                'width': 320,
+                'height': 320,
+                'transform': rasterio.windows.transform(window, profile['transform']),
+            },
+        ) as dst:
+            dst.write(
+                scene[:, row * 320 : row * 320 + 320, col * 320 : col * 320 + 320]
+            )
+    mosaic = GeoTiffMosaic(tmp_path)
+    for window in (Window(250, 270, 150, 120), Window(300, 0, 40, 640)):
+        raw = mosaic.read_raw(*mosaic.grid.window_bounds(window))
+        assert raw.dtype == torch.uint16
+        np.testing.assert_array_equal(
+            raw.numpy(),
+            scene[:, window.row_off : window.row_off + window.height][
+                :, :, window.col_off : window.col_off + window.width
+            ],
+        )
+
+
 def test_read_window_is_the_torchgeo_read_across_file_edges(
     s2_mosaic: GeoTiffMosaic,
 ) -> None:

@@ -12,9 +12,10 @@ from torch import Tensor
 from torchgeo.tasks import SemanticSegmentation
 from torchgeo.tasks.utils import extract_backbone
 
+from glcgeo.checkpoints import load_pretrained
 from glcgeo.cli import main
 from glcgeo.errors import GlcgeoError
-from glcgeo.export import export_weights, load_pretrained, read_weights
+from glcgeo.export import export_weights, read_weights
 from glcgeo.models import GLCNet
 from glcgeo.pretrain import pretrain
 
@@ -79,7 +80,6 @@ def assert_equal_state(actual: dict[str, Tensor], expected: dict[str, Tensor]) -
         assert torch.equal(actual[key], value), key
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('num_classes', [2, 7])
 def test_torchgeo_loads_the_pretrained_encoder(
     weights_file: Path, pretrained: dict[str, Any], num_classes: int
@@ -101,7 +101,6 @@ def test_torchgeo_loads_the_pretrained_encoder(
     assert name == 'resnet18'
 
 
-@pytest.mark.slow
 def test_statistics_travel_with_the_weights(
     weights_file: Path, pretrained: dict[str, Any]
 ) -> None:
@@ -116,7 +115,6 @@ def test_statistics_travel_with_the_weights(
     assert weights.band_dtype == 'uint16'
 
 
-@pytest.mark.slow
 def test_load_pretrained_decoder_into_a_torchgeo_task(
     weights_file: Path, pretrained: dict[str, Any]
 ) -> None:
@@ -133,7 +131,6 @@ def test_load_pretrained_decoder_into_a_torchgeo_task(
     assert len(report.loaded) + len(report.skipped) == len(task.model.state_dict())
 
 
-@pytest.mark.slow
 def test_load_pretrained_encoder_only_into_an_smp_model(
     weights_file: Path, pretrained: dict[str, Any]
 ) -> None:
@@ -149,7 +146,6 @@ def test_load_pretrained_encoder_only_into_an_smp_model(
     assert {f'decoder.{k}' for k in decoder} <= set(report.skipped)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ('model', 'message'),
     [
@@ -188,7 +184,6 @@ def test_global_only_exports_the_aspp_only(tmp_path: Path) -> None:
     assert any(k.startswith('decoder.block1.') for k in report.skipped)
 
 
-@pytest.mark.slow
 def test_cli_exports_and_refuses_to_overwrite(
     cli: Callable[[list[str]], int],
     checkpoint: Path,

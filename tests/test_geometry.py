@@ -32,6 +32,22 @@ def test_pixel_grid_maps_pixel_edges_in_float64() -> None:
     assert UTM_GRID.affine @ (1000, 2000) == pytest.approx((x, y), abs=1e-6)
 
 
+def test_windows_of_ground_boxes_read_as_rasterio_merge_or_whole_pixels() -> None:
+    # A window's own bounds (float64 at a UTM northing) give it back exactly.
+    for window in (Window(1000, 2000, 300, 224), Window(-3, -5, 7, 9)):
+        box = UTM_GRID.window_bounds(window)
+        assert UTM_GRID.window(*box) == UTM_GRID.inner_window(*box) == window
+    # Off the grid: a read of the box (nearest edges, rasterio.merge's size), or
+    # the whole pixels inside it.
+    read = PixelGrid(x0=0.0, y0=100.0, res=(10.0, 10.0))
+    assert read.window(0.0, 0.0, 1004.0, 100.0) == Window(0, 0, 100, 10)
+    assert read.window(0.0, 0.0, 1006.0, 100.0) == Window(0, 0, 101, 10)
+    assert read.window(4.0, 0.0, 1010.0, 94.0) == Window(0, 1, 101, 9)
+    assert read.inner_window(0.0, 0.0, 1006.0, 100.0) == Window(0, 0, 100, 10)
+    assert read.inner_window(4.0, 0.0, 1010.0, 94.0) == Window(1, 1, 100, 9)
+    assert read.inner_window(4.0, 0.0, 9.0, 100.0).width == 0
+
+
 def test_window_transform_covers_the_window_at_the_view_size() -> None:
     window = Window(1000, 2000, 300, 300)
     affine = UTM_GRID.window_transform(window, 224)

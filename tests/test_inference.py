@@ -26,7 +26,7 @@ from torchgeo.tasks import SemanticSegmentation
 
 import glcgeo.inference.predict as predict_module
 from glcgeo.cli import main
-from glcgeo.datasets import GeoTiffMosaic, valid_pixels
+from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.errors import GlcgeoError
 from glcgeo.inference import (
     CheckpointMetadata,
@@ -47,6 +47,7 @@ from glcgeo.inference.reading import (
     batch_patches,
     read_ahead,
 )
+from glcgeo.rasters import valid_pixels
 from glcgeo.tasks import FinetuneTask
 
 DATA = Path(__file__).parent / 'data'
@@ -971,7 +972,7 @@ def test_bad_inputs_leave_nothing_behind(tmp_path: Path) -> None:
     for source, destination, message in [
         (tmp_path / 'missing.tif', out / 'a.tif', 'no such file'),
         (text, out / 'a.tif', 'not a readable raster'),
-        (RGB1, out / 'a.tif', 'the input has 3 bands, the model takes 4'),
+        (RGB1, out / 'a.tif', 'the input has 3 bands, but the model takes 4'),
         (S2, tmp_path / 'nowhere' / 'a.tif', 'output folder does not exist'),
         (S2, S2, 'different files'),
     ]:

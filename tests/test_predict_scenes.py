@@ -389,7 +389,6 @@ def test_scenes_sharing_a_name_or_their_folder_are_refused(
     assert not (tmp_path / 'map.tif').exists()
 
 
-@pytest.mark.slow
 def test_two_processes_write_the_maps_of_one(
     tmp_path: Path, scenes: Path, checkpoint: Path, single_maps: dict[str, bytes]
 ) -> None:

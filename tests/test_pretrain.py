@@ -128,7 +128,7 @@ def test_loss_decreases_on_repeated_data() -> None:
 @pytest.mark.parametrize(
     ('flags', 'message'),
     [
-        (['--data', S2, '--config', 'BANDS'], 'has 4 bands but in_channels is 3'),
+        (['--data', S2, '--config', 'BANDS'], 'has 4 bands, but in_channels is 3'),
         (['--data', S2, '--patch-size', '2000'], 'but the mosaic is'),
         (['--data', 'missing_folder'], 'no such file or folder'),
     ],

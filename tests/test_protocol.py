@@ -105,7 +105,6 @@ def test_compare_pairs_runs_seed_by_seed() -> None:
     assert found.differences == pytest.approx([5.0, 2.0])
 
 
-@pytest.mark.slow
 def test_protocol_runs_on_a_pair_it_has_never_seen(tmp_path: Path) -> None:
     """NAME=IMAGES:MASKS, any band count, classes read from the mask."""
     labels = DATA / 'demo_labels' / 's2_pseudo_labels.tif'
@@ -309,7 +308,6 @@ def test_scenes_are_laid_out_for_pretraining_with_their_pixels(
             )
 
 
-@pytest.mark.slow
 def test_protocol_runs_on_scenes_in_many_crss(
     scene_folder: Path, tmp_path: Path
 ) -> None:

@@ -171,6 +171,20 @@ def test_many_files_index_opens_each_file_once_and_coverage_none(
     assert np.all(coverage.fractions == 1.0)
 
 
+def test_coverage_and_reads_share_one_nodata_rule(tmp_path: Path) -> None:
+    """A pixel with one NaN band is nodata for the coverage as for a read."""
+    image = np.ones((2, 16, 16), dtype=np.float32)
+    image[0, :, :8] = np.nan  # the left half: NaN in the first band only
+    image[:, :4, 8:] = -1.0  # a quarter of the right half: nodata in both bands
+    mosaic = GeoTiffMosaic(write_raster(tmp_path / 'nan.tif', image, nodata=-1.0))
+    valid = mosaic.valid_mask(
+        mosaic.read_raw(*mosaic.grid.window_bounds(Window(0, 0, 16, 16)))
+    )
+    assert valid.float().mean() == 0.375
+    coverage = mosaic.coverage(160.0)  # one cell
+    assert coverage.fractions.tolist() == [0.375]
+
+
 def test_views_cross_the_edges_of_touching_files(tmp_path: Path) -> None:
     """Nine touching 40-px files whose edges split coverage cells: the split cells
     are whole, so windows across file edges are drawn, even with no nodata

@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader
 
 from glcgeo.datamodules import SegmentationDataModule
 from glcgeo.datamodules.segmentation import MaskEncoder
-from glcgeo.datasets import valid_pixels
 from glcgeo.metrics import SegmentationMetrics
+from glcgeo.rasters import valid_pixels
 from glcgeo.samplers import TileSampler
 from glcgeo.splits import draw_label_tiles
 from glcgeo.stats import BandStats
@@ -249,7 +249,7 @@ def read_scene(
 
     Image and mask must share the grid (CRS, transform and size): no pixel is
     resampled. Masks are encoded by glcgeo's :class:`MaskEncoder`, pixels without
-    image data (glcgeo's :func:`~glcgeo.datasets.valid_pixels` rule) are ignored,
+    image data (glcgeo's :func:`~glcgeo.rasters.valid_pixels` rule) are ignored,
     and images are normalised by :func:`~glcgeo.transforms.normalize_bands`.
 
     Args:

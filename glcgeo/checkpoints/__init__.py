@@ -1,10 +1,11 @@
-"""Checkpoints: the one metadata schema, and every reader and writer of them.
+"""Checkpoints: the one metadata schema, every reader and writer, pretrained loading.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`)
 and written whole or not at all (:mod:`glcgeo.outputs`).
 """
 
 from .files import read_checkpoint, state_dict_part, write_model_checkpoint
+from .loading import LoadReport, load_pretrained
 from .metadata import (
     BandMetadata,
     CheckpointMetadata,
@@ -24,10 +25,12 @@ from .weights import (
 __all__ = [
     'BandMetadata',
     'CheckpointMetadata',
+    'LoadReport',
     'PretrainedWeights',
     'build_segmentation_model',
     'checkpoint_kind',
     'default_palette',
+    'load_pretrained',
     'load_segmentation_checkpoint',
     'read_band_metadata',
     'read_checkpoint',

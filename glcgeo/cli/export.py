@@ -16,7 +16,7 @@ def add_parser(subparsers: Any) -> None:
         description=(
             'Write the pretrained encoder and decoder of a glcgeo pretrain checkpoint '
             'to a file that TorchGeo loads as SemanticSegmentation(model="deeplabv3+", '
-            'weights=FILE) (encoder) and glcgeo.export.load_pretrained loads '
+            'weights=FILE) (encoder) and glcgeo.checkpoints.load_pretrained loads '
             '(encoder and decoder). The band statistics travel with the weights.'
         ),
     )

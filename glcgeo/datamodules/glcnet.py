@@ -12,7 +12,7 @@ from ..collection import GeoTiffCollection, open_mosaic, pair_sampler
 from ..datasets import GeoTiffMosaic
 from ..pairs import GeoTiffUnions, collate_unions, cut_views
 from ..samplers import PairStream
-from ..stats import BandStats, compute_band_stats
+from ..stats import BandStats, resolve_band_stats
 from ..transforms import TwoViewAugmentation
 
 __all__ = ['GLCNetDataModule']
@@ -121,13 +121,7 @@ class GLCNetDataModule(GeoDataModule):
         # with the dataset, and only read. Other ranks find it in index_cache.
         # Workers only read: the views are cut on the device, after transfer.
         dataset = open_mosaic(GeoTiffUnions, **self.kwargs)
-        if hp['stats'] is not None:
-            self.band_stats = BandStats.load(hp['stats'])
-            self.band_stats.check_band_count(
-                dataset.num_bands, 'the mosaic has', hp['stats']
-            )
-        else:
-            self.band_stats = compute_band_stats(dataset)
+        self.band_stats = resolve_band_stats(hp['stats'], dataset)
         self.train_dataset = dataset
         # A collection's sampler is no GeoSampler (no one CRS); the loader only
         # iterates it.

@@ -8,7 +8,6 @@ split and label budget of :mod:`glcgeo.splits`, and
 """
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -26,12 +25,14 @@ from torchgeo.datasets.utils import Sample, merge_samples
 
 from ..checkpoints import BandMetadata
 from ..collection import GeoTiffCollection, open_mosaic
-from ..datasets import GeoTiffMask, GeoTiffMosaic, expand_paths, read_header
+from ..datasets import GeoTiffMask, GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..geometry import PixelGrid
+from ..rasters import read_header
 from ..samplers import TileSampler
+from ..sources import expand as expand_paths
 from ..splits import TileIndex, TileSplit, draw_label_tiles, split_tiles
-from ..stats import BandStats, compute_band_stats
+from ..stats import BandStats, resolve_band_stats
 from ..transforms import normalize_bands
 
 __all__ = ['MaskEncoder', 'SegmentationDataModule']
@@ -419,7 +420,9 @@ class SegmentationDataModule(GeoDataModule):
             if not split.tiles[name]:
                 raise GlcgeoError(f'no {name} tile holds labels; use a smaller split')
         self.tile_split = split
-        self.band_stats = self._band_stats(images)
+        self.band_stats = resolve_band_stats(
+            self.stats_source, images, 'the images have'
+        )
         self.mean = torch.tensor(self.band_stats.mean)
         self.std = torch.tensor(self.band_stats.std)
         # Normalised in on_after_batch_transfer: validation and test batches
@@ -475,30 +478,16 @@ class SegmentationDataModule(GeoDataModule):
 
         Returns:
             (grid with its origin at the overlap's top-left, snapped to the image
-            pixels; (width, height) of the overlap in whole pixels).
+            pixels; (width, height) of the overlap in whole image pixels:
+            :meth:`PixelGrid.inner_window
+            <glcgeo.geometry.PixelGrid.inner_window>`).
         """
         image_grid = images.grid
-        xres, yres = image_grid.res
         x, y, _ = dataset.bounds
-        col0 = math.ceil(round((x.start - image_grid.x0) / xres, 6))
-        row0 = math.ceil(round((image_grid.y0 - y.stop) / yres, 6))
-        col1 = math.floor(round((x.stop - image_grid.x0) / xres, 6))
-        row1 = math.floor(round((image_grid.y0 - y.start) / yres, 6))
-        x0, y0 = image_grid.to_map(col0, row0)
-        return PixelGrid(x0=x0, y0=y0, res=(xres, yres)), (col1 - col0, row1 - row0)
-
-    def _band_stats(self, images: GeoTiffMosaic) -> BandStats:
-        """The statistics given, or computed from the images."""
-        source = self.stats_source
-        if isinstance(source, BandStats):
-            stats = source
-        elif source is not None:
-            stats = BandStats.load(source)
-        else:
-            return compute_band_stats(images)
-        path = None if isinstance(source, BandStats) else source
-        stats.check_band_count(images.num_bands, 'the images have', path)
-        return stats
+        window = image_grid.inner_window(x.start, y.start, x.stop, y.stop)
+        x0, y0 = image_grid.to_map(window.col_off, window.row_off)
+        grid = PixelGrid(x0=x0, y0=y0, res=image_grid.res)
+        return grid, (int(window.width), int(window.height))
 
     @property
     def num_bands(self) -> int:

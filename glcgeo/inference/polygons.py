@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.errors
 import rasterio.features
 import shapely
 from affine import Affine
@@ -31,6 +30,7 @@ from rasterio.windows import Window
 
 from ..errors import GlcgeoError
 from ..outputs import atomic_write, check_destination
+from ..rasters import open_raster
 
 __all__ = ['POLYGON_LAYER', 'vectorize']
 
@@ -219,12 +219,7 @@ def vectorize(
     if band_rows is not None and band_rows < 1:
         raise GlcgeoError(f'band rows must be positive, got {band_rows}')
     check_destination(destination, overwrite, inputs=[path])
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as error:
-        reason = str(error).splitlines()[0]
-        raise GlcgeoError(f'not a readable class map ({reason})', path) from None
-    with src:
+    with open_raster(path, kind='class map') as src:
         if src.count != 1 or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
             raise GlcgeoError(
                 f'not a class map: {src.count} {src.dtypes[0]} bands, one band of '

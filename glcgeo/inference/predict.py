@@ -14,6 +14,10 @@ published as a Cloud Optimized GeoTIFF only once complete.
 
 :func:`predict_dataset` does the same over a TorchGeo dataset and sampler, stitching
 the patches in memory.
+
+The module is long for one reason: both entry points share the batch loop
+(:class:`_BatchPredictor`) and the device, batch-size and read-ahead policies,
+which nothing else uses; split, each half would import the other's internals.
 """
 
 import dataclasses
@@ -29,7 +33,6 @@ from typing import Any, cast
 
 import rasterio
 import torch
-from affine import Affine
 from rasterio.windows import Window
 from torch import Tensor, nn
 from torchgeo.datasets import GeoDataset
@@ -37,10 +40,11 @@ from torchgeo.samplers import GeoSampler
 from tqdm import tqdm
 
 from ..checkpoints import CheckpointMetadata
-from ..datasets import GeoTiffMosaic, open_raster
-from ..errors import GlcgeoError, check_memory
+from ..errors import GlcgeoError, check_band_count, check_memory
+from ..geometry import PixelGrid
 from ..outputs import check_destination
 from ..provenance import Provenance, creation_time
+from ..rasters import open_raster
 from ..sources import gdal_options, is_url
 from .blending import RowBandAccumulator, tile_weights
 from .reading import (
@@ -757,28 +761,20 @@ def predict_dataset(
 
     """
     x_bounds, y_bounds, _ = dataset.bounds
-    x_res, y_res = dataset.res
-    width = round((x_bounds.stop - x_bounds.start) / x_res)
-    height = round((y_bounds.stop - y_bounds.start) / y_res)
-    transform = Affine(x_res, 0.0, x_bounds.start, 0.0, -y_res, y_bounds.stop)
+    grid = PixelGrid(x0=x_bounds.start, y0=y_bounds.stop, res=dataset.res)
+    scene = grid.window(x_bounds.start, y_bounds.start, x_bounds.stop, y_bounds.stop)
+    width, height = int(scene.width), int(scene.height)
     if nodata is None:
-        nodata = (
-            dataset.file_nodata
-            if isinstance(dataset, GeoTiffMosaic)
-            else getattr(dataset, 'nodata', None)
-        )
+        # A glcgeo mosaic's nodata in force (the files' or the one given), else
+        # a TorchGeo dataset's override.
+        nodata = getattr(dataset, 'file_nodata', getattr(dataset, 'nodata', None))
     _check_batch_size(batch_size)
     torch_device = resolve_device(device)
 
     def pixel_window(query: object) -> Window:
         """A patch's pixel window on the dataset's grid, from its float64 bounds."""
         x, y = cast(tuple[slice, ...], query)[:2]
-        return Window(
-            round((x.start - x_bounds.start) / x_res),
-            round((y_bounds.stop - y.stop) / y_res),
-            round((x.stop - x.start) / x_res),
-            round((y.stop - y.start) / y_res),
-        )
+        return grid.window(x.start, y.start, x.stop, y.stop)
 
     queries = iter(sampler)
     first = next(queries, None)
@@ -797,11 +793,9 @@ def predict_dataset(
     def patches() -> Iterable[Patch | None]:
         for query in queries:
             data = dataset[query]['image'].numpy()
-            if len(data) != metadata.in_channels:
-                raise GlcgeoError(
-                    f'the dataset has {len(data)} bands, the model takes '
-                    f'{metadata.in_channels}'
-                )
+            check_band_count(
+                'the dataset has', len(data), 'the model takes', metadata.in_channels
+            )
             window = pixel_window(query)
             row, col = int(window.row_off), int(window.col_off)
             yield dataset_patch(data, nodata, row, col, height, width)
@@ -834,7 +828,7 @@ def predict_dataset(
     tags = (provenance or Provenance()).tags(paths, metadata, settings)
     return SegmentationMap(
         classes.cpu().numpy().astype(dtype),
-        transform,
+        grid.affine,
         dataset.crs,
         class_nodata,
         metadata,

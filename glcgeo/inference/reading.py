@@ -6,7 +6,7 @@ edges, from which the tiles are cut, with each tile's :class:`Placement` on the
 scene.
 :func:`dataset_patch` places a TorchGeo dataset's patch on its scene, and
 :func:`batch_patches` stacks such patches. Both hand out raw values with their
-nodata mask (:func:`~glcgeo.datasets.valid_pixels`, the one nodata rule);
+nodata mask (:func:`~glcgeo.rasters.valid_pixels`, the one nodata rule);
 :func:`read_ahead` reads in a background thread, so reading runs while the model
 works (where that pays: :func:`~glcgeo.inference.predict.reads_ahead`), and
 :func:`normalize_input` and :func:`pad_to_stride` make raw values into model
@@ -30,8 +30,8 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from ..checkpoints import CheckpointMetadata
-from ..datasets import pixel_reads, valid_pixels
-from ..errors import GlcgeoError
+from ..errors import GlcgeoError, check_band_count
+from ..rasters import pixel_reads, valid_pixels
 from ..transforms import normalize_bands
 from .tiling import Tile, TileGrid
 
@@ -138,12 +138,15 @@ def input_bands(
 ) -> list[int]:
     """Choose the 1-based bands to read, checked against the file and the model."""
     bands = list(metadata.bands or range(1, src.count + 1))
-    if len(bands) != metadata.in_channels:
-        raise GlcgeoError(
-            f'the input has {src.count} bands, the model takes {metadata.in_channels} '
-            '(choose them with --bands)',
-            path,
-        )
+    # Bands given are as many as the model takes (CheckpointMetadata checks).
+    check_band_count(
+        'the input has',
+        len(bands),
+        'the model takes',
+        metadata.in_channels,
+        path,
+        ' (choose them with --bands)',
+    )
     if not all(1 <= b <= src.count for b in bands):
         raise GlcgeoError(f'bands {bands} out of range 1..{src.count}', path)
     return bands

@@ -8,7 +8,7 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchgeo.tasks import BaseTask
 
-from ..errors import GlcgeoError
+from ..errors import GlcgeoError, check_band_count
 from ..losses import GLCNetLoss
 from ..models import ABLATIONS, MATCHINGS, GLCNet
 
@@ -127,12 +127,13 @@ class GLCNetTask(BaseTask):
         if datamodule is None or getattr(datamodule, 'band_stats', None) is None:
             return
         stats = datamodule.band_stats
-        if len(stats.mean) != self.hparams['in_channels']:
-            raise GlcgeoError(
-                f'the mosaic has {len(stats.mean)} bands but the model expects '
-                f'in_channels={self.hparams["in_channels"]}',
-                stats.files[0] if stats.files else None,
-            )
+        check_band_count(
+            'the mosaic has',
+            len(stats.mean),
+            'the model expects in_channels =',
+            self.hparams['in_channels'],
+            stats.files[0] if stats.files else None,
+        )
         if self.hparams['band_mean'] is None:
             self.hparams.update(datamodule.band_metadata.to_hyperparameters())
 

@@ -18,8 +18,8 @@ from torch.optim.lr_scheduler import ExponentialLR
 from torchgeo.tasks import SemanticSegmentation
 from torchmetrics import MetricCollection
 
-from ..errors import GlcgeoError
-from ..export import load_pretrained
+from ..checkpoints import load_pretrained
+from ..errors import GlcgeoError, check_band_count
 from ..metrics import SegmentationMetrics
 
 __all__ = ['TRANSFERS', 'FinetuneTask']
@@ -36,7 +36,7 @@ class FinetuneTask(SemanticSegmentation):
     TorchGeo's :class:`~torchgeo.tasks.SemanticSegmentation` (the same smp model,
     loss and steps), with:
 
-    * *weights*: a checkpoint path loaded by :func:`~glcgeo.export.load_pretrained`
+    * *weights*: a checkpoint path loaded by :func:`~glcgeo.checkpoints.load_pretrained`
       (TorchGeo itself loads encoders only and finds nothing in its own
       SimCLR/MoCo checkpoints);
     * metrics: OA, Kappa, mIoU, mF1 and per-class F1/IoU from one global
@@ -188,11 +188,12 @@ class FinetuneTask(SemanticSegmentation):
         if datamodule is None or stats is None:
             return
         hp = self.hparams
-        if len(stats.mean) != hp['in_channels']:
-            raise GlcgeoError(
-                f'the images have {len(stats.mean)} bands but the model expects '
-                f'in_channels={hp["in_channels"]}'
-            )
+        check_band_count(
+            'the images have',
+            len(stats.mean),
+            'the model expects in_channels =',
+            hp['in_channels'],
+        )
         names = getattr(datamodule, 'class_names', None)
         if names is not None and len(names) != hp['num_classes']:
             raise GlcgeoError(
