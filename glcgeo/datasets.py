@@ -554,7 +554,7 @@ class GeoTiffMosaic(RasterDataset):
                 of range.
 
         """
-        files = expand_paths(paths)
+        files = expand_paths(paths, bands)
         if crs is not None and not isinstance(crs, PROJ_CRS):
             crs = PROJ_CRS.from_user_input(crs)
         # RasterDataset only overrides the files' nodata when this is set.

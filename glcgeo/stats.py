@@ -20,7 +20,7 @@ from torch import Generator, Tensor
 
 from .checkpoints import BandMetadata
 from .datasets import GeoTiffMosaic
-from .errors import GlcgeoError, check_memory
+from .errors import GlcgeoError, check_memory, given_name
 from .outputs import atomic_write
 from .transforms import normalize_bands
 
@@ -313,5 +313,5 @@ def compute_band_stats(
         bands=list(dataset.band_indexes_selected),
         nodata=dataset.file_nodata,
         pixels=int(count),
-        files=list(dataset.files),
+        files=[given_name(f) for f in dataset.files],
     )
