@@ -413,12 +413,23 @@ def _is_absolute(href: str) -> bool:
 
 
 def _stamps(stack: BandStack) -> str:
-    """A stack's files, bands and names, local files with their size and mtime."""
+    """A stack's files, bands and names, local files with their size and mtime.
+
+    Raises:
+        GlcgeoError: naming a local band file that does not exist.
+    """
     stamps: list[Any] = [stack.name, stack.origin, stack.item]
     for file in stack.files:
         stamp: list[Any] = [file.band, file.source, file.index]
         if not is_url(file.source):
-            stat = os.stat(file.source)
+            try:
+                stat = os.stat(file.source)
+            except OSError as error:
+                scene = stack.origin if stack.item is None else f'item {stack.item}'
+                raise GlcgeoError(
+                    f'{error.strerror.lower()} (band {file.band} of {scene})',
+                    file.source,
+                ) from None
             stamp += [stat.st_size, stat.st_mtime_ns]
         stamps.append(stamp)
     return json.dumps(stamps)

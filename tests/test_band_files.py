@@ -78,12 +78,17 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def four_band_model(folder: Path) -> Path:
+    """Save a 4-band FCN checkpoint with band statistics in *folder*; its path."""
+    task = fcn_task(4, 5)
+    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
+    return save_task_checkpoint(task, folder / 'fcn.ckpt')
+
+
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-band FCN checkpoint with band statistics."""
-    task = fcn_task(4, 5)
-    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
-    return save_task_checkpoint(task, tmp_path_factory.mktemp('model') / 'fcn.ckpt')
+    return four_band_model(tmp_path_factory.mktemp('model'))
 
 
 def test_a_star_pattern_gives_a_scene_per_match_with_the_bands_named(
