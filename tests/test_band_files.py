@@ -198,6 +198,15 @@ def test_pretrain_takes_a_pattern(scenes: Path, tmp_path: Path) -> None:
     assert (run / 'checkpoints' / 'last.ckpt').exists()
 
 
+@pytest.mark.slow
+def test_finetune_takes_a_pattern(scenes: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'ft'
+    argv = ['finetune', '--images', str(scenes / 'S2' / '*_{band}.tif')]
+    argv += ['--bands', *BANDS, '--out', str(out), '--max-steps', '1', *FINETUNE]
+    assert main(argv) == 0
+    assert (out / 'model.ckpt').exists()
+
+
 # Bad scenes: one line naming the pattern or the file, nothing written.
 
 

@@ -213,14 +213,16 @@ def _outside_output_folders(sources: list[str], args: argparse.Namespace) -> lis
 def _model_bands(bands: list[int | str] | None, sources: list[str]) -> list[int] | None:
     """The 1-based bands the model reads of each source.
 
-    Indexes are the files' bands; band names chose the bands of band stacks
+    Indexes are the files' bands; band names choose the bands of band stacks
     ({band} patterns, STAC items), which hold them in that order.
 
     Raises:
         GlcgeoError: for band names and a source that is no band stack.
     """
-    if bands is None or all(isinstance(b, int) for b in bands):
-        return bands  # type: ignore[return-value]
+    if bands is None:
+        return None
+    if all(isinstance(b, int) for b in bands):
+        return [int(b) for b in bands]
     for source in sources:
         if stack_of(source) is None:
             raise GlcgeoError(
