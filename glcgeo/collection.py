@@ -227,7 +227,7 @@ def open_mosaic[M: GeoTiffMosaic](
         return cls(paths, crs=crs, res=res, index_cache=index_cache, **kwargs)
     if not isinstance(paths, str | os.PathLike):
         paths = list(paths)  # expanded twice where all files share one CRS
-    files = expand_paths(paths)
+    files = expand_paths(paths, kwargs.get('bands'))
     folder = None if index_cache is None else os.fspath(index_cache)
     key = cache_key(files, {'crs_groups': True})
     groups = None if folder is None else load_crs_groups(folder, key)

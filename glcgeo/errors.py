@@ -2,6 +2,26 @@
 
 import os
 
+#: Sources glcgeo made for what a user named (a band stack's VRT in GDAL's
+#: memory, :mod:`glcgeo.bands`) -> that name, which messages show instead.
+_GIVEN_NAMES: dict[str, str] = {}
+
+
+def name_as_given(source: str, name: str) -> None:
+    """Record the name a user gave to a source glcgeo made for it.
+
+    Args:
+        source: the source made (e.g. ``/vsimem/glcgeo/.../scene.vrt``).
+        name: what the user named (e.g. the pattern ``S2/T33UXP_{band}.tif``).
+    """
+    _GIVEN_NAMES[source] = name
+
+
+def given_name(source: str | os.PathLike[str]) -> str:
+    """A source as the user named it: see :func:`name_as_given`; else itself."""
+    text = os.fspath(source)
+    return _GIVEN_NAMES.get(text, text)
+
 
 class GlcgeoError(ValueError):
     """A problem with user input, reported as one line that names the file.
@@ -17,7 +37,8 @@ class GlcgeoError(ValueError):
 
         Args:
             message: what is wrong, in one line.
-            path: the file the problem is in, prefixed to the message when given.
+            path: the file the problem is in, prefixed to the message when given
+                (as the user named it: :func:`given_name`).
 
         """
         # torch re-raises a DataLoader worker's error as GlcgeoError(<the worker's
@@ -25,7 +46,7 @@ class GlcgeoError(ValueError):
         name = type(self).__name__
         if path is None and message.startswith(f'Caught {name} in DataLoader'):
             message = message.rstrip().rsplit(f'{name}: ', 1)[-1]
-        self.path = None if path is None else os.fspath(path)
+        self.path = None if path is None else given_name(path)
         super().__init__(f'{self.path}: {message}' if self.path else message)
 
 

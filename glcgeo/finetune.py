@@ -119,7 +119,7 @@ def _start_normalisation(weights: str, data: dict[str, Any]) -> None:
         return
     trained_dtype = read_band_metadata(weights).band_dtype
     try:
-        with rasterio.open(expand_paths(data['images'])[0]) as src:
+        with rasterio.open(expand_paths(data['images'], data.get('bands'))[0]) as src:
             count, dtype = src.count, src.dtypes[0]
     except rasterio.errors.RasterioIOError:
         return  # the data module names the unreadable file

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 from . import __version__
-from .errors import GlcgeoError
+from .errors import GlcgeoError, given_name
 from .sources import is_url
 
 if TYPE_CHECKING:
@@ -48,9 +48,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def _source_name(source: str | os.PathLike[str]) -> str:
     """A local input as its absolute path; a URL without query nor fragment.
 
-    A URL's query may hold a signature or a token: it is never written.
+    An input glcgeo made (a band stack) is written as the user named it
+    (:func:`~glcgeo.errors.given_name`). A URL's query may hold a signature or
+    a token: it is never written.
     """
-    text = os.fspath(source)
+    text = given_name(source)
     if is_url(text):
         return urlsplit(text)._replace(query='', fragment='').geturl()
     return os.path.abspath(text)

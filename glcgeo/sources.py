@@ -20,7 +20,7 @@ Example::
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from .errors import GlcgeoError
@@ -236,6 +236,7 @@ def _read_list(path: str) -> list[str]:
 
 def expand(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    bands: Sequence[int | str] | None = None,
 ) -> list[str]:
     """Expand what a user names into sources.
 
@@ -243,21 +244,29 @@ def expand(
     URLs and ``/vsi...`` paths, kept as given; folder URLs (ending in ``/``),
     listed where the store or server can list them; text files named with an
     ``@`` (``@list.txt``) listing sources one a line (without it, a text file
-    is an input like any other, and is refused as not a raster).
+    is an input like any other, and is refused as not a raster); scenes of one
+    file per band (a pattern holding ``{band}``) and STAC Items or
+    ItemCollections (``.json``), each scene a band stack of *bands*
+    (:func:`glcgeo.bands.stack_sources`).
 
     Args:
         paths: one or more of the above.
+        bands: the band names of ``{band}`` patterns and STAC items, in the
+            order their stacks hold them; other sources ignore them.
 
     Returns:
-        the local files (absolute) and the URLs, sorted, each once: a file
-        reached by several names (links to it or to a folder above it) under
-        the first of them.
+        the local files (absolute), the URLs and the band stacks, sorted, each
+        once: a file reached by several names (links to it or to a folder above
+        it) under the first of them.
 
     Raises:
         GlcgeoError: if a local path does not exist, a folder (local or remote)
-            holds no raster, a pattern matches no file, a list cannot be read, or
-            nothing is given.
+            holds no raster, a pattern matches no file, a list cannot be read, a
+            band stack cannot be made, or nothing is given.
     """
+    # Here, not at the top: glcgeo.bands imports this module.
+    from .bands import is_band_pattern, is_stac, stack_sources
+
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     sources: set[str] = set()
@@ -271,7 +280,9 @@ def expand(
                 lists.add(listing)
                 pending.extend(_read_list(listing))
             continue
-        if is_url(path):
+        if is_band_pattern(path) or is_stac(path):
+            found = stack_sources(path, bands)
+        elif is_url(path):
             found = _list_remote_folder(path) if path.endswith('/') else [path]
         elif os.path.isdir(path):
             found = _folder_rasters(path)

@@ -23,7 +23,7 @@ from torch import Generator, Tensor
 from .checkpoints import BandMetadata
 from .collection import GeoTiffCollection, group_samplers, mosaic_groups
 from .datasets import GeoTiffMosaic
-from .errors import GlcgeoError, check_band_count, check_memory
+from .errors import GlcgeoError, check_band_count, check_memory, given_name
 from .outputs import atomic_write
 from .samplers import ValidWindowSampler
 from .transforms import normalize_bands
@@ -286,7 +286,7 @@ def compute_band_stats(
         bands=list(dataset.band_indexes_selected),
         nodata=dataset.file_nodata,
         pixels=int(count),
-        files=list(dataset.files),
+        files=[given_name(f) for f in dataset.files],
     )
 
 

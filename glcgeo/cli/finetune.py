@@ -85,7 +85,12 @@ def add_parser(subparsers: Any) -> None:
     )
     # Defaults of None mean "not given": the config file or the API default holds.
     add = parser.add_argument
-    add('--images', nargs='+', help='image GeoTIFF files, folders or glob patterns')
+    add(
+        '--images',
+        nargs='+',
+        help='image GeoTIFF files, folders or glob patterns; a file per band '
+        "('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items (.json)",
+    )
     add('--masks', nargs='+', help='class mask GeoTIFF files, folders or globs')
     add('--out', required=True, help='output folder')
     add('--config', help='LightningCLI YAML (trainer/model/data sections)')

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..allocator import keep_freed_memory
+from ..bands import band_files, stack_of
 from ..errors import GlcgeoError
 from ..outputs import OutputLock, check_destination
 from ..sources import RASTER_SUFFIXES, expand, is_url
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
     from ..checkpoints import CheckpointMetadata
     from ..inference.scenes import SceneJob
-from .types import at_least, finite, positive
+from .types import at_least, band, finite, positive
 from .vectorize import add_polygon_options
 
 
@@ -51,7 +52,8 @@ def add_parser(subparsers: Any) -> None:
         nargs='+',
         required=True,
         help='input rasters: files, folders, glob patterns, or URLs (http(s)://, '
-        's3://, gs://, /vsi...)',
+        "s3://, gs://, /vsi...); a file per band ('S2/*_{band}.tif' with --bands "
+        'B02 B03 ...); STAC items (.json), each map named after its item',
     )
     add(
         '--out',
@@ -83,10 +85,12 @@ def add_parser(subparsers: Any) -> None:
     )
     add(
         '--bands',
-        metavar='N',
-        type=positive(int),
+        metavar='BAND',
+        type=band,
         nargs='+',
-        help="1-based input bands (default: the checkpoint's, or all)",
+        help="1-based input bands (default: the checkpoint's, or all), or the band "
+        'names of {band} patterns and STAC items (B04, red), which the model reads '
+        'in that order',
     )
     add(
         '--mean',
@@ -206,6 +210,29 @@ def _outside_output_folders(sources: list[str], args: argparse.Namespace) -> lis
     return kept
 
 
+def _model_bands(bands: list[int | str] | None, sources: list[str]) -> list[int] | None:
+    """The 1-based bands the model reads of each source.
+
+    Indexes are the files' bands; band names choose the bands of band stacks
+    ({band} patterns, STAC items), which hold them in that order.
+
+    Raises:
+        GlcgeoError: for band names and a source that is no band stack.
+    """
+    if bands is None:
+        return None
+    if all(isinstance(b, int) for b in bands):
+        return [int(b) for b in bands]
+    for source in sources:
+        if stack_of(source) is None:
+            raise GlcgeoError(
+                'band names (--bands) choose the bands of {band} patterns and STAC '
+                "items; give this file's bands as 1-based indexes",
+                source,
+            )
+    return list(range(1, len(bands) + 1))
+
+
 def _claim(args: argparse.Namespace, folder: bool) -> ExitStack:
     """Claim the outputs (:class:`~glcgeo.outputs.OutputLock`) until the stack closes.
 
@@ -231,7 +258,8 @@ def run(args: argparse.Namespace) -> None:
             (each reported as it failed).
     """
     # Cheap checks first, so a mistake is reported before the model loads.
-    sources = expand(args.source)
+    sources = expand(args.source, args.bands)
+    args.bands = _model_bands(args.bands, sources)
     processes = _several_processes(args)
     if processes and args.device is not None:
         raise GlcgeoError(
@@ -256,7 +284,9 @@ def run(args: argparse.Namespace) -> None:
         )
     if folder:
         sources = _outside_output_folders(sources, args)
-    inputs = [p for p in (*sources, args.model, args.stats) if p and not is_url(p)]
+    inputs = [
+        p for p in (*band_files(sources), args.model, args.stats) if p and not is_url(p)
+    ]
     # This process only predicts: before the model's first tensor, its forward
     # passes may keep their memory (see glcgeo.allocator).
     keep_freed_memory()

@@ -63,7 +63,8 @@ def add_parser(subparsers: Any) -> None:
         '--data',
         nargs='+',
         help='GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, '
-        '/vsi...), folder URLs ending in /, or @list.txt of them',
+        '/vsi...), folder URLs ending in /, or @list.txt of them; a file per band '
+        "('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items (.json)",
     )
     add('--out', required=True, help='output folder')
     add('--config', help='LightningCLI YAML (trainer/model/data sections)')

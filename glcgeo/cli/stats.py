@@ -4,6 +4,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..bands import band_files
 from ..outputs import OutputLock, check_destination
 from ..sources import expand
 from . import HelpFormatter
@@ -35,10 +36,16 @@ def add_parser(subparsers: Any) -> None:
         nargs='+',
         required=True,
         help='GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, '
-        '/vsi...), folder URLs ending in /, or @list.txt of them',
+        '/vsi...), folder URLs ending in /, or @list.txt of them; a file per band '
+        "('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items (.json)",
     )
     add('--out', required=True, help='statistics JSON to write')
-    add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
+    add(
+        '--bands',
+        nargs='+',
+        help='1-based band indexes or names (default: all); the names that '
+        '{band} stands for, or the STAC assets to read',
+    )
     add(
         '--crs',
         type=crs,
@@ -93,7 +100,8 @@ def run(args: argparse.Namespace) -> None:
     from ..stats import compute_band_stats
 
     out = os.path.abspath(args.out)
-    check_destination(out, args.overwrite, inputs=expand(args.data))
+    inputs = band_files(expand(args.data, args.bands))
+    check_destination(out, args.overwrite, inputs=inputs)
     with OutputLock(out):
         dataset = open_mosaic(
             GeoTiffMosaic,

@@ -87,6 +87,17 @@ def positive(kind: type = float) -> ArgumentType:
     return parse
 
 
+def band(text: str) -> int | str:
+    """A type for bands: a 1-based index, or a name (``B04``, ``red``).
+
+    Returns:
+        the index as an int (> 0), or the name as given.
+    """
+    if text.lstrip('+-').isdigit():
+        return int(positive(int)(text))
+    return text
+
+
 def fraction(low_open: bool, high_open: bool) -> ArgumentType:
     """A type for fractions between 0 and 1.
 

@@ -103,7 +103,9 @@ class GLCNetDataModule(GeoDataModule):
             nodata=nodata,
             index_cache=index_cache,
         )
-        self.save_hyperparameters()
+        # The task records the bands resolved (indexes of the files); Lightning
+        # refuses to log a data module and a task whose hyperparameters differ.
+        self.save_hyperparameters(ignore=['bands'])
         self.band_stats: BandStats | None = None
         self.collate_fn = collate_unions
 

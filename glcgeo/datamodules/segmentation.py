@@ -329,7 +329,7 @@ class SegmentationDataModule(GeoDataModule):
         if self.tile_split is not None:
             return
         hp = self.hparams
-        image_files = expand_paths(hp['images'])
+        image_files = expand_paths(hp['images'], self.bands)
         try:
             images = open_mosaic(
                 GeoTiffMosaic,

@@ -127,7 +127,7 @@ class GeoTiffMosaic(RasterDataset):
                 of range.
 
         """
-        files = expand_paths(paths)
+        files = expand_paths(paths, bands)
         if crs is not None and not isinstance(crs, PROJ_CRS):
             crs = PROJ_CRS.from_user_input(crs)
         # Warped files take it as their nodata (TorchGeo's rule).

@@ -37,8 +37,9 @@ import rasterio.errors
 from rasterio._err import CPLE_BaseError
 from torch import nn
 
+from ..bands import stack_of
 from ..checkpoints import CheckpointMetadata
-from ..errors import GlcgeoError, NoRoomError
+from ..errors import GlcgeoError, NoRoomError, given_name
 from ..outputs import atomic_write
 from ..sources import stem
 from .predict import UnpublishedScene, predict_unpublished
@@ -175,7 +176,7 @@ def _failure(job: SceneJob, error: BaseException, seconds: float) -> SceneResult
     """The result of a scene that failed, its error in one line naming it."""
     message = str(error).splitlines()[0] if str(error) else repr(error)
     if not isinstance(error, GlcgeoError):
-        message = f'{job.source}: {message}'
+        message = f'{given_name(job.source)}: {message}'
     return SceneResult(job, 'failed', seconds=seconds, error=message)
 
 
@@ -404,13 +405,20 @@ def _footprint(path: str) -> Any:
     return gpd.GeoSeries([outline], crs=crs).to_crs(FOOTPRINT_CRS).iloc[0]
 
 
+def _item_id(source: str) -> str | None:
+    """The STAC item a source is a band stack of, if any."""
+    stack = stack_of(source)
+    return None if stack is None else stack.item
+
+
 def write_footprints(results: Sequence[SceneResult], path: str) -> None:
     """Write a GeoPackage layer of the maps' footprints, for GIS (e.g. QGIS).
 
     One feature per scene: the outline of its map's extent in
-    :data:`FOOTPRINT_CRS`, with ``scene`` (the input), ``location`` (the map
-    file), ``status``, ``width``, ``height``, ``seconds`` and ``error``; a failed
-    scene has no geometry. The file is written whole (temporary name, rename).
+    :data:`FOOTPRINT_CRS`, with ``scene`` (the input, as the user named it),
+    ``item`` (the STAC item's id, for a scene that is one), ``location`` (the
+    map file), ``status``, ``width``, ``height``, ``seconds`` and ``error``; a
+    failed scene has no geometry. The file is written whole (temporary name, rename).
 
     Args:
         results: the scenes' results.
@@ -420,7 +428,8 @@ def write_footprints(results: Sequence[SceneResult], path: str) -> None:
 
     rows = [
         {
-            'scene': result.job.source,
+            'scene': given_name(result.job.source),
+            'item': _item_id(result.job.source),
             'location': os.path.abspath(result.job.destination),
             'status': result.status,
             'width': result.width,
@@ -451,7 +460,7 @@ def format_summary(results: Sequence[SceneResult]) -> str:
     """
     rows = [
         (
-            result.job.source,
+            given_name(result.job.source),
             '-' if result.width is None else f'{result.width} x {result.height}',
             f'{result.seconds:.1f}',
             result.status,
