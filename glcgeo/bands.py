@@ -52,7 +52,7 @@ from .sources import is_url, to_gdal_path
 if TYPE_CHECKING:
     from rasterio.io import MemoryFile
 
-    from .datasets import RasterHeader
+    from .rasters import RasterHeader
 
 __all__ = [
     'BAND',
@@ -457,7 +457,7 @@ def _make(stack: BandStack) -> str:
 
 def _headers(stack: BandStack) -> list['RasterHeader']:
     """Each band file's header (one open each), checked for a band of the file."""
-    from .datasets import read_headers
+    from .rasters import read_headers
 
     headers = read_headers([f.source for f in stack.files], crs_given=False)
     for file, header in zip(stack.files, headers, strict=True):
