@@ -8,6 +8,7 @@ from .files import read_checkpoint, state_dict_part, write_model_checkpoint
 from .metadata import (
     BandMetadata,
     CheckpointMetadata,
+    ModelMetadata,
     default_palette,
     read_band_metadata,
 )
@@ -24,6 +25,7 @@ from .weights import (
 __all__ = [
     'BandMetadata',
     'CheckpointMetadata',
+    'ModelMetadata',
     'PretrainedWeights',
     'build_segmentation_model',
     'checkpoint_kind',
