@@ -28,7 +28,7 @@ from .errors import GlcgeoError, given_name
 from .sources import is_url
 
 if TYPE_CHECKING:
-    from .checkpoints import CheckpointMetadata
+    from .checkpoints import ModelMetadata
 
 __all__ = ['Provenance', 'creation_time', 'file_sha256']
 
@@ -108,7 +108,7 @@ class Provenance:
     def tags(
         self,
         source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-        metadata: 'CheckpointMetadata',
+        metadata: 'ModelMetadata',
         settings: Mapping[str, Any],
         created: datetime.datetime | None = None,
     ) -> dict[str, str]:

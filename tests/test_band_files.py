@@ -187,7 +187,6 @@ def test_predict_on_a_pattern_equals_predict_on_the_stacked_files(
     assert index['item'].isna().all() and index.geometry.notna().all()
 
 
-@pytest.mark.slow
 def test_pretrain_takes_a_pattern(scenes: Path, tmp_path: Path) -> None:
     run = tmp_path / 'run'
     argv = ['pretrain', '--data', str(scenes / 'S2' / '*_{band}.tif')]
@@ -198,7 +197,6 @@ def test_pretrain_takes_a_pattern(scenes: Path, tmp_path: Path) -> None:
     assert (run / 'checkpoints' / 'last.ckpt').exists()
 
 
-@pytest.mark.slow
 def test_finetune_takes_a_pattern(scenes: Path, tmp_path: Path) -> None:
     out = tmp_path / 'ft'
     argv = ['finetune', '--images', str(scenes / 'S2' / '*_{band}.tif')]

@@ -9,6 +9,7 @@ from .loading import LoadReport, load_pretrained
 from .metadata import (
     BandMetadata,
     CheckpointMetadata,
+    ModelMetadata,
     default_palette,
     read_band_metadata,
 )
@@ -26,6 +27,7 @@ __all__ = [
     'BandMetadata',
     'CheckpointMetadata',
     'LoadReport',
+    'ModelMetadata',
     'PretrainedWeights',
     'build_segmentation_model',
     'checkpoint_kind',

@@ -2,9 +2,10 @@
 
 Each task's own settings are its hyperparameters; what a model needs to know of
 its data is defined here, once: :class:`BandMetadata` (``bands``, ``band_mean``,
-``band_std``) for every model glcgeo trains, and :class:`CheckpointMetadata`
-(adding ``class_names``, ``class_colors`` and ``ignore_index``) for segmentation
-models.
+``band_std``) for every model glcgeo trains, :class:`ModelMetadata` (adding the
+network: ``model``, ``backbone``, ``in_channels``) for every model run over
+scenes, and :class:`CheckpointMetadata` (adding ``class_names``,
+``class_colors`` and ``ignore_index``) for segmentation models.
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ from .files import read_checkpoint
 __all__ = [
     'BandMetadata',
     'CheckpointMetadata',
+    'ModelMetadata',
     'default_palette',
     'read_band_metadata',
 ]
@@ -148,13 +150,58 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CheckpointMetadata(BandMetadata):
+class ModelMetadata(BandMetadata):
+    """What running a network over scenes needs to know of it besides its weights.
+
+    Attributes:
+        model: the architecture, e.g. ``'deeplabv3+'`` or ``'unet'``.
+        backbone: encoder name, e.g. ``'resnet18'``.
+        in_channels: number of input bands the model takes.
+
+    """
+
+    model: str
+    backbone: str
+    in_channels: int
+
+    def __post_init__(self) -> None:
+        """Check the bands and statistics against the model's input."""
+        if self.bands is not None:
+            _check_length('bands', self.bands, self.in_channels)
+        for what, values in (
+            ('band means', self.band_mean),
+            ('band stds', self.band_std),
+        ):
+            if values is not None:
+                _check_length(what, values, self.in_channels)
+        super().__post_init__()
+
+    def replace(self, **changes: Any) -> Self:
+        """Copy with some fields changed (e.g. by command-line flags), re-checked.
+
+        Args:
+            **changes: fields to change; None values are ignored.
+
+        Returns:
+            the new metadata.
+
+        Raises:
+            GlcgeoError: if a changed field does not fit the model.
+
+        """
+        given = {k: v for k, v in changes.items() if v is not None}
+        for key in ('bands', 'band_mean', 'band_std', 'class_names'):
+            if key in given:
+                given[key] = tuple(given[key])
+        return dataclasses.replace(self, **given)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointMetadata(ModelMetadata):
     """What a prediction needs to know about a segmentation model besides its weights.
 
     Attributes:
         model: TorchGeo model name, e.g. ``'deeplabv3+'`` or ``'unet'``.
-        backbone: encoder name, e.g. ``'resnet18'``.
-        in_channels: number of input bands the model takes.
         num_classes: number of classes predicted (2 for a binary task).
         task: ``'multiclass'`` or ``'binary'`` (one sigmoid output).
         class_names: one name per class.
@@ -163,9 +210,6 @@ class CheckpointMetadata(BandMetadata):
 
     """
 
-    model: str
-    backbone: str
-    in_channels: int
     num_classes: int
     task: str = 'multiclass'
     class_names: tuple[str, ...] = ()
@@ -182,14 +226,6 @@ class CheckpointMetadata(BandMetadata):
             object.__setattr__(self, 'class_colors', colours)
         _check_length('class names', self.class_names, self.num_classes)
         _check_length('class colours', self.class_colors, self.num_classes)
-        if self.bands is not None:
-            _check_length('bands', self.bands, self.in_channels)
-        for what, values in (
-            ('band means', self.band_mean),
-            ('band stds', self.band_std),
-        ):
-            if values is not None:
-                _check_length(what, values, self.in_channels)
         super().__post_init__()
 
     @classmethod
@@ -224,22 +260,3 @@ class CheckpointMetadata(BandMetadata):
             class_colors=tuple(tuple(c) for c in hp.get('class_colors') or ()),
             ignore_index=hp.get('ignore_index'),
         )
-
-    def replace(self, **changes: Any) -> Self:
-        """Copy with some fields changed (e.g. by command-line flags), re-checked.
-
-        Args:
-            **changes: fields to change; None values are ignored.
-
-        Returns:
-            the new metadata.
-
-        Raises:
-            GlcgeoError: if a changed field does not fit the model.
-
-        """
-        given = {k: v for k, v in changes.items() if v is not None}
-        for key in ('bands', 'band_mean', 'band_std', 'class_names'):
-            if key in given:
-                given[key] = tuple(given[key])
-        return dataclasses.replace(self, **given)

@@ -117,7 +117,7 @@ def config_sections(
 
 
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
-COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict', 'vectorize')
+COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict', 'embed', 'vectorize')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,13 @@ Example::
 
     model, metadata = load_segmentation_checkpoint('finetune.ckpt')
     predict_raster(model, metadata, 'scene.tif', 'landcover.tif')
+
+and per-pixel embeddings from a pretrained network::
+
+    from glcgeo.inference import embed_raster, load_embedding_network
+
+    model, metadata = load_embedding_network('pretrain/checkpoints/last.ckpt')
+    embed_raster(model, metadata, 'scene.tif', 'embeddings.tif', dims=16)
 """
 
 from ..checkpoints import (
@@ -15,6 +22,7 @@ from ..checkpoints import (
 )
 from ..outputs import check_destination
 from .blending import RowBandAccumulator, hann_window, tile_weights
+from .embed import embed_raster, load_embedding_network, write_preview
 from .predict import (
     PredictionSummary,
     predict_dataset,
@@ -36,7 +44,9 @@ __all__ = [
     'check_destination',
     'class_dtype',
     'default_palette',
+    'embed_raster',
     'hann_window',
+    'load_embedding_network',
     'load_segmentation_checkpoint',
     'predict_dataset',
     'predict_raster',
@@ -44,4 +54,5 @@ __all__ = [
     'resolve_device',
     'tile_offsets',
     'tile_weights',
+    'write_preview',
 ]

@@ -12,6 +12,12 @@ output has exactly the input's size, CRS and transform (copied from the input
 file, never from float32 tensors), is nodata wherever the input is, and is
 published as a Cloud Optimized GeoTIFF only once complete.
 
+The streaming is shared by every output made this way: a :class:`SceneOutput`
+says what each batch's model output becomes and which files its blended rows go
+to (:class:`ClassMapOutput` here, per-pixel embeddings in
+:mod:`glcgeo.inference.embed`); :func:`open_scene`, :func:`stream_tiles` and
+:func:`stream_unpublished` do the rest.
+
 :func:`predict_dataset` does the same over a TorchGeo dataset and sampler, stitching
 the patches in memory.
 
@@ -26,10 +32,11 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, closing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import rasterio
 import torch
@@ -39,7 +46,7 @@ from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointMetadata
+from ..checkpoints import BandMetadata, CheckpointMetadata, ModelMetadata
 from ..errors import GlcgeoError, check_band_count, check_memory
 from ..geometry import PixelGrid
 from ..outputs import check_destination
@@ -61,7 +68,7 @@ from .reading import (
     prediction_grid,
     read_ahead,
 )
-from .tiling import Tile
+from .tiling import Tile, TileGrid
 from .writer import (
     CogWriter,
     SegmentationMap,
@@ -73,15 +80,24 @@ from .writer import (
 )
 
 __all__ = [
+    'Buffer',
+    'ClassMapOutput',
+    'OpenScene',
     'PredictionSummary',
+    'SceneOutput',
+    'TileSink',
     'UnpublishedScene',
+    'class_probabilities',
     'default_batch_size',
     'model_memory_format',
+    'open_scene',
     'predict_dataset',
     'predict_raster',
     'predict_unpublished',
     'reads_ahead',
     'resolve_device',
+    'stream_tiles',
+    'stream_unpublished',
 ]
 
 #: GDAL's block cache, in MB: its default (5% of RAM) would grow with the scene.
@@ -221,22 +237,183 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+#: Hands out a tensor reused from batch to batch, on the model's device:
+#: (name, shape, dtype) -> tensor (see :meth:`_BatchPredictor.buffer`).
+Buffer = Callable[[str, Sequence[int], torch.dtype], Tensor]
+
+
+class TileSink(Protocol):
+    """Where predicted tiles go: a :class:`RowBandAccumulator`, or a sample of them."""
+
+    def add(
+        self, window: Window, scores: Tensor, weights: Tensor, valid: Tensor
+    ) -> None:
+        """Take one tile's scores (see :meth:`RowBandAccumulator.add`)."""
+
+
+class SceneOutput(ABC):
+    """What a scene streamed through a model becomes, tile by tile.
+
+    :func:`stream_unpublished` runs the model over the scene's tiles in batches,
+    turns each batch's output into float32 channels (:meth:`tile_scores`),
+    blends overlapping tiles with Hann weights in a
+    :class:`~glcgeo.inference.blending.RowBandAccumulator`, and hands each band
+    of finished rows to :meth:`write_rows`, which writes them to the files of
+    :meth:`writers`. :class:`ClassMapOutput` makes class maps (``glcgeo
+    predict``), :class:`~glcgeo.inference.embed.EmbeddingOutput` per-pixel
+    embeddings (``glcgeo embed``).
+
+    .. versionadded:: 0.1
+    """
+
+    #: The files written, the main one first: it is renamed into place last.
+    paths: list[str]
+    #: Channels blended per pixel.
+    channels: int
+    #: float32 values per pixel of a batch besides its input (the model's output
+    #: and the tile scores made from it), for the memory check.
+    batch_channels: int
+
+    @abstractmethod
+    def tile_scores(self, output: Tensor, buffer: Buffer) -> Tensor:
+        """The channels to blend of a batch of tiles.
+
+        Args:
+            output: the model's [B, *, H, W] output.
+            buffer: reused tensors on the model's device.
+
+        Returns:
+            [B, :attr:`channels`, H, W] float32, channels first in memory.
+        """
+
+    @abstractmethod
+    def writers(
+        self,
+        georeferencing: Mapping[str, Any],
+        tags: Mapping[str, str],
+        overwrite: bool,
+    ) -> list[CogWriter]:
+        """The writers of :attr:`paths`, in order, not yet entered.
+
+        Args:
+            georeferencing: the scene's ``width``, ``height``, ``crs`` and
+                ``transform``.
+            tags: the outputs' metadata (:meth:`Provenance.tags
+                <glcgeo.provenance.Provenance.tags>`).
+            overwrite: whether existing files may be replaced.
+        """
+
+    @abstractmethod
+    def write_rows(
+        self, writers: list[CogWriter], accumulator: RowBandAccumulator, end: int
+    ) -> None:
+        """Write the finished rows above scene row *end* (popped from *accumulator*)."""
+
+
+def class_probabilities(
+    logits: Tensor, metadata: CheckpointMetadata, buffer: Buffer
+) -> Tensor:
+    """Class probabilities [B, K, H, W] of a segmentation model's logits.
+
+    Args:
+        logits: [B, K, H, W] (one channel for a binary model).
+        metadata: the model's task.
+        buffer: reused tensors on the model's device.
+
+    Returns:
+        float32 probabilities, classes first in memory.
+    """
+    if metadata.task == 'binary':
+        foreground = logits[:, :1].sigmoid()
+        return torch.cat([1 - foreground, foreground], dim=1).float()
+    # Classes first in memory (a channels-last model's output is copied): the
+    # softmax over classes and the per-tile blending run several times faster.
+    if not logits.is_contiguous():
+        logits = buffer('logits', logits.shape, logits.dtype).copy_(logits)
+    probabilities = buffer('probabilities', logits.shape, torch.float32)
+    return torch.softmax(logits, dim=1, dtype=torch.float32, out=probabilities)
+
+
+class ClassMapOutput(SceneOutput):
+    """A class map, and per-class percentages when asked (``glcgeo predict``).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        metadata: CheckpointMetadata,
+        destination: str | os.PathLike[str],
+        probabilities: str | os.PathLike[str] | None = None,
+        confidence: bool = False,
+    ) -> None:
+        """Initialize a new ClassMapOutput.
+
+        Args:
+            metadata: the model's classes and colours.
+            destination: the class map (see :func:`predict_raster`).
+            probabilities: the per-class percentages, if any.
+            confidence: add the confidence band to *probabilities*.
+
+        Raises:
+            GlcgeoError: if *destination* and *probabilities* are one file.
+        """
+        self.metadata = metadata
+        self.paths = [os.fspath(destination)]
+        if probabilities is not None:
+            self.paths.append(os.fspath(probabilities))
+        if len({os.path.realpath(path) for path in self.paths}) != len(self.paths):
+            raise GlcgeoError('the class map and probabilities must be different files')
+        self.confidence = confidence
+        self.channels = metadata.num_classes
+        self.batch_channels = 2 * metadata.num_classes
+
+    def tile_scores(self, output: Tensor, buffer: Buffer) -> Tensor:
+        """Class probabilities (see :func:`class_probabilities`)."""
+        return class_probabilities(output, self.metadata, buffer)
+
+    def writers(
+        self,
+        georeferencing: Mapping[str, Any],
+        tags: Mapping[str, str],
+        overwrite: bool,
+    ) -> list[CogWriter]:
+        """The class map's writer, and the probabilities' if asked."""
+        destination, *probabilities = self.paths
+        writers = [
+            class_writer(destination, self.metadata, georeferencing, overwrite, tags)
+        ]
+        writers += [
+            probability_writer(
+                path, self.metadata, georeferencing, overwrite, tags, self.confidence
+            )
+            for path in probabilities
+        ]
+        return writers
+
+    def write_rows(
+        self, writers: list[CogWriter], accumulator: RowBandAccumulator, end: int
+    ) -> None:
+        """Class ids, and percentages (:func:`.writer.write_rows`)."""
+        write_rows(writers, accumulator, end, self.metadata)
+
+
 class _BatchPredictor:
-    """Runs batches of tiles through the model and blends them into a row band.
+    """Runs batches of tiles through the model and hands their scores to a sink.
 
     Tiles are copied into the batch as they are queued (so that nothing holds on
-    to the strip they were cut from), and the batch's input and class
-    probabilities live in buffers allocated once and reused: on the CPU, fresh
-    tensors of this size cost more in page faults than the softmax itself (a
-    CUDA device caches its memory anyway).
+    to the strip they were cut from), and the batch's input and scores live in
+    buffers allocated once and reused: on the CPU, fresh tensors of this size
+    cost more in page faults than the softmax itself (a CUDA device caches its
+    memory anyway).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        metadata: CheckpointMetadata,
         device: torch.device,
-        accumulator: RowBandAccumulator,
+        tile_scores: Callable[[Tensor, Buffer], Tensor],
+        sink: TileSink,
         batch_size: int,
     ) -> None:
         # In place, as nn.Module.to moves a model: the caller's model is used.
@@ -244,9 +421,9 @@ class _BatchPredictor:
         self.model = model.eval().to(device)
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
-        self.metadata = metadata
         self.device = device
-        self.accumulator = accumulator
+        self.tile_scores = tile_scores
+        self.sink = sink
         self.batch_size = batch_size
         self._weights: dict[tuple[Any, ...], Tensor] = {}
         self._buffers: dict[str, Tensor] = {}
@@ -319,7 +496,7 @@ class _BatchPredictor:
             self._queued = []
 
     def logits(self, image: Tensor) -> Tensor:
-        """The model's logits of a batch of normalised images.
+        """The model's output (logits, features) of a batch of normalised images.
 
         A model that fails on its first channels-last batch but not on the same
         batch contiguous (one that calls ``Tensor.view`` on its input, say) is
@@ -344,24 +521,11 @@ class _BatchPredictor:
         self._model_ran = True
         return logits
 
-    def scores(self, image: Tensor) -> Tensor:
-        """Class probabilities [B, K, H, W] of a batch of normalised images."""
-        logits = self.logits(image)
-        if self.metadata.task == 'binary':
-            foreground = logits[:, :1].sigmoid()
-            return torch.cat([1 - foreground, foreground], dim=1).float()
-        # Classes first in memory (a channels-last model's output is copied): the
-        # softmax over classes and the per-tile blending run several times faster.
-        if not logits.is_contiguous():
-            logits = self.buffer('logits', logits.shape, logits.dtype).copy_(logits)
-        probabilities = self.buffer('probabilities', logits.shape, torch.float32)
-        return torch.softmax(logits, dim=1, dtype=torch.float32, out=probabilities)
-
     @torch.inference_mode()
     def run(
         self, image: Tensor, holds_data: Tensor, placements: Sequence[Placement]
     ) -> None:
-        """Predict a batch of tiles and add it to the accumulator.
+        """Predict a batch of tiles and hand their scores to the sink.
 
         Args:
             image: [B, C, H, W] normalised tiles, on the device.
@@ -373,13 +537,13 @@ class _BatchPredictor:
         if self.memory_format is not None:
             # A no-op for the tiles queued here, already in it.
             image = image.contiguous(memory_format=self.memory_format)
-        scores = self.scores(image)
+        scores = self.tile_scores(self.logits(image), self.buffer)
         height, width = holds_data.shape[-2:]
         for placement, tile_scores, holds in zip(
             placements, scores, holds_data, strict=True
         ):
             rows, cols = placement.crop
-            self.accumulator.add(
+            self.sink.add(
                 placement.window,
                 tile_scores[:, rows, cols],
                 self.weights(placement, height, width)[rows, cols],
@@ -388,7 +552,7 @@ class _BatchPredictor:
 
 
 def _device_tiles(
-    strips: Iterable[Strip], metadata: CheckpointMetadata, device: torch.device
+    strips: Iterable[Strip], metadata: BandMetadata, device: torch.device
 ) -> Iterator[tuple[Tile, Placement | None, Tensor | None, Tensor | None]]:
     """Each tile of the grid, with its normalised pixels on the device.
 
@@ -432,7 +596,8 @@ class UnpublishedScene:
         """Initialize a new UnpublishedScene.
 
         Args:
-            writers: the class map's writer, then the probabilities' if any.
+            writers: the main output's writer (the class map), then the
+                others' (the probabilities), as :attr:`SceneOutput.paths`.
             cleanup: closes the writers and removes their temporary files.
             summary: what the prediction did.
 
@@ -486,6 +651,277 @@ class UnpublishedScene:
             self.cleanup.close()
 
 
+@dataclass(frozen=True)
+class OpenScene:
+    """A scene open for streaming, its grid and how its batches are made.
+
+    Attributes:
+        src: the open raster.
+        bands: 1-based bands read.
+        grid: the tile grid (:func:`~glcgeo.inference.reading.prediction_grid`).
+        device: where the model runs.
+        batch_size: tiles per forward pass.
+
+    """
+
+    src: rasterio.DatasetReader
+    bands: list[int]
+    grid: TileGrid
+    device: torch.device
+    batch_size: int
+
+
+@contextmanager
+def open_scene(
+    source: str | os.PathLike[str],
+    metadata: ModelMetadata,
+    *,
+    tile_size: int,
+    overlap: int,
+    batch_size: int | None,
+    device: str | torch.device | None,
+    channels: int,
+    batch_channels: int,
+) -> Iterator[OpenScene]:
+    """Open a scene for :func:`stream_tiles`, checking it against the model.
+
+    Args:
+        source: the raster, a file or a URL.
+        metadata: the model's bands.
+        tile_size: tile side in pixels (see :func:`predict_raster`).
+        overlap: pixels shared by neighbouring tiles.
+        batch_size: tiles per forward pass; None for :func:`default_batch_size`.
+        device: torch device, or None / ``'auto'``.
+        channels: channels blended per pixel (0 for none).
+        batch_channels: see :attr:`SceneOutput.batch_channels`.
+
+    Yields:
+        the open scene.
+
+    Raises:
+        GlcgeoError: for an unreadable input, bands that do not fit the model,
+            a batch size below 1, an unavailable device, or tiles that would not
+            fit in memory.
+    """
+    _check_batch_size(batch_size)
+    torch_device = resolve_device(device)
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
+        open_raster(source) as src,
+    ):
+        bands = input_bands(src, metadata, os.fspath(source))
+        grid = prediction_grid(src.height, src.width, tile_size, overlap)
+        if batch_size is None:
+            tile_pixels = grid.tile_height * grid.tile_width
+            batch_size = default_batch_size(torch_device, tile_pixels)
+        # At least: a batch's input and outputs, and the rows in progress.
+        tiles = f'{grid.tile_height:,} x {grid.tile_width:,} pixels'
+        check_memory(
+            4
+            * batch_size
+            * grid.tile_height
+            * grid.tile_width
+            * (len(bands) + batch_channels)
+            + 4 * 2 * grid.tile_height * src.width * channels,
+            f'batches of {batch_size} tiles of {tiles} (--batch-size, --tile-size)',
+            'choose a smaller --tile-size or --batch-size',
+        )
+        yield OpenScene(src, bands, grid, torch_device, batch_size)
+
+
+def stream_tiles(
+    scene: OpenScene,
+    model: nn.Module,
+    metadata: ModelMetadata,
+    source: str | os.PathLike[str],
+    tile_scores: Callable[[Tensor, Buffer], Tensor],
+    sink: TileSink,
+    *,
+    nodata: float | None = None,
+    finished: Callable[[int], None] | None = None,
+    keep: Callable[[int], bool] | None = None,
+    progress: bool = True,
+) -> int:
+    """Run the model over a scene's tiles, in batches, into a sink.
+
+    The scene is read a strip of a grid row at a time (ahead of the model where
+    :func:`reads_ahead`), each strip normalised on the model's device once; tiles
+    without data are not predicted.
+
+    Args:
+        scene: the scene, from :func:`open_scene`.
+        model: takes [B, C, H, W] normalised tiles (H and W multiples of 32).
+        metadata: the model's band statistics.
+        source: the raster's name as the user gave it, for errors.
+        tile_scores: makes the model's output of a batch into the channels
+            handed to *sink* (e.g. :meth:`SceneOutput.tile_scores`).
+        sink: takes each tile's scores.
+        nodata: input nodata value overriding the file's own.
+        finished: called with each scene row above which no later tile adds
+            anything, as soon as the rows are known to be finished, and with the
+            scene's height at the end.
+        keep: predict only the tiles whose grid index it accepts (all if None).
+        progress: show a progress bar (tiles, ETA) on stderr.
+
+    Returns:
+        the tiles skipped for holding no data.
+    """
+    grid, height, device = scene.grid, scene.src.height, scene.device
+    # Strips of a batch (4 tiles at least): their tiles share the reads of
+    # their overlaps, and their memory does not grow with the scene's width.
+    reader = SceneReader(
+        scene.src,
+        scene.bands,
+        nodata,
+        source,
+        tiles_per_read=max(scene.batch_size, 4),
+    )
+    predictor = _BatchPredictor(model, device, tile_scores, sink, scene.batch_size)
+    strips = reader.strips(grid, pin_memory=device.type == 'cuda')
+    if reads_ahead(device, is_url(source)):
+        # The reader thread is the only user of src until it stops.
+        strips = read_ahead(strips)
+    skipped = 0
+    with (
+        closing(strips),
+        tqdm(total=len(grid), unit='tile', disable=not progress, leave=False) as bar,
+    ):
+        tiles = _device_tiles(strips, metadata, device)
+        for index, (tile, placement, image, holds) in enumerate(tiles):
+            if placement is None or image is None or holds is None:
+                skipped += 1
+            elif keep is None or keep(index):
+                predictor.queue(image, holds, placement)
+            if finished is not None and predictor.idle:
+                # The rows that no tile after this one touches are final.
+                finished(min(grid.rows_finished(tile) - SCENE_MARGIN, height))
+            bar.update()
+        predictor.flush()
+    if finished is not None:
+        finished(height)
+    return skipped
+
+
+def stream_unpublished(
+    model: nn.Module,
+    metadata: ModelMetadata,
+    source: str | os.PathLike[str],
+    output: SceneOutput,
+    *,
+    tile_size: int = 512,
+    overlap: int = 128,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    nodata: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    provenance: Provenance | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> UnpublishedScene:
+    """Stream a scene through a model into *output*'s files, left unpublished.
+
+    The output has the input's size, CRS and transform (copied from the input
+    file, never from float32 tensors). Rows are written as soon as no later
+    tile touches them, so memory is bounded by the tile size, batch size and
+    scene width, not by the scene.
+
+    Args:
+        model: the network (see :func:`stream_tiles`), set to eval mode and moved
+            to *device* in place (in :func:`model_memory_format`).
+        metadata: the model's bands and statistics, for reading and provenance.
+        source: the input raster.
+        output: what the scene becomes.
+        tile_size: see :func:`predict_raster`.
+        overlap: see :func:`predict_raster`.
+        batch_size: see :func:`predict_raster`.
+        device: see :func:`predict_raster`.
+        nodata: see :func:`predict_raster`.
+        overwrite: whether existing outputs may be replaced.
+        progress: show a progress bar.
+        provenance: the model file, for the outputs' tags; None for none.
+        settings: more settings for the provenance tags, besides tiling,
+            batch, device and nodata.
+
+    Returns:
+        the outputs in temporary files, to publish.
+
+    Raises:
+        GlcgeoError: see :func:`predict_raster`; checked before any tile is
+            predicted, and nothing is left behind.
+    """
+    start = time.perf_counter()
+    created = creation_time()
+    for path in output.paths:
+        check_destination(path, overwrite, inputs=[source])
+    with open_scene(
+        source,
+        metadata,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        channels=output.channels,
+        batch_channels=output.batch_channels,
+    ) as scene:
+        src, grid = scene.src, scene.grid
+        # A batch across two grid rows keeps the band from the first row's top to
+        # the second row's bottom (a larger batch grows the buffers).
+        offsets = grid.row_offsets
+        stride = max((b - a for a, b in itertools.pairwise(offsets)), default=0)
+        accumulator = RowBandAccumulator(
+            src.width,
+            output.channels,
+            device=scene.device,
+            capacity=stride + grid.tile_height,
+        )
+        geo = {
+            'width': src.width,
+            'height': src.height,
+            'crs': src.crs,
+            'transform': src.transform,
+        }
+        all_settings = {
+            'tile_size': tile_size,
+            'overlap': overlap,
+            'batch_size': scene.batch_size,
+            'device': str(scene.device),
+            'nodata': nodata,
+            **(settings or {}),
+        }
+        tags = (provenance or Provenance()).tags(
+            source, metadata, all_settings, created
+        )
+        # The writers' temporary files go when *outputs* closes: on any error
+        # here, or once the scene is published.
+        with ExitStack() as outputs:
+            writers = [
+                outputs.enter_context(writer)
+                for writer in output.writers(geo, tags, overwrite)
+            ]
+            skipped = stream_tiles(
+                scene,
+                model,
+                metadata,
+                source,
+                output.tile_scores,
+                accumulator,
+                nodata=nodata,
+                finished=lambda end: output.write_rows(writers, accumulator, end),
+                progress=progress,
+            )
+            cleanup = outputs.pop_all()
+    summary = PredictionSummary(
+        destination=output.paths[0],
+        probabilities=output.paths[1] if len(output.paths) > 1 else None,
+        width=src.width,
+        height=src.height,
+        tiles=len(grid),
+        skipped_tiles=skipped,
+        seconds=time.perf_counter() - start,
+    )
+    return UnpublishedScene(writers, cleanup, summary)
+
+
 def predict_unpublished(
     model: nn.Module,
     metadata: CheckpointMetadata,
@@ -512,122 +948,20 @@ def predict_unpublished(
         the outputs in temporary files, to publish.
 
     """
-    start = time.perf_counter()
-    created = creation_time()
-    outputs = [os.fspath(destination)]
-    if probabilities is not None:
-        outputs.append(os.fspath(probabilities))
-    if len({os.path.realpath(output) for output in outputs}) != len(outputs):
-        raise GlcgeoError('the class map and probabilities must be different files')
-    for output in outputs:
-        check_destination(output, overwrite, inputs=[source])
-    _check_batch_size(batch_size)
-    torch_device = resolve_device(device)
-    with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **gdal_options(os.fspath(source))),
-        open_raster(source) as src,
-    ):
-        bands = input_bands(src, metadata, os.fspath(source))
-        width, height = src.width, src.height
-        grid = prediction_grid(height, width, tile_size, overlap)
-        if batch_size is None:
-            tile_pixels = grid.tile_height * grid.tile_width
-            batch_size = default_batch_size(torch_device, tile_pixels)
-        # At least: a batch's input and probabilities, and the rows in progress.
-        tiles = f'{grid.tile_height:,} x {grid.tile_width:,} pixels'
-        check_memory(
-            4
-            * batch_size
-            * grid.tile_height
-            * grid.tile_width
-            * (len(bands) + 2 * metadata.num_classes)
-            + 4 * 2 * grid.tile_height * width * metadata.num_classes,
-            f'batches of {batch_size} tiles of {tiles} (--batch-size, --tile-size)',
-            'choose a smaller --tile-size or --batch-size',
-        )
-        # Strips of a batch (4 tiles at least): their tiles share the reads of
-        # their overlaps, and their memory does not grow with the scene's width.
-        reader = SceneReader(
-            src, bands, nodata, source, tiles_per_read=max(batch_size, 4)
-        )
-        # A batch across two grid rows keeps the band from the first row's top to
-        # the second row's bottom (a larger batch grows the buffers).
-        offsets = grid.row_offsets
-        stride = max((b - a for a, b in itertools.pairwise(offsets)), default=0)
-        accumulator = RowBandAccumulator(
-            width,
-            metadata.num_classes,
-            device=torch_device,
-            capacity=stride + grid.tile_height,
-        )
-        predictor = _BatchPredictor(
-            model, metadata, torch_device, accumulator, batch_size
-        )
-        geo = {
-            'width': width,
-            'height': height,
-            'crs': src.crs,
-            'transform': src.transform,
-        }
-        settings = {
-            'tile_size': tile_size,
-            'overlap': overlap,
-            'batch_size': batch_size,
-            'device': str(torch_device),
-            'nodata': nodata,
-        }
-        tags = (provenance or Provenance()).tags(source, metadata, settings, created)
-        # The writers' temporary files go when *outputs* closes: on any error
-        # here, or once the scene is published.
-        with ExitStack() as outputs_stack, ExitStack() as stack:
-            writers = [
-                outputs_stack.enter_context(
-                    class_writer(destination, metadata, geo, overwrite, tags)
-                )
-            ]
-            if probabilities is not None:
-                writers.append(
-                    outputs_stack.enter_context(
-                        probability_writer(
-                            probabilities, metadata, geo, overwrite, tags, confidence
-                        )
-                    )
-                )
-            bar = stack.enter_context(
-                tqdm(total=len(grid), unit='tile', disable=not progress, leave=False)
-            )
-            pin_memory = torch_device.type == 'cuda'
-            strips = reader.strips(grid, pin_memory)
-            if reads_ahead(torch_device, is_url(source)):
-                # The reader thread is the only user of src until it stops.
-                strips = read_ahead(strips)
-            strips = stack.enter_context(closing(strips))
-            skipped = 0
-            for tile, placement, image, holds in _device_tiles(
-                strips, metadata, torch_device
-            ):
-                if placement is None or image is None or holds is None:
-                    skipped += 1
-                else:
-                    predictor.queue(image, holds, placement)
-                if predictor.idle:
-                    # The rows that no tile after this one touches are final.
-                    finished = grid.rows_finished(tile) - SCENE_MARGIN
-                    write_rows(writers, accumulator, min(finished, height), metadata)
-                bar.update()
-            predictor.flush()
-            write_rows(writers, accumulator, height, metadata)
-            cleanup = outputs_stack.pop_all()
-    summary = PredictionSummary(
-        destination=outputs[0],
-        probabilities=outputs[1] if probabilities is not None else None,
-        width=width,
-        height=height,
-        tiles=len(grid),
-        skipped_tiles=skipped,
-        seconds=time.perf_counter() - start,
+    return stream_unpublished(
+        model,
+        metadata,
+        source,
+        ClassMapOutput(metadata, destination, probabilities, confidence),
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        nodata=nodata,
+        overwrite=overwrite,
+        progress=progress,
+        provenance=provenance,
     )
-    return UnpublishedScene(writers, cleanup, summary)
 
 
 def predict_raster(
@@ -788,7 +1122,13 @@ def predict_dataset(
             tile_pixels = int(window.width * window.height)
         batch_size = default_batch_size(torch_device, max(1, tile_pixels))
     accumulator = RowBandAccumulator(width, metadata.num_classes, device=torch_device)
-    predictor = _BatchPredictor(model, metadata, torch_device, accumulator, batch_size)
+    predictor = _BatchPredictor(
+        model,
+        torch_device,
+        lambda logits, buffer: class_probabilities(logits, metadata, buffer),
+        accumulator,
+        batch_size,
+    )
 
     def patches() -> Iterable[Patch | None]:
         for query in queries:

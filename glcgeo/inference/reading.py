@@ -29,7 +29,7 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 from torch import Tensor
 
-from ..checkpoints import CheckpointMetadata
+from ..checkpoints import BandMetadata, ModelMetadata
 from ..errors import GlcgeoError, check_band_count
 from ..rasters import pixel_reads, valid_pixels
 from ..transforms import normalize_bands
@@ -87,9 +87,7 @@ def prediction_grid(
     return TileGrid(height + margin, width + margin, tile_size, overlap, PAD_MULTIPLE)
 
 
-def normalize_input(
-    data: Tensor, holds_data: Tensor, metadata: CheckpointMetadata
-) -> Tensor:
+def normalize_input(data: Tensor, holds_data: Tensor, metadata: BandMetadata) -> Tensor:
     """Make raw values into model input: :func:`~glcgeo.transforms.normalize_bands`.
 
     Runs on the device the tensors are on.
@@ -134,7 +132,7 @@ def pad_to_stride(image: Tensor) -> Tensor:
 
 
 def input_bands(
-    src: rasterio.DatasetReader, metadata: CheckpointMetadata, path: str
+    src: rasterio.DatasetReader, metadata: ModelMetadata, path: str
 ) -> list[int]:
     """Choose the 1-based bands to read, checked against the file and the model."""
     bands = list(metadata.bands or range(1, src.count + 1))

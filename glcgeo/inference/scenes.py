@@ -6,7 +6,9 @@ share of them: a scene whose map already stands under its name is skipped (maps
 are only ever renamed into place once complete, so a killed run resumes where it
 stopped), and a scene that fails is reported while the others go on. Each
 scene's maps are converted to COGs in a background thread while the next scene
-is predicted.
+is predicted. :func:`run_scenes` does this for any output made scene by scene
+(:func:`predict_scenes` for class maps, :func:`~glcgeo.inference.embed.embed_scenes`
+for embeddings).
 :func:`start_processes` starts the processes with Lightning Fabric (as Lightning
 launches DDP: itself, or under ``torchrun`` or SLURM), and :func:`gather_results`
 brings every process's results to each. :func:`write_footprints` indexes the maps
@@ -57,6 +59,7 @@ __all__ = [
     'format_summary',
     'gather_results',
     'predict_scenes',
+    'run_scenes',
     'scene_jobs',
     'start_processes',
     'write_footprints',
@@ -77,20 +80,23 @@ class SceneJob:
 
     Attributes:
         source: the input raster, a local file or a URL.
-        destination: the class map to write.
+        destination: the class map (or embeddings) to write.
         probabilities: the per-class percentages to write, if any.
+        class_map: whether *destination* is a class map, with its sidecars.
 
     """
 
     source: str
     destination: str
     probabilities: str | None = None
+    class_map: bool = True
 
     @property
     def outputs(self) -> list[str]:
-        """The files the scene is written to, the class map and its sidecars first."""
+        """The files the scene is written to, the main one and its sidecars first."""
+        sidecars = sidecar_paths(self.destination) if self.class_map else []
         probabilities = [self.probabilities] if self.probabilities else []
-        return [self.destination, *sidecar_paths(self.destination), *probabilities]
+        return [self.destination, *sidecars, *probabilities]
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ def scene_jobs(
     probabilities: str | os.PathLike[str] | None = None,
     *,
     folder: bool,
+    class_map: bool = True,
 ) -> list[SceneJob]:
     """Name the outputs of each scene.
 
@@ -131,6 +138,7 @@ def scene_jobs(
             receives ``<input stem>.tif`` of each scene.
         probabilities: as *out*, for per-class percentages; None for none.
         folder: whether *out* and *probabilities* are folders.
+        class_map: whether the outputs are class maps (see :class:`SceneJob`).
 
     Returns:
         one job per source, in the order of *sources*.
@@ -143,7 +151,7 @@ def scene_jobs(
         if len(sources) != 1:
             raise GlcgeoError(f'{len(sources)} input scenes need an output folder')
         extra = os.fspath(probabilities) if probabilities is not None else None
-        return [SceneJob(sources[0], os.fspath(out), extra)]
+        return [SceneJob(sources[0], os.fspath(out), extra, class_map)]
     by_stem: dict[str, str] = {}
     jobs = []
     for source in sources:
@@ -161,6 +169,7 @@ def scene_jobs(
                 None
                 if probabilities is None
                 else os.path.join(probabilities, f'{name}.tif'),
+                class_map,
             )
         )
     return jobs
@@ -205,20 +214,74 @@ def predict_scenes(
 ) -> list[SceneResult]:
     """Predict one process's share of the scenes, each into its own map.
 
-    Each scene's maps are published (converted to COGs, renamed onto their
-    names) in a background thread while the next scene is predicted, one scene
-    at a time: the model does not wait for GDAL's compression.
-
-    A scene whose map finds no room fails, its temporary files removed; where
-    the device (or quota) is full, the scenes left then fail at once, unread,
-    and a rerun resumes with them once there is room (a file size limit fails
-    the scenes whose maps exceed it, and the others go on).
+    See :func:`run_scenes`.
 
     Args:
         model: the segmentation model (see
             :func:`~glcgeo.inference.predict_raster`).
         metadata: the model's bands, normalisation and classes.
         jobs: all the scenes, in the same order in every process.
+        rank: see :func:`run_scenes`.
+        world_size: see :func:`run_scenes`.
+        skip_complete: see :func:`run_scenes`.
+        overwrite: see :func:`run_scenes`.
+        report: see :func:`run_scenes`.
+        options: keyword arguments of :func:`~glcgeo.inference.predict_raster`
+            (``tile_size``, ``overlap``, ``batch_size``, ``device``, ``nodata``,
+            ``progress``, ``confidence``, ``provenance``).
+
+    Returns:
+        the results of this process's scenes, in job order.
+    """
+
+    def predict(job: SceneJob, replace: bool) -> UnpublishedScene:
+        return predict_unpublished(
+            model,
+            metadata,
+            job.source,
+            job.destination,
+            probabilities=job.probabilities,
+            overwrite=replace,
+            **options,
+        )
+
+    return run_scenes(
+        jobs,
+        predict,
+        rank=rank,
+        world_size=world_size,
+        skip_complete=skip_complete,
+        overwrite=overwrite,
+        report=report,
+    )
+
+
+def run_scenes(
+    jobs: Sequence[SceneJob],
+    unpublished: Callable[[SceneJob, bool], UnpublishedScene],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_complete: bool = True,
+    overwrite: bool = False,
+    report: Callable[[SceneResult], None] | None = None,
+) -> list[SceneResult]:
+    """Make one process's share of the scenes' outputs, scene by scene.
+
+    Each scene's outputs are published (converted to COGs, renamed onto their
+    names) in a background thread while the next scene is made, one scene
+    at a time: the model does not wait for GDAL's compression.
+
+    A scene whose output finds no room fails, its temporary files removed; where
+    the device (or quota) is full, the scenes left then fail at once, unread,
+    and a rerun resumes with them once there is room (a file size limit fails
+    the scenes whose outputs exceed it, and the others go on).
+
+    Args:
+        jobs: all the scenes, in the same order in every process.
+        unpublished: makes a scene's outputs into temporary files (e.g.
+            :func:`~glcgeo.inference.predict.predict_unpublished`), given the
+            job and whether existing outputs may be replaced.
         rank: this process's rank; it takes scenes ``rank``, ``rank +
             world_size``, ...
         world_size: number of processes.
@@ -226,12 +289,9 @@ def predict_scenes(
             *overwrite*): a file under an output's name is complete; the outputs
             of a scene that lacks some (a map without its sidecars) are
             replaced.
-        overwrite: predict every scene, replacing existing outputs.
+        overwrite: make every scene again, replacing existing outputs.
         report: called with each scene's result as soon as it is known, in job
             order.
-        options: keyword arguments of :func:`~glcgeo.inference.predict_raster`
-            (``tile_size``, ``overlap``, ``batch_size``, ``device``, ``nodata``,
-            ``progress``, ``confidence``, ``provenance``).
 
     Returns:
         the results of this process's scenes, in job order.
@@ -287,16 +347,8 @@ def predict_scenes(
                 fail(job, GlcgeoError(reason, job.destination), 0.0)
                 continue
             try:
-                scene = predict_unpublished(
-                    model,
-                    metadata,
-                    job.source,
-                    job.destination,
-                    probabilities=job.probabilities,
-                    # What an incomplete scene left is replaced.
-                    overwrite=overwrite or skip_complete,
-                    **options,
-                )
+                # What an incomplete scene left is replaced.
+                scene = unpublished(job, overwrite or skip_complete)
             except _SCENE_ERRORS as error:
                 settle()
                 fail(job, error, time.perf_counter() - start)

@@ -117,6 +117,7 @@ class CogWriter:
         tags: dict[str, str] | None = None,
         scales: tuple[float, ...] | None = None,
         sidecars: Mapping[str, str] | None = None,
+        interleave: str = 'pixel',
     ) -> None:
         """Initialize a new CogWriter.
 
@@ -133,6 +134,9 @@ class CogWriter:
             tags: metadata of the dataset.
             scales: per-band scale from stored to real values.
             sidecars: text files that travel with the raster, {path: content}.
+            interleave: ``'pixel'`` (a block holds every band) or ``'band'``
+                (a block per band: for many bands, whose pixel blocks would
+                outgrow GDAL's block cache).
 
         Raises:
             GlcgeoError: see :func:`~glcgeo.outputs.check_destination` (for the
@@ -154,6 +158,7 @@ class CogWriter:
         self.band_tags = band_tags or {}
         self.tags = tags or {}
         self.scales = scales
+        self.interleave = interleave
         self._sidecars = [(OutputFile(name), text) for name, text in sidecars.items()]
         self._dataset: Any = None
 
@@ -163,7 +168,9 @@ class CogWriter:
         # returns (and __exit__ is due) removes it here.
         try:
             self._dataset = dataset = rasterio.open(
-                self._striped.temporary, 'w', **{**self.profile, **PARTIAL_OPTIONS}
+                self._striped.temporary,
+                'w',
+                **{**self.profile, **PARTIAL_OPTIONS, 'interleave': self.interleave},
             )
             # Before any pixel: GDAL cannot make a file paletted once strips are out.
             if self.colormap is not None:
@@ -211,6 +218,7 @@ class CogWriter:
                 overview_resampling=self.overview_resampling,
                 bigtiff='if_safer',
                 num_threads='all_cpus',
+                interleave=self.interleave,
             )
         self._striped.discard()
         with self._no_room_reported():

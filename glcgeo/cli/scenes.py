@@ -1,0 +1,329 @@
+"""What the commands that run a network over scenes share (``predict``, ``embed``).
+
+Their options (:func:`add_scene_options`), the rules of their outputs (a file
+for one scene, a folder for several: :func:`output_folder`), their claims on
+the outputs (:func:`claim`), and the run over many scenes in one or several
+processes (:func:`run_over_scenes`). Nothing here imports torch at the top.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+from ..bands import band_files, stack_of
+from ..errors import GlcgeoError
+from ..outputs import OutputLock
+from ..sources import RASTER_SUFFIXES, expand, is_url
+from .types import at_least, band, finite, positive
+
+if TYPE_CHECKING:
+    from ..inference.scenes import SceneResult
+
+__all__ = [
+    'add_scene_options',
+    'band_statistics',
+    'claim',
+    'is_folder',
+    'local_inputs',
+    'make_folder',
+    'outside_output_folders',
+    'run_over_scenes',
+    'scene_inputs',
+    'several_processes',
+]
+
+
+def add_scene_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add the inputs, bands, tiling and process options to a command.
+
+    Args:
+        parser: the command's parser.
+        what: what the command writes per scene, for the help (``'map'``).
+    """
+    add = parser.add_argument
+    add(
+        '--in',
+        dest='source',
+        metavar='PATH',
+        nargs='+',
+        required=True,
+        help='input rasters: files, folders, glob patterns, or URLs (http(s)://, '
+        "s3://, gs://, /vsi...); a file per band ('S2/*_{band}.tif' with --bands "
+        'B02 B03 ...); STAC items (.json), each output named after its item',
+    )
+    add(
+        '--out',
+        metavar='PATH',
+        required=True,
+        help=f'output {what} (GeoTIFF), or folder of them (several scenes, or an '
+        'existing folder or a path ending in /)',
+    )
+    add('--overwrite', action='store_true', help='replace (re-make) existing outputs')
+    add(
+        '--bands',
+        metavar='BAND',
+        type=band,
+        nargs='+',
+        help="1-based input bands (default: the checkpoint's, or all), or the band "
+        'names of {band} patterns and STAC items (B04, red), which the network '
+        'reads in that order',
+    )
+    add(
+        '--mean',
+        metavar='VALUE',
+        type=finite,
+        nargs='+',
+        help="per-band mean of raw values (default: the checkpoint's)",
+    )
+    add(
+        '--std',
+        metavar='VALUE',
+        type=positive(),
+        nargs='+',
+        help="per-band std of raw values (default: the checkpoint's)",
+    )
+    add(
+        '--stats',
+        metavar='JSON',
+        help='"mean" and "std" lists in a JSON file, e.g. from glcgeo stats',
+    )
+    add(
+        '--nodata',
+        metavar='VALUE',
+        type=float,
+        help="input nodata value (default: the file's)",
+    )
+    add(
+        '--tile-size',
+        metavar='PIXELS',
+        type=positive(int),
+        default=512,
+        help='tile side (default: %(default)s)',
+    )
+    add(
+        '--overlap',
+        metavar='PIXELS',
+        type=at_least(0),
+        default=128,
+        help='pixels shared by neighbouring tiles (default: %(default)s)',
+    )
+    add(
+        '--batch-size',
+        metavar='TILES',
+        type=positive(int),
+        help='tiles per forward pass (default: on a CPU as many as make 512 x 512 '
+        'pixels, on a GPU 4)',
+    )
+    add(
+        '--device',
+        help='one process: auto (CUDA if available), cpu, cuda:1, ... (default: auto)',
+    )
+    add(
+        '--devices',
+        metavar='N',
+        help='several processes (Lightning DDP): devices per node, or auto; scenes '
+        'are dealt to processes, each made whole by one',
+    )
+    add('--num-nodes', metavar='M', type=at_least(1), help='machines (default: 1)')
+    add('--accelerator', help='cpu, gpu or auto, with --devices (default: auto)')
+    add('--quiet', action='store_true', help='no progress bar nor summary')
+
+
+def scene_inputs(args: argparse.Namespace) -> list[str]:
+    """The scenes of ``--in``, with ``args.bands`` made the bands the network reads.
+
+    Indexes are the files' bands; band names choose the bands of band stacks
+    ({band} patterns, STAC items), which hold them in that order, so the
+    network reads bands 1..n of each stack.
+
+    Returns:
+        the sources, one per scene.
+
+    Raises:
+        GlcgeoError: for band names and a source that is no band stack.
+    """
+    sources = expand(args.source, args.bands)
+    if args.bands is not None and not all(isinstance(b, int) for b in args.bands):
+        for source in sources:
+            if stack_of(source) is None:
+                raise GlcgeoError(
+                    'band names (--bands) choose the bands of {band} patterns and '
+                    "STAC items; give this file's bands as 1-based indexes",
+                    source,
+                )
+        args.bands = list(range(1, len(args.bands) + 1))
+    return sources
+
+
+def local_inputs(sources: Sequence[str], *files: str | None) -> list[str]:
+    """The local files a run reads (band files of stacks included): never outputs."""
+    return [p for p in (*band_files(list(sources)), *files) if p and not is_url(p)]
+
+
+def is_folder(path: str) -> bool:
+    """Whether an output path names a folder: an existing one, or ending in /."""
+    return os.path.isdir(path) or path.endswith(('/', os.sep))
+
+
+def several_processes(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for processes started by Lightning.
+
+    Raises:
+        GlcgeoError: if it also gives ``--device``.
+    """
+    several = any(
+        v is not None for v in (args.devices, args.num_nodes, args.accelerator)
+    )
+    if several and args.device is not None:
+        raise GlcgeoError(
+            'give --device for one process, or --accelerator/--devices/--num-nodes '
+            'for several, not both'
+        )
+    return several
+
+
+def band_statistics(
+    args: argparse.Namespace,
+) -> tuple[list[float] | None, list[float] | None]:
+    """The band mean and std given by ``--stats`` or ``--mean``/``--std``.
+
+    Raises:
+        GlcgeoError: if both are given, or the file is not band statistics.
+    """
+    if args.stats is None:
+        return args.mean, args.std
+    if args.mean is not None or args.std is not None:
+        raise GlcgeoError('give either --stats or --mean/--std, not both')
+    from ..stats import BandStats
+
+    stats = BandStats.load(args.stats)
+    return stats.mean, stats.std
+
+
+def make_folder(path: str, flag: str) -> None:
+    """Create an output folder (and its parents) if it does not exist."""
+    looks_like_a_file = not os.path.exists(path) and path.endswith(RASTER_SUFFIXES)
+    if looks_like_a_file or (os.path.exists(path) and not os.path.isdir(path)):
+        raise GlcgeoError(f'{flag} must be a folder for several scenes', path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise GlcgeoError(
+            f'cannot create the folder ({error.strerror})', path
+        ) from None
+
+
+def outside_output_folders(
+    sources: list[str], named: Sequence[str], folders: Sequence[str]
+) -> list[str]:
+    """The sources, less the files found in the output folders.
+
+    Outputs written into a folder inside an input folder are no inputs of the
+    next run; a file named on the command line stays (an input that an output
+    would replace is refused later).
+
+    Args:
+        sources: the expanded inputs.
+        named: the inputs as given on the command line.
+        folders: the output folders.
+
+    Raises:
+        GlcgeoError: if no input is left.
+    """
+    given = {os.path.abspath(path) for path in named}
+    prefixes = tuple(os.path.realpath(path) + os.sep for path in folders)
+    kept = [
+        source
+        for source in sources
+        if is_url(source)
+        or source in given
+        or not os.path.realpath(source).startswith(prefixes)
+    ]
+    if not kept:
+        raise GlcgeoError(
+            'every input lies in the output folder: choose another --out', folders[0]
+        )
+    return kept
+
+
+def claim(outputs: Sequence[str | None], folder: bool) -> ExitStack:
+    """Claim the outputs (:class:`~glcgeo.outputs.OutputLock`) until the stack closes.
+
+    Raises:
+        GlcgeoError: if another live run writes one of them.
+    """
+    with ExitStack() as stack:
+        for output in outputs:
+            if output is not None:
+                stack.enter_context(OutputLock(output, folder=folder))
+        return stack.pop_all()
+
+
+def run_over_scenes(
+    args: argparse.Namespace,
+    folder: bool,
+    run: Callable[[int, int, Any, Callable[['SceneResult'], None]], list[Any]],
+    done: str,
+) -> None:
+    """Run a command over its scenes, in several processes if asked; report them.
+
+    Each result is reported as it comes (a failure on stderr, in one line); the
+    first process then prints the table and, for a folder, writes its
+    footprint index.
+
+    Args:
+        args: the parsed command line (``out``, ``quiet``, process options).
+        folder: whether ``--out`` is a folder.
+        run: makes this process's scenes: (rank, world size, device, report) ->
+            results.
+        done: what the index calls the outputs, e.g. ``'maps'``.
+
+    Raises:
+        GlcgeoError: at the end, when some scenes failed.
+    """
+    from ..inference.scenes import (
+        FOOTPRINTS,
+        format_summary,
+        gather_results,
+        start_processes,
+    )
+
+    rank, world_size, device = 0, 1, args.device
+    if several_processes(args):
+        devices = args.devices or 'auto'
+        fabric = start_processes(
+            accelerator=args.accelerator or 'auto',
+            devices=int(devices) if devices.isdigit() else devices,
+            num_nodes=args.num_nodes or 1,
+        )
+        rank, world_size, device = fabric.global_rank, fabric.world_size, fabric.device
+    prefix = f'[process {rank}] ' if world_size > 1 else ''
+
+    def report(result: 'SceneResult') -> None:
+        if result.status == 'failed':
+            print(f'glcgeo: {prefix}{result.error}', file=sys.stderr, flush=True)
+        elif not args.quiet:
+            print(
+                f'{prefix}{result.job.destination}: {result.status} '
+                f'({result.seconds:.1f} s)',
+                flush=True,
+            )
+
+    results = gather_results(run(rank, world_size, device, report))
+    if rank != 0:
+        return  # the first process reports for all
+    index = os.path.join(args.out, FOOTPRINTS)
+    if folder:
+        from ..inference.scenes import write_footprints
+
+        write_footprints(results, index)
+    if not args.quiet:
+        print(format_summary(results))
+        if folder:
+            print(f'footprints of the {done} (one layer): {index}')
+    failed = sum(result.status == 'failed' for result in results)
+    if failed:
+        raise GlcgeoError(f'{failed} of {len(results)} scenes failed (see above)')
