@@ -41,8 +41,9 @@ from protocol.pretraining import PretrainSettings, pretrain_start
 from run_protocol import cpu_minutes
 from torchmetrics.functional.clustering import normalized_mutual_info_score
 
-from glcgeo.datasets import GeoTiffMosaic, valid_pixels
+from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.inference import embed_raster, load_embedding_network
+from glcgeo.rasters import valid_pixels
 from glcgeo.stats import BandStats, compute_band_stats
 
 RESULTS = os.path.join(ROOT, 'experiments', 'results')

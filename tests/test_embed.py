@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from glcgeo.checkpoints import ModelMetadata, read_weights, write_weights
 from glcgeo.cli import main
-from glcgeo.datasets import valid_pixels
 from glcgeo.export import export_weights
 from glcgeo.inference import (
     embed_raster,
@@ -37,6 +36,7 @@ from glcgeo.inference.writer import CogWriter
 from glcgeo.models import GLCNet
 from glcgeo.pretrain import pretrain
 from glcgeo.provenance import file_sha256
+from glcgeo.rasters import valid_pixels
 
 #: A real scene with nodata: its 11 left columns hold none (nodata 0).
 NODATA_SCENE = RGBN_SUBTILES[0]
