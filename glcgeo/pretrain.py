@@ -204,7 +204,8 @@ def _pretrain(
             datamodule.num_bands,
             'in_channels is',
             model['in_channels'],
-            datamodule.band_stats.files[0],
+            # The mosaic's first file, where the statistics were computed.
+            next(iter(datamodule.band_stats.files), None),
         )
         task = GLCNetTask(**model)
         check_patch_size(task, datamodule.hparams['patch_size'])
