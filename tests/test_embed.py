@@ -396,8 +396,16 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     scene.write_bytes((scenes / 'crop0.tif').read_bytes())
     existing = tmp_path / 'existing.tif'
     existing.write_bytes(b'a file of the user')
-    names = {'ENCODER': encoder_only, 'SCENE': scene, 'EXISTING': existing}
-    given = {'--in': scene, '--out': tmp_path / 'emb.tif', '--weights': checkpoint}
+    names: dict[str, object] = {
+        'ENCODER': encoder_only,
+        'SCENE': scene,
+        'EXISTING': existing,
+    }
+    given: dict[str, object] = {
+        '--in': scene,
+        '--out': tmp_path / 'emb.tif',
+        '--weights': checkpoint,
+    }
     for flag, value in zip(flags[::2], flags[1::2], strict=True):
         given[flag] = names.get(value, value)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
