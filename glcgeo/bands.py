@@ -427,7 +427,8 @@ def _stamps(stack: BandStack) -> str:
             except OSError as error:
                 scene = stack.origin if stack.item is None else f'item {stack.item}'
                 raise GlcgeoError(
-                    f'{error.strerror.lower()} (band {file.band} of {scene})',
+                    f'{(error.strerror or "cannot read it").lower()} '
+                    f'(band {file.band} of {scene})',
                     file.source,
                 ) from None
             stamp += [stat.st_size, stat.st_mtime_ns]
