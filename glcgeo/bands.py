@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 from .errors import GlcgeoError, given_name, name_as_given
-from .sources import is_url, to_gdal_path
+from .gdal_paths import is_url, to_gdal_path
 
 if TYPE_CHECKING:
     from rasterio.io import MemoryFile

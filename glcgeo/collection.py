@@ -35,12 +35,12 @@ from torchgeo.datasets.utils import Sample
 
 from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
+from .gdal_paths import is_url
 from .index_cache import cache_key, load_crs_groups, save_crs_groups
 from .pairs import GeoTiffUnions, WindowPair
 from .rasters import RasterHeader, check_band_counts, read_headers, valid_pixels
 from .samplers import PairedWindowSampler, PairStream, ValidWindowSampler
 from .sources import expand as expand_paths
-from .sources import is_url
 
 __all__ = [
     'GeoTiffCollection',

@@ -26,10 +26,10 @@ from rasterio.vrt import WarpedVRT
 from torch import Tensor
 
 from .errors import GlcgeoError
+from .gdal_paths import gdal_reason
 from .geometry import PixelGrid
 from .index_cache import MosaicIndex
 from .rasters import RasterHeader, check_band_counts, open_env
-from .sources import gdal_reason
 
 __all__ = [
     'MAX_PIXELS_PER_FILE_PIXEL',

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import GlcgeoError, given_name
-from .sources import is_url
+from .gdal_paths import is_url
 
 if TYPE_CHECKING:
     from .checkpoints import ModelMetadata

@@ -5,7 +5,7 @@ both need of a single file, in one place:
 
 * :func:`open_raster` opens a local file or a URL with glcgeo's GDAL settings
   (:func:`open_env`), and refuses one it cannot use in one line naming it, with
-  GDAL's own reason (:func:`~glcgeo.sources.gdal_reason`);
+  GDAL's own reason (:func:`~glcgeo.gdal_paths.gdal_reason`);
 * :func:`read_header` reads in that one open what indexing a file needs
   (:class:`RasterHeader`), :func:`read_headers` many files' in threads
   (:func:`map_files`);
@@ -37,7 +37,7 @@ from rasterio.vrt import WarpedVRT
 from torch import Tensor
 
 from .errors import GlcgeoError
-from .sources import exists, gdal_options, gdal_reason, is_url, to_gdal_path
+from .gdal_paths import exists, gdal_options, gdal_reason, is_url, to_gdal_path
 
 __all__ = [
     'RasterHeader',
@@ -55,7 +55,7 @@ __all__ = [
 
 
 def open_env(source: str) -> rasterio.Env:
-    """GDAL's settings to open *source* (:func:`~glcgeo.sources.gdal_options`)."""
+    """GDAL's settings to open *source* (:func:`~glcgeo.gdal_paths.gdal_options`)."""
     return rasterio.Env(**gdal_options(source))
 
 
@@ -162,7 +162,7 @@ def pixel_reads(files: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
 
     A file whose header opens may still fail when its pixels are read (a
     download cut short, a connection lost): the line names the file as given
-    and says GDAL's reason (:func:`~glcgeo.sources.gdal_reason`).
+    and says GDAL's reason (:func:`~glcgeo.gdal_paths.gdal_reason`).
 
     Args:
         files: the sources (local paths or URLs) the reads inside the block may
@@ -191,7 +191,7 @@ def open_raster(source: str | os.PathLike[str], kind: str = 'raster') -> Dataset
     The one way glcgeo opens an input: GDAL's settings for the source
     (:func:`open_env`, network time limits included) and, when it cannot be
     used, one line naming it as given with GDAL's own reason
-    (:func:`~glcgeo.sources.gdal_reason`).
+    (:func:`~glcgeo.gdal_paths.gdal_reason`).
 
     Args:
         source: a local path or a URL (see :mod:`glcgeo.sources`).

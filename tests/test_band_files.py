@@ -25,7 +25,8 @@ from glcgeo.bands import band_files, stack_of
 from glcgeo.cli import main
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.errors import GlcgeoError
-from glcgeo.sources import expand, stem
+from glcgeo.gdal_paths import stem
+from glcgeo.sources import expand
 
 BANDS = ['B02', 'B03', 'B04', 'B08']
 #: Crops (column, row) of 256 x 192 pixels of each shipped tile.

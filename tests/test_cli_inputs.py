@@ -28,8 +28,9 @@ from test_cli_errors import LABELS, _one_line, _save_segmentation_checkpoint
 
 from glcgeo.cli import main
 from glcgeo.errors import GlcgeoError
+from glcgeo.gdal_paths import GDAL_HTTP_LIMITS, gdal_options
 from glcgeo.runs import load_config
-from glcgeo.sources import GDAL_HTTP_LIMITS, expand, gdal_options
+from glcgeo.sources import expand
 from glcgeo.stats import BandStats
 
 PREDICT = ['--tile-size', '64', '--overlap', '16', '--quiet']

@@ -17,9 +17,10 @@ from range_server import ServedFolder, serve
 from glcgeo.cli import main
 from glcgeo.datasets import GeoTiffMosaic
 from glcgeo.errors import GlcgeoError
+from glcgeo.gdal_paths import is_url, to_gdal_path
 from glcgeo.pairs import GeoTiffPairs
 from glcgeo.samplers import PairedWindowSampler
-from glcgeo.sources import expand, is_url, to_gdal_path
+from glcgeo.sources import expand
 from glcgeo.stats import compute_band_stats
 
 

@@ -25,12 +25,13 @@ from shapely.geometry import Point
 import glcgeo.inference.predict as predict_module
 import glcgeo.inference.scenes as scenes_module
 from glcgeo.cli import main
+from glcgeo.gdal_paths import exists, is_url, stem, to_gdal_path
 from glcgeo.inference import load_segmentation_checkpoint
 from glcgeo.inference.predict import UnpublishedScene
 from glcgeo.inference.scenes import SceneJob, predict_scenes, scene_jobs
 from glcgeo.inference.writer import CogWriter
 from glcgeo.provenance import Provenance
-from glcgeo.sources import exists, expand, is_url, stem, to_gdal_path
+from glcgeo.sources import expand
 
 #: Windows (column, row) of tile A cut into the small scenes, 180 x 150 pixels.
 CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200), 'sub/crop2.tif': (100, 400)}

@@ -19,7 +19,8 @@ from test_cli_errors import _one_line
 
 from glcgeo.bands import stack_of
 from glcgeo.cli import main
-from glcgeo.sources import expand, stem
+from glcgeo.gdal_paths import stem
+from glcgeo.sources import expand
 
 #: Asset key -> band name and common name; no key is a band's common name nir.
 ASSETS = {

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..bands import band_files, stack_of
 from ..errors import GlcgeoError
+from ..gdal_paths import RASTER_SUFFIXES, is_url
 from ..outputs import OutputLock
-from ..sources import RASTER_SUFFIXES, expand, is_url
+from ..sources import expand
 from .types import at_least, band, finite, positive
 
 if TYPE_CHECKING:

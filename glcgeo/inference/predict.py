@@ -48,11 +48,11 @@ from tqdm import tqdm
 
 from ..checkpoints import BandMetadata, CheckpointMetadata, ModelMetadata
 from ..errors import GlcgeoError, check_band_count, check_memory
+from ..gdal_paths import gdal_options, is_url
 from ..geometry import PixelGrid
 from ..outputs import check_destination
 from ..provenance import Provenance, creation_time
 from ..rasters import open_raster
-from ..sources import gdal_options, is_url
 from .blending import RowBandAccumulator, tile_weights
 from .reading import (
     SCENE_MARGIN,
@@ -197,7 +197,7 @@ def reads_ahead(device: torch.device, remote: bool = False) -> bool:
     Args:
         device: where the model runs.
         remote: whether the input comes through GDAL's network or virtual file
-            systems (:func:`~glcgeo.sources.is_url`).
+            systems (:func:`~glcgeo.gdal_paths.is_url`).
 
     Returns:
         whether to read ahead with :func:`~glcgeo.inference.reading.read_ahead`.

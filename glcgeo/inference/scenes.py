@@ -42,8 +42,8 @@ from torch import nn
 from ..bands import stack_of
 from ..checkpoints import CheckpointMetadata
 from ..errors import GlcgeoError, NoRoomError, given_name
+from ..gdal_paths import stem
 from ..outputs import atomic_write
-from ..sources import stem
 from .predict import UnpublishedScene, predict_unpublished
 from .writer import sidecar_paths
 
