@@ -231,6 +231,22 @@ def test_small_tiles_give_the_embeddings_of_one_tile(
     np.testing.assert_allclose(actual, expected, rtol=2e-3, atol=1e-3)
 
 
+def test_a_scene_larger_than_a_block_has_overviews(tmp_path: Path) -> None:
+    # Several float16 bands: GDAL's COG driver cannot make their overviews.
+    model, metadata = _Pointwise(), _pointwise_metadata()
+    out = tmp_path / 'emb.tif'
+    embed_raster(model, metadata, S2_TILE_A, out, progress=False)
+    with rasterio.open(out) as dst:
+        assert dst.count == 8 and set(dst.dtypes) == {'float16'}
+        assert dst.tags(ns='IMAGE_STRUCTURE')['LAYOUT'] == 'COG'
+        assert all(dst.overviews(band) == [2] for band in range(1, 9))
+        full = dst.read().astype(np.float32)
+        half = dst.read(out_shape=(8, 320, 320)).astype(np.float32)
+    # The overview is the average of the full resolution's 2 x 2 pixels.
+    pooled = full.reshape(8, 320, 2, 320, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(half, pooled, rtol=2e-3, atol=2e-3)
+
+
 def _in_memory(
     model: nn.Module, metadata: ModelMetadata, path: Path, tile_size: int, overlap: int
 ) -> np.ndarray:

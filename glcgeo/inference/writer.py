@@ -35,6 +35,7 @@ import rasterio
 import rasterio.shutil
 import torch
 from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torch import Tensor
 
@@ -56,6 +57,9 @@ __all__ = [
     'sidecar_paths',
     'write_rows',
 ]
+
+#: Side of the COGs' blocks, in pixels.
+COG_BLOCK_SIZE = 512
 
 #: Nodata value of the per-class probability file (stored as percent, 0-100).
 PROBABILITY_NODATA = 255
@@ -205,8 +209,16 @@ class CogWriter:
                 no room for the outputs.
         """
         dataset, self._dataset = self._dataset, None
+        options = {}
         with self._no_room_reported():
             dataset.close()
+            if self.profile['dtype'] == 'float16' and self.profile['count'] > 1:
+                # GDAL's COG driver (3.12) cannot make the overviews of several
+                # float16 bands ("all the overviews bands must have the same
+                # data type"); GTiff's overviews of the same levels can, and
+                # the COG driver copies them.
+                self._build_overviews()
+                options['overviews'] = 'force_use_existing'
             # The COG driver copies the colour table, descriptions, scales and
             # tags.
             rasterio.shutil.copy(
@@ -214,17 +226,34 @@ class CogWriter:
                 self._cog.temporary,
                 driver='COG',
                 compress='deflate',
-                blocksize=512,
+                blocksize=COG_BLOCK_SIZE,
                 overview_resampling=self.overview_resampling,
                 bigtiff='if_safer',
                 num_threads='all_cpus',
                 interleave=self.interleave,
+                **options,
             )
         self._striped.discard()
         with self._no_room_reported():
             for output, text in self._sidecars:
                 with open(output.temporary, 'w', encoding='utf-8') as f:
                     f.write(text)
+
+    def _build_overviews(self) -> None:
+        """Add to the temporary file the overviews the COG driver would make.
+
+        Halvings of the raster until it fits in one block, as the COG driver
+        makes them.
+        """
+        with rasterio.open(self._striped.temporary, 'r+') as dataset:
+            factors = []
+            factor = 2
+            while max(dataset.width, dataset.height) * 2 / factor > COG_BLOCK_SIZE:
+                factors.append(factor)
+                factor *= 2
+            if factors:
+                resampling = Resampling[self.overview_resampling]
+                dataset.build_overviews(factors, resampling)
 
     def _no_room_reported(self) -> AbstractContextManager[None]:
         """Report a write that finds no room as one line naming the output.
