@@ -136,21 +136,12 @@ def build_index(
                 with open_env(path), warp(path, crs) as vrt:
                     bounds[i] = tuple(vrt.bounds)
                     file_res = vrt.res
-            except (
-                rasterio.errors.RasterioError,
-                rasterio.errors.CRSError,
-                CPLE_BaseError,
-            ) as error:
-                # Too far from the target CRS's area of use, or a CRS PROJ has
-                # no operation to it from (a local engineering CRS), GDAL
-                # cannot place the file's footprint in it.
-                reason = (
-                    'PROJ knows no operation from its CRS to that one'
-                    if isinstance(error, rasterio.errors.CRSError)
-                    else gdal_reason(error)
-                )
+            except (rasterio.errors.RasterioError, CPLE_BaseError) as error:
+                # Too far from the target CRS's area of use, GDAL cannot
+                # place the file's footprint in it.
                 raise GlcgeoError(
-                    f'cannot be reprojected to {crs.name} ({reason})', path
+                    f'cannot be reprojected to {crs.name} ({gdal_reason(error)})',
+                    path,
                 ) from None
         first_res = first_res or file_res
     assert first_res is not None

@@ -163,26 +163,6 @@ def test_a_raster_georeferenced_by_gcps_only_is_one_line(
     assert os.listdir(tmp_path) == ['l1.tif']
 
 
-@pytest.mark.parametrize('command', ['stats', 'pretrain'])
-def test_a_crs_proj_cannot_transform_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
-) -> None:
-    # Before: a 30-line rasterio CRSError traceback (a local engineering CRS
-    # has no coordinate operation to any geographic CRS).
-    with rasterio.open(LANDSAT8) as src:
-        data, affine = src.read(), src.transform
-    local = rasterio.crs.CRS.from_wkt(
-        'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
-        'AXIS["Northing",NORTH]]'
-    )
-    scene = write_raster(tmp_path / 'site.tif', data, crs=local, transform=affine)
-    out = tmp_path / 'out'
-    argv = [command, '--data', str(scene), '--crs', 'EPSG:4326', '--out', str(out)]
-    _one_line(capsys, main(argv), f'{scene}: cannot be reprojected to WGS 84',
-              'PROJ knows no operation')  # fmt: skip
-    assert os.listdir(tmp_path) == ['site.tif']
-
-
 def test_advice_for_rasters_without_georeferencing_works(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
