@@ -490,14 +490,16 @@ def _vrt(stack: BandStack) -> str:
     """
     import numpy as np
 
+    from .crs import crs_name
+
     headers = _headers(stack)
     first, first_header = stack.files[0], headers[0]
     left, bottom, right, top = -math.inf, -math.inf, math.inf, math.inf
     for file, header in zip(stack.files, headers, strict=True):
         if header.crs != first_header.crs:
             raise GlcgeoError(
-                f'band {file.band} is in {_crs_name(header)}, band {first.band} '
-                f'({given_name(first.source)}) in {_crs_name(first_header)}: the '
+                f'band {file.band} is in {crs_name(header.crs)}, band {first.band} '
+                f'({given_name(first.source)}) in {crs_name(first_header.crs)}: the '
                 'files of a scene must share one CRS',
                 file.source,
             )
@@ -576,10 +578,3 @@ def _vrt(stack: BandStack) -> str:
 def _same(a: float, b: float | None) -> bool:
     """Whether two nodata values are the same (NaN is NaN)."""
     return b is not None and (a == b or (math.isnan(a) and math.isnan(b)))
-
-
-def _crs_name(header: 'RasterHeader') -> str:
-    """A file's CRS in a few words: its EPSG code, else its name."""
-    assert header.crs is not None
-    code = header.crs.to_epsg()
-    return f'EPSG:{code}' if code else header.crs.to_string()[:60]

@@ -29,16 +29,24 @@ from pyproj import CRS as PROJ_CRS
 from pyproj import Geod, Transformer
 from pyproj.exceptions import ProjError
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from torch import Generator, Tensor
 from torch.utils.data import Dataset, Sampler
 from torchgeo.datasets.utils import Sample
 
+from .crs import untransformable_error
 from .datasets import GeoTiffMosaic
 from .errors import GlcgeoError
 from .gdal_paths import is_url
 from .index_cache import cache_key, load_crs_groups, save_crs_groups
 from .pairs import GeoTiffUnions, WindowPair
-from .rasters import RasterHeader, check_band_counts, read_headers, valid_pixels
+from .rasters import (
+    RasterHeader,
+    check_band_counts,
+    read_header,
+    read_headers,
+    valid_pixels,
+)
 from .samplers import PairedWindowSampler, PairStream, ValidWindowSampler
 from .sources import expand as expand_paths
 
@@ -223,10 +231,22 @@ def open_mosaic[M: GeoTiffMosaic](
         GlcgeoError: as *cls* does (a missing or unreadable file, different
             band counts, ...).
     """
-    if crs is not None or res is not None:
-        return cls(paths, crs=crs, res=res, index_cache=index_cache, **kwargs)
     if not isinstance(paths, str | os.PathLike):
-        paths = list(paths)  # expanded twice where all files share one CRS
+        paths = list(paths)  # expanded twice: by this function and by cls
+    if crs is not None or res is not None:
+        try:
+            return cls(paths, crs=crs, res=res, index_cache=index_cache, **kwargs)
+        except CRSError:
+            # A file in a CRS PROJ has no operation from (a local engineering
+            # CRS) cannot be read into the one grid asked for.
+            files = expand_paths(paths, kwargs.get('bands'))
+            target = crs or read_header(files[0], crs_given=True).crs
+            flag = '--crs' if crs is not None else '--res'
+            raise untransformable_error(
+                files,
+                CRS.from_user_input(target),
+                f': leave out {flag} to read each file in its own CRS',
+            ) from None
     files = expand_paths(paths, kwargs.get('bands'))
     folder = None if index_cache is None else os.fspath(index_cache)
     key = cache_key(files, {'crs_groups': True})
@@ -268,7 +288,8 @@ def square_metres_per_unit(mosaic: GeoTiffMosaic) -> float:
 
     The files' footprints, measured on the WGS 84 ellipsoid, divided by their
     area in the CRS: about 1 for a UTM zone, larger for a CRS in feet, far
-    larger (and latitude-dependent) in degrees.
+    larger (and latitude-dependent) in degrees. A local (engineering) CRS in
+    lengths, which has no longitude and latitude, is taken as flat.
 
     Args:
         mosaic: the mosaic.
@@ -277,9 +298,17 @@ def square_metres_per_unit(mosaic: GeoTiffMosaic) -> float:
         square metres per squared unit of the mosaic's CRS.
 
     Raises:
-        GlcgeoError: naming the mosaic's first file, if its CRS does not
-            transform to longitude and latitude.
+        GlcgeoError: naming the mosaic's first file, if its CRS neither
+            transforms to longitude and latitude nor is a local CRS in lengths.
     """
+    local = PROJ_CRS.from_user_input(mosaic.crs.to_wkt())
+    if local.is_engineering and all(
+        axis.unit_conversion_factor and axis.unit_name != 'degree'
+        for axis in local.axis_info
+    ):
+        # A local (site) grid is flat: its units are lengths on the ground.
+        x_axis, y_axis = local.axis_info[:2]
+        return x_axis.unit_conversion_factor * y_axis.unit_conversion_factor
     boxes = np.asarray(shapely.bounds(mosaic.index.geometry.values), dtype=np.float64)
     left, bottom, right, top = boxes.T
     # Each footprint's outline, counter-clockwise from its bottom-left corner, 8

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -161,6 +162,56 @@ def test_a_raster_georeferenced_by_gcps_only_is_one_line(
     _one_line(capsys, status, f'{scene}: raster is georeferenced by ground control '
               'points only', 'gdalwarp')  # fmt: skip
     assert os.listdir(tmp_path) == ['l1.tif']
+
+
+def _local_crs_scene(path: Path) -> Path:
+    """The Landsat-8 crop on its own grid, in a local (engineering) CRS."""
+    with rasterio.open(LANDSAT8) as src:
+        data, affine = src.read(), src.transform
+    local = rasterio.crs.CRS.from_wkt(
+        'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+        'AXIS["Northing",NORTH]]'
+    )
+    return write_raster(path, data, crs=local, transform=affine)
+
+
+@pytest.mark.parametrize('command', ['stats', 'pretrain'])
+@pytest.mark.parametrize('grid', [['--crs', 'EPSG:4326'], ['--res', '60']])
+def test_a_crs_proj_cannot_transform_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, grid: list[str]
+) -> None:
+    # Before: a 30-line rasterio CRSError traceback (a local engineering CRS
+    # has no coordinate operation to any other CRS).
+    scene = _local_crs_scene(tmp_path / 'site.tif')
+    shutil.copy(LANDSAT8, tmp_path / 'utm.tif')
+    out = tmp_path / 'out'
+    argv = [command, '--data', str(tmp_path / '*.tif'), *grid, '--out', str(out)]
+    # --res reads every file into the first one's CRS, the local one.
+    refused, source, target = {
+        '--crs': (scene, 'a local CRS "site grid"', 'EPSG:4326'),
+        '--res': (tmp_path / 'utm.tif', 'EPSG:32616', 'a local CRS "site grid"'),
+    }[grid[0]]
+    _one_line(capsys, main(argv), f'{refused}: its CRS, {source}, cannot be '
+              f'transformed to {target}: leave out {grid[0]} to read each file '
+              'in its own CRS')  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ['site.tif', 'utm.tif']
+
+
+def test_a_local_crs_beside_a_utm_scene_is_read_in_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / 'scenes').mkdir()
+    scene = _local_crs_scene(tmp_path / 'scenes' / 'site.tif')
+    shutil.copy(LANDSAT8, scene.parent / 'utm.tif')
+    out = tmp_path / 'stats.json'
+    argv = ['stats', '--data', str(scene.parent), '--out', str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    # Both scenes hold the same pixels, each read on its own grid.
+    both = json.loads(out.read_text())
+    assert main(['stats', '--data', str(LANDSAT8), '--out', str(tmp_path / 'one')]) == 0
+    one = json.loads((tmp_path / 'one').read_text())
+    assert both['files'] == [str(scene), str(scene.parent / 'utm.tif')]
+    assert both['mean'] == pytest.approx(one['mean'], rel=0.01)
 
 
 def test_advice_for_rasters_without_georeferencing_works(

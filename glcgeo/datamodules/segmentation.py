@@ -13,9 +13,6 @@ from collections.abc import Sequence
 
 import kornia.augmentation as K
 import torch
-from pyproj import CRS as PROJ_CRS
-from pyproj import Transformer
-from pyproj.exceptions import ProjError
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from torch import Tensor, nn
@@ -25,6 +22,7 @@ from torchgeo.datasets.utils import Sample, merge_samples
 
 from ..checkpoints import BandMetadata
 from ..collection import GeoTiffCollection, open_mosaic
+from ..crs import crs_name, transformable, untransformable_error
 from ..datasets import GeoTiffMask, GeoTiffMosaic
 from ..errors import GlcgeoError
 from ..geometry import PixelGrid
@@ -134,40 +132,6 @@ ON_GRIDS = (
 )
 
 
-def _crs_name(crs: CRS) -> str:
-    """A CRS as users know it: its EPSG code, or its name."""
-    epsg = crs.to_epsg()
-    if epsg is not None:
-        return f'EPSG:{epsg}'
-    proj = PROJ_CRS.from_user_input(crs.to_wkt())
-    kind = 'a local CRS' if proj.is_engineering else 'the CRS'
-    return f'{kind} "{proj.name}"'
-
-
-def _transformable(source: CRS, target: CRS) -> bool:
-    """Whether PROJ knows how to transform coordinates of *source* to *target*."""
-    if source == target:
-        return True
-    try:
-        Transformer.from_crs(source.to_wkt(), target.to_wkt())
-    except ProjError:
-        return False  # a local (engineering) CRS, for one
-    return True
-
-
-def _crs_error(files: list[str], target: CRS, advice: str) -> GlcgeoError:
-    """The error naming the first file whose CRS cannot be transformed to *target*."""
-    for path in files:
-        crs = read_header(path, crs_given=True).crs
-        if crs is not None and not _transformable(crs, target):
-            return GlcgeoError(
-                f'its CRS, {_crs_name(crs)}, cannot be transformed to '
-                f'{_crs_name(target)}{advice}',
-                path,
-            )
-    return GlcgeoError(f'cannot transform the files to {_crs_name(target)}', files[0])
-
-
 def _on_image_grids(mask_files: list[str], images: GeoTiffMosaic) -> dict[str, CRS]:
     """Masks whose CRS cannot be transformed to the images', on an image's grid.
 
@@ -196,21 +160,21 @@ def _on_image_grids(mask_files: list[str], images: GeoTiffMosaic) -> dict[str, C
     read_as = {}
     for path in mask_files:
         header = read_header(path, crs_given=True)
-        if header.crs is None or _transformable(header.crs, target):
+        if header.crs is None or transformable(header.crs, target):
             continue
         image = grids.get((header.transform, header.width, header.height))
         if image is None:
-            raise _crs_error([path], target, ON_GRIDS)
+            raise untransformable_error([path], target, ON_GRIDS)
         warnings.warn(
-            f'{path}: its CRS, {_crs_name(header.crs)}, cannot be transformed to '
-            f"the images' {_crs_name(target)}; the mask lies on the exact grid of "
+            f'{path}: its CRS, {crs_name(header.crs)}, cannot be transformed to '
+            f"the images' {crs_name(target)}; the mask lies on the exact grid of "
             f"{image}, so it is read in the images' CRS",
             UserWarning,
             stacklevel=2,
         )
         read_as[path] = target
     if not read_as:
-        raise _crs_error(mask_files, target, ON_GRIDS)
+        raise untransformable_error(mask_files, target, ON_GRIDS)
     return read_as
 
 
@@ -330,19 +294,14 @@ class SegmentationDataModule(GeoDataModule):
             return
         hp = self.hparams
         image_files = expand_paths(hp['images'], self.bands)
-        try:
-            images = open_mosaic(
-                GeoTiffMosaic,
-                image_files,
-                bands=self.bands,
-                crs=hp['crs'],
-                res=hp['res'],
-                nodata=hp['nodata'],
-            )
-        except CRSError:
-            target = hp['crs'] or read_header(image_files[0], crs_given=True).crs
-            advice = ': leave out --crs' if hp['crs'] else ''
-            raise _crs_error(image_files, CRS.from_user_input(target), advice) from None
+        images = open_mosaic(
+            GeoTiffMosaic,
+            image_files,
+            bands=self.bands,
+            crs=hp['crs'],
+            res=hp['res'],
+            nodata=hp['nodata'],
+        )
         if isinstance(images, GeoTiffCollection):
             # Tiles, splits and masks are cut on one grid.
             raise GlcgeoError(
