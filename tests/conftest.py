@@ -313,6 +313,22 @@ def fcn_task(in_channels: int, num_classes: int) -> SemanticSegmentation:
     return task
 
 
+@pytest.fixture(scope='session')
+def fcn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-band, 6-class FCN checkpoint with band statistics, as finetune saves one."""
+    task = fcn_task(4, 6)
+    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
+    return save_task_checkpoint(task, tmp_path_factory.mktemp('model') / 'fcn.ckpt')
+
+
+@pytest.fixture(scope='module')
+def reproducible_creation_time() -> Iterator[None]:
+    """Outputs made at different moments compare byte for byte (their provenance)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('SOURCE_DATE_EPOCH', '1796256000')
+        yield
+
+
 @pytest.fixture
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder where no file can be created (sysfs when running as root)."""

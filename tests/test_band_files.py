@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import S2_TILE_A, S2_TILE_B, fcn_task, save_task_checkpoint, warp_raster
+from conftest import S2_TILE_A, S2_TILE_B, warp_raster
 from rasterio.windows import Window
 from test_cli_errors import FINETUNE, LOCAL_CRS, _one_line
 
@@ -77,19 +77,6 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (path, (col, row)) in CROPS.items():
         split_bands(path, Window(col, row, 256, 192), folder, name)
     return folder
-
-
-def four_band_model(folder: Path) -> Path:
-    """Save a 4-band FCN checkpoint with band statistics in *folder*; its path."""
-    task = fcn_task(4, 5)
-    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
-    return save_task_checkpoint(task, folder / 'fcn.ckpt')
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-band FCN checkpoint with band statistics."""
-    return four_band_model(tmp_path_factory.mktemp('model'))
 
 
 def test_a_star_pattern_gives_a_scene_per_match_with_the_bands_named(
@@ -160,11 +147,11 @@ def test_at_another_pixel_size_each_band_is_read_from_its_own_pixels(
 
 
 def test_predict_on_a_pattern_equals_predict_on_the_stacked_files(
-    scenes: Path, tmp_path: Path, checkpoint: Path
+    scenes: Path, tmp_path: Path, fcn_checkpoint: Path
 ) -> None:
     pattern = str(scenes / 'S2' / '*_{band}.tif')
     outs = {'stacks': tmp_path / 'stacks', 'files': tmp_path / 'files'}
-    common = ['--model', str(checkpoint), '--tile-size', '128', '--overlap', '32']
+    common = ['--model', str(fcn_checkpoint), '--tile-size', '128', '--overlap', '32']
     argv = ['predict', '--in', pattern, '--bands', *BANDS, '--quiet', *common]
     assert main([*argv, '--out', str(outs['stacks'])]) == 0
     stacked = ['predict', '--in', str(scenes / 'stacked'), '--quiet', *common]
@@ -265,7 +252,10 @@ def test_a_bad_scene_is_one_line_naming_it(
 
 
 def test_predict_takes_band_names_for_stacks_only(
-    scenes: Path, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+    scenes: Path,
+    tmp_path: Path,
+    fcn_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / 'map.tif'
     plain = scenes / 'stacked' / 'tileA.tif'
@@ -276,7 +266,7 @@ def test_predict_takes_band_names_for_stacks_only(
         '--out',
         str(out),
         '--model',
-        str(checkpoint),
+        str(fcn_checkpoint),
     ]
     _one_line(
         capsys,
@@ -287,7 +277,7 @@ def test_predict_takes_band_names_for_stacks_only(
     band_file = scenes / 'S2' / 'tileA_B02.tif'
     before = band_file.read_bytes()
     argv = ['predict', '--in', str(scenes / 'S2' / 'tileA_{band}.tif'), '--bands']
-    argv += [*BANDS, '--out', str(band_file), '--model', str(checkpoint)]
+    argv += [*BANDS, '--out', str(band_file), '--model', str(fcn_checkpoint)]
     _one_line(
         capsys, main([*argv, '--overwrite']), 'output and input must be different'
     )

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,8 @@ from glcgeo.inference import (
     tile_weights,
     write_preview,
 )
-from glcgeo.inference.embed import PCA, DecoderFeatures
+from glcgeo.inference.embed import DecoderFeatures
+from glcgeo.inference.pca import PCA
 from glcgeo.inference.reading import SCENE_MARGIN
 from glcgeo.inference.writer import CogWriter
 from glcgeo.models import GLCNet
@@ -45,13 +45,7 @@ CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200)}
 #: Tiling of the small scenes: several tiles, fast.
 TILING = ['--tile-size', '128', '--overlap', '32']
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _reproducible_creation_time() -> Iterator[None]:
-    """Outputs made at different moments compare byte for byte."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('SOURCE_DATE_EPOCH', '1796256000')
-        yield
+pytestmark = pytest.mark.usefixtures('reproducible_creation_time')
 
 
 def embed(*args: object) -> int:

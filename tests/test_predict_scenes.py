@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
-from conftest import S2_TILE_A, fcn_task, save_task_checkpoint
+from conftest import S2_TILE_A
 from pyproj import Transformer
 from rasterio.windows import Window
 from shapely.geometry import Point
@@ -37,6 +37,8 @@ from glcgeo.sources import expand
 CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200), 'sub/crop2.tif': (100, 400)}
 MAPS = ['crop0.tif', 'crop1.tif', 'crop2.tif']
 
+pytestmark = pytest.mark.usefixtures('reproducible_creation_time')
+
 
 def _with_sidecars(*maps: str) -> list[str]:
     """The files of class maps: each map and its sidecars for GDAL and QGIS."""
@@ -45,14 +47,6 @@ def _with_sidecars(*maps: str) -> list[str]:
         for map_name in maps
         for name in (map_name, f'{map_name}.aux.xml', f'{Path(map_name).stem}.qml')
     )
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _reproducible_creation_time() -> Iterator[None]:
-    """Maps made at different moments compare byte for byte (their provenance)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('SOURCE_DATE_EPOCH', '1796256000')
-        yield
 
 
 def predict(*args: object) -> int:
@@ -81,23 +75,15 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-band FCN checkpoint with band statistics (a glcgeo-style checkpoint)."""
-    task = fcn_task(4, 6)
-    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
-    return save_task_checkpoint(task, tmp_path_factory.mktemp('model') / 'fcn.ckpt')
-
-
-@pytest.fixture(scope='module')
 def single_maps(
-    tmp_path_factory: pytest.TempPathFactory, scenes: Path, checkpoint: Path
+    tmp_path_factory: pytest.TempPathFactory, scenes: Path, fcn_checkpoint: Path
 ) -> dict[str, bytes]:
     """Each scene's map predicted alone (one scene, one file), as bytes."""
     folder = tmp_path_factory.mktemp('single')
     maps = {}
     for name in CROPS:
         out = folder / Path(name).name
-        assert predict('--in', scenes / name, '--out', out, '--model', checkpoint,
+        assert predict('--in', scenes / name, '--out', out, '--model', fcn_checkpoint,
                        '--quiet') == 0  # fmt: skip
         maps[out.name] = out.read_bytes()
     return maps
@@ -110,12 +96,12 @@ def _mtimes(folder: Path) -> dict[str, int]:
 def test_folder_gives_a_map_per_scene_and_a_footprint_index(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     single_maps: dict[str, bytes],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / 'maps'
-    assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
+    assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint) == 0
     assert sorted(os.listdir(out)) == sorted(
         [*_with_sidecars(*MAPS), 'footprints.gpkg']
     )
@@ -139,7 +125,7 @@ def test_folder_gives_a_map_per_scene_and_a_footprint_index(
     os.remove(out / 'crop1.tif')
     (out / '.crop1.tif.123-abcd.partial').write_bytes(b'cut short')
     before = {n: (out / n).stat().st_mtime_ns for n in ('crop0.tif', 'crop2.tif')}
-    assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
+    assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint) == 0
     assert '1 predicted, 2 skipped, 0 failed' in capsys.readouterr().out
     assert (out / 'crop1.tif').read_bytes() == single_maps['crop1.tif']
     assert before == {n: (out / n).stat().st_mtime_ns for n in before}
@@ -148,7 +134,7 @@ def test_folder_gives_a_map_per_scene_and_a_footprint_index(
     assert index.geometry.notna().all()
 
     # --overwrite predicts them all again.
-    assert predict('--in', scenes, '--out', out, '--model', checkpoint,
+    assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint,
                    '--overwrite', '--quiet') == 0  # fmt: skip
     assert all(t > before.get(n, 0) for n, t in _mtimes(out).items())
 
@@ -156,18 +142,18 @@ def test_folder_gives_a_map_per_scene_and_a_footprint_index(
 def test_a_map_without_its_sidecars_is_predicted_again(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     single_maps: dict[str, bytes],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / 'maps'
-    assert predict('--in', scenes, '--out', out, '--model', checkpoint,
+    assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint,
                    '--quiet') == 0  # fmt: skip
     # A map is complete with its sidecars only: class names for GDAL and QGIS.
     os.remove(out / 'crop0.qml')
     os.remove(out / 'crop2.tif.aux.xml')
     kept = (out / 'crop1.tif').stat().st_mtime_ns
-    assert predict('--in', scenes, '--out', out, '--model', checkpoint) == 0
+    assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint) == 0
     assert '2 predicted, 1 skipped, 0 failed' in capsys.readouterr().out
     assert (out / 'crop1.tif').stat().st_mtime_ns == kept
     assert sorted(os.listdir(out)) == sorted(
@@ -178,11 +164,11 @@ def test_a_map_without_its_sidecars_is_predicted_again(
 
 
 def test_files_and_globs_and_a_folder_path(
-    tmp_path: Path, scenes: Path, checkpoint: Path
+    tmp_path: Path, scenes: Path, fcn_checkpoint: Path
 ) -> None:
     out = tmp_path / 'new' / 'maps'
     status = predict('--in', scenes / 'crop0.tif', f'{scenes}/sub/*.tif',
-                     '--out', out, '--model', checkpoint, '--quiet')  # fmt: skip
+                     '--out', out, '--model', fcn_checkpoint, '--quiet')  # fmt: skip
     assert status == 0
     assert sorted(os.listdir(out)) == sorted(
         [*_with_sidecars('crop0.tif', 'crop2.tif'), 'footprints.gpkg']
@@ -190,7 +176,7 @@ def test_files_and_globs_and_a_folder_path(
     # One scene into a path ending in '/' is a folder too.
     one = tmp_path / 'one'
     assert predict('--in', scenes / 'crop1.tif', '--out', f'{one}/',
-                   '--model', checkpoint, '--quiet') == 0  # fmt: skip
+                   '--model', fcn_checkpoint, '--quiet') == 0  # fmt: skip
     assert sorted(os.listdir(one)) == sorted(
         [*_with_sidecars('crop1.tif'), 'footprints.gpkg']
     )
@@ -199,14 +185,14 @@ def test_files_and_globs_and_a_folder_path(
 def test_a_failed_scene_is_reported_and_the_others_go_on(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = tmp_path / 'scenes'
     shutil.copytree(scenes, folder)
     (folder / 'broken.tif').write_text('not a raster')
     out = tmp_path / 'maps'
-    assert predict('--in', folder, '--out', out, '--model', checkpoint) == 2
+    assert predict('--in', folder, '--out', out, '--model', fcn_checkpoint) == 2
     captured = capsys.readouterr()
     errors = captured.err.splitlines()
     assert errors[0].startswith(f'glcgeo: {folder / "broken.tif"}: not a readable')
@@ -221,7 +207,7 @@ def test_a_failed_scene_is_reported_and_the_others_go_on(
     assert 'not a readable raster' in failed['error'].iloc[0]
     # Fixed, the rerun predicts it and skips the others.
     shutil.copy(folder / 'crop0.tif', folder / 'broken.tif')
-    assert predict('--in', folder, '--out', out, '--model', checkpoint) == 0
+    assert predict('--in', folder, '--out', out, '--model', fcn_checkpoint) == 0
     assert '1 predicted, 3 skipped, 0 failed' in capsys.readouterr().out
 
 
@@ -240,7 +226,7 @@ def _threads_end(prefix: str) -> None:
 def test_each_map_is_published_while_the_next_scene_is_predicted(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     single_maps: dict[str, bytes],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -264,14 +250,14 @@ def test_each_map_is_published_while_the_next_scene_is_predicted(
 
     monkeypatch.setattr(scenes_module, 'predict_unpublished', predict_scene)
     monkeypatch.setattr(UnpublishedScene, 'publish', publish_scene)
-    model, metadata = load_segmentation_checkpoint(checkpoint)
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoint)
     reported: list[str] = []
     results = predict_scenes(
         model,
         metadata,
         jobs,
         progress=False,
-        provenance=Provenance.of_checkpoint(checkpoint),
+        provenance=Provenance.of_checkpoint(fcn_checkpoint),
         report=lambda result: reported.append(Path(result.job.destination).name),
     )
     assert overlapped == [True, True]
@@ -285,7 +271,7 @@ def test_each_map_is_published_while_the_next_scene_is_predicted(
 def test_a_map_that_cannot_be_published_fails_alone(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     single_maps: dict[str, bytes],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -298,8 +284,8 @@ def test_a_map_that_cannot_be_published_fails_alone(
         finish(writer)
 
     monkeypatch.setattr(CogWriter, 'finish', disk_full_for_crop1)
-    model, metadata = load_segmentation_checkpoint(checkpoint)
-    provenance = Provenance.of_checkpoint(checkpoint)
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoint)
+    provenance = Provenance.of_checkpoint(fcn_checkpoint)
     results = predict_scenes(
         model, metadata, jobs, progress=False, provenance=provenance
     )
@@ -319,7 +305,7 @@ def test_a_map_that_cannot_be_published_fails_alone(
 def test_an_interrupt_leaves_nothing_of_the_map_being_published(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     monkeypatch: pytest.MonkeyPatch,
     moment: str,
 ) -> None:
@@ -350,7 +336,7 @@ def test_an_interrupt_leaves_nothing_of_the_map_being_published(
     monkeypatch.setattr(scenes_module, 'predict_unpublished', predict_scene)
     monkeypatch.setattr(UnpublishedScene, 'publish', publish_later)
     monkeypatch.setattr(CogWriter, 'finish', finish_later)
-    model, metadata = load_segmentation_checkpoint(checkpoint)
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         predict_scenes(model, metadata, jobs, progress=False)
     # Gone at once, without waiting for the conversion...
@@ -364,14 +350,14 @@ def test_an_interrupt_leaves_nothing_of_the_map_being_published(
 def test_scenes_sharing_a_name_or_their_folder_are_refused(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     other = tmp_path / 'other'
     other.mkdir()
     shutil.copy(scenes / 'crop0.tif', other / 'crop0.tif')
     out = tmp_path / 'maps'
-    assert predict('--in', scenes, other, '--out', out, '--model', checkpoint) == 2
+    assert predict('--in', scenes, other, '--out', out, '--model', fcn_checkpoint) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1
     assert f'{scenes / "crop0.tif"} and {other / "crop0.tif"} would both be' in err
@@ -380,23 +366,23 @@ def test_scenes_sharing_a_name_or_their_folder_are_refused(
     copy = tmp_path / 'copy'
     shutil.copytree(scenes, copy)
     assert predict('--in', copy / 'crop0.tif', copy / 'crop1.tif', '--out', copy,
-                   '--model', checkpoint) == 2  # fmt: skip
+                   '--model', fcn_checkpoint) == 2  # fmt: skip
     assert 'output and input must be different files' in capsys.readouterr().err
     assert (copy / 'crop0.tif').read_bytes() == (scenes / 'crop0.tif').read_bytes()
     # Several scenes into one file name.
     assert predict('--in', scenes, '--out', tmp_path / 'map.tif',
-                   '--model', checkpoint) == 2  # fmt: skip
+                   '--model', fcn_checkpoint) == 2  # fmt: skip
     assert '--out must be a folder for several scenes' in capsys.readouterr().err
     assert not (tmp_path / 'map.tif').exists()
 
 
 def test_two_processes_write_the_maps_of_one(
-    tmp_path: Path, scenes: Path, checkpoint: Path, single_maps: dict[str, bytes]
+    tmp_path: Path, scenes: Path, fcn_checkpoint: Path, single_maps: dict[str, bytes]
 ) -> None:
     out = tmp_path / 'maps'
     command = [
         sys.executable, '-m', 'glcgeo', 'predict', '--in', str(scenes),
-        '--out', str(out), '--model', str(checkpoint),
+        '--out', str(out), '--model', str(fcn_checkpoint),
         '--accelerator', 'cpu', '--devices', '2',
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -443,7 +429,7 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
 def test_a_scene_by_url_gives_the_local_map(
     tmp_path: Path,
     http_root: tuple[str, Path],
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -460,10 +446,10 @@ def test_a_scene_by_url_gives_the_local_map(
     monkeypatch.setattr(predict_module, 'read_ahead', recording)
     url, root = http_root
     local, remote = tmp_path / 'local.tif', tmp_path / 'remote.tif'
-    assert predict('--in', root / 's2.tif', '--out', local, '--model', checkpoint,
+    assert predict('--in', root / 's2.tif', '--out', local, '--model', fcn_checkpoint,
                    '--quiet', '--device', 'cpu') == 0  # fmt: skip
     assert not threads
-    assert predict('--in', f'{url}/s2.tif', '--out', remote, '--model', checkpoint,
+    assert predict('--in', f'{url}/s2.tif', '--out', remote, '--model', fcn_checkpoint,
                    '--quiet', '--device', 'cpu') == 0  # fmt: skip
     assert len(threads) == 1
     with rasterio.open(local) as a, rasterio.open(remote) as b:
@@ -472,7 +458,7 @@ def test_a_scene_by_url_gives_the_local_map(
     # Among several scenes, a URL's map is named after the file in its path.
     out = tmp_path / 'maps'
     status = predict('--in', f'{url}/s2.tif?version=2', f'{url}/missing.tif',
-                     '--out', out, '--model', checkpoint)  # fmt: skip
+                     '--out', out, '--model', fcn_checkpoint)  # fmt: skip
     assert status == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f'glcgeo: {url}/missing.tif: cannot open the URL')
@@ -484,12 +470,12 @@ def test_a_scene_by_url_gives_the_local_map(
 def test_an_unreachable_url_is_one_line_naming_it(
     tmp_path: Path,
     http_root: tuple[str, Path],
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = f'{http_root[0]}/nothing/here.tif'
     out = tmp_path / 'map.tif'
-    assert predict('--in', url, '--out', out, '--model', checkpoint) == 2
+    assert predict('--in', url, '--out', out, '--model', fcn_checkpoint) == 2
     err = capsys.readouterr().err
     assert err.startswith(f'glcgeo: {url}: cannot open the URL as a raster (')
     assert err.count('\n') == 1 and '/vsicurl/' not in err
@@ -533,14 +519,14 @@ def test_local_sources_are_local(tmp_path: Path) -> None:
 )
 def test_missing_local_sources_are_named(
     tmp_path: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     capsys: pytest.CaptureFixture[str],
     given: str,
     message: str,
 ) -> None:
     source = tmp_path / given
     assert predict('--in', source, '--out', tmp_path / 'maps',
-                   '--model', checkpoint) == 2  # fmt: skip
+                   '--model', fcn_checkpoint) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith(f'glcgeo: {source}: {message}') and err.count('\n') == 1
     assert os.listdir(tmp_path) == []

@@ -21,7 +21,7 @@ import geopandas as gpd
 import pytest
 import rasterio
 import torch
-from conftest import S2_TILE_A, S2_TILES, fcn_task, save_task_checkpoint
+from conftest import S2_TILE_A, S2_TILES
 from rasterio.windows import Window
 from test_cli_errors import _one_line
 
@@ -49,14 +49,6 @@ FINETUNE = [
 ]  # fmt: skip
 #: Windows (column, row) of tile A cut into small scenes, 180 x 150 pixels.
 CROPS = {'crop0.tif': (0, 0), 'crop1.tif': (300, 200)}
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-band FCN checkpoint with band statistics."""
-    task = fcn_task(4, 6)
-    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
-    return save_task_checkpoint(task, tmp_path_factory.mktemp('model') / 'fcn.ckpt')
 
 
 @pytest.fixture
@@ -145,7 +137,7 @@ def test_a_resume_that_cannot_load_leaves_last_ckpt_and_config_untouched(
 def test_an_output_that_a_live_run_writes_is_refused_in_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     command: str,
 ) -> None:
     name, _, kind = command.partition(' ')
@@ -157,7 +149,7 @@ def test_an_output_that_a_live_run_writes_is_refused_in_one_line(
         'stats': ['--data', S2_TILES, '--out', out],
         'pretrain': ['--data', S2_TILES, '--out', out, *PRETRAIN],
         'finetune': ['--images', S2_TILES, '--out', out, *FINETUNE],
-        'predict': ['--in', S2_TILE_A, '--out', out, '--model', checkpoint],
+        'predict': ['--in', S2_TILE_A, '--out', out, '--model', fcn_checkpoint],
     }[name]
     if folder:
         out.mkdir()
@@ -195,13 +187,13 @@ def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool]) -> None
 def test_a_killed_prediction_leaves_nothing_that_blocks_or_stays(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     folder: bool,
 ) -> None:
     out = f'{tmp_path / "maps"}/' if folder else str(tmp_path / 'map.tif')
     where = Path(out) if folder else tmp_path
     argv = ['predict', '--in', str(S2_TILE_A), '--out', out, '--model',
-            str(checkpoint), '--quiet']  # fmt: skip
+            str(fcn_checkpoint), '--quiet']  # fmt: skip
     # Small tiles: seconds of work, with the map's temporary files open.
     slow = _start([*argv, '--tile-size', '32', '--overlap', '16'], tmp_path)
     try:
@@ -226,11 +218,11 @@ def test_a_killed_prediction_leaves_nothing_that_blocks_or_stays(
 
 
 def test_maps_inside_the_input_folder_are_never_inputs(
-    scenes: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+    scenes: Path, fcn_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     maps = scenes / 'maps'
     argv = ['predict', '--in', str(scenes), '--out', f'{maps}/', '--model',
-            str(checkpoint)]  # fmt: skip
+            str(fcn_checkpoint)]  # fmt: skip
     assert main(argv) == 0
     assert sorted(os.listdir(maps)) == sorted(
         [*_with_sidecars(*CROPS), 'footprints.gpkg']
@@ -275,12 +267,12 @@ LIMIT_REASON = 'cannot write it: file size limit reached'
 
 
 def test_a_file_size_limit_fails_the_scene_that_exceeds_it(
-    tmp_path: Path, scenes: Path, checkpoint: Path
+    tmp_path: Path, scenes: Path, fcn_checkpoint: Path
 ) -> None:
     shutil.copy(S2_TILE_A, scenes / 'large.tif')
     maps = tmp_path / 'maps'
     argv = ['predict', '--in', str(scenes), '--out', f'{maps}/',
-            '--model', str(checkpoint)]  # fmt: skip
+            '--model', str(fcn_checkpoint)]  # fmt: skip
     # The large scene's map is ~150 kB, the small ones' and the index under 100.
     status, lines = _run_limited(argv, 120_000, tmp_path)
     assert status == 2
@@ -295,7 +287,7 @@ def test_a_file_size_limit_fails_the_scene_that_exceeds_it(
     # One scene, one file: one line, nothing left.
     single = tmp_path / 'map.tif'
     argv = ['predict', '--in', str(S2_TILE_A), '--out', str(single),
-            '--model', str(checkpoint)]  # fmt: skip
+            '--model', str(fcn_checkpoint)]  # fmt: skip
     status, lines = _run_limited(argv, 50_000, tmp_path)
     assert status == 2 and len(lines) == 1 and f'{single}: {LIMIT_REASON}' in lines[0]
     assert sorted(os.listdir(tmp_path)) == ['maps', 'scenes']
@@ -320,7 +312,7 @@ def test_a_file_size_limit_is_one_line_naming_the_file(
 def test_a_full_disk_fails_the_scenes_left_without_predicting_them(
     tmp_path: Path,
     scenes: Path,
-    checkpoint: Path,
+    fcn_checkpoint: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shutil.copy(scenes / 'crop0.tif', scenes / 'crop2.tif')
@@ -339,7 +331,7 @@ def test_a_full_disk_fails_the_scenes_left_without_predicting_them(
 
     monkeypatch.setattr(scenes_module, 'predict_unpublished', predict_scene)
     monkeypatch.setattr(CogWriter, 'finish', full)
-    model, metadata = load_segmentation_checkpoint(checkpoint)
+    model, metadata = load_segmentation_checkpoint(fcn_checkpoint)
     results = predict_scenes(model, metadata, jobs, progress=False)
     assert [result.status for result in results] == ['failed'] * 3
     # The first map's failure is known once the second scene is predicted.

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 from range_server import ServedFolder, serve
 from rasterio.windows import Window
-from test_band_files import BANDS, CROPS, four_band_model, split_bands
+from test_band_files import BANDS, CROPS, split_bands
 from test_cli_errors import _one_line
 
 from glcgeo.bands import stack_of
@@ -129,7 +129,7 @@ def _stats(data: str, out: Path, bands: list[str]) -> dict[str, Any]:
 
 
 def test_items_by_url_give_the_statistics_and_maps_of_the_stacked_files(
-    folder: Path, server: ServedFolder, tmp_path: Path
+    folder: Path, server: ServedFolder, tmp_path: Path, fcn_checkpoint: Path
 ) -> None:
     # A local item whose assets are URLs of the server.
     remote = write_json(
@@ -140,8 +140,15 @@ def test_items_by_url_give_the_statistics_and_maps_of_the_stacked_files(
 
     # A saved search by URL, its hrefs relative to it: a map per item, named by
     # the item's id.
-    model = four_band_model(tmp_path)
-    common = ['--model', str(model), '--tile-size', '128', '--overlap', '32', '--quiet']
+    common = [
+        '--model',
+        str(fcn_checkpoint),
+        '--tile-size',
+        '128',
+        '--overlap',
+        '32',
+        '--quiet',
+    ]
     maps = tmp_path / 'maps'
     argv = ['predict', '--in', f'{server.url}/search.json', '--out', str(maps)]
     assert main([*argv, '--bands', 'blue', 'green', 'red', 'nir', *common]) == 0

@@ -174,7 +174,8 @@ def _embed_scene(
     std: list[float] | None,
 ) -> None:
     """Embed one scene in this process (and its preview); say what was written."""
-    from ..inference.embed import embed_raster, write_preview
+    from ..inference.embed import embed_raster
+    from ..inference.pca import write_preview
 
     model, metadata = _load(args, mean, std)
     summary = embed_raster(

@@ -22,7 +22,8 @@ from ..checkpoints import (
 )
 from ..outputs import check_destination
 from .blending import RowBandAccumulator, hann_window, tile_weights
-from .embed import embed_raster, load_embedding_network, write_preview
+from .embed import embed_raster, load_embedding_network
+from .pca import write_preview
 from .predict import (
     PredictionSummary,
     predict_dataset,
