@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -103,7 +103,6 @@ class TiledSet:
         labelled_pixels: labelled pixels of the training area (percentage
             budgets count against it): of the whole training scenes, or of the
             training tiles of a block split when None.
-        scoring: how validation and test tiles were chosen.
     """
 
     name: str
@@ -113,7 +112,6 @@ class TiledSet:
     val: Tiles
     test: Tiles
     labelled_pixels: int | None = None
-    scoring: str = 'every tile of the validation and test blocks'
 
     @property
     def in_channels(self) -> int:
@@ -177,7 +175,11 @@ class TiledSet:
     @classmethod
     def load(cls, path: str) -> 'TiledSet':
         """Tiles saved by :meth:`save`."""
-        return cls(**torch.load(path, weights_only=False))
+        saved = torch.load(path, weights_only=False)
+        # Files saved with fields since dropped (how tiles were scored, which
+        # the results page states from the settings) load as well.
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
 
 
 def read_tiles(name: str, datamodule: SegmentationDataModule) -> TiledSet:
@@ -347,17 +349,11 @@ def read_scenes(
                 train_tiles += scene.tiles
         offset += len(scenes[part])
         parts[part] = Tiles(torch.cat(images), torch.cat(masks))
-    described = ', '.join(
-        f'{scored_tiles[p]} tiles of {tile} px drawn from each {p} scene'
-        for p in ('val', 'test')
-        if p in scored_tiles
-    )
     return TiledSet(
         name=name,
         class_names=class_names,
         train_tiles=train_tiles,
         labelled_pixels=labelled_pixels,
-        scoring=described or 'every tile of the validation and test scenes',
         **parts,
     )
 
