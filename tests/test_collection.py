@@ -259,6 +259,25 @@ def test_pretraining_batches_of_a_collection(two_zones: list[Path]) -> None:
     assert set(views['group'].tolist()) <= {0, 1}
 
 
+def test_pretrain_runs_and_resumes_on_a_collection(
+    two_zones: list[Path], tmp_path: Path
+) -> None:
+    # Before: an AssertionError traceback once training started (the band
+    # metadata the checkpoint keeps was read from a single mosaic only).
+    out = tmp_path / 'run'
+    argv = ['pretrain', '--data', *map(str, two_zones), '--out', str(out),
+            '--backbone', 'resnet18', '--patch-size', '64', '--batch-size', '4',
+            '--quiet']  # fmt: skip
+    assert main([*argv, '--max-steps', '1']) == 0
+    assert main(['pretrain', '--out', str(out), '--resume', '--max-steps', '2',
+                 '--quiet']) == 0  # fmt: skip
+    saved = torch.load(out / 'checkpoints' / 'last.ckpt', weights_only=False)
+    assert saved['global_step'] == 2
+    with rasterio.open(two_zones[0]) as src:
+        dtype = src.dtypes[0]
+    assert saved['hyper_parameters']['band_dtype'] == dtype
+
+
 def test_a_far_zone_is_one_line_naming_the_file_under_a_forced_crs(
     far_zone: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

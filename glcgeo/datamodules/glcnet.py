@@ -155,7 +155,7 @@ class GLCNetDataModule(GeoDataModule):
     def band_metadata(self) -> BandMetadata:
         """The bands and statistics of the views, as checkpoints keep them."""
         assert self.band_stats is not None
-        assert isinstance(self.train_dataset, GeoTiffMosaic)
+        assert isinstance(self.train_dataset, GeoTiffMosaic | GeoTiffCollection)
         return dataclasses.replace(
             self.band_stats.metadata(), band_dtype=self.train_dataset.source_dtype
         )
