@@ -52,6 +52,9 @@ OUTPUTS = (
     'logs',
 )
 
+#: Settings that are paths (relative to the folder of the config holding them).
+PATHS = ('data.images', 'data.masks', 'data.stats', 'model.weights')
+
 
 @dataclass(frozen=True)
 class FinetuneResult:
@@ -316,6 +319,7 @@ def _finetune(
             model,
             'glcgeo.datamodules.SegmentationDataModule',
             data_config,
+            PATHS,
         )
         fit.fit(task, datamodule=datamodule)
         best = selection.best_model_path

@@ -27,6 +27,8 @@ __all__ = ['pretrain']
 
 #: Files and folders :func:`pretrain` writes under its output folder.
 OUTPUTS = ('checkpoints', 'logs', 'stats.json', 'config.yaml', 'index')
+#: Settings that are paths (relative to the folder of the config holding them).
+PATHS = ('data.paths', 'data.stats', 'data.index_cache')
 #: Training steps between two saves of ``last.ckpt``.
 CHECKPOINT_EVERY = 50
 
@@ -235,6 +237,7 @@ def _pretrain(
                 model,
                 'glcgeo.datamodules.GLCNetDataModule',
                 {**data, 'stats': stats_path},
+                PATHS,
             )
 
         callbacks: list[Callback] = [

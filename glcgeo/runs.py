@@ -7,14 +7,10 @@ config (:meth:`RunFolder.write_config`), which ``torchgeo fit --config`` and the
 command's ``--config`` (:func:`load_config`) both read.
 """
 
-import collections.abc
-import difflib
-import inspect
 import os
 import shutil
-import types
-import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from argparse import ArgumentError
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +24,9 @@ from segmentation_models_pytorch.base import SegmentationModel
 
 from .errors import GlcgeoError
 from .outputs import OutputLock, atomic_write, check_output_folder, no_room_reported
+from .sources import is_url
 
-__all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'load_config']
+__all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'read_config']
 
 
 def check_patch_size(task: LightningModule, patch_size: int) -> None:
@@ -95,31 +92,33 @@ class RunTrainer(Trainer):
             return super().test(*args, **kwargs)
 
 
-#: The sections of a config file glcgeo reads (LightningCLI's names).
-CONFIG_SECTIONS = ('seed_everything', 'trainer', 'model', 'data')
+#: The sections of a config (LightningCLI's names).
+SECTIONS = ('seed_everything', 'trainer', 'model', 'data')
 
 
-def load_config(path: str, data_class: type, model_class: type) -> dict[str, Any]:
-    """Read the ``data``, ``model`` and ``trainer`` sections of a LightningCLI YAML.
+def read_config(
+    path: str, classes: Mapping[str, type], paths: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Read a LightningCLI config into plain sections, its paths made usable here.
 
-    Both ``{'init_args': {...}}`` sections (``torchgeo fit`` style) and plain
-    mappings are accepted. Every setting is checked against the arguments of the
-    class it is for (names, and the types a YAML value can have), so a mistake
-    is one line naming the file and the key. The trainer's ``default_root_dir``,
-    ``logger`` and ``callbacks`` are left out: glcgeo writes its own under
-    ``--out``.
+    A section may be ``{'class_path': ..., 'init_args': {...}}`` (``torchgeo
+    fit`` style), ``{'init_args': {...}}`` or the settings themselves. Relative
+    paths in the settings named by *paths* are relative to the config's folder
+    (as :meth:`RunFolder.write_config` stores them): they are resolved against
+    it, so a config runs from any working folder. Names and values of the
+    settings are the parser's to check.
 
     Args:
         path: the YAML file.
-        data_class: the data module the ``data`` section is for.
-        model_class: the task the ``model`` section is for.
+        classes: the class each class section (``model``, ``data``) configures.
+        paths: dotted names of path settings (``data.paths`` ...).
 
     Returns:
-        a mapping with keys ``data``, ``model``, ``trainer`` and ``seed_everything``.
+        the sections, each a mapping of settings (``seed_everything`` a value).
 
     Raises:
-        GlcgeoError: naming the file, if it is missing or not a YAML mapping, or
-            a key is unknown or its value of the wrong type.
+        GlcgeoError: naming the file, if it is missing or not a YAML mapping, a
+            section is not a mapping, or a ``class_path`` names another class.
     """
     try:
         with open(path) as f:
@@ -134,127 +133,79 @@ def load_config(path: str, data_class: type, model_class: type) -> dict[str, Any
         ) from None
     if not isinstance(config, dict):
         raise GlcgeoError('config is not a YAML mapping', path)
-    _check_keys(config, CONFIG_SECTIONS, '', path)
-    seed = config.get('seed_everything')
-    _check_value(seed, int | None, 'seed_everything', path)
-    sections: dict[str, Any] = {'seed_everything': seed}
-    for name, cls in (('data', data_class), ('model', model_class)):
-        section = _section(config, name, path)
-        if 'init_args' in section:
-            _check_keys(section, ('class_path', 'init_args'), f'{name}.', path)
-            section = _section(section, 'init_args', path, f'{name}.')
-        section.pop('class_path', None)
-        _check_arguments(section, cls, f'{name}.', path)
-        sections[name] = section
-    trainer = _section(config, 'trainer', path)
-    # glcgeo's commands write logs and checkpoints under their --out folder: a
-    # config's own places are for `torchgeo fit`.
-    for key in ('default_root_dir', 'logger', 'callbacks'):
-        trainer.pop(key, None)
-    _check_arguments(trainer, Trainer, 'trainer.', path)
-    sections['trainer'] = trainer
-    return sections
+    for name in ('trainer', *classes):
+        section = _mapping(config.get(name) or {}, name, path)
+        if name in classes and {'class_path', 'init_args'} & section.keys():
+            _check_class(section.get('class_path'), classes[name], name, path)
+            section = _mapping(
+                section.get('init_args') or {}, f'{name}.init_args', path
+            )
+        if name in config:
+            config[name] = section
+    folder = os.path.dirname(os.path.abspath(path))
+    return _with_paths(config, paths, lambda p: _resolved(p, folder))
 
 
-def _section(
-    config: Mapping[str, Any], name: str, path: str, prefix: str = ''
-) -> dict[str, Any]:
-    """A section of a config, a mapping (empty if absent)."""
-    section = config.get(name)
-    if section is None:
-        return {}
+def _mapping(section: Any, name: str, path: str) -> dict[str, Any]:
+    """A section of a config, which must be a mapping of settings."""
     if not isinstance(section, dict):
         raise GlcgeoError(
-            f'{prefix}{name} must be a mapping of settings, got '
+            f'{name} must be a mapping of settings, got '
             f'{type(section).__name__} {section!r:.40}',
             path,
         )
     return dict(section)
 
 
-def _check_keys(
-    section: Mapping[str, Any], known: Sequence[str], prefix: str, path: str
-) -> None:
-    """Refuse a key of a config section that is not among *known*."""
-    for key in section:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=3)
-            hint = (
-                f'did you mean {" or ".join(close)}?'
-                if close
-                else f'keys: {", ".join(known)}'
-            )
-            raise GlcgeoError(f'unknown key {prefix}{key} ({hint})', path)
-
-
-def _check_arguments(
-    section: Mapping[str, Any], cls: type, prefix: str, path: str
-) -> None:
-    """Check a config section's settings against the arguments of *cls*."""
-    parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    names = [
-        name
-        for name, parameter in parameters.items()
-        if name != 'self'
-        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-    ]
-    _check_keys(section, names, prefix, path)
-    hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-    for key, value in section.items():
-        _check_value(value, hints.get(key, Any), f'{prefix}{key}', path)
-
-
-def _check_value(value: Any, annotation: Any, key: str, path: str) -> None:
-    """Refuse a setting whose value is not of its argument's type."""
-    if not _matches(value, annotation):
-        name = str(annotation).replace('typing.', '').replace('NoneType', 'None')
-        if isinstance(annotation, type):
-            name = annotation.__name__
+def _check_class(class_path: Any, cls: type, name: str, path: str) -> None:
+    """Refuse a section's ``class_path`` that names another class than *cls*."""
+    expected = f'{cls.__module__.rpartition(".")[0]}.{cls.__name__}'
+    if class_path not in (None, expected, f'{cls.__module__}.{cls.__name__}'):
         raise GlcgeoError(
-            f'{key} must be {name}, got {type(value).__name__} {value!r:.40}', path
+            f'{name}.class_path must be {expected}, got {class_path!r:.60}', path
         )
 
 
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether a YAML value can be an argument of type *annotation*.
+def _with_paths(
+    config: dict[str, Any], paths: Iterable[str], change: Callable[[str], str]
+) -> dict[str, Any]:
+    """*config* with the path settings named by *paths* changed by *change*."""
+    for key in paths:
+        name, _, setting = key.partition('.')
+        section = config.get(name)
+        if not isinstance(section, dict) or setting not in section:
+            continue
+        value = section[setting]
+        if isinstance(value, str):
+            value = change(value)
+        elif isinstance(value, list):
+            value = [change(v) if isinstance(v, str) else v for v in value]
+        config[name] = {**section, setting: value}
+    return config
 
-    YAML gives None, bool, int, float, str, lists and mappings: those are
-    checked (a list stands for a tuple); other classes are the API's to check.
+
+def _resolved(path: str, folder: str) -> str:
+    """A path of a config in *folder*, as the working folder reaches it."""
+    if path.startswith('@'):  # a list of sources (glcgeo.sources.expand)
+        return '@' + _resolved(path[1:], folder)
+    if is_url(path) or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(folder, path))
+
+
+def _stored(path: str, folder: str) -> str:
+    """A path as a config in *folder* keeps it: relative to the folder.
+
+    Absolute paths outside the folder stay absolute, as they were given.
     """
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Any:
-        return True
-    if annotation is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, collections.abc.Sequence, collections.abc.Iterable):
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(
-            _matches(v, a) for v, a in zip(value, args, strict=True)
-        )
-    if origin in (dict, collections.abc.Mapping):
-        return isinstance(value, dict) and all(
-            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()
-        )
-    if annotation in (list, tuple, dict):
-        return isinstance(value, annotation)
-    return True
+    if path.startswith('@'):
+        return '@' + _stored(path[1:], folder)
+    real = os.path.abspath(path)
+    if is_url(path) or (
+        os.path.isabs(path) and not real.startswith(os.path.abspath(folder) + os.sep)
+    ):
+        return path
+    return os.path.relpath(real, folder)
 
 
 @dataclass(frozen=True)
@@ -391,8 +342,13 @@ class RunFolder:
         model: Mapping[str, Any],
         data_class: str,
         data: Mapping[str, Any],
+        paths: Iterable[str] = (),
     ) -> str:
         """Write ``config.yaml``: the run's settings as a LightningCLI config.
+
+        Paths are stored relative to the folder (absolute paths outside it stay
+        absolute), so the config reruns from any working folder
+        (:func:`read_config`) and moves with the folder.
 
         Args:
             seed: the global seed (``seed_everything``).
@@ -401,16 +357,22 @@ class RunFolder:
             model: the task's arguments.
             data_class: import path of the data module.
             data: the data module's arguments.
+            paths: dotted names of the path settings (``data.paths`` ...).
 
         Returns:
             the path of the file.
         """
         path = self.join('config.yaml')
+        config = _with_paths(
+            {'trainer': dict(trainer), 'model': dict(model), 'data': dict(data)},
+            paths,
+            lambda p: _stored(p, self.path),
+        )
         config = {
             'seed_everything': seed,
-            'trainer': dict(trainer),
-            'model': {'class_path': model_class, 'init_args': dict(model)},
-            'data': {'class_path': data_class, 'init_args': dict(data)},
+            'trainer': config['trainer'],
+            'model': {'class_path': model_class, 'init_args': config['model']},
+            'data': {'class_path': data_class, 'init_args': config['data']},
         }
         with atomic_write(path) as temporary, open(temporary, 'w') as f:
             yaml.safe_dump(config, f, sort_keys=False)
@@ -429,7 +391,10 @@ class RunFolder:
         step; a progress bar and a model summary unless *quiet*.
 
         Args:
-            settings: ``Trainer`` arguments; they override the above.
+            settings: ``Trainer`` arguments; they override the above. Its
+                ``callbacks`` and ``logger`` are given as in a config
+                (``class_path`` and ``init_args``): the callbacks are added to
+                the command's, the loggers replace the above (``False``: none).
             callbacks: the command's callbacks (checkpoints).
             quiet: no progress bar nor model summary.
             tensorboard: log to TensorBoard too.
@@ -440,13 +405,6 @@ class RunFolder:
         Raises:
             GlcgeoError: if Lightning refuses a setting (``devices=0`` ...).
         """
-        logs = self.join('logs')
-        loggers: list[Logger] = [CSVLogger(logs, name='csv')]
-        if tensorboard:
-            loggers.append(TensorBoardLogger(logs, name='tensorboard'))
-        callbacks = list(callbacks)
-        if not quiet:
-            callbacks.append(TQDMProgressBar(refresh_rate=1))
         arguments: dict[str, Any] = {
             'log_every_n_steps': 1,
             'enable_progress_bar': not quiet,
@@ -454,6 +412,22 @@ class RunFolder:
             **settings,
         }
         try:
+            given = _instantiate(
+                arguments.pop('callbacks', None), arguments.pop('logger', True)
+            )
+            logs = self.join('logs')
+            loggers = given.logger
+            if loggers is True:
+                loggers = [CSVLogger(logs, name='csv')]
+                if tensorboard:
+                    loggers.append(TensorBoardLogger(logs, name='tensorboard'))
+            extra = given.callbacks or []
+            callbacks = [
+                *callbacks,
+                *([extra] if isinstance(extra, Callback) else extra),
+            ]
+            if not quiet:
+                callbacks.append(TQDMProgressBar(refresh_rate=1))
             return RunTrainer(
                 default_root_dir=self.path,
                 logger=loggers,
@@ -462,3 +436,25 @@ class RunFolder:
             )
         except (MisconfigurationException, TypeError, ValueError) as error:
             raise GlcgeoError(f'bad trainer setting: {error}') from None
+
+
+def _instantiate(callbacks: Any, logger: Any) -> Any:
+    """Lightning callbacks and loggers from their config form (``class_path`` ...).
+
+    Returns:
+        a namespace with ``callbacks`` (a list, or None) and ``logger`` (a
+        logger, a list of them, or a bool).
+
+    Raises:
+        ValueError: if a class or argument does not exist (jsonargparse's words).
+    """
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument('--callbacks', type=list[Callback] | Callback | None)
+    parser.add_argument('--logger', type=list[Logger] | Logger | bool | None)
+    try:
+        config = parser.parse_object({'callbacks': callbacks, 'logger': logger})
+    except ArgumentError as error:
+        raise ValueError(str(error).splitlines()[0]) from None
+    return parser.instantiate_classes(config)

@@ -222,23 +222,32 @@ def torchgeo_fit(tmp_path: Path) -> TorchGeoFit:
     """Run TorchGeo's own command on a config, in a subprocess, as a user would.
 
     The callable takes the config file, the ``data.init_args`` and the ``trainer``
-    values to replace; it checks that the run succeeds and writes a checkpoint
-    under ``tmp_path``.
+    values to replace; it runs in the config's folder, and checks that the run
+    succeeds and writes a checkpoint under ``tmp_path``.
     """
 
     def run(config_file: str, data: dict[str, Any], trainer: dict[str, Any]) -> None:
         with open(config_file) as f:
             config = yaml.safe_load(f)
         config['data']['init_args'].update(data)
+        # Lightning's implicit default logger ends the process with stray
+        # 'Error in sys.excepthook' lines: name one.
+        logger = {
+            'class_path': 'lightning.pytorch.loggers.CSVLogger',
+            'init_args': {'save_dir': str(tmp_path / 'logs'), 'name': 'csv'},
+        }
         config['trainer'].update(
-            default_root_dir=str(tmp_path), enable_progress_bar=False, **trainer
+            default_root_dir=str(tmp_path),
+            enable_progress_bar=False,
+            logger=[logger],
+            **trainer,
         )
-        for logger in config['trainer'].get('logger') or []:
-            logger['init_args']['save_dir'] = str(tmp_path / 'logs')
         path = tmp_path / 'config.yaml'
         path.write_text(yaml.safe_dump(config))
         result = subprocess.run(
             [sys.executable, '-m', 'torchgeo', 'fit', '--config', str(path)],
+            # TorchGeo reads the config's relative paths from the working folder.
+            cwd=Path(config_file).parent,
             capture_output=True,
             text=True,
             timeout=600,
@@ -246,8 +255,6 @@ def torchgeo_fit(tmp_path: Path) -> TorchGeoFit:
         assert result.returncode == 0, result.stderr[-3000:]
         assert list(tmp_path.glob('**/*.ckpt'))
         assert list(tmp_path.glob('logs/csv/*/metrics.csv'))
-        # Lightning's implicit default logger ends the process with stray
-        # 'Error in sys.excepthook' lines: the configs name their loggers.
         assert 'Error in sys.excepthook' not in result.stderr
 
     return run

@@ -30,9 +30,10 @@ from test_cli_errors import LABELS, _one_line, _save_segmentation_checkpoint
 from glcgeo.cli import main
 from glcgeo.errors import GlcgeoError
 from glcgeo.gdal_paths import GDAL_HTTP_LIMITS, gdal_options
-from glcgeo.runs import load_config
+from glcgeo.runs import read_config
 from glcgeo.sources import expand
 from glcgeo.stats import BandStats
+from glcgeo.tasks import GLCNetTask
 
 PREDICT = ['--tile-size', '64', '--overlap', '16', '--quiet']
 
@@ -413,19 +414,29 @@ def test_a_config_with_a_bad_key_or_value_is_one_line_naming_it(
     assert os.listdir(tmp_path) == ['config.yaml']
 
 
-def test_shipped_configs_pass_the_checks() -> None:
-    configs = Path(__file__).parent.parent / 'experiments' / 'configs'
-    for path in sorted(configs.glob('*.yaml')):
-        config = yaml.safe_load(path.read_text())
-        data_class, model_class = (
-            getattr(importlib.import_module(module), name)
-            for module, _, name in (
-                config[section]['class_path'].rpartition('.')
-                for section in ('data', 'model')
-            )
+@pytest.mark.parametrize(
+    'name', sorted(p.name for p in (Path(__file__).parent.parent / 'experiments'
+                                    / 'configs').glob('*.yaml'))
+)  # fmt: skip
+def test_shipped_configs_pass_the_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    path = Path(__file__).parent.parent / 'experiments' / 'configs' / name
+    config = yaml.safe_load(path.read_text())
+    data_class, model_class = (
+        getattr(importlib.import_module(module), name)
+        for module, _, name in (
+            config[section]['class_path'].rpartition('.')
+            for section in ('data', 'model')
         )
-        sections = load_config(str(path), data_class, model_class)
-        assert sections['data'] == config['data']['init_args'], path
+    )
+    command = 'pretrain' if model_class is GLCNetTask else 'finetune'
+    argv = [command, '--config', str(path), '--out', str(tmp_path), '--print_config']
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)['data']['init_args']
+    paths = ('data.paths', 'data.images', 'data.masks')
+    sections = read_config(str(path), {'data': data_class, 'model': model_class}, paths)
+    assert printed.items() >= sections['data'].items(), path
 
 
 # Sizes that settings derive, checked before they are allocated.

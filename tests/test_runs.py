@@ -9,36 +9,59 @@ import yaml
 
 from glcgeo.datamodules import GLCNetDataModule
 from glcgeo.errors import GlcgeoError
-from glcgeo.runs import RunFolder, load_config
+from glcgeo.runs import RunFolder, read_config
 from glcgeo.tasks import GLCNetTask
 
 OUTPUTS = ('model.ckpt', 'config.yaml', 'checkpoints', 'logs')
 
 
-def test_config_is_a_lightning_cli_config_that_load_config_reads(
-    tmp_path: Path,
+def test_config_is_a_lightning_cli_config_with_paths_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = RunFolder(str(tmp_path), OUTPUTS)
+    monkeypatch.chdir(tmp_path)
+    run = RunFolder('runs/a', OUTPUTS)
+    os.makedirs(run.path)
+    elsewhere = str(tmp_path / 'stats.json')
     path = run.write_config(
         3,
         {'max_steps': 5},
         'glcgeo.tasks.GLCNetTask',
         {'backbone': 'resnet18'},
         'glcgeo.datamodules.GLCNetDataModule',
-        {'paths': ['tiles/'], 'overlap': [0.3, 1.0]},
+        {
+            'paths': ['tiles/', 'https://host/a.tif', '@list.txt'],
+            'stats': elsewhere,
+            'index_cache': 'runs/a/index',
+            'overlap': [0.3, 1.0],
+        },
+        ('data.paths', 'data.stats', 'data.index_cache'),
     )
-    assert os.listdir(tmp_path) == ['config.yaml']
+    assert os.listdir(run.path) == ['config.yaml']
     with open(path) as f:
         config = yaml.safe_load(f)
     for section in ('model', 'data'):
         module, _, name = config[section]['class_path'].rpartition('.')
         assert getattr(importlib.import_module(module), name)
-    assert load_config(path, GLCNetDataModule, GLCNetTask) == {
-        'data': {'paths': ['tiles/'], 'overlap': [0.3, 1.0]},
-        'model': {'backbone': 'resnet18'},
-        'trainer': {'max_steps': 5},
-        'seed_everything': 3,
+    # Paths relative to the config's folder; absolute ones outside it stay so.
+    assert config['data']['init_args'] == {
+        'paths': ['../../tiles', 'https://host/a.tif', '@../../list.txt'],
+        'stats': elsewhere,
+        'index_cache': 'index',
+        'overlap': [0.3, 1.0],
     }
+    # Read from anywhere, they are the same files.
+    monkeypatch.chdir(run.path)
+    classes = {'model': GLCNetTask, 'data': GLCNetDataModule}
+    sections = read_config('config.yaml', classes, ('data.paths', 'data.index_cache'))
+    assert sections['data']['paths'] == [
+        str(tmp_path / 'tiles'),
+        'https://host/a.tif',
+        f'@{tmp_path / "list.txt"}',
+    ]
+    assert sections['data']['index_cache'] == str(tmp_path / 'runs' / 'a' / 'index')
+    assert sections['model'] == {'backbone': 'resnet18'}
+    assert sections['trainer'] == {'max_steps': 5}
+    assert sections['seed_everything'] == 3
 
 
 def test_shipped_configs_name_classes_that_exist() -> None:

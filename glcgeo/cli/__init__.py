@@ -23,97 +23,11 @@ from typing import Any
 from .. import __version__
 from ..errors import GlcgeoError
 from ..outputs import remove_unwound_files
-from .types import ArgumentParser, at_least, positive
+from .flags import ArgumentParser
+from .training import check_settings
 
 #: importlib's frame of an import statement at work.
 _IMPORT_FRAME = ('<frozen importlib._bootstrap>', '_find_and_load')
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show an option's default only when it says something.
-
-    Options whose default is None (worked out later, e.g. from a checkpoint or a
-    config) or False (a switch) describe their default in their own help text.
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-#: Lightning Trainer options shared by the training commands -> Trainer arguments.
-TRAINER_FLAGS = {
-    'epochs': 'max_epochs',
-    'max_steps': 'max_steps',
-    'devices': 'devices',
-    'accelerator': 'accelerator',
-    'strategy': 'strategy',
-    'num_nodes': 'num_nodes',
-    'precision': 'precision',
-}
-
-
-def add_trainer_options(parser: argparse.ArgumentParser, epochs: int) -> None:
-    """Add the Lightning Trainer options of :data:`TRAINER_FLAGS` to a command.
-
-    Args:
-        parser: the sub-command's parser.
-        epochs: the command's default number of epochs, for the help text.
-    """
-    add = parser.add_argument
-    add('--epochs', type=positive(int), help=f'epochs [{epochs}]')
-    add('--max-steps', type=positive(int), help='stop after this many steps')
-    add('--devices', help='devices per node: 1, 2 ... or auto [auto]')
-    add('--accelerator', help='cpu, gpu or auto [auto]')
-    add('--strategy', help='Lightning strategy [ddp over several devices]')
-    add('--num-nodes', type=at_least(1), help='nodes for multi-node DDP [1]')
-    add('--precision', help='e.g. 32, bf16-mixed, 16-mixed [32]')
-
-
-def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The options the user gave among *flags*, renamed for the API.
-
-    Args:
-        args: the parsed command line.
-        flags: option attribute -> API argument name.
-
-    Returns:
-        the given options (not None) by API name; ``devices`` as an int when it
-        is a number (Lightning reads the string '2' as a device list).
-    """
-    values = {flags[k]: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    if 'devices' in values and str(values['devices']).isdigit():
-        values['devices'] = int(values['devices'])
-    return values
-
-
-def config_sections(
-    config: dict[str, Any],
-    args: argparse.Namespace,
-    data_flags: dict[str, str],
-    model_flags: dict[str, str],
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The data, model and trainer arguments of a config, the flags overriding it.
-
-    Args:
-        config: sections of a config file (``glcgeo.runs.load_config``), or {}.
-        args: the parsed command line.
-        data_flags: data option attribute -> data module argument.
-        model_flags: model option attribute -> task argument.
-
-    Returns:
-        (data, model, trainer) keyword arguments.
-    """
-    data, model, trainer = (
-        {**config.get(section, {}), **flag_overrides(args, flags)}
-        for section, flags in (
-            ('data', data_flags),
-            ('model', model_flags),
-            ('trainer', TRAINER_FLAGS),
-        )
-    )
-    return data, model, trainer
 
 
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
@@ -310,8 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     """Parse the command line and run the command (see :func:`main`)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        # Config keys given as flags (--trainer.max_steps) are left for the
+        # training commands' own parser.
+        args, extras = parser.parse_known_args(argv)
+        if getattr(args, 'training', None) is None and extras:
+            parser.error(f'unrecognized arguments: {" ".join(extras)}')
+        check_settings(parser, extras)
     except SystemExit as exit:  # --help, --version, or a bad flag (one line)
         return int(exit.code or 0)
     # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
@@ -324,7 +244,10 @@ def _run(argv: Sequence[str] | None) -> int:
         # sets its own loggers' level when it loads.
         logging.disable(logging.WARNING)
     try:
-        args.func(args)
+        if getattr(args, 'training', None) is None:
+            args.func(args)
+        else:
+            args.func(args, extras)
     except GlcgeoError as error:
         print(f'glcgeo: {error}', file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@
 import argparse
 from typing import Any
 
+from .flags import add
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``glcgeo export``.
@@ -26,9 +28,7 @@ def add_parser(subparsers: Any) -> None:
         help='pretraining checkpoint, e.g. RUN/checkpoints/last.ckpt',
     )
     parser.add_argument('--out', required=True, help='weights file to write (.ckpt)')
-    parser.add_argument(
-        '--overwrite', action='store_true', help='replace --out if it exists'
-    )
+    add(parser, '--overwrite', help='replace --out if it exists')
     parser.set_defaults(func=run)
 
 

@@ -1,64 +1,113 @@
 """``glcgeo finetune``: segmentation with few labels, from pretrained weights."""
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
-from ..errors import GlcgeoError
-from . import HelpFormatter, add_trainer_options, config_sections
-from .types import at_least, crs, fraction, positive
+from .flags import add, at_least, colour, fraction, positive
+from .training import (
+    OUT,
+    TRAINER_ALIASES,
+    Training,
+    add_arguments,
+    alias,
+    parse_settings,
+)
 
-#: Flags that set SegmentationDataModule arguments, as (flag destination, argument).
-DATA_FLAGS = {
-    'images': 'images',
-    'masks': 'masks',
-    'bands': 'bands',
-    'crs': 'crs',
-    'res': 'res',
-    'nodata': 'nodata',
-    'mask_nodata': 'mask_nodata',
-    'class_values': 'class_values',
-    'class_names': 'class_names',
-    'ignore_index': 'ignore_index',
-    'patch_size': 'patch_size',
-    'block_size': 'block_size',
-    'split': 'split',
-    'split_seed': 'split_seed',
-    'min_labelled': 'min_labelled',
-    'label_fraction': 'label_fraction',
-    'num_label_patches': 'num_label_patches',
-    'seed': 'seed',
-    'batch_size': 'batch_size',
-    'eval_batch_size': 'eval_batch_size',
-    'length': 'length',
-    'stats': 'stats',
-    'augment': 'augment',
-    'num_workers': 'num_workers',
-}
-#: Flags that set FinetuneTask arguments.
-MODEL_FLAGS = {
-    'weights': 'weights',
-    'transfer': 'transfer',
-    'model': 'model',
-    'backbone': 'backbone',
-    'class_colors': 'class_colors',
-    'loss': 'loss',
-    'lr': 'lr',
-    'lr_decay': 'lr_decay',
-    'freeze_backbone': 'freeze_backbone',
-    'freeze_decoder': 'freeze_decoder',
-}
-#: Flags that set Lightning Trainer arguments.
+#: Budgets of labelled tiles: one kind replaces the other.
+BUDGETS = ('data.label_fraction', 'data.num_label_patches')
 
+# fmt: off
+#: The short flags of fine-tuning settings.
+ALIASES = (
+    alias('--images', 'data.images', "image GeoTIFF files, folders or globs; a file "
+          "per band ('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items "
+          '(.json)', nargs='+', metavar='SOURCE'),
+    alias('--masks', 'data.masks', 'class mask GeoTIFF files, folders or globs',
+          nargs='+', metavar='SOURCE'),
+    OUT,
+    alias('--weights', 'model.weights', 'start checkpoint: glcgeo export, GLCNet '
+          'pretraining (RUN/checkpoints/last.ckpt), fine-tuned model.ckpt, SimCLR '
+          'or MoCo [random]', metavar='CKPT'),
+    alias('--transfer', 'model.transfer', 'pretrained parts to load [encoder]',
+          choices=('encoder', 'encoder+decoder')),
+    alias('--model', 'model.model', 'smp architecture [deeplabv3+]'),
+    alias('--backbone', 'model.backbone', 'smp encoder [resnet50]'),
+    alias('--bands', 'data.bands'),
+    alias('--crs', 'data.crs', "CRS to work in [the images' own; images in several "
+          'CRSs need one]'),
+    alias('--res', 'data.res', "pixel size in CRS units [the first image's]"),
+    alias('--nodata', 'data.nodata', "image nodata overriding the files' own"),
+    alias('--mask-nodata', 'data.mask_nodata', "mask nodata overriding the files' "
+          'own', type=float),
+    alias('--class-values', 'data.class_values', 'raw mask value of each class, in '
+          'class order [all values found]', type=int, nargs='+'),
+    alias('--class-names', 'data.class_names', 'one name per class [the raw values]',
+          nargs='+'),
+    alias('--class-colors', 'model.class_colors', 'one colour per class, for maps '
+          '[a palette]', type=colour, nargs='+', metavar='R,G,B'),
+    alias('--ignore-index', 'data.ignore_index', 'class id of ignored pixels [255]',
+          type=at_least(0)),
+    alias('--patch-size', 'data.patch_size', 'tile side in pixels [256]',
+          type=positive(int)),
+    alias('--block-size', 'data.block_size', 'side of a split block, in tiles [4]',
+          type=positive(int)),
+    alias('--split', 'data.split', 'shares of blocks per split [0.6 0.2 0.2]',
+          type=fraction(low_open=True, high_open=True), nargs=3,
+          metavar=('TRAIN', 'VAL', 'TEST')),
+    alias('--split-seed', 'data.split_seed', 'seed of the block deal [0]',
+          type=at_least(0)),
+    alias('--min-labelled', 'data.min_labelled', 'least labelled share of a tile '
+          '[0.5]', type=fraction(low_open=False, high_open=False)),
+    alias('--label-fraction', BUDGETS[0], 'share of training tiles labelled [1.0]',
+          BUDGETS[1:], type=fraction(low_open=True, high_open=False), group='budget'),
+    alias('--num-label-patches', BUDGETS[1], 'number of labelled training tiles',
+          BUDGETS[:1], type=positive(int), group='budget'),
+    alias('--seed', ('seed_everything', 'data.seed'), 'seed of the label draw and '
+          'of training [0]'),
+    alias('--batch-size', 'data.batch_size', 'training tiles per batch [16]'),
+    alias('--eval-batch-size', 'data.eval_batch_size', 'validation/test tiles per '
+          'batch [64]', type=positive(int)),
+    alias('--length', 'data.length', 'training tiles per epoch [labelled tiles]',
+          type=positive(int)),
+    alias('--stats', 'data.stats', "band statistics JSON [the start weights', or "
+          'computed]'),
+    alias('--no-augment', 'data.augment', 'no random flips and rotations',
+          action='store_false'),
+    alias('--num-workers', 'data.num_workers', 'data loader workers [0]'),
+    alias('--loss', 'model.loss', 'loss [ce]', choices=('ce', 'jaccard', 'focal',
+                                                        'dice')),
+    alias('--lr', 'model.lr', 'Adam learning rate [1e-4]', type=positive()),
+    alias('--lr-decay', 'model.lr_decay', 'learning rate factor per epoch [0.98]',
+          type=fraction(low_open=True, high_open=False)),
+    alias('--freeze-backbone', 'model.freeze_backbone', 'train decoder and head',
+          action='store_true'),
+    alias('--freeze-decoder', 'model.freeze_decoder', 'train head',
+          action='store_true'),
+    alias('--epochs', 'trainer.max_epochs', 'epochs [150, or as many as --max-steps '
+          'takes]', type=positive(int)),
+    *TRAINER_ALIASES,
+)
+# fmt: on
 
-def _colour(text: str) -> list[int]:
-    """Parse an ``r,g,b`` colour (0-255 each)."""
-    try:
-        colour = [int(part) for part in text.split(',')]
-    except ValueError:
-        colour = []
-    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
-        raise argparse.ArgumentTypeError(f'not an r,g,b colour (0-255): {text!r}')
-    return colour
+#: Fine-tuning: what it trains, its short flags, what it needs.
+FINETUNE = Training(
+    name='finetune',
+    api='glcgeo.finetune',
+    model='glcgeo.tasks.FinetuneTask',
+    data='glcgeo.datamodules.SegmentationDataModule',
+    aliases=ALIASES,
+    required={
+        'data.images': 'no images: give --images FILES or a config with data.images',
+        'data.masks': 'no masks: give --masks FILES or a config with data.masks',
+    },
+    derived=(
+        'model.in_channels',
+        'model.num_classes',
+        'model.class_names',
+        'model.ignore_index',
+    ),
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -81,154 +130,33 @@ def add_parser(subparsers: Any) -> None:
             'glcgeo predict), with metrics.json, split.geojson, config.yaml, '
             'checkpoints/ and logs/. Flags override --config.'
         ),
-        formatter_class=HelpFormatter,
     )
-    # Defaults of None mean "not given": the config file or the API default holds.
-    add = parser.add_argument
-    add(
-        '--images',
-        nargs='+',
-        help='image GeoTIFF files, folders or glob patterns; a file per band '
-        "('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items (.json)",
-    )
-    add('--masks', nargs='+', help='class mask GeoTIFF files, folders or globs')
-    add('--out', required=True, help='output folder')
-    add('--config', help='LightningCLI YAML (trainer/model/data sections)')
-    add('--overwrite', action='store_true', help='replace an earlier run in OUT')
-    add(
-        '--weights',
-        help='start checkpoint: glcgeo export, GLCNet pretraining (RUN/checkpoints/'
-        'last.ckpt), fine-tuned model.ckpt, SimCLR or MoCo [random]',
-    )
-    add(
-        '--transfer',
-        choices=('encoder', 'encoder+decoder'),
-        help='pretrained parts to load [encoder]',
-    )
-    add('--model', help='smp architecture [deeplabv3+]')
-    add('--backbone', help='smp encoder [resnet50]')
-    add('--bands', nargs='+', help='1-based image bands or names [all]')
-    add(
-        '--crs',
-        type=crs,
-        help="CRS to work in [the images' own; images in several CRSs need one]",
-    )
-    add('--res', type=positive(), help="pixel size in CRS units [the first image's]")
-    add('--nodata', type=float, help="image nodata overriding the files' own")
-    add('--mask-nodata', type=float, help="mask nodata overriding the files' own")
-    add(
-        '--class-values',
-        type=int,
-        nargs='+',
-        help='raw mask value of each class, in class order [all values found]',
-    )
-    add('--class-names', nargs='+', help='one name per class [the raw values]')
-    add(
-        '--class-colors',
-        type=_colour,
-        nargs='+',
-        metavar='R,G,B',
-        help='one colour per class, for maps [a default palette]',
-    )
-    add('--ignore-index', type=at_least(0), help='class id of ignored pixels [255]')
-    add('--patch-size', type=positive(int), help='tile side in pixels [256]')
-    add('--block-size', type=positive(int), help='side of a split block, in tiles [4]')
-    add(
-        '--split',
-        type=fraction(low_open=True, high_open=True),
-        nargs=3,
-        metavar=('TRAIN', 'VAL', 'TEST'),
-        help='shares of blocks per split [0.6 0.2 0.2]',
-    )
-    add('--split-seed', type=at_least(0), help='seed of the block deal [0]')
-    add(
-        '--min-labelled',
-        type=fraction(low_open=False, high_open=False),
-        help='least labelled share of a tile [0.5]',
-    )
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument(
-        '--label-fraction',
-        type=fraction(low_open=True, high_open=False),
-        help='share of training tiles labelled [1.0]',
-    )
-    budget.add_argument(
-        '--num-label-patches',
-        type=positive(int),
-        help='number of labelled training tiles',
-    )
-    add('--seed', type=at_least(0), help='seed of the label draw and of training [0]')
-    add('--batch-size', type=positive(int), help='training tiles per batch [16]')
-    add(
-        '--eval-batch-size',
-        type=positive(int),
-        help='validation/test tiles per batch [64]',
-    )
-    add(
-        '--length', type=positive(int), help='training tiles per epoch [labelled tiles]'
-    )
-    add('--stats', help="band statistics JSON [the start weights', or computed]")
-    add(
-        '--no-augment',
-        dest='augment',
-        action='store_false',
-        default=None,
-        help='no random flips and rotations',
-    )
-    add('--num-workers', type=at_least(0), help='data loader workers [0]')
-    add('--loss', choices=('ce', 'jaccard', 'focal', 'dice'), help='loss [ce]')
-    add('--lr', type=positive(), help='Adam learning rate [1e-4]')
-    add(
-        '--lr-decay',
-        type=fraction(low_open=True, high_open=False),
-        help='learning rate factor per epoch [0.98]',
-    )
-    add('--freeze-backbone', action='store_true', default=None, help='train decoder')
-    add('--freeze-decoder', action='store_true', default=None, help='train head')
-    add_trainer_options(parser, epochs=150)
-    add('--quiet', action='store_true', help='no progress bar nor summary')
+    add(parser, '--overwrite', help='replace an earlier run in OUT')
+    add_arguments(parser, FINETUNE)
+    add(parser, '--quiet')
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, extras: Sequence[str]) -> None:
     """Run ``glcgeo finetune``.
 
     Args:
         args: the parsed command line.
-
-    Raises:
-        GlcgeoError: when images or masks are missing.
+        extras: config keys given as flags.
     """
-    from ..datamodules import SegmentationDataModule
+    settings = parse_settings(args, extras)
+    if settings is None:
+        return
     from ..finetune import finetune
-    from ..runs import load_config
-    from ..tasks import FinetuneTask
 
-    config = (
-        load_config(args.config, SegmentationDataModule, FinetuneTask)
-        if args.config
-        else {}
-    )
-    data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
-    # A budget on the command line replaces the config's, whichever kind it is.
-    for given, other in (
-        ('label_fraction', 'num_label_patches'),
-        ('num_label_patches', 'label_fraction'),
-    ):
-        if getattr(args, given) is not None:
-            data.pop(other, None)
-    for key in ('images', 'masks'):
-        if key not in data:
-            raise GlcgeoError(
-                f'no {key}: give --{key} FILES or a config with data.{key}'
-            )
-    seed = int(config.get('seed_everything') or data.get('seed') or 0)
+    out, seed = settings.trainer.pop('default_root_dir'), settings.seed_everything
     result = finetune(
-        data,
-        model,
-        trainer,
-        args.out,
-        seed=seed,
+        settings.data,
+        settings.model,
+        settings.trainer,
+        out,
+        # The label draw's seed seeds training too, unless a seed is given.
+        seed=settings.data.get('seed') or 0 if seed is None else seed,
         quiet=args.quiet,
         overwrite=args.overwrite,
     )

@@ -19,7 +19,7 @@ from .scenes import (
     scene_inputs,
     several_processes,
 )
-from .vectorize import add_polygon_options
+from .flags import add as add_shared
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
         metavar='GPKG',
         help='also write the class polygons here (one scene; see glcgeo vectorize)',
     )
-    add_polygon_options(parser)
+    add_shared(parser, '--min-area')
     add(
         '--class-names',
         metavar='NAME',

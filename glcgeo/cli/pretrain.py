@@ -1,43 +1,75 @@
 """``glcgeo pretrain``: GLCNet pretraining on an unlabeled mosaic."""
 
 import argparse
-import os
+from collections.abc import Sequence
 from typing import Any
 
-from ..errors import GlcgeoError
 from ..models import ABLATIONS
-from . import HelpFormatter, add_trainer_options, config_sections
-from .types import OrderedPair, at_least, crs, fraction, positive
+from .flags import SOURCES, OrderedPair, add, at_least, fraction, positive
+from .training import (
+    OUT,
+    TRAINER_ALIASES,
+    Training,
+    add_arguments,
+    alias,
+    parse_settings,
+)
 
-#: Flags that set GLCNetDataModule arguments, as (flag destination, argument).
-DATA_FLAGS = {
-    'data': 'paths',
-    'bands': 'bands',
-    'crs': 'crs',
-    'res': 'res',
-    'nodata': 'nodata',
-    'batch_size': 'batch_size',
-    'patch_size': 'patch_size',
-    'length': 'length',
-    'overlap': 'overlap',
-    'scale': 'scale',
-    'regions': 'regions',
-    'max_nodata': 'max_nodata',
-    'spectral_augmentation': 'spectral_augmentation',
-    'stats': 'stats',
-    'num_workers': 'num_workers',
-}
-#: Flags that set GLCNetTask arguments.
-MODEL_FLAGS = {
-    'backbone': 'backbone',
-    'ablation': 'ablation',
-    'matching': 'matching',
-    'decoupled': 'decoupled',
-    'lam': 'lam',
-    'temperature': 'temperature',
-    'lr': 'lr',
-}
-#: Flags that set Lightning Trainer arguments.
+# fmt: off
+#: The short flags of pretraining settings.
+ALIASES = (
+    alias('--data', 'data.paths', SOURCES, nargs='+', metavar='SOURCE'),
+    OUT,
+    *(alias(flag, f'data.{flag[2:]}') for flag in ('--bands', '--crs', '--res',
+                                                   '--nodata', '--stats')),
+    alias('--patch-size', 'data.patch_size', 'view size in pixels [224]',
+          type=positive(int)),
+    alias('--batch-size', 'data.batch_size', 'pairs per batch per process [32]'),
+    alias('--length', 'data.length', 'pairs per epoch [1000]', type=positive(int)),
+    alias('--overlap', 'data.overlap', 'fraction of each view covered by the other '
+          '[0.3 1.0]', type=fraction(low_open=True, high_open=False), nargs=2,
+          action=OrderedPair, metavar=('MIN', 'MAX')),
+    alias('--scale', 'data.scale', 'scale of each view relative to the mosaic '
+          'pixels [0.7 1.15]', type=positive(), nargs=2, action=OrderedPair,
+          metavar=('MIN', 'MAX')),
+    alias('--regions', 'data.regions', 'matched regions per pair [4]',
+          type=at_least(0)),
+    alias('--max-nodata', 'data.max_nodata', 'largest nodata fraction of a view '
+          '[0.1]', type=fraction(low_open=False, high_open=True)),
+    alias('--no-spectral-augmentation', 'data.spectral_augmentation', "leave out "
+          "GLCNet's per-band jitter and band-to-all view (keeps flips, rotations, "
+          'blur, salt): better features on multispectral land cover in our '
+          'experiments', action='store_false'),
+    alias('--num-workers', 'data.num_workers', 'data loader workers [2]'),
+    alias('--backbone', 'model.backbone', 'smp encoder [resnet50]'),
+    alias('--ablation', 'model.ablation', 'GLCNet variant [full]', choices=ABLATIONS),
+    alias('--matching', 'model.matching', 'local matching [ground]',
+          choices=('ground', 'centre')),
+    alias('--decoupled', 'model.decoupled', 'decoupled NT-Xent (positive out of the '
+          'denominator)', action='store_true'),
+    alias('--lam', 'model.lam', 'weight of the global loss [0.5]',
+          type=fraction(low_open=False, high_open=False)),
+    alias('--temperature', 'model.temperature', 'NT-Xent temperature [0.5]',
+          type=positive()),
+    alias('--lr', 'model.lr', 'Adam learning rate per process [1e-3]',
+          type=positive()),
+    alias('--epochs', 'trainer.max_epochs', 'epochs [1, or as many as --max-steps '
+          'takes]', type=positive(int)),
+    *TRAINER_ALIASES,
+    alias('--seed', 'seed_everything'),
+)
+# fmt: on
+
+#: GLCNet pretraining: what it trains, its short flags, what it needs.
+PRETRAIN = Training(
+    name='pretrain',
+    api='glcgeo.pretrain',
+    model='glcgeo.tasks.GLCNetTask',
+    data='glcgeo.datamodules.GLCNetDataModule',
+    aliases=ALIASES,
+    required={'data.paths': 'no input: give --data FILES or a config with data.paths'},
+    derived=('model.in_channels', 'model.region_size'),
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -55,127 +87,39 @@ def add_parser(subparsers: Any) -> None:
             'Writes checkpoints/, logs/ (CSV and TensorBoard), stats.json and '
             'config.yaml under --out. Flags override --config.'
         ),
-        formatter_class=HelpFormatter,
     )
-    # Defaults of None mean "not given": the config file or the API default holds.
-    add = parser.add_argument
-    add(
-        '--data',
-        nargs='+',
-        help='GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, '
-        '/vsi...), folder URLs ending in /, or @list.txt of them; a file per band '
-        "('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items (.json)",
-    )
-    add('--out', required=True, help='output folder')
-    add('--config', help='LightningCLI YAML (trainer/model/data sections)')
-    add(
+    parser.add_argument(
         '--resume',
         action='store_true',
         help='continue from OUT/checkpoints/last.ckpt with the settings of '
         'OUT/config.yaml (flags override them)',
     )
-    add('--bands', nargs='+', help='1-based band indexes or names (default: all)')
-    add(
-        '--crs',
-        type=crs,
-        help='CRS to reproject every file to (default: each file read in its own)',
-    )
-    add(
-        '--res',
-        type=positive(),
-        help="pixel size in CRS units, on one grid (default: each file's own)",
-    )
-    add('--nodata', type=float, help="nodata value overriding the files' own")
-    add('--patch-size', type=positive(int), help='view size in pixels [224]')
-    add('--batch-size', type=positive(int), help='pairs per batch per process [32]')
-    add('--length', type=positive(int), help='pairs per epoch [1000]')
-    add(
-        '--overlap',
-        type=fraction(low_open=True, high_open=False),
-        nargs=2,
-        action=OrderedPair,
-        metavar=('MIN', 'MAX'),
-        help='fraction of each view covered by the other [0.3 1.0]',
-    )
-    add(
-        '--scale',
-        type=positive(),
-        nargs=2,
-        action=OrderedPair,
-        metavar=('MIN', 'MAX'),
-        help='scale of each view relative to the mosaic pixels [0.7 1.15]',
-    )
-    add('--regions', type=at_least(0), help='matched regions per pair [4]')
-    add(
-        '--max-nodata',
-        type=fraction(low_open=False, high_open=True),
-        help='largest nodata fraction of a view [0.1]',
-    )
-    add(
-        '--no-spectral-augmentation',
-        dest='spectral_augmentation',
-        action='store_false',
-        default=None,
-        help="leave out GLCNet's per-band jitter and band-to-all view (keeps "
-        'flips, rotations, blur, salt): better features on multispectral land '
-        'cover in our experiments',
-    )
-    add('--stats', help='band statistics JSON (default: computed from the mosaic)')
-    add('--num-workers', type=at_least(0), help='data loader workers [2]')
-    add('--backbone', help='smp encoder [resnet50]')
-    add('--ablation', choices=ABLATIONS, help='GLCNet variant [full]')
-    add('--matching', choices=('ground', 'centre'), help='local matching [ground]')
-    add(
-        '--decoupled',
-        action='store_true',
-        default=None,
-        help='decoupled NT-Xent (positive out of the denominator)',
-    )
-    add(
-        '--lam',
-        type=fraction(low_open=False, high_open=False),
-        help='weight of the global loss [0.5]',
-    )
-    add('--temperature', type=positive(), help='NT-Xent temperature [0.5]')
-    add('--lr', type=positive(), help='Adam learning rate per process [1e-3]')
-    add_trainer_options(parser, epochs=1)
-    add('--seed', type=at_least(0), default=None, help='random seed [0]')
-    add('--quiet', action='store_true', help='no progress bar')
+    add_arguments(parser, PRETRAIN)
+    add(parser, '--quiet')
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, extras: Sequence[str]) -> None:
     """Run ``glcgeo pretrain``.
 
     Args:
         args: the parsed command line.
-
-    Raises:
-        GlcgeoError: when no data is given, or nothing is there to resume.
+        extras: config keys given as flags.
     """
-    from ..datamodules import GLCNetDataModule
+    settings = parse_settings(args, extras)
+    if settings is None:
+        return
     from ..pretrain import pretrain
-    from ..runs import load_config
-    from ..tasks import GLCNetTask
 
-    config_file = args.config
-    if config_file is None and args.resume:
-        # A resumed run keeps the settings it started with (flags still override).
-        saved = os.path.join(args.out, 'config.yaml')
-        config_file = saved if os.path.exists(saved) else None
-    config = (
-        load_config(config_file, GLCNetDataModule, GLCNetTask) if config_file else {}
-    )
-    data, model, trainer = config_sections(config, args, DATA_FLAGS, MODEL_FLAGS)
-    if 'paths' not in data and args.resume:
-        raise GlcgeoError('nothing to resume in this folder (no config.yaml)', args.out)
-    if 'paths' not in data:
-        raise GlcgeoError('no input: give --data FILES or a config with data.paths')
-    seed = (
-        args.seed if args.seed is not None else int(config.get('seed_everything') or 0)
-    )
+    out = settings.trainer.pop('default_root_dir')
     last = pretrain(
-        data, model, trainer, args.out, resume=args.resume, seed=seed, quiet=args.quiet
+        settings.data,
+        settings.model,
+        settings.trainer,
+        out,
+        resume=args.resume,
+        seed=settings.seed_everything or 0,
+        quiet=args.quiet,
     )
     if not args.quiet:
         print(f'glcgeo: pretraining checkpoint written to {last}')

@@ -138,24 +138,26 @@ def scene_inputs(args: argparse.Namespace) -> list[str]:
 
     Indexes are the files' bands; band names choose the bands of band stacks
     ({band} patterns, STAC items), which hold them in that order, so the
-    network reads bands 1..n of each stack.
+    network reads bands 1..n of each stack; in other files they are band
+    descriptions.
 
     Returns:
         the sources, one per scene.
 
     Raises:
-        GlcgeoError: for band names and a source that is no band stack.
+        GlcgeoError: for band names and both band stacks and other files.
     """
     sources = expand(args.source, args.bands)
     if args.bands is not None and not all(isinstance(b, int) for b in args.bands):
-        for source in sources:
-            if stack_of(source) is None:
-                raise GlcgeoError(
-                    'band names (--bands) choose the bands of {band} patterns and '
-                    "STAC items; give this file's bands as 1-based indexes",
-                    source,
-                )
-        args.bands = list(range(1, len(args.bands) + 1))
+        # Names are the bands of band stacks, or else the files' band descriptions.
+        stacks = [stack_of(source) is not None for source in sources]
+        if any(stacks) and not all(stacks):
+            raise GlcgeoError(
+                'band names (--bands) name the bands of {band} patterns and STAC '
+                "items, or files' band descriptions: give inputs of one kind"
+            )
+        if all(stacks):
+            args.bands = list(range(1, len(args.bands) + 1))
     return sources
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..bands import band_files
 from ..outputs import OutputLock, check_destination
 from ..sources import expand
-from . import HelpFormatter
+from .flags import HelpFormatter
 from .types import at_least, crs, positive
 
 if TYPE_CHECKING:

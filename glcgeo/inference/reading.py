@@ -134,8 +134,22 @@ def pad_to_stride(image: Tensor) -> Tensor:
 def input_bands(
     src: rasterio.DatasetReader, metadata: ModelMetadata, path: str
 ) -> list[int]:
-    """Choose the 1-based bands to read, checked against the file and the model."""
-    bands = list(metadata.bands or range(1, src.count + 1))
+    """Choose the 1-based bands to read, checked against the file and the model.
+
+    Bands given by name (``predict --bands B4 B3``) are the file's band
+    descriptions.
+    """
+    names = list(src.descriptions)
+    bands = [
+        names.index(band) + 1 if band in names else band
+        for band in metadata.bands or range(1, src.count + 1)
+    ]
+    unknown = [band for band in bands if isinstance(band, str)]
+    if unknown:
+        raise GlcgeoError(
+            f'no band named {unknown[0]!r} (bands: {", ".join(map(str, names))})',
+            path,
+        )
     # Bands given are as many as the model takes (CheckpointMetadata checks).
     check_band_count(
         'the input has',
