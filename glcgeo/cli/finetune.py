@@ -84,8 +84,7 @@ ALIASES = (
           action='store_true'),
     alias('--freeze-decoder', 'model.freeze_decoder', 'train head',
           action='store_true'),
-    alias('--epochs', 'trainer.max_epochs', 'epochs [150, or as many as --max-steps '
-          'takes]', type=positive(int)),
+    alias('--epochs', 'trainer.max_epochs', 'epochs [150]', type=positive(int)),
     *TRAINER_ALIASES,
 )
 # fmt: on

@@ -55,76 +55,40 @@ def _number(kind: type, text: str) -> float:
 
 
 def finite(text: str) -> float:
-    """A type for finite numbers (NaN and infinities refused).
-
-    Returns:
-        the number.
-    """
+    """A type for finite numbers (NaN and infinities refused)."""
     return _number(float, text)
 
 
-def at_least(minimum: float, kind: type = int) -> ArgumentType:
-    """A type for numbers >= *minimum*.
-
-    Args:
-        minimum: the smallest value accepted.
-        kind: int or float.
-
-    Returns:
-        the type, for ``add_argument(type=...)``.
-    """
+def _checked(kind: type, accept: Callable[[float], bool], rule: str) -> ArgumentType:
+    """A type for numbers of *kind* that *accept* takes; *rule* says which."""
 
     def parse(text: str) -> float:
         value = _number(kind, text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f'must be >= {minimum}, got {text}')
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f'{rule}, got {text}')
         return value
 
     return parse
+
+
+def at_least(minimum: float, kind: type = int) -> ArgumentType:
+    """A type for numbers >= *minimum*, of *kind* (int or float)."""
+    return _checked(kind, lambda value: value >= minimum, f'must be >= {minimum}')
 
 
 def positive(kind: type = float) -> ArgumentType:
-    """A type for numbers > 0.
-
-    Args:
-        kind: int or float.
-
-    Returns:
-        the type, for ``add_argument(type=...)``.
-    """
-
-    def parse(text: str) -> float:
-        value = _number(kind, text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
-        return value
-
-    return parse
+    """A type for numbers > 0, of *kind* (int or float)."""
+    return _checked(kind, lambda value: value > 0, 'must be > 0')
 
 
 def fraction(low_open: bool, high_open: bool) -> ArgumentType:
-    """A type for fractions between 0 and 1.
-
-    Args:
-        low_open: whether 0 is refused.
-        high_open: whether 1 is refused.
-
-    Returns:
-        the type, for ``add_argument(type=...)``.
-    """
+    """A type for fractions in [0, 1]; 0 refused if *low_open*, 1 if *high_open*."""
     interval = f'{"(" if low_open else "["}0, 1{")" if high_open else "]"}'
-
-    def parse(text: str) -> float:
-        value = _number(float, text)
-        low = value > 0 if low_open else value >= 0
-        high = value < 1 if high_open else value <= 1
-        if not (low and high):
-            raise argparse.ArgumentTypeError(
-                f'must be a fraction in {interval}, got {text}'
-            )
-        return value
-
-    return parse
+    return _checked(
+        float,
+        lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
+        f'must be a fraction in {interval}',
+    )
 
 
 def crs(text: str) -> str:
