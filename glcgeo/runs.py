@@ -185,12 +185,16 @@ def _with_paths(
 
 
 def _resolved(path: str, folder: str) -> str:
-    """A path of a config in *folder*, as the working folder reaches it."""
+    """A path of a config in *folder*, as the working folder reaches it.
+
+    A relative path stays relative (to the working folder), so that the run's
+    own config stores it relative again.
+    """
     if path.startswith('@'):  # a list of sources (glcgeo.sources.expand)
         return '@' + _resolved(path[1:], folder)
     if is_url(path) or os.path.isabs(path):
         return path
-    return os.path.normpath(os.path.join(folder, path))
+    return os.path.relpath(os.path.join(folder, path))
 
 
 def _stored(path: str, folder: str) -> str:

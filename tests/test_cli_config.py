@@ -142,6 +142,11 @@ def test_print_config_prints_a_config_that_gives_the_same_settings(
     assert config['model']['init_args']['lr'] == 0.01
     assert config['data']['init_args']['batch_size'] > 0  # defaults shown
     assert not (tmp_path / 'run').exists()
+    (tmp_path / 'partial').mkdir()
+    # A config prints without the settings a run needs (--out, the data).
+    partial = _config(tmp_path / 'partial', {'model': {'lr': 0.5}})
+    assert main([command, '--config', partial, '--print_config']) == 0
+    assert yaml.safe_load(capsys.readouterr().out)['model']['init_args']['lr'] == 0.5
     # The printed config, rerun, gives what the flags give.
     _run(command, *argv)
     _run(command, '--config', _config(tmp_path, config))
@@ -214,6 +219,8 @@ def test_a_saved_config_reruns_from_another_folder(
     moved = shutil.copytree(saved_run.parent.parent, tmp_path / 'moved', symlinks=True)
     assert main(['pretrain', '--out', str(moved / 'runs' / 'a'), '--resume',
                  '--max-steps', '2', '--quiet']) == 0  # fmt: skip
+    resumed = yaml.safe_load((moved / 'runs' / 'a' / 'config.yaml').read_text())
+    assert resumed['data']['init_args']['paths'] == ['../../tiles']
 
 
 def test_a_saved_config_runs_under_torchgeo_fit(

@@ -49,16 +49,15 @@ def test_config_is_a_lightning_cli_config_with_paths_relative_to_it(
         'index_cache': 'index',
         'overlap': [0.3, 1.0],
     }
-    # Read from anywhere, they are the same files.
-    monkeypatch.chdir(run.path)
+    # Read from another folder, they are the same files.
+    monkeypatch.chdir(tmp_path / 'runs')
     classes = {'model': GLCNetTask, 'data': GLCNetDataModule}
-    sections = read_config('config.yaml', classes, ('data.paths', 'data.index_cache'))
-    assert sections['data']['paths'] == [
-        str(tmp_path / 'tiles'),
-        'https://host/a.tif',
-        f'@{tmp_path / "list.txt"}',
-    ]
-    assert sections['data']['index_cache'] == str(tmp_path / 'runs' / 'a' / 'index')
+    paths = ('data.paths', 'data.index_cache')
+    sections = read_config('a/config.yaml', classes, paths)
+    # Relative paths stay relative, to the working folder.
+    assert sections['data']['paths'] == ['../tiles', 'https://host/a.tif',
+                                         '@../list.txt']  # fmt: skip
+    assert sections['data']['index_cache'] == 'a/index'
     assert sections['model'] == {'backbone': 'resnet18'}
     assert sections['trainer'] == {'max_steps': 5}
     assert sections['seed_everything'] == 3

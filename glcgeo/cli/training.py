@@ -206,12 +206,16 @@ def parse_settings(args: argparse.Namespace, extras: Sequence[str]) -> Settings 
     )
     # torchgeo fit's spelling of the class sections' keys.
     extras = [re.sub(r'^--(model|data)\.init_args\.', r'--\1.', a) for a in extras]
+    source = _Source(command, classes, None, extras)
     given = _parsed(
-        lambda: parser.parse_args(extras, namespace=given, defaults=False),
-        _Source(command, classes, None, extras),
+        lambda: parser.parse_args(
+            extras, namespace=given, defaults=False, _skip_validation=True
+        ),
+        source,
     )
+    _parsed(lambda: parser.validate(given, skip_required=True), source)
     for key, message in {**command.required, **OUT_REQUIRED}.items():
-        if given.get(key) is None:
+        if given.get(key) is None and not args.print_config:
             raise GlcgeoError(message)
     if args.print_config:
         print(_config_text(parser, given, command, classes), end='')
@@ -300,7 +304,7 @@ def _parsed(parse: Any, source: _Source) -> Any:
     """Run a jsonargparse parse; its error as one line naming the source."""
     try:
         return parse()
-    except argparse.ArgumentError as error:
+    except (argparse.ArgumentError, TypeError) as error:  # TypeError: validate's
         raise GlcgeoError(_problem(str(error), source), source.path) from None
 
 
