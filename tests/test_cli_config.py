@@ -8,9 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+import rasterio
 import yaml
-from conftest import S2_TILES, TorchGeoFit
+from conftest import LANDSAT8, S2_TILES, TorchGeoFit, fcn_task, save_task_checkpoint
 from test_cli_errors import LABELS, PRETRAIN, _one_line
 
 import glcgeo.finetune
@@ -229,3 +231,27 @@ def test_a_saved_config_runs_under_torchgeo_fit(
     torchgeo_fit(
         str(saved_run / 'config.yaml'), {}, {'max_steps': 1, 'log_every_n_steps': 1}
     )
+
+
+def test_predict_takes_band_names_as_every_command_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: predict --bands took indexes only; stats, pretrain, finetune names too.
+    task = fcn_task(4, 3)
+    task.hparams.update({'band_mean': [1000.0] * 4, 'band_std': [500.0] * 4})
+    model = str(save_task_checkpoint(task, tmp_path / 'fcn.ckpt'))
+    maps = {}
+    for kind, bands in (
+        ('indexes', ['4', '5', '6', '7']),
+        ('names', ['B4', 'B5', 'B6', 'B7']),
+    ):
+        out = tmp_path / f'{kind}.tif'
+        argv = ['predict', '--in', str(LANDSAT8), '--out', str(out), '--model', model,
+                '--bands', *bands, '--quiet']  # fmt: skip
+        assert main(argv) == 0
+        with rasterio.open(out) as src:
+            maps[kind] = src.read()
+    assert np.array_equal(maps['indexes'], maps['names'])
+    argv = ['predict', '--in', str(LANDSAT8), '--out', str(tmp_path / 'x.tif'),
+            '--model', model, '--bands', 'B4', 'B5', 'B6', 'B9']  # fmt: skip
+    _one_line(capsys, main(argv), f"{LANDSAT8}: no band named 'B9' (bands: B1, B2")
