@@ -4,7 +4,8 @@ A run keeps everything under one output folder (``--out``), a :class:`RunFolder`
 Lightning's ``checkpoints/`` and ``logs/`` (CSV and TensorBoard), the command's
 own files, and ``config.yaml``, the run's resolved settings as a LightningCLI
 config (:meth:`RunFolder.write_config`), which ``torchgeo fit --config`` and the
-command's ``--config`` (:func:`load_config`) both read.
+command's ``--config`` (:func:`read_config`) both read. Paths in a config are
+relative to its folder.
 """
 
 import os
@@ -90,10 +91,6 @@ class RunTrainer(Trainer):
         """Lightning's ``test``; Ctrl-C raises KeyboardInterrupt."""
         with self._interrupts():
             return super().test(*args, **kwargs)
-
-
-#: The sections of a config (LightningCLI's names).
-SECTIONS = ('seed_everything', 'trainer', 'model', 'data')
 
 
 def read_config(
