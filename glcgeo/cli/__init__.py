@@ -23,8 +23,8 @@ from typing import Any
 from .. import __version__
 from ..errors import GlcgeoError
 from ..outputs import remove_unwound_files
-from .flags import ArgumentParser
 from .training import check_settings
+from .types import ArgumentParser
 
 #: importlib's frame of an import statement at work.
 _IMPORT_FRAME = ('<frozen importlib._bootstrap>', '_find_and_load')
@@ -226,12 +226,8 @@ def _run(argv: Sequence[str] | None) -> int:
     """Parse the command line and run the command (see :func:`main`)."""
     parser = build_parser()
     try:
-        # Config keys given as flags (--trainer.max_steps) are left for the
-        # training commands' own parser.
         args, extras = parser.parse_known_args(argv)
-        if getattr(args, 'training', None) is None and extras:
-            parser.error(f'unrecognized arguments: {" ".join(extras)}')
-        check_settings(parser, extras)
+        args.settings = check_settings(parser, args, extras)
     except SystemExit as exit:  # --help, --version, or a bad flag (one line)
         return int(exit.code or 0)
     # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
@@ -244,10 +240,7 @@ def _run(argv: Sequence[str] | None) -> int:
         # sets its own loggers' level when it loads.
         logging.disable(logging.WARNING)
     try:
-        if getattr(args, 'training', None) is None:
-            args.func(args)
-        else:
-            args.func(args, extras)
+        args.func(args)
     except GlcgeoError as error:
         print(f'glcgeo: {error}', file=sys.stderr)
         return 2

@@ -3,8 +3,6 @@
 import argparse
 from typing import Any
 
-from .flags import add
-
 
 def add_parser(subparsers: Any) -> None:
     """Register ``glcgeo export``.
@@ -28,7 +26,9 @@ def add_parser(subparsers: Any) -> None:
         help='pretraining checkpoint, e.g. RUN/checkpoints/last.ckpt',
     )
     parser.add_argument('--out', required=True, help='weights file to write (.ckpt)')
-    add(parser, '--overwrite', help='replace --out if it exists')
+    parser.add_argument(
+        '--overwrite', action='store_true', help='replace --out if it exists'
+    )
     parser.set_defaults(func=run)
 
 

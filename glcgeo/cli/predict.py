@@ -19,7 +19,7 @@ from .scenes import (
     scene_inputs,
     several_processes,
 )
-from .flags import add as add_shared
+from .vectorize import add_polygon_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
         metavar='GPKG',
         help='also write the class polygons here (one scene; see glcgeo vectorize)',
     )
-    add_shared(parser, '--min-area')
+    add_polygon_options(parser)
     add(
         '--class-names',
         metavar='NAME',

@@ -18,7 +18,7 @@ from ..errors import GlcgeoError
 from ..gdal_paths import RASTER_SUFFIXES, is_url
 from ..outputs import OutputLock
 from ..sources import expand
-from .types import at_least, band, finite, positive
+from .types import at_least, band, devices, finite, positive
 
 if TYPE_CHECKING:
     from ..inference.scenes import SceneResult
@@ -125,6 +125,7 @@ def add_scene_options(parser: argparse.ArgumentParser, what: str) -> None:
     add(
         '--devices',
         metavar='N',
+        type=devices,
         help='several processes (Lightning DDP): devices per node, or auto; scenes '
         'are dealt to processes, each made whole by one',
     )
@@ -296,10 +297,9 @@ def run_over_scenes(
 
     rank, world_size, device = 0, 1, args.device
     if several_processes(args):
-        devices = args.devices or 'auto'
         fabric = start_processes(
             accelerator=args.accelerator or 'auto',
-            devices=int(devices) if devices.isdigit() else devices,
+            devices=args.devices or 'auto',
             num_nodes=args.num_nodes or 1,
         )
         rank, world_size, device = fabric.global_rank, fabric.world_size, fabric.device

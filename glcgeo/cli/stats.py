@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..bands import band_files
 from ..outputs import OutputLock, check_destination
 from ..sources import expand
-from .flags import HelpFormatter
-from .types import at_least, crs, positive
+from .types import SOURCES, HelpFormatter, at_least, crs, positive
 
 if TYPE_CHECKING:
     from ..stats import BandStats
@@ -31,14 +30,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
-    add(
-        '--data',
-        nargs='+',
-        required=True,
-        help='GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, '
-        '/vsi...), folder URLs ending in /, or @list.txt of them; a file per band '
-        "('S2/*_{band}.tif' with --bands B02 B03 ...), STAC items (.json)",
-    )
+    add('--data', nargs='+', required=True, metavar='SOURCE', help=SOURCES)
     add('--out', required=True, help='statistics JSON to write')
     add(
         '--bands',

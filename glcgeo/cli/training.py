@@ -3,120 +3,50 @@
 Every setting of a run is a key of its LightningCLI config (``seed_everything``,
 ``trainer``, ``model``, ``data``) and every key is a flag: ``--trainer.max_steps
 100``, ``--model.lam 0.3`` (or ``--model.init_args.lam``, as ``torchgeo fit``
-spells it). jsonargparse, LightningCLI's parser, reads the ``--config`` file, then
-the flags, and checks each name and value against the class it configures; flags
+spells it). jsonargparse, LightningCLI's parser, reads the ``--config`` file,
+then the flags, and checks each name and value against the class it sets; flags
 beat the file wherever they stand. The short flags people use most
-(``--max-steps``) are aliases of keys, read by argparse and checked as they are
-parsed, so that ``--help`` answers without importing Lightning. jsonargparse's
-errors become one line naming the file or the flag, and the key.
+(``--max-steps``) are aliases of keys (their ``dest``), read by argparse and
+checked as they are parsed, so that ``--help`` answers without importing
+Lightning.
 """
 
 import argparse
 import difflib
-import importlib
-import inspect
 import os
 import re
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GlcgeoError
-from .flags import SHARED, HelpFormatter, positive
+from .types import HelpFormatter, devices, positive
 
-#: The sections of a LightningCLI config.
-SECTIONS = ('seed_everything', 'trainer', 'model', 'data')
 #: A flag that sets a config key: ``--trainer.max_steps``, ``--data.bands=[1]``.
 SETTING = re.compile(r'--(seed_everything|(trainer|model|data)\.[\w.]+)\+?(=|$)')
 
 
-@dataclass(frozen=True)
-class Alias:
-    """A short flag for config keys (``--max-steps`` for ``trainer.max_steps``).
+def alias(parser: Any, flag: str, key: str, help: str, **options: Any) -> None:
+    """Add a short flag for a config key (``--max-steps`` for ``trainer.max_steps``).
 
-    Attributes:
+    Args:
+        parser: the command's parser, or a group of it.
         flag: the flag.
-        keys: the keys it sets to its value.
-        options: its ``add_argument`` options; ``group`` names a group of
-            mutually exclusive flags.
-        clears: keys it sets to None (a label budget replaces the other kind).
+        key: the config key it sets.
+        help: what it sets, for ``--help`` (the key is added).
+        **options: ``add_argument`` options.
     """
-
-    flag: str
-    keys: tuple[str, ...]
-    options: Mapping[str, Any]
-    clears: tuple[str, ...] = ()
-
-
-def alias(
-    flag: str,
-    keys: str | tuple[str, ...],
-    help: str | None = None,
-    clears: tuple[str, ...] = (),
-    **options: Any,
-) -> Alias:
-    """An :class:`Alias`, with the options of :data:`~glcgeo.cli.flags.SHARED`'s flag.
-
-    Returns:
-        the alias.
-    """
-    keys = (keys,) if isinstance(keys, str) else keys
-    help = help or SHARED.get(flag, {}).get('help', '')
-    options = {**SHARED.get(flag, {}), **options, 'help': f'{help} ({", ".join(keys)})'}
-    return Alias(flag, keys, options, clears)
+    if not {'action', 'choices'} & options.keys():
+        options.setdefault('metavar', flag[2:].upper().replace('-', '_'))
+    parser.add_argument(flag, dest=key, default=argparse.SUPPRESS,
+                        help=f'{help} ({key})', **options)  # fmt: skip
 
 
-#: The run's folder, which both commands take.
-OUT = alias('--out', 'trainer.default_root_dir', 'output folder', metavar='FOLDER')
-OUT_REQUIRED = {
-    'trainer.default_root_dir': 'no output folder: give --out FOLDER or a config '
-    'with trainer.default_root_dir'
-}
-#: Trainer settings that both commands take as short flags.
-TRAINER_ALIASES = (
-    alias('--max-steps', 'trainer.max_steps', 'stop after this many steps',
-          type=positive(int)),
-    alias('--devices', 'trainer.devices'),
-    alias('--accelerator', 'trainer.accelerator'),
-    alias('--strategy', 'trainer.strategy', 'Lightning strategy [ddp over several '
-          'devices]'),
-    alias('--num-nodes', 'trainer.num_nodes'),
-    alias('--precision', 'trainer.precision', 'e.g. 32, bf16-mixed, 16-mixed [32]'),
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Training:
-    """A training command: the classes it configures and its short flags.
-
-    Attributes:
-        name: the sub-command.
-        api: the module of the function it calls, whose ``PATHS`` names its
-            path settings.
-        model: import path of the task.
-        data: import path of the data module.
-        aliases: its short flags.
-        required: what to say when a key that must be given is not.
-        derived: model keys the run works out from the data when not given
-            (left out of ``--print_config``).
-    """
-
-    name: str
-    api: str
-    model: str
-    data: str
-    aliases: Sequence[Alias]
-    required: Mapping[str, str]
-    derived: Sequence[str] = ()
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: Training) -> None:
-    """Add ``--config``, ``--print_config`` and the aliases to a command's parser.
+def add_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """Add what both training commands take: the config, the run, the trainer.
 
     Args:
         parser: the command's parser.
-        command: the command.
+        epochs: the command's default number of epochs, for the help.
     """
     parser.formatter_class = HelpFormatter
     add = parser.add_argument
@@ -125,54 +55,68 @@ def add_arguments(parser: argparse.ArgumentParser, command: Training) -> None:
     add('--print_config', action='store_true', help='print the settings as a config '
         'and exit; every key of it is also a flag: --trainer.KEY, --model.KEY, '
         '--data.KEY, --seed_everything')  # fmt: skip
-    groups: dict[str, Any] = {}
-    for short in command.aliases:
-        options = dict(short.options)
-        where: Any = parser
-        if 'group' in options:
-            where = (
-                groups.get(options['group']) or parser.add_mutually_exclusive_group()
-            )
-            groups[options.pop('group')] = where
-        if 'action' not in options:
-            options.setdefault('metavar', short.flag[2:].upper().replace('-', '_'))
-        where.add_argument(short.flag, dest=short.flag, default=argparse.SUPPRESS,
-                           **options)  # fmt: skip
-    parser.set_defaults(training=command)
+    alias(parser, '--out', 'trainer.default_root_dir', 'output folder')
+    alias(parser, '--epochs', 'trainer.max_epochs', f'epochs [{epochs}]',
+          type=positive(int))  # fmt: skip
+    alias(parser, '--max-steps', 'trainer.max_steps', 'stop after this many steps',
+          type=positive(int))  # fmt: skip
+    alias(parser, '--devices', 'trainer.devices', 'devices per node (processes): a '
+          'number, a list or auto [auto]', type=devices)  # fmt: skip
+    alias(parser, '--accelerator', 'trainer.accelerator', 'cpu, gpu or auto [auto]')
+    alias(parser, '--strategy', 'trainer.strategy', 'Lightning strategy [ddp over '
+          'several devices]')  # fmt: skip
+    alias(
+        parser, '--num-nodes', 'trainer.num_nodes', 'machines [1]', type=positive(int)
+    )
+    alias(parser, '--precision', 'trainer.precision', 'e.g. 32, bf16-mixed, 16-mixed '
+          '[32]')  # fmt: skip
+    add('--quiet', action='store_true', help='no progress bar, summary, '
+        'information line nor warning')  # fmt: skip
 
 
-def check_settings(parser: argparse.ArgumentParser, extras: Sequence[str]) -> None:
-    """Refuse the flags argparse left that are no config keys (one line).
+def check_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: Sequence[str]
+) -> list[str]:
+    """Refuse what argparse left of the command line but config keys (one line).
 
     Args:
         parser: the ``glcgeo`` parser.
-        extras: what argparse left of the command line.
-    """
-    unknown = [a for a in extras if a.startswith('-') and not SETTING.match(a)]
-    if [a for a in unknown if not re.fullmatch(r'-[\d.e+-]+', a)]:  # -1 is a value
-        parser.error(f'unrecognized arguments: {" ".join(unknown)}')
-
-
-@dataclass
-class Settings:
-    """A run's settings given by the config and the flags, by section."""
-
-    seed_everything: int | None
-    trainer: dict[str, Any]
-    model: dict[str, Any]
-    data: dict[str, Any]
-
-
-def parse_settings(args: argparse.Namespace, extras: Sequence[str]) -> Settings | None:
-    """The settings of a training command: its config file, then its flags.
-
-    Args:
-        args: the command line as argparse read it: ``training`` names the
-            command, the aliases given are attributes named by their flag.
-        extras: config keys given as flags (``--trainer.max_steps 3``).
+        args: the parsed command line.
+        extras: what argparse left of it.
 
     Returns:
-        the settings given (the API fills in the rest), or None when
+        the config keys given as flags, with their values, for a training
+        command (one with ``--print_config``).
+    """
+    unknown = extras
+    if hasattr(args, 'print_config'):  # -1 is a value
+        unknown = [a for a in extras if a.startswith('-') and not SETTING.match(a)
+                   and not re.fullmatch(r'-[\d.e+-]+', a)]  # fmt: skip
+    if unknown:
+        parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+    return list(extras)
+
+
+def parse_settings(
+    args: argparse.Namespace,
+    classes: Mapping[str, type],
+    paths: Sequence[str],
+    required: Mapping[str, str],
+    derived: Sequence[str] = (),
+) -> dict[str, Any] | None:
+    """The settings of a training run: its config file, then its flags.
+
+    Args:
+        args: the command line as argparse read it: short flags by their key,
+            ``settings`` the keys given as flags (``--trainer.max_steps 3``).
+        classes: the class of the ``model`` and of the ``data`` section.
+        paths: keys of path settings (relative to a config's folder).
+        required: keys that must be given, and what to say when one is not.
+        derived: model keys the run works out from the data when not given
+            (left out of ``--print_config``).
+
+    Returns:
+        the sections given (the API fills in the rest), or None when
         ``--print_config`` printed them.
 
     Raises:
@@ -180,80 +124,60 @@ def parse_settings(args: argparse.Namespace, extras: Sequence[str]) -> Settings 
             value of the wrong type, or a missing setting.
     """
     from lightning.pytorch import Trainer
+    from lightning.pytorch.cli import LightningArgumentParser
 
     from ..runs import read_config
 
-    command: Training = args.training
-    classes = {'trainer': Trainer, 'model': _import(command.model),
-               'data': _import(command.data)}  # fmt: skip
-    parser = _parser(command.name, classes)
-    given = None
-    config_file = _config_file(args)
-    if config_file is not None:
-        paths = (*_import(f'{command.api}.PATHS'), 'trainer.default_root_dir')
-        config = read_config(config_file, classes, paths)
-        given = _parsed(
-            lambda: parser.parse_object(config, defaults=False, _skip_required=True),
-            _Source(command, classes, config_file, config),
-        )
-        _refuse_quoted_values(config, given, classes, config_file)
-    aliases = _alias_settings(args, command)
-    given = _parsed(
-        lambda: parser.parse_object(
-            aliases, namespace=given, defaults=False, _skip_required=True
-        ),
-        _Source(command, classes, None, aliases),
+    parser = LightningArgumentParser(
+        prog=f'glcgeo {args.command}', exit_on_error=False, allow_abbrev=False
     )
+    parser.add_argument('--seed_everything', type=int)
+    parser.add_lightning_class_args(Trainer, 'trainer')
+    for section, cls in classes.items():
+        parser.add_class_arguments(cls, section, fail_untyped=False, instantiate=False)
+    given, path = None, _config_file(args)
+    if path is not None:
+        config = read_config(path, classes, (*paths, 'trainer.default_root_dir'))
+        given = _parsed(parser, config, path)
+        for section, settings in config.items():
+            for name, value in settings.items() if isinstance(settings, dict) else ():
+                # jsonargparse reads text as YAML; in a file, '3' for 3 is a mistake.
+                key = f'{section}.{name}'
+                if isinstance(value, str) and not isinstance(given.get(key), str):
+                    raise GlcgeoError(_wrong_type(parser, key, value, path), path)
+    aliases: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        section, dot, name = key.partition('.')
+        if dot:
+            aliases.setdefault(section, {})[name] = value
+        elif key == 'seed_everything':
+            aliases[key] = value
+    given = _parsed(parser, aliases, None, given)
     # torchgeo fit's spelling of the class sections' keys.
-    extras = [re.sub(r'^--(model|data)\.init_args\.', r'--\1.', a) for a in extras]
-    source = _Source(command, classes, None, extras)
-    given = _parsed(
-        lambda: parser.parse_args(
-            extras, namespace=given, defaults=False, _skip_validation=True
-        ),
-        source,
-    )
-    _parsed(lambda: parser.validate(given, skip_required=True), source)
-    for key, message in {**command.required, **OUT_REQUIRED}.items():
+    flags = [
+        re.sub(r'^--(model|data)\.init_args\.', r'--\1.', a) for a in args.settings
+    ]
+    given = _parsed(parser, flags, None, given)
+    required = {**required, 'trainer.default_root_dir': 'no output folder: give '
+                '--out FOLDER or a config with trainer.default_root_dir'}  # fmt: skip
+    for key, message in required.items():
         if given.get(key) is None and not args.print_config:
             raise GlcgeoError(message)
     if args.print_config:
-        print(_config_text(parser, given, command, classes), end='')
+        print(_config_text(parser, given, classes, derived), end='')
         return None
     sections = given.as_dict()
-    return Settings(
-        sections.get('seed_everything'),
-        *(dict(sections.get(name) or {}) for name in SECTIONS[1:]),
-    )
-
-
-def _import(path: str) -> Any:
-    """The object at an import path (``glcgeo.tasks.GLCNetTask``)."""
-    module, _, name = path.rpartition('.')
-    return getattr(importlib.import_module(module), name)
-
-
-def _parser(name: str, classes: Mapping[str, type]) -> Any:
-    """LightningCLI's parser of a run's sections."""
-    from lightning.pytorch.cli import LightningArgumentParser
-
-    parser = LightningArgumentParser(
-        prog=f'glcgeo {name}', exit_on_error=False, allow_abbrev=False
-    )
-    parser.add_argument('--seed_everything', type=int)
-    parser.add_lightning_class_args(classes['trainer'], 'trainer')
-    for section in ('model', 'data'):
-        parser.add_class_arguments(
-            classes[section], section, fail_untyped=False, instantiate=False
-        )
-    return parser
+    sections.setdefault('seed_everything', None)
+    for name in ('trainer', 'model', 'data'):
+        sections[name] = sections.get(name) or {}
+    return sections
 
 
 def _config_file(args: argparse.Namespace) -> str | None:
     """The config to read: ``--config``, or a resumed run's ``config.yaml``."""
     if args.config is not None or not getattr(args, 'resume', False):
         return args.config
-    out = getattr(args, '--out', None)
+    out = getattr(args, 'trainer.default_root_dir', None)
     if out is None:
         raise GlcgeoError('--resume continues the run in --out: give --out FOLDER')
     saved = os.path.join(out, 'config.yaml')
@@ -262,81 +186,60 @@ def _config_file(args: argparse.Namespace) -> str | None:
     return saved
 
 
-def _alias_settings(args: argparse.Namespace, command: Training) -> dict[str, Any]:
-    """The settings of the aliases given, as a config."""
-    config: dict[str, Any] = {}
-    for short in command.aliases:
-        if short.flag in vars(args):
-            value = getattr(args, short.flag)
-            for key in (*short.keys, *short.clears):
-                section, _, name = key.partition('.')
-                setting = value if key in short.keys else None
-                if name:
-                    config.setdefault(section, {})[name] = setting
-                else:
-                    config[section] = setting
-    return config
+def _parsed(parser: Any, given: Any, path: str | None, namespace: Any = None) -> Any:
+    """Parse a config (a mapping) or flags (a list) over *namespace*, checked.
 
-
-@dataclass(frozen=True)
-class _Source:
-    """Where settings came from, to name in errors: a config file, or flags."""
-
-    command: Training
-    classes: Mapping[str, type]
-    path: str | None
-    given: Mapping[str, Any] | Sequence[str]
-
-    def value(self, key: str) -> Any:
-        """The value given for a key."""
-        section, _, name = key.partition('.')
-        if isinstance(self.given, Mapping):
-            value = self.given.get(section)
-            return value.get(name) if name and isinstance(value, dict) else value
-        for i, arg in enumerate(self.given):
-            flag, equals, value = arg.partition('=')
-            if flag == f'--{key}':
-                return value if equals else (self.given[i + 1 : i + 2] or [''])[0]
-        return None
-
-
-def _parsed(parse: Any, source: _Source) -> Any:
-    """Run a jsonargparse parse; its error as one line naming the source."""
+    Raises:
+        GlcgeoError: jsonargparse's error as one line naming the key (a config)
+            or the flag, and the problem.
+    """
     try:
-        return parse()
+        if isinstance(given, list):
+            namespace = parser.parse_args(
+                given, namespace=namespace, defaults=False, _skip_validation=True
+            )
+            parser.validate(namespace, skip_required=True)
+            return namespace
+        return parser.parse_object(
+            given, namespace=namespace, defaults=False, _skip_required=True
+        )
     except (argparse.ArgumentError, TypeError) as error:  # TypeError: validate's
-        raise GlcgeoError(_problem(str(error), source), source.path) from None
+        text = str(error)
+        first = text.splitlines()[0]
+        if match := re.match(
+            r"Group '(\w+)' does not accept option '([\w.]+)'|"
+            r"Option '([\w.]+)' is not accepted",
+            first,
+        ):
+            key = match[3] or f'{match[1]}.{match[2]}'
+            problem = _unknown(parser, key)
+        elif (match := re.match(r'Parser key "([\w.]+)"', first)) and (
+            f'--{match[1]}' in parser._option_string_actions
+        ):
+            key = match[1]
+            if isinstance(given, Mapping):
+                section, _, name = key.partition('.')
+                value = given.get(section)
+                value = value.get(name) if isinstance(value, dict) else value
+                problem = _wrong_type(parser, key, value, path)
+            else:
+                value = re.findall(r'(?:Got|Given) value: (.*)', text)
+                problem = _wrong_type(parser, key, (value or [''])[-1], None)
+        else:
+            problem = first
+        raise GlcgeoError(problem, path) from None
 
 
-def _problem(error: str, source: _Source) -> str:
-    """The key and the problem of jsonargparse's error, in one line."""
-    first = error.splitlines()[0]
-    if match := re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", first):
-        return _unknown(f'{match[1]}.{match[2]}', source.classes)
-    if match := re.match(r"Option '([\w.]+)' is not accepted", first):
-        return _unknown(match[1], source.classes)
-    if match := re.match(r'the following arguments are required: ([\w.]+)', first):
-        return source.command.required.get(match[1], first)
-    if match := re.match(r'Parser key "([\w.]+)"', first):
-        key, value = match[1], source.value(match[1])
-        typename = _type_name(key, source.classes)
-        if '.' in typename:  # a class (callbacks, loggers): jsonargparse's reason
-            return f'{key}: {_reason(error)}'
-        if source.path is None:
-            return f'argument --{key}: must be {typename}, got {value!r:.40}'
-        return f'{key} must be {typename}, got {type(value).__name__} {value!r:.40}'
-    return first
-
-
-def _unknown(key: str, classes: Mapping[str, type]) -> str:
+def _unknown(parser: Any, key: str) -> str:
     """An unknown key, with the known ones that come close."""
-    section, _, rest = key.partition('.')
-    if section in classes and rest:
-        name, prefix = rest.split('.')[0], f'{section}.'
-        parameters = inspect.signature(classes[section]).parameters
-        known = [p for p in parameters if p not in ('args', 'kwargs')]
+    keys = [a.dest.split('.') for a in parser._actions if a.dest != 'help']
+    sections = list(dict.fromkeys(k[0] for k in keys))
+    section, _, name = key.partition('.')
+    if section in sections and name:
+        prefix, name = f'{section}.', name.split('.')[0]
+        known = list(dict.fromkeys(k[1] for k in keys if k[0] == section))
     else:
-        name, prefix, known = section, '', list(SECTIONS)
+        prefix, name, known = '', section, sections
     close = difflib.get_close_matches(name, known, n=3)
     hint = (
         f'did you mean {" or ".join(close)}?' if close else f'keys: {", ".join(known)}'
@@ -344,49 +247,23 @@ def _unknown(key: str, classes: Mapping[str, type]) -> str:
     return f'unknown key {prefix}{name} ({hint})'
 
 
-def _type_name(key: str, classes: Mapping[str, type]) -> str:
-    """The type of a setting, as its class's signature writes it."""
-    section, _, name = key.partition('.')
-    try:
-        init = classes[section].__init__  # type: ignore[misc]
-        hint = typing.get_type_hints(init).get(name, Any)
-    except (KeyError, NameError, TypeError):
-        hint = int if section == 'seed_everything' else Any
+def _wrong_type(parser: Any, key: str, value: Any, path: str | None) -> str:
+    """A value of a key's wrong type: in a config (*path*), or given as a flag."""
+    action = parser._option_string_actions[f'--{key}']
+    hint = getattr(action, '_typehint', None) or action.type
     if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace('typing.', '').replace('NoneType', 'None')
-
-
-def _reason(error: str) -> str:
-    """The innermost reason in jsonargparse's error about a class setting."""
-    skipped = ('Does not validate', 'Subtypes', 'Errors', 'Given value', 'Problem',
-               'Expected a <class', 'Not a valid', 'Subclass types', 'a ')  # fmt: skip
-    lines = [line.strip().removeprefix('- ') for line in error.splitlines()[1:]]
-    return next(
-        (line for line in lines if line and not line.startswith(skipped)), error
-    )
-
-
-def _refuse_quoted_values(
-    config: Mapping[str, Any], given: Any, classes: Mapping[str, type], path: str
-) -> None:
-    """Refuse text where a number or a switch goes (``max_steps: '3'``).
-
-    jsonargparse reads text as YAML, as it reads flags; in a file, a quoted
-    number is a mistake that the YAML types tell.
-    """
-    for section, settings in config.items():
-        for name, value in settings.items() if isinstance(settings, dict) else ():
-            key = f'{section}.{name}'
-            if isinstance(value, str) and not isinstance(given.get(key), str):
-                typename = _type_name(key, classes)
-                raise GlcgeoError(
-                    f'{key} must be {typename}, got str {value!r:.40}', path
-                )
+        expected = hint.__name__
+    else:  # list[int] | None, list[Callback] | Callback | None
+        expected = re.sub(r'\b[A-Za-z_]\w*\.', '', str(hint)).replace(
+            'NoneType', 'None'
+        )
+    if path is None:
+        return f'argument --{key}: must be {expected}, got {value!r:.40}'
+    return f'{key} must be {expected}, got {type(value).__name__} {value!r:.40}'
 
 
 def _config_text(
-    parser: Any, given: Any, command: Training, classes: Mapping[str, type]
+    parser: Any, given: Any, classes: Mapping[str, type], derived: Sequence[str]
 ) -> str:
     """The settings as a config: the model's and data's over their defaults.
 
@@ -397,16 +274,14 @@ def _config_text(
 
     full = parser.parse_object(given.as_dict(), _skip_validation=True)
     config = yaml.safe_load(parser.dump(full, skip_validation=True))
-    config.pop('print_config', None)
     if given.get('seed_everything') is None:
         config.pop('seed_everything', None)
     trainer = given.as_dict().get('trainer', {})
     config['trainer'] = {k: v for k, v in config['trainer'].items() if k in trainer}
-    for key in command.derived:
+    for key in derived:
         if given.get(key) is None:
             config['model'].pop(key.partition('.')[2], None)
-    for section in ('model', 'data'):
-        cls = classes[section]
+    for section, cls in classes.items():
         class_path = f'{cls.__module__.rpartition(".")[0]}.{cls.__name__}'
         config[section] = {'class_path': class_path, 'init_args': config[section]}
     return yaml.safe_dump(config, sort_keys=False)

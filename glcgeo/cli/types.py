@@ -2,8 +2,9 @@
 
 A value out of range is refused by argparse, which names the flag
 (``argument --res: must be > 0, got -10``), before any file is read or written.
-Settings from a ``--config`` file skip these types; the API checks them again
-with its own messages.
+Short flags of config keys (``pretrain --lam``) are checked so too; settings
+from a ``--config`` file, or given as keys (``--model.lam``), are checked by
+the training commands' parser (:mod:`glcgeo.cli.training`) and the API.
 """
 
 import argparse
@@ -13,6 +14,12 @@ from typing import Any
 
 #: A parser of one command-line value.
 ArgumentType = Callable[[str], Any]
+#: The help of the flags that take sources, as ``glcgeo.sources.expand`` does.
+SOURCES = (
+    'GeoTIFF files, folders or globs; URLs (http(s)://, s3://, gs://, /vsi...), '
+    "folder URLs ending in /, or @list.txt of them; a file per band ('S2/*_{band}"
+    ".tif' with --bands B02 B03 ...), STAC items (.json)"
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,6 +31,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # noqa: D102 (argparse's)
         self.exit(2, f'{self.prog}: {message} (see {self.prog} --help)\n')
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default only when it says something.
+
+    Options whose default is None (worked out later, e.g. from a checkpoint or a
+    config), suppressed (a config key's short flag) or False (a switch) describe
+    their default in their own help text.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _number(kind: type, text: str) -> float:
@@ -40,51 +61,30 @@ def _number(kind: type, text: str) -> float:
 
 
 def finite(text: str) -> float:
-    """A type for finite numbers (NaN and infinities refused).
-
-    Returns:
-        the number.
-    """
+    """A type for finite numbers (NaN and infinities refused)."""
     return _number(float, text)
 
 
-def at_least(minimum: float, kind: type = int) -> ArgumentType:
-    """A type for numbers >= *minimum*.
-
-    Args:
-        minimum: the smallest value accepted.
-        kind: int or float.
-
-    Returns:
-        the type, for ``add_argument(type=...)``.
-    """
+def _checked(kind: type, accept: Callable[[float], bool], rule: str) -> ArgumentType:
+    """A type for numbers of *kind* that *accept* takes; *rule* says which."""
 
     def parse(text: str) -> float:
         value = _number(kind, text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f'must be >= {minimum}, got {text}')
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f'{rule}, got {text}')
         return value
 
     return parse
+
+
+def at_least(minimum: float, kind: type = int) -> ArgumentType:
+    """A type for numbers >= *minimum*, of *kind* (int or float)."""
+    return _checked(kind, lambda value: value >= minimum, f'must be >= {minimum}')
 
 
 def positive(kind: type = float) -> ArgumentType:
-    """A type for numbers > 0.
-
-    Args:
-        kind: int or float.
-
-    Returns:
-        the type, for ``add_argument(type=...)``.
-    """
-
-    def parse(text: str) -> float:
-        value = _number(kind, text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
-        return value
-
-    return parse
+    """A type for numbers > 0, of *kind* (int or float)."""
+    return _checked(kind, lambda value: value > 0, 'must be > 0')
 
 
 def band(text: str) -> int | str:
@@ -99,28 +99,37 @@ def band(text: str) -> int | str:
 
 
 def fraction(low_open: bool, high_open: bool) -> ArgumentType:
-    """A type for fractions between 0 and 1.
+    """A type for fractions in [0, 1]; 0 refused if *low_open*, 1 if *high_open*."""
+    interval = f'{"(" if low_open else "["}0, 1{")" if high_open else "]"}'
+    return _checked(
+        float,
+        lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
+        f'must be a fraction in {interval}',
+    )
 
-    Args:
-        low_open: whether 0 is refused.
-        high_open: whether 1 is refused.
+
+def devices(text: str) -> int | str:
+    """A type for Lightning's devices: a number, a list such as ``0,1``, or auto.
 
     Returns:
-        the type, for ``add_argument(type=...)``.
+        a number as an int (Lightning reads the text '2' as a device list).
     """
-    interval = f'{"(" if low_open else "["}0, 1{")" if high_open else "]"}'
+    return int(text) if text.isdigit() else text
 
-    def parse(text: str) -> float:
-        value = _number(float, text)
-        low = value > 0 if low_open else value >= 0
-        high = value < 1 if high_open else value <= 1
-        if not (low and high):
-            raise argparse.ArgumentTypeError(
-                f'must be a fraction in {interval}, got {text}'
-            )
-        return value
 
-    return parse
+def colour(text: str) -> list[int]:
+    """A type for ``r,g,b`` colours (0-255 each).
+
+    Returns:
+        [r, g, b].
+    """
+    try:
+        rgb = [int(part) for part in text.split(',')]
+    except ValueError:
+        rgb = []
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise argparse.ArgumentTypeError(f'not an r,g,b colour (0-255): {text!r}')
+    return rgb
 
 
 def crs(text: str) -> str:

@@ -3,7 +3,22 @@
 import argparse
 from typing import Any
 
-from .flags import HelpFormatter, add
+from .types import positive
+
+
+def add_polygon_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of the polygons (shared with ``glcgeo predict --polygons``).
+
+    Args:
+        parser: the command's parser.
+    """
+    parser.add_argument(
+        '--min-area',
+        metavar='PIXELS',
+        type=positive(int),
+        default=1,
+        help='leave out polygons of fewer pixels (default: %(default)s)',
+    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -22,12 +37,13 @@ def add_parser(subparsers: Any) -> None:
             'nodata is left out. The map is read a band of rows at a time, so '
             'memory does not grow with its size.'
         ),
-        formatter_class=HelpFormatter,
     )
     parser.add_argument('map', metavar='MAP', help='class map (GeoTIFF)')
     parser.add_argument('out', metavar='OUT', help='GeoPackage to write (.gpkg)')
-    add(parser, '--min-area')
-    add(parser, '--overwrite', help='replace OUT if it exists')
+    add_polygon_options(parser)
+    parser.add_argument(
+        '--overwrite', action='store_true', help='replace OUT if it exists'
+    )
     parser.set_defaults(func=run)
 
 
