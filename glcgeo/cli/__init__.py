@@ -23,7 +23,7 @@ from typing import Any
 from .. import __version__
 from ..errors import GlcgeoError
 from ..outputs import remove_unwound_files
-from .training import check_settings
+from .training import SETTING
 from .types import ArgumentParser
 
 #: importlib's frame of an import statement at work.
@@ -226,8 +226,14 @@ def _run(argv: Sequence[str] | None) -> int:
     """Parse the command line and run the command (see :func:`main`)."""
     parser = build_parser()
     try:
-        args, extras = parser.parse_known_args(argv)
-        args.settings = check_settings(parser, args, extras)
+        args, args.settings = parser.parse_known_args(argv)
+        # The training commands (those with --print_config) read config keys
+        # given as flags, --trainer.max_steps 3 (glcgeo.cli.training).
+        unknown = args.settings
+        if hasattr(args, 'print_config'):
+            unknown = [a for a in unknown if a.startswith('-') and not SETTING.match(a)]
+        if unknown:
+            parser.error(f'unrecognized arguments: {" ".join(unknown)}')
     except SystemExit as exit:  # --help, --version, or a bad flag (one line)
         return int(exit.code or 0)
     # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.

@@ -22,11 +22,8 @@ from .scenes import (
 from .types import at_least, positive
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ..checkpoints import ModelMetadata
     from ..inference.embed import DecoderFeatures
-    from ..inference.scenes import SceneResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -118,6 +115,7 @@ def run(args: argparse.Namespace) -> None:
             _embed_scene(args, sources[0], mean, std)
         return
 
+    from ..inference.embed import embed_scenes
     from ..inference.scenes import FOOTPRINTS, scene_jobs
 
     jobs = scene_jobs(sources, args.out, folder=folder, class_map=False)
@@ -129,7 +127,15 @@ def run(args: argparse.Namespace) -> None:
         for output in outputs:
             # Existing outputs are skipped or replaced scene by scene.
             check_destination(output, True, inputs)
-        _embed_scenes(args, jobs, folder, mean, std)
+        run_over_scenes(
+            args,
+            jobs,
+            folder,
+            embed_scenes,
+            lambda: _load(args, mean, std),
+            lambda: _options(args),
+            'embeddings',
+        )
 
 
 def _load(
@@ -198,37 +204,3 @@ def _embed_scene(
         write_preview(args.out, args.preview, overwrite=args.overwrite)
         if not args.quiet:
             print(f'{args.preview}: preview')
-
-
-def _embed_scenes(
-    args: argparse.Namespace,
-    jobs: list[Any],
-    folder: bool,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> None:
-    """Embed scenes, over several processes if asked; report and index them."""
-    from ..inference.embed import embed_scenes
-
-    def run(
-        rank: int,
-        world_size: int,
-        device: Any,
-        report: 'Callable[[SceneResult], None]',
-    ) -> list['SceneResult']:
-        model, metadata = _load(args, mean, std)
-        return embed_scenes(
-            model,
-            metadata,
-            jobs,
-            rank=rank,
-            world_size=world_size,
-            skip_complete=folder,
-            overwrite=args.overwrite,
-            report=report,
-            device=device,
-            progress=not args.quiet and world_size == 1,
-            **_options(args),
-        )
-
-    run_over_scenes(args, folder, run, 'embeddings')

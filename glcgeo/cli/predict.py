@@ -22,12 +22,9 @@ from .scenes import (
 from .vectorize import add_polygon_options
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from torch import nn
 
     from ..checkpoints import CheckpointMetadata
-    from ..inference.scenes import SceneJob, SceneResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -128,7 +125,7 @@ def run(args: argparse.Namespace) -> None:
             _predict_scene(args, sources[0], mean, std)
         return
 
-    from ..inference.scenes import FOOTPRINTS, scene_jobs
+    from ..inference.scenes import FOOTPRINTS, predict_scenes, scene_jobs
 
     jobs = scene_jobs(sources, args.out, args.probabilities, folder=folder)
     outputs = [output for job in jobs for output in job.outputs]
@@ -146,7 +143,15 @@ def run(args: argparse.Namespace) -> None:
         for output in outputs:
             # Existing maps are skipped or replaced scene by scene, not refused.
             check_destination(output, True, inputs)
-        _predict_scenes(args, jobs, folder, mean, std)
+        run_over_scenes(
+            args,
+            jobs,
+            folder,
+            predict_scenes,
+            lambda: _load(args, mean, std),
+            lambda: _options(args),
+            'maps',
+        )
 
 
 def _load(
@@ -220,37 +225,3 @@ def _predict_scene(
         )
         if not args.quiet:
             print(f'{args.polygons}: {count} polygons')
-
-
-def _predict_scenes(
-    args: argparse.Namespace,
-    jobs: list['SceneJob'],
-    folder: bool,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> None:
-    """Predict scenes, over several processes if asked; report and index them."""
-    from ..inference.scenes import predict_scenes
-
-    def run(
-        rank: int,
-        world_size: int,
-        device: Any,
-        report: 'Callable[[SceneResult], None]',
-    ) -> list['SceneResult']:
-        model, metadata = _load(args, mean, std)
-        return predict_scenes(
-            model,
-            metadata,
-            jobs,
-            rank=rank,
-            world_size=world_size,
-            skip_complete=folder,
-            overwrite=args.overwrite,
-            report=report,
-            device=device,
-            progress=not args.quiet and world_size == 1,
-            **_options(args),
-        )
-
-    run_over_scenes(args, folder, run, 'maps')

@@ -21,20 +21,7 @@ from ..sources import expand
 from .types import at_least, band, devices, finite, positive
 
 if TYPE_CHECKING:
-    from ..inference.scenes import SceneResult
-
-__all__ = [
-    'add_scene_options',
-    'band_statistics',
-    'claim',
-    'is_folder',
-    'local_inputs',
-    'make_folder',
-    'outside_output_folders',
-    'run_over_scenes',
-    'scene_inputs',
-    'several_processes',
-]
+    from ..inference.scenes import SceneJob, SceneResult
 
 
 def add_scene_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -268,8 +255,11 @@ def claim(outputs: Sequence[str | None], folder: bool) -> ExitStack:
 
 def run_over_scenes(
     args: argparse.Namespace,
+    jobs: Sequence['SceneJob'],
     folder: bool,
-    run: Callable[[int, int, Any, Callable[['SceneResult'], None]], list[Any]],
+    make: Callable[..., list['SceneResult']],
+    load: Callable[[], tuple[Any, Any]],
+    options: Callable[[], dict[str, Any]],
     done: str,
 ) -> None:
     """Run a command over its scenes, in several processes if asked; report them.
@@ -279,10 +269,13 @@ def run_over_scenes(
     footprint index.
 
     Args:
-        args: the parsed command line (``out``, ``quiet``, process options).
+        args: the parsed command line (``out``, ``quiet``, ``overwrite``,
+            process options).
+        jobs: the scenes.
         folder: whether ``--out`` is a folder.
-        run: makes this process's scenes: (rank, world size, device, report) ->
-            results.
+        make: makes a process's share of the scenes (``predict_scenes``).
+        load: the network and its metadata, loaded in each process.
+        options: *make*'s options given on the command line.
         done: what the index calls the outputs, e.g. ``'maps'``.
 
     Raises:
@@ -315,7 +308,21 @@ def run_over_scenes(
                 flush=True,
             )
 
-    results = gather_results(run(rank, world_size, device, report))
+    model, metadata = load()
+    results = make(
+        model,
+        metadata,
+        jobs,
+        rank=rank,
+        world_size=world_size,
+        skip_complete=folder,
+        overwrite=args.overwrite,
+        report=report,
+        device=device,
+        progress=not args.quiet and world_size == 1,
+        **options(),
+    )
+    results = gather_results(results)
     if rank != 0:
         return  # the first process reports for all
     index = os.path.join(args.out, FOOTPRINTS)

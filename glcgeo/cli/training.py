@@ -15,14 +15,17 @@ import argparse
 import difflib
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import GlcgeoError
 from .types import HelpFormatter, devices, positive
 
-#: A flag that sets a config key: ``--trainer.max_steps``, ``--data.bands=[1]``.
-SETTING = re.compile(r'--(seed_everything|(trainer|model|data)\.[\w.]+)\+?(=|$)')
+#: A flag that sets a config key (``--trainer.max_steps``, ``--data.bands=[1]``),
+#: or a negative number (a value): what argparse leaves to :func:`parse_settings`.
+SETTING = re.compile(r'--(seed_everything|(trainer|model|data)\.[\w.]+)\+?(=|$)|-[\d.]')
 
 
 def alias(parser: Any, flag: str, key: str, help: str, **options: Any) -> None:
@@ -72,29 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
           '[32]')  # fmt: skip
     add('--quiet', action='store_true', help='no progress bar, summary, '
         'information line nor warning')  # fmt: skip
-
-
-def check_settings(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: Sequence[str]
-) -> list[str]:
-    """Refuse what argparse left of the command line but config keys (one line).
-
-    Args:
-        parser: the ``glcgeo`` parser.
-        args: the parsed command line.
-        extras: what argparse left of it.
-
-    Returns:
-        the config keys given as flags, with their values, for a training
-        command (one with ``--print_config``).
-    """
-    unknown = extras
-    if hasattr(args, 'print_config'):  # -1 is a value
-        unknown = [a for a in extras if a.startswith('-') and not SETTING.match(a)
-                   and not re.fullmatch(r'-[\d.e+-]+', a)]  # fmt: skip
-    if unknown:
-        parser.error(f'unrecognized arguments: {" ".join(unknown)}')
-    return list(extras)
 
 
 def parse_settings(
@@ -250,16 +230,19 @@ def _unknown(parser: Any, key: str) -> str:
 def _wrong_type(parser: Any, key: str, value: Any, path: str | None) -> str:
     """A value of a key's wrong type: in a config (*path*), or given as a flag."""
     action = parser._option_string_actions[f'--{key}']
-    hint = getattr(action, '_typehint', None) or action.type
-    if isinstance(hint, type):
-        expected = hint.__name__
-    else:  # list[int] | None, list[Callback] | Callback | None
-        expected = re.sub(r'\b[A-Za-z_]\w*\.', '', str(hint)).replace(
-            'NoneType', 'None'
-        )
+    expected = _type_name(getattr(action, '_typehint', None) or action.type)
     if path is None:
         return f'argument --{key}: must be {expected}, got {value!r:.40}'
     return f'{key} must be {expected}, got {type(value).__name__} {value!r:.40}'
+
+
+def _type_name(hint: Any) -> str:
+    """A type as a signature writes it: ``list[int] | None``, ``Callback``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return ' | '.join(map(_type_name, typing.get_args(hint)))
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return 'None' if hint is type(None) else hint.__name__
+    return re.sub(r'\b[A-Za-z_]\w*\.', '', str(hint))  # no module paths
 
 
 def _config_text(
