@@ -226,12 +226,12 @@ def _run(argv: Sequence[str] | None) -> int:
     """Parse the command line and run the command (see :func:`main`)."""
     parser = build_parser()
     try:
-        args, args.settings = parser.parse_known_args(argv)
+        args, extras = parser.parse_known_args(argv)
         # The training commands (those with --print_config) read config keys
         # given as flags, --trainer.max_steps 3 (glcgeo.cli.training).
-        unknown = args.settings
+        args.settings, unknown = extras, extras
         if hasattr(args, 'print_config'):
-            unknown = [a for a in unknown if a.startswith('-') and not SETTING.match(a)]
+            unknown = [a for a in extras if a.startswith('-') and not SETTING.match(a)]
         if unknown:
             parser.error(f'unrecognized arguments: {" ".join(unknown)}')
     except SystemExit as exit:  # --help, --version, or a bad flag (one line)

@@ -125,13 +125,9 @@ def parse_settings(
                 key = f'{section}.{name}'
                 if isinstance(value, str) and not isinstance(given.get(key), str):
                     raise GlcgeoError(_wrong_type(parser, key, value, path), path)
-    aliases: dict[str, Any] = {}
-    for key, value in vars(args).items():
-        section, dot, name = key.partition('.')
-        if dot:
-            aliases.setdefault(section, {})[name] = value
-        elif key == 'seed_everything':
-            aliases[key] = value
+    aliases = {
+        k: v for k, v in vars(args).items() if '.' in k or k == 'seed_everything'
+    }
     given = _parsed(parser, aliases, None, given)
     # torchgeo fit's spelling of the class sections' keys.
     flags = [
@@ -167,11 +163,11 @@ def _config_file(args: argparse.Namespace) -> str | None:
 
 
 def _parsed(parser: Any, given: Any, path: str | None, namespace: Any = None) -> Any:
-    """Parse a config (a mapping) or flags (a list) over *namespace*, checked.
+    """Parse settings (a mapping) or flags (a list) over *namespace*, checked.
 
     Raises:
-        GlcgeoError: jsonargparse's error as one line naming the key (a config)
-            or the flag, and the problem.
+        GlcgeoError: jsonargparse's error as one line naming the key (of the
+            config file at *path*) or the flag, and the problem.
     """
     try:
         if isinstance(given, list):
@@ -197,14 +193,13 @@ def _parsed(parser: Any, given: Any, path: str | None, namespace: Any = None) ->
             f'--{match[1]}' in parser._option_string_actions
         ):
             key = match[1]
-            if isinstance(given, Mapping):
+            if path is None:  # flags: the value as jsonargparse read it
+                value = (re.findall(r'(?:Got|Given) value: (.*)', text) or [''])[-1]
+            else:
                 section, _, name = key.partition('.')
                 value = given.get(section)
                 value = value.get(name) if isinstance(value, dict) else value
-                problem = _wrong_type(parser, key, value, path)
-            else:
-                value = re.findall(r'(?:Got|Given) value: (.*)', text)
-                problem = _wrong_type(parser, key, (value or [''])[-1], None)
+            problem = _wrong_type(parser, key, value, path)
         else:
             problem = first
         raise GlcgeoError(problem, path) from None
