@@ -212,7 +212,7 @@ def _unknown(parser: Any, key: str) -> str:
     section, _, name = key.partition('.')
     if section in sections and name:
         prefix, name = f'{section}.', name.split('.')[0]
-        known = list(dict.fromkeys(k[1] for k in keys if k[0] == section))
+        known = list(dict.fromkeys(k[1] for k in keys if k[0] == section and k[1:]))
     else:
         prefix, name, known = '', section, sections
     close = difflib.get_close_matches(name, known, n=3)
