@@ -24,6 +24,7 @@ from .types import at_least, positive
 if TYPE_CHECKING:
     from ..checkpoints import ModelMetadata
     from ..inference.embed import DecoderFeatures
+    from ..inference.scenes import SceneResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -123,19 +124,16 @@ def run(args: argparse.Namespace) -> None:
     if folder:
         make_folder(args.out, '--out')
         outputs.append(os.path.join(args.out, FOOTPRINTS))
+
+    def this_process(**process: Any) -> list['SceneResult']:  # its share
+        model, metadata = _load(args, mean, std)
+        return embed_scenes(model, metadata, jobs, **process, **_options(args))
+
     with claim([args.out], folder):
         for output in outputs:
             # Existing outputs are skipped or replaced scene by scene.
             check_destination(output, True, inputs)
-        run_over_scenes(
-            args,
-            jobs,
-            folder,
-            embed_scenes,
-            lambda: _load(args, mean, std),
-            lambda: _options(args),
-            'embeddings',
-        )
+        run_over_scenes(args, folder, this_process, 'embeddings')
 
 
 def _load(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..checkpoints import CheckpointMetadata
+    from ..inference.scenes import SceneResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -139,19 +140,16 @@ def run(args: argparse.Namespace) -> None:
             if path is not None:
                 make_folder(path, flag)
         outputs.append(os.path.join(args.out, FOOTPRINTS))
+
+    def this_process(**process: Any) -> list['SceneResult']:  # its share
+        model, metadata = _load(args, mean, std)
+        return predict_scenes(model, metadata, jobs, **process, **_options(args))
+
     with claim([args.out, args.probabilities], folder):
         for output in outputs:
             # Existing maps are skipped or replaced scene by scene, not refused.
             check_destination(output, True, inputs)
-        run_over_scenes(
-            args,
-            jobs,
-            folder,
-            predict_scenes,
-            lambda: _load(args, mean, std),
-            lambda: _options(args),
-            'maps',
-        )
+        run_over_scenes(args, folder, this_process, 'maps')
 
 
 def _load(

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..bands import band_files, stack_of
 from ..errors import GlcgeoError
@@ -21,7 +21,7 @@ from ..sources import expand
 from .types import at_least, band, devices, finite, positive
 
 if TYPE_CHECKING:
-    from ..inference.scenes import SceneJob, SceneResult
+    from ..inference.scenes import SceneResult
 
 
 def add_scene_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -255,11 +255,8 @@ def claim(outputs: Sequence[str | None], folder: bool) -> ExitStack:
 
 def run_over_scenes(
     args: argparse.Namespace,
-    jobs: Sequence['SceneJob'],
     folder: bool,
-    make: Callable[..., list['SceneResult']],
-    load: Callable[[], tuple[Any, Any]],
-    options: Callable[[], dict[str, Any]],
+    run: Callable[..., list['SceneResult']],
     done: str,
 ) -> None:
     """Run a command over its scenes, in several processes if asked; report them.
@@ -271,11 +268,10 @@ def run_over_scenes(
     Args:
         args: the parsed command line (``out``, ``quiet``, ``overwrite``,
             process options).
-        jobs: the scenes.
         folder: whether ``--out`` is a folder.
-        make: makes a process's share of the scenes (``predict_scenes``).
-        load: the network and its metadata, loaded in each process.
-        options: *make*'s options given on the command line.
+        run: makes this process's share of the scenes (loading the network in
+            it), given ``predict_scenes``' process options (rank, world size,
+            device, report ...).
         done: what the index calls the outputs, e.g. ``'maps'``.
 
     Raises:
@@ -308,11 +304,7 @@ def run_over_scenes(
                 flush=True,
             )
 
-    model, metadata = load()
-    results = make(
-        model,
-        metadata,
-        jobs,
+    results = run(
         rank=rank,
         world_size=world_size,
         skip_complete=folder,
@@ -320,7 +312,6 @@ def run_over_scenes(
         report=report,
         device=device,
         progress=not args.quiet and world_size == 1,
-        **options(),
     )
     results = gather_results(results)
     if rank != 0:

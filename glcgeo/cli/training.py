@@ -40,8 +40,9 @@ def alias(parser: Any, flag: str, key: str, help: str, **options: Any) -> None:
     """
     if not {'action', 'choices'} & options.keys():
         options.setdefault('metavar', flag[2:].upper().replace('-', '_'))
-    parser.add_argument(flag, dest=key, default=argparse.SUPPRESS,
-                        help=f'{help} ({key})', **options)  # fmt: skip
+    parser.add_argument(
+        flag, dest=key, default=argparse.SUPPRESS, help=f'{help} ({key})', **options
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -53,28 +54,29 @@ def add_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     """
     parser.formatter_class = HelpFormatter
     add = parser.add_argument
+    # fmt: off
     add('--config', metavar='YAML', help='LightningCLI config (seed_everything, '
-        'trainer, model, data); paths in it are relative to its folder')  # fmt: skip
+        'trainer, model, data); paths in it are relative to its folder')
     add('--print_config', action='store_true', help='print the settings as a config '
         'and exit; every key of it is also a flag: --trainer.KEY, --model.KEY, '
-        '--data.KEY, --seed_everything')  # fmt: skip
+        '--data.KEY, --seed_everything')
     alias(parser, '--out', 'trainer.default_root_dir', 'output folder')
     alias(parser, '--epochs', 'trainer.max_epochs', f'epochs [{epochs}]',
-          type=positive(int))  # fmt: skip
+          type=positive(int))
     alias(parser, '--max-steps', 'trainer.max_steps', 'stop after this many steps',
-          type=positive(int))  # fmt: skip
+          type=positive(int))
     alias(parser, '--devices', 'trainer.devices', 'devices per node (processes): a '
-          'number, a list or auto [auto]', type=devices)  # fmt: skip
+          'number, a list or auto [auto]', type=devices)
     alias(parser, '--accelerator', 'trainer.accelerator', 'cpu, gpu or auto [auto]')
     alias(parser, '--strategy', 'trainer.strategy', 'Lightning strategy [ddp over '
-          'several devices]')  # fmt: skip
-    alias(
-        parser, '--num-nodes', 'trainer.num_nodes', 'machines [1]', type=positive(int)
-    )
+          'several devices]')
+    alias(parser, '--num-nodes', 'trainer.num_nodes', 'machines [1]',
+          type=positive(int))
     alias(parser, '--precision', 'trainer.precision', 'e.g. 32, bf16-mixed, 16-mixed '
-          '[32]')  # fmt: skip
+          '[32]')
     add('--quiet', action='store_true', help='no progress bar, summary, '
-        'information line nor warning')  # fmt: skip
+        'information line nor warning')
+    # fmt: on
 
 
 def parse_settings(
@@ -134,8 +136,11 @@ def parse_settings(
         re.sub(r'^--(model|data)\.init_args\.', r'--\1.', a) for a in args.settings
     ]
     given = _parsed(parser, flags, None, given)
-    required = {**required, 'trainer.default_root_dir': 'no output folder: give '
-                '--out FOLDER or a config with trainer.default_root_dir'}  # fmt: skip
+    required = {
+        **required,
+        'trainer.default_root_dir': 'no output folder: give --out FOLDER or a '
+        'config with trainer.default_root_dir',
+    }
     for key, message in required.items():
         if given.get(key) is None and not args.print_config:
             raise GlcgeoError(message)
@@ -151,11 +156,9 @@ def parse_settings(
 
 def _config_file(args: argparse.Namespace) -> str | None:
     """The config to read: ``--config``, or a resumed run's ``config.yaml``."""
-    if args.config is not None or not getattr(args, 'resume', False):
-        return args.config
     out = getattr(args, 'trainer.default_root_dir', None)
-    if out is None:
-        raise GlcgeoError('--resume continues the run in --out: give --out FOLDER')
+    if args.config is not None or not getattr(args, 'resume', False) or out is None:
+        return args.config  # --resume without --out: no output folder
     saved = os.path.join(out, 'config.yaml')
     if not os.path.exists(saved):
         raise GlcgeoError('nothing to resume in this folder (no config.yaml)', out)
@@ -215,10 +218,9 @@ def _unknown(parser: Any, key: str) -> str:
         known = list(dict.fromkeys(k[1] for k in keys if k[0] == section and k[1:]))
     else:
         prefix, name, known = '', section, sections
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = (
-        f'did you mean {" or ".join(close)}?' if close else f'keys: {", ".join(known)}'
-    )
+    hint = 'keys: ' + ', '.join(known)
+    if close := difflib.get_close_matches(name, known, n=3):
+        hint = f'did you mean {" or ".join(close)}?'
     return f'unknown key {prefix}{name} ({hint})'
 
 
