@@ -55,9 +55,9 @@ def add_scene_options(parser: argparse.ArgumentParser, what: str) -> None:
         metavar='BAND',
         type=band,
         nargs='+',
-        help="1-based input bands (default: the checkpoint's, or all), or the band "
-        'names of {band} patterns and STAC items (B04, red), which the network '
-        'reads in that order',
+        help="1-based input bands (default: the checkpoint's, or all), or names: of "
+        "{band} patterns and STAC items (B04, red), or else the files' band "
+        'descriptions; the network reads them in that order',
     )
     add(
         '--mean',
