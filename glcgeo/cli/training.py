@@ -127,9 +127,8 @@ def parse_settings(
                 key = f'{section}.{name}'
                 if isinstance(value, str) and not isinstance(given.get(key), str):
                     raise GlcgeoError(_wrong_type(parser, key, value, path), path)
-    aliases = {
-        k: v for k, v in vars(args).items() if '.' in k or k == 'seed_everything'
-    }
+    # The short flags given, by their key (their dest).
+    aliases = {k: v for k, v in vars(args).items() if SETTING.match(f'--{k}')}
     given = _parsed(parser, aliases, None, given)
     # torchgeo fit's spelling of the class sections' keys.
     flags = [
@@ -169,8 +168,8 @@ def _parsed(parser: Any, given: Any, path: str | None, namespace: Any = None) ->
     """Parse settings (a mapping) or flags (a list) over *namespace*, checked.
 
     Raises:
-        GlcgeoError: jsonargparse's error as one line naming the key (of the
-            config file at *path*) or the flag, and the problem.
+        GlcgeoError: naming the key (of the config file at *path*) or the flag,
+            and the problem.
     """
     try:
         if isinstance(given, list):
@@ -183,29 +182,28 @@ def _parsed(parser: Any, given: Any, path: str | None, namespace: Any = None) ->
             given, namespace=namespace, defaults=False, _skip_required=True
         )
     except (argparse.ArgumentError, TypeError) as error:  # TypeError: validate's
-        text = str(error)
-        first = text.splitlines()[0]
-        if match := re.match(
-            r"Group '(\w+)' does not accept option '([\w.]+)'|"
-            r"Option '([\w.]+)' is not accepted",
-            first,
-        ):
-            key = match[3] or f'{match[1]}.{match[2]}'
-            problem = _unknown(parser, key)
-        elif (match := re.match(r'Parser key "([\w.]+)"', first)) and (
-            f'--{match[1]}' in parser._option_string_actions
-        ):
-            key = match[1]
-            if path is None:  # flags: the value as jsonargparse read it
-                value = (re.findall(r'(?:Got|Given) value: (.*)', text) or [''])[-1]
-            else:
-                section, _, name = key.partition('.')
-                value = given.get(section)
-                value = value.get(name) if isinstance(value, dict) else value
-            problem = _wrong_type(parser, key, value, path)
-        else:
-            problem = first
-        raise GlcgeoError(problem, path) from None
+        raise GlcgeoError(_one_line(parser, str(error), given, path), path) from None
+
+
+def _one_line(parser: Any, error: str, given: Any, path: str | None) -> str:
+    """What glcgeo says of jsonargparse's *error* about *given* (settings, flags)."""
+    first = error.splitlines()[0]
+    if match := re.match(
+        r"Group '(\w+)' does not accept option '([\w.]+)'|"
+        r"Option '([\w.]+)' is not accepted",
+        first,
+    ):
+        return _unknown(parser, match[3] or f'{match[1]}.{match[2]}')
+    match = re.match(r'Parser key "([\w.]+)"', first)
+    if not match or f'--{match[1]}' not in parser._option_string_actions:
+        return first
+    if path is None:  # flags: the value as jsonargparse read it
+        value = (re.findall(r'(?:Got|Given) value: (.*)', error) or [''])[-1]
+    else:
+        section, _, name = match[1].partition('.')
+        value = given.get(section)
+        value = value.get(name) if isinstance(value, dict) else value
+    return _wrong_type(parser, match[1], value, path)
 
 
 def _unknown(parser: Any, key: str) -> str:
