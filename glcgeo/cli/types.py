@@ -37,12 +37,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show an option's default only when it says something.
 
     Options whose default is None (worked out later, e.g. from a checkpoint or a
-    config), suppressed (a config key's short flag) or False (a switch) describe
-    their default in their own help text.
+    config) or False (a switch) describe their default in their own help text.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, argparse.SUPPRESS) or action.default is False:
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
