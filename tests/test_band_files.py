@@ -251,28 +251,33 @@ def test_a_bad_scene_is_one_line_naming_it(
     assert os.listdir(tmp_path) == ['S2']
 
 
-def test_predict_takes_band_names_for_stacks_only(
+def test_predict_reads_band_names_of_a_plain_file_from_its_descriptions(
     scenes: Path,
     tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     fcn_checkpoint: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = tmp_path / 'map.tif'
+    # Names on a stacked file are its band descriptions: the same map as the
+    # same bands given one file per band, and an unknown name is one line.
     plain = scenes / 'stacked' / 'tileA.tif'
-    argv = [
-        'predict',
-        '--in',
-        str(plain),
-        '--out',
-        str(out),
-        '--model',
-        str(fcn_checkpoint),
-    ]
+    pattern = str(scenes / 'S2' / 'tileA_{band}.tif')
+    common = ['--model', str(fcn_checkpoint), '--bands', *BANDS, '--quiet']
+    maps = tmp_path_factory.mktemp('maps')
+    assert main(['predict', '--in', str(plain), '--out', str(maps / 'a.tif'),
+                 *common]) == 0  # fmt: skip
+    assert main(['predict', '--in', pattern, '--out', str(maps / 'b.tif'),
+                 *common]) == 0  # fmt: skip
+    with rasterio.open(maps / 'a.tif') as a, rasterio.open(maps / 'b.tif') as b:
+        assert (a.read() == b.read()).all()
+    argv = ['predict', '--in', str(plain), '--out', str(tmp_path / 'c.tif'),
+            '--model', str(fcn_checkpoint), '--bands', *BANDS[:3], 'B05']  # fmt: skip
     _one_line(
         capsys,
-        main([*argv, '--bands', *BANDS]),
-        f'glcgeo: {plain}: band names (--bands) choose the bands of {{band}} patterns',
+        main(argv),
+        f"glcgeo: {plain}: no band named 'B05' (bands: B02, B03, B04, B08)",
     )
+    assert not (tmp_path / 'c.tif').exists()
     # An output is never one of a stack's band files.
     band_file = scenes / 'S2' / 'tileA_B02.tif'
     before = band_file.read_bytes()
