@@ -301,7 +301,7 @@ def square_metres_per_unit(mosaic: GeoTiffMosaic) -> float:
         GlcgeoError: naming the mosaic's first file, if its CRS neither
             transforms to longitude and latitude nor is a local CRS in lengths.
     """
-    local = PROJ_CRS.from_user_input(mosaic.crs.to_wkt())
+    local = PROJ_CRS.from_user_input(mosaic.crs)
     if local.is_engineering and all(
         axis.unit_conversion_factor and axis.unit_name != 'degree'
         for axis in local.axis_info
