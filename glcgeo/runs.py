@@ -458,4 +458,4 @@ def _instantiate(callbacks: Any, logger: Any) -> Any:
         config = parser.parse_object({'callbacks': callbacks, 'logger': logger})
     except ArgumentError as error:
         raise ValueError(str(error).splitlines()[0]) from None
-    return parser.instantiate_classes(config)
+    return parser.instantiate(config)

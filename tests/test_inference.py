@@ -1074,7 +1074,7 @@ def test_cli_keeps_freed_memory_before_loading_the_model(
         calls.append('model')
         return load_segmentation_checkpoint(path)
 
-    monkeypatch.setattr('glcgeo.cli.predict.keep_freed_memory', keep_freed_memory)
+    monkeypatch.setattr('glcgeo.cli.scenes.keep_freed_memory', keep_freed_memory)
     monkeypatch.setattr('glcgeo.inference.load_segmentation_checkpoint', load)
     out = tmp_path / 'map.tif'
     assert cli('--in', S2, '--out', out, '--model', fcn_checkpoints[4], '--quiet',

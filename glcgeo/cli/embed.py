@@ -1,30 +1,19 @@
 """``glcgeo embed``: per-pixel embeddings of scenes from a pretrained network."""
 
 import argparse
-import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, override
 
-from ..allocator import keep_freed_memory
 from ..errors import GlcgeoError
-from ..outputs import check_destination
-from .scenes import (
-    add_scene_options,
-    band_statistics,
-    claim,
-    is_folder,
-    local_inputs,
-    make_folder,
-    outside_output_folders,
-    run_over_scenes,
-    scene_inputs,
-    several_processes,
-)
+from .scenes import SceneCommand, add_scene_options
 from .types import at_least, positive
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ..checkpoints import ModelMetadata
-    from ..inference.embed import DecoderFeatures
-    from ..inference.scenes import SceneResult
+    from ..inference.predict import PredictionSummary
+    from ..inference.scenes import SceneJob, SceneResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -81,124 +70,68 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Embed the scenes described by the parsed arguments.
+    """Embed the scenes described by the parsed arguments (see :class:`Embed`).
 
     Args:
         args: the parsed ``glcgeo embed`` arguments.
-
-    Raises:
-        GlcgeoError: for bad input or outputs that another live run writes,
-            before any tile is embedded; at the end, when some scenes failed
-            (each reported as it failed).
     """
-    # Cheap checks first, so a mistake is reported before the network loads.
-    sources = scene_inputs(args)
-    processes = several_processes(args)
-    mean, std = band_statistics(args)
-    folder = len(sources) > 1 or is_folder(args.out)
-    if args.preview is not None and (folder or processes):
-        raise GlcgeoError('--preview takes one scene in one process', args.preview)
-    if args.preview is not None and not args.preview.lower().endswith('.png'):
-        raise GlcgeoError('--preview must name a .png file', args.preview)
-    if folder:
-        sources = outside_output_folders(sources, args.source, [args.out])
-    inputs = local_inputs(sources, args.weights, args.stats)
-    keep_freed_memory()
-    if not folder and not processes:
-        if args.preview is not None and os.path.realpath(
-            args.preview
-        ) == os.path.realpath(args.out):
-            raise GlcgeoError('--preview must be another file than --out')
-        for output in (args.out, args.preview):
-            if output is not None:
-                check_destination(output, args.overwrite, inputs)
-        with claim([args.out, args.preview], folder=False):
-            _embed_scene(args, sources[0], mean, std)
-        return
-
-    from ..inference.embed import embed_scenes
-    from ..inference.scenes import FOOTPRINTS, scene_jobs
-
-    jobs = scene_jobs(sources, args.out, folder=folder, class_map=False)
-    outputs = [output for job in jobs for output in job.outputs]
-    if folder:
-        make_folder(args.out, '--out')
-        outputs.append(os.path.join(args.out, FOOTPRINTS))
-
-    def this_process(**process: Any) -> list['SceneResult']:  # its share
-        model, metadata = _load(args, mean, std)
-        return embed_scenes(model, metadata, jobs, **process, **_options(args))
-
-    with claim([args.out], folder):
-        for output in outputs:
-            # Existing outputs are skipped or replaced scene by scene.
-            check_destination(output, True, inputs)
-        run_over_scenes(args, folder, this_process, 'embeddings')
+    Embed(args).run()
 
 
-def _load(
-    args: argparse.Namespace, mean: list[float] | None, std: list[float] | None
-) -> tuple['DecoderFeatures', 'ModelMetadata']:
-    """The network and its metadata, the flags overriding the checkpoint's."""
-    from ..inference.embed import load_embedding_network
+class Embed(SceneCommand['ModelMetadata']):
+    """``glcgeo embed``: per-pixel embeddings of each scene, and a preview."""
 
-    model, metadata = load_embedding_network(args.weights)
-    try:
-        metadata = metadata.replace(bands=args.bands, band_mean=mean, band_std=std)
-    except GlcgeoError as error:
-        raise GlcgeoError(str(error), args.weights) from None
-    if metadata.band_mean is None:
-        raise GlcgeoError(
-            'the weights carry no band statistics; give the ones they were trained '
-            'with: --stats FILE (from glcgeo stats) or --mean and --std',
-            args.weights,
-        )
-    return model, metadata
+    made = 'embeddings'
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        """Check the command's own flags (see :class:`SceneCommand`)."""
+        super().__init__(args, args.weights)
+        if args.preview is not None and not args.preview.lower().endswith('.png'):
+            raise GlcgeoError('--preview must name a .png file', args.preview)
+        self.extras['--preview'] = args.preview
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of embed_raster given on the command line, and provenance."""
-    from ..provenance import Provenance
+    @override
+    def load_network(self) -> tuple['nn.Module', 'ModelMetadata']:
+        from ..inference.embed import load_embedding_network
 
-    return {
-        'dims': args.dims,
-        'seed': args.seed,
-        'tile_size': args.tile_size,
-        'overlap': args.overlap,
-        'batch_size': args.batch_size,
-        'nodata': args.nodata,
-        'provenance': Provenance.of_checkpoint(args.weights),
-    }
+        return load_embedding_network(self.network)
 
+    @override
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), 'dims': self.args.dims, 'seed': self.args.seed}
 
-def _embed_scene(
-    args: argparse.Namespace,
-    source: str,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> None:
-    """Embed one scene in this process (and its preview); say what was written."""
-    from ..inference.embed import embed_raster
-    from ..inference.pca import write_preview
+    @override
+    def jobs(self, sources: Sequence[str], folder: bool) -> list['SceneJob']:
+        from ..inference.scenes import scene_jobs
 
-    model, metadata = _load(args, mean, std)
-    summary = embed_raster(
-        model,
-        metadata,
-        source,
-        args.out,
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        **_options(args),
-    )
-    if not args.quiet:
-        print(
-            f'{summary.destination}: {summary.width} x {summary.height} pixels; '
-            f'tiles: {summary.tiles}, {summary.skipped_tiles} of them without data; '
-            f'{summary.seconds:.1f} s'
-        )
-    if args.preview is not None:
-        write_preview(args.out, args.preview, overwrite=args.overwrite)
-        if not args.quiet:
-            print(f'{args.preview}: preview')
+        return scene_jobs(sources, self.args.out, folder=folder, class_map=False)
+
+    @override
+    def make_scene(
+        self, model: 'nn.Module', metadata: 'ModelMetadata', source: str, **options: Any
+    ) -> 'PredictionSummary':
+        from ..inference.embed import embed_raster
+
+        return embed_raster(model, metadata, source, self.args.out, **options)
+
+    @override
+    def make_extras(self) -> None:
+        from ..inference.pca import write_preview
+
+        args = self.args
+        if args.preview is not None:
+            write_preview(args.out, args.preview, overwrite=args.overwrite)
+            if not args.quiet:
+                print(f'{args.preview}: preview')
+
+    @override
+    def make_scenes(
+        self,
+        model: 'nn.Module',
+        metadata: 'ModelMetadata',
+        jobs: Sequence['SceneJob'],
+        **options: Any,
+    ) -> list['SceneResult']:
+        from ..inference.embed import embed_scenes
+
+        return embed_scenes(model, metadata, jobs, **options)

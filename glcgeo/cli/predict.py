@@ -1,31 +1,19 @@
 """``glcgeo predict``: georeferenced land-cover maps of scenes from a checkpoint."""
 
 import argparse
-import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, override
 
-from ..allocator import keep_freed_memory
 from ..errors import GlcgeoError
-from ..outputs import check_destination
-from .scenes import (
-    add_scene_options,
-    band_statistics,
-    claim,
-    is_folder,
-    local_inputs,
-    make_folder,
-    outside_output_folders,
-    run_over_scenes,
-    scene_inputs,
-    several_processes,
-)
+from .scenes import SceneCommand, add_scene_options
 from .vectorize import add_polygon_options
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ..checkpoints import CheckpointMetadata
-    from ..inference.scenes import SceneResult
+    from ..inference.predict import PredictionSummary
+    from ..inference.scenes import SceneJob, SceneResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -81,145 +69,91 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Predict the maps described by the parsed arguments.
+    """Predict the maps described by the parsed arguments (see :class:`Predict`).
 
     Args:
         args: the parsed ``glcgeo predict`` arguments.
-
-    Raises:
-        GlcgeoError: for bad input or outputs that another live run writes,
-            before any tile is predicted; at the end, when some scenes failed
-            (each reported as it failed).
     """
-    # Cheap checks first, so a mistake is reported before the model loads.
-    sources = scene_inputs(args)
-    processes = several_processes(args)
-    mean, std = band_statistics(args)
-    folder = len(sources) > 1 or is_folder(args.out)
-    if args.confidence and args.probabilities is None:
-        raise GlcgeoError('--confidence is a band of --probabilities: give both')
-    if args.polygons is not None and (folder or processes):
-        raise GlcgeoError(
-            '--polygons takes one scene in one process; run glcgeo vectorize on '
-            'each map of several'
-        )
-    if folder:
-        folders = [p for p in (args.out, args.probabilities) if p is not None]
-        sources = outside_output_folders(sources, args.source, folders)
-    inputs = local_inputs(sources, args.model, args.stats)
-    # This process only predicts: before the model's first tensor, its forward
-    # passes may keep their memory (see glcgeo.allocator).
-    keep_freed_memory()
-    if not folder and not processes:
-        # One scene in one process: its errors are the command's.
+    Predict(args).run()
+
+
+class Predict(SceneCommand['CheckpointMetadata']):
+    """``glcgeo predict``: a class map of each scene, and its polygons."""
+
+    made = 'maps'
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        """Check the command's own flags (see :class:`SceneCommand`)."""
         from ..inference.writer import sidecar_paths
 
-        rasters = [args.out, *sidecar_paths(args.out), args.probabilities]
-        if args.polygons is not None and os.path.realpath(args.polygons) in {
-            os.path.realpath(output) for output in rasters if output is not None
-        }:
-            raise GlcgeoError('--polygons must be another file than the maps')
-        for output in (*rasters, args.polygons):
-            if output is not None:
-                check_destination(output, args.overwrite, inputs)
-        with claim([args.out, args.probabilities], folder=False):
-            _predict_scene(args, sources[0], mean, std)
-        return
+        super().__init__(args, args.model)
+        if args.confidence and args.probabilities is None:
+            raise GlcgeoError('--confidence is a band of --probabilities: give both')
+        self.outputs['--probabilities'] = args.probabilities
+        self.extras['--polygons'] = args.polygons
+        self.sidecars = sidecar_paths(args.out)
 
-    from ..inference.scenes import FOOTPRINTS, predict_scenes, scene_jobs
+    @override
+    def load_network(self) -> tuple['nn.Module', 'CheckpointMetadata']:
+        from ..inference import load_segmentation_checkpoint
 
-    jobs = scene_jobs(sources, args.out, args.probabilities, folder=folder)
-    outputs = [output for job in jobs for output in job.outputs]
-    if folder:
-        folders = [('--out', args.out), ('--probabilities', args.probabilities)]
-        if args.probabilities is not None and os.path.realpath(
-            args.probabilities
-        ) == os.path.realpath(args.out):
-            raise GlcgeoError('--probabilities and --out must be different folders')
-        for flag, path in folders:
-            if path is not None:
-                make_folder(path, flag)
-        outputs.append(os.path.join(args.out, FOOTPRINTS))
+        model, metadata = load_segmentation_checkpoint(self.network)
+        return model, metadata.replace(class_names=self.args.class_names)
 
-    def this_process(**process: Any) -> list['SceneResult']:  # its share
-        model, metadata = _load(args, mean, std)
-        return predict_scenes(model, metadata, jobs, **process, **_options(args))
+    @override
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), 'confidence': self.args.confidence}
 
-    with claim([args.out, args.probabilities], folder):
-        for output in outputs:
-            # Existing maps are skipped or replaced scene by scene, not refused.
-            check_destination(output, True, inputs)
-        run_over_scenes(args, folder, this_process, 'maps')
+    @override
+    def jobs(self, sources: Sequence[str], folder: bool) -> list['SceneJob']:
+        from ..inference.scenes import scene_jobs
 
-
-def _load(
-    args: argparse.Namespace, mean: list[float] | None, std: list[float] | None
-) -> tuple['nn.Module', 'CheckpointMetadata']:
-    """The model and its metadata, the flags overriding the checkpoint's."""
-    from ..inference import load_segmentation_checkpoint
-
-    model, metadata = load_segmentation_checkpoint(args.model)
-    metadata = metadata.replace(
-        bands=args.bands, band_mean=mean, band_std=std, class_names=args.class_names
-    )
-    if metadata.band_mean is None:
-        # A TorchGeo checkpoint has no statistics: raw values would go in.
-        raise GlcgeoError(
-            'the model carries no band statistics; give the ones it was trained '
-            'with: --stats FILE (from glcgeo stats) or --mean and --std',
-            args.model,
+        return scene_jobs(
+            sources, self.args.out, self.args.probabilities, folder=folder
         )
-    return model, metadata
 
+    @override
+    def make_scene(
+        self,
+        model: 'nn.Module',
+        metadata: 'CheckpointMetadata',
+        source: str,
+        **options: Any,
+    ) -> 'PredictionSummary':
+        from ..inference import predict_raster
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of predict_raster given on the command line, and provenance.
-
-    The checkpoint is hashed here, once for all scenes.
-    """
-    from ..provenance import Provenance
-
-    return {
-        'tile_size': args.tile_size,
-        'overlap': args.overlap,
-        'batch_size': args.batch_size,
-        'nodata': args.nodata,
-        'confidence': args.confidence,
-        'provenance': Provenance.of_checkpoint(args.model),
-    }
-
-
-def _predict_scene(
-    args: argparse.Namespace,
-    source: str,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> None:
-    """Predict one scene in this process (and its polygons); say what was written."""
-    from ..inference import predict_raster
-    from ..inference.polygons import vectorize
-
-    model, metadata = _load(args, mean, std)
-    summary = predict_raster(
-        model,
-        metadata,
-        source,
-        args.out,
-        probabilities=args.probabilities,
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        **_options(args),
-    )
-    if not args.quiet:
-        print(
-            f'{summary.destination}: {summary.width} x {summary.height} pixels; '
-            f'tiles: {summary.tiles}, {summary.skipped_tiles} of them without data; '
-            f'{summary.seconds:.1f} s'
+        return predict_raster(
+            model,
+            metadata,
+            source,
+            self.args.out,
+            probabilities=self.args.probabilities,
+            **options,
         )
-    if args.polygons is not None:
-        count = vectorize(
-            args.out, args.polygons, min_area=args.min_area, overwrite=args.overwrite
-        )
-        if not args.quiet:
-            print(f'{args.polygons}: {count} polygons')
+
+    @override
+    def make_extras(self) -> None:
+        from ..inference.polygons import vectorize
+
+        args = self.args
+        if args.polygons is not None:
+            count = vectorize(
+                args.out,
+                args.polygons,
+                min_area=args.min_area,
+                overwrite=args.overwrite,
+            )
+            if not args.quiet:
+                print(f'{args.polygons}: {count} polygons')
+
+    @override
+    def make_scenes(
+        self,
+        model: 'nn.Module',
+        metadata: 'CheckpointMetadata',
+        jobs: Sequence['SceneJob'],
+        **options: Any,
+    ) -> list['SceneResult']:
+        from ..inference.scenes import predict_scenes
+
+        return predict_scenes(model, metadata, jobs, **options)

@@ -1,27 +1,34 @@
 """What the commands that run a network over scenes share (``predict``, ``embed``).
 
-Their options (:func:`add_scene_options`), the rules of their outputs (a file
-for one scene, a folder for several: :func:`output_folder`), their claims on
-the outputs (:func:`claim`), and the run over many scenes in one or several
-processes (:func:`run_over_scenes`). Nothing here imports torch at the top.
+Their options (:func:`add_scene_options`) and their run (:class:`SceneCommand`):
+the rules of their outputs (a file for one scene, a folder for several), their
+claims on the outputs (:func:`claim`), and the run over many scenes in one or
+several processes (:func:`run_over_scenes`). Nothing here imports torch at the
+top.
 """
 
 import argparse
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..allocator import keep_freed_memory
 from ..bands import band_files, stack_of
 from ..errors import GlcgeoError
 from ..gdal_paths import RASTER_SUFFIXES, is_url
-from ..outputs import OutputLock
+from ..outputs import OutputLock, check_destination
 from ..sources import expand
 from .types import at_least, band, devices, finite, positive
 
 if TYPE_CHECKING:
-    from ..inference.scenes import SceneResult
+    from torch import nn
+
+    from ..checkpoints import ModelMetadata
+    from ..inference.predict import PredictionSummary
+    from ..inference.scenes import SceneJob, SceneResult
 
 
 def add_scene_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -328,3 +335,179 @@ def run_over_scenes(
     failed = sum(result.status == 'failed' for result in results)
     if failed:
         raise GlcgeoError(f'{failed} of {len(results)} scenes failed (see above)')
+
+
+class SceneCommand[Metadata: 'ModelMetadata'](ABC):
+    """A command that runs a network over scenes (``predict``, ``embed``).
+
+    Its flags are checked first, so that a mistake is reported before the
+    network loads. One scene in one process is made here and its errors are the
+    command's; several scenes (or ``--out`` naming a folder, or several
+    processes) each get their outputs in the output folders, are skipped when
+    complete (a killed run resumes) and fail one by one (:func:`run_over_scenes`).
+    Subclasses say which network runs and what a scene becomes.
+
+    Attributes:
+        network: the network's checkpoint.
+        outputs: the outputs made of every scene, by flag: files, or folders.
+        extras: further files a run of one scene in one process writes, by flag.
+        sidecars: the files that travel with the output of one scene.
+    """
+
+    #: What the footprint index calls the outputs, e.g. ``'maps'``.
+    made: str
+
+    def __init__(self, args: argparse.Namespace, network: str) -> None:
+        """Initialize a new SceneCommand.
+
+        Args:
+            args: the command's parsed arguments.
+            network: the network's checkpoint.
+        """
+        self.args, self.network = args, network
+        self.outputs: dict[str, str | None] = {'--out': args.out}
+        self.extras: dict[str, str | None] = {}
+        self.sidecars: list[str] = []
+        self.mean, self.std = band_statistics(args)
+
+    @abstractmethod
+    def load_network(self) -> tuple['nn.Module', Metadata]:
+        """The network and its metadata, with the command's own flags applied."""
+
+    def options(self) -> dict[str, Any]:
+        """The options of every scene given on the command line, and provenance.
+
+        The checkpoint is hashed here, once for all scenes.
+        """
+        from ..provenance import Provenance
+
+        return {
+            'tile_size': self.args.tile_size,
+            'overlap': self.args.overlap,
+            'batch_size': self.args.batch_size,
+            'nodata': self.args.nodata,
+            'provenance': Provenance.of_checkpoint(self.network),
+        }
+
+    @abstractmethod
+    def jobs(self, sources: Sequence[str], folder: bool) -> list['SceneJob']:
+        """The outputs of each scene."""
+
+    @abstractmethod
+    def make_scene(
+        self, model: 'nn.Module', metadata: Metadata, source: str, **options: Any
+    ) -> 'PredictionSummary':
+        """Make the output of one scene in this process."""
+
+    @abstractmethod
+    def make_extras(self) -> None:
+        """Write the :attr:`extras` from the scene's output."""
+
+    @abstractmethod
+    def make_scenes(
+        self,
+        model: 'nn.Module',
+        metadata: Metadata,
+        jobs: Sequence['SceneJob'],
+        **options: Any,
+    ) -> list['SceneResult']:
+        """Make this process's share of the scenes."""
+
+    def load(self) -> tuple['nn.Module', Metadata]:
+        """The network and its metadata, the flags overriding the checkpoint's."""
+        model, metadata = self.load_network()
+        args = self.args
+        try:
+            metadata = metadata.replace(
+                bands=args.bands, band_mean=self.mean, band_std=self.std
+            )
+        except GlcgeoError as error:
+            raise GlcgeoError(str(error), self.network) from None
+        if metadata.band_mean is None:
+            # A TorchGeo checkpoint has no statistics: raw values would go in.
+            raise GlcgeoError(
+                'the model carries no band statistics; give the ones it was '
+                'trained with: --stats FILE (from glcgeo stats) or --mean and --std',
+                self.network,
+            )
+        return model, metadata
+
+    def run(self) -> None:
+        """Run the command.
+
+        Raises:
+            GlcgeoError: for bad input or outputs that another live run writes,
+                before the network runs; at the end, when some scenes failed
+                (each reported as it failed).
+        """
+        args = self.args
+        sources = scene_inputs(args)
+        processes = several_processes(args)
+        folder = len(sources) > 1 or is_folder(args.out)
+        outputs = {flag: path for flag, path in self.outputs.items() if path}
+        extras = {flag: path for flag, path in self.extras.items() if path}
+        for flag, path in extras.items():
+            if folder or processes:
+                raise GlcgeoError(f'{flag} takes one scene in one process', path)
+        if folder:
+            sources = outside_output_folders(sources, args.source, [*outputs.values()])
+        inputs = local_inputs(sources, self.network, args.stats)
+        # This process only runs the network: before its first tensor, its
+        # forward passes may keep their memory (see glcgeo.allocator).
+        keep_freed_memory()
+        if folder or processes:
+            self._run_scenes(sources, inputs, outputs, folder)
+            return
+        files = [*outputs.values(), *self.sidecars]
+        for flag, path in extras.items():
+            if os.path.realpath(path) in map(os.path.realpath, files):
+                raise GlcgeoError(f'{flag} must be another file than the outputs', path)
+        for output in (*files, *extras.values()):
+            check_destination(output, args.overwrite, inputs)
+        with claim([*outputs.values(), *extras.values()], folder=False):
+            model, metadata = self.load()
+            summary = self.make_scene(
+                model,
+                metadata,
+                sources[0],
+                device=args.device,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                **self.options(),
+            )
+            if not args.quiet:
+                print(
+                    f'{summary.destination}: {summary.width} x {summary.height} '
+                    f'pixels; tiles: {summary.tiles}, {summary.skipped_tiles} of them '
+                    f'without data; {summary.seconds:.1f} s'
+                )
+            self.make_extras()
+
+    def _run_scenes(
+        self,
+        sources: list[str],
+        inputs: list[str],
+        outputs: dict[str, str],
+        folder: bool,
+    ) -> None:
+        """Make every scene, in this and the processes it starts, resumably."""
+        from ..inference.scenes import FOOTPRINTS
+
+        jobs = self.jobs(sources, folder)
+        written = [output for job in jobs for output in job.outputs]
+        if folder:
+            if len(set(map(os.path.realpath, outputs.values()))) < len(outputs):
+                raise GlcgeoError(f'{" and ".join(outputs)} must be different folders')
+            for flag, path in outputs.items():
+                make_folder(path, flag)
+            written.append(os.path.join(self.args.out, FOOTPRINTS))
+
+        def this_process(**process: Any) -> list['SceneResult']:  # its share
+            model, metadata = self.load()
+            return self.make_scenes(model, metadata, jobs, **process, **self.options())
+
+        with claim([*outputs.values()], folder):
+            for output in written:
+                # Existing outputs are skipped or replaced scene by scene.
+                check_destination(output, True, inputs)
+            run_over_scenes(self.args, folder, this_process, self.made)
