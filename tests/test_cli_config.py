@@ -114,7 +114,8 @@ def test_a_label_budget_flag_replaces_the_config_budget(
         (['--trainer.max_steps', 'x'], "argument --trainer.max_steps: must be int, "
          "got 'x'"),
         (['--model.lr=fast'], "argument --model.lr: must be float, got 'fast'"),
-        (['--trainer.max_step', '3'], 'unrecognized arguments: --trainer.max_step'),
+        (['--trainer.max_step', '3'], 'unrecognized arguments: --trainer.max_step 3 '
+         '(did you mean max_steps'),
         (['--lam', '2'], 'argument --lam: must be a fraction in [0, 1], got 2'),
     ],
 )  # fmt: skip

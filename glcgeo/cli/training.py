@@ -194,6 +194,9 @@ def _one_line(parser: Any, error: str, given: Any, path: str | None) -> str:
         first,
     ):
         return _unknown(parser, match[3] or f'{match[1]}.{match[2]}')
+    if match := re.match(r'unrecognized arguments: --([\w.]+)', first):
+        hint = _unknown(parser, match[1]).partition(' (')[2]
+        return f'{first} ({hint}' if hint.startswith('did you') else first
     match = re.match(r'Parser key "([\w.]+)"', first)
     if not match or f'--{match[1]}' not in parser._option_string_actions:
         return first
