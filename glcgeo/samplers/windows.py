@@ -1,4 +1,4 @@
-"""Samplers: windows on data, pairs of them for pretraining, tiles for fine-tuning.
+"""Windows on a mosaic's valid area, and pairs of them for pretraining.
 
 :class:`ValidWindowSampler` yields windows of a mosaic's pixel grid centred on
 random points of its valid area (as TorchGeo queries; statistics draw them one by
@@ -6,17 +6,11 @@ one). :class:`PairedWindowSampler`, one of them, yields
 :class:`~glcgeo.pairs.WindowPair` records instead: two windows that overlap by a
 controlled fraction, each at its own scale, plus ground regions inside their
 overlap for GLCNet's local matching; :mod:`glcgeo.pairs` reads them.
-:class:`TileSampler` yields the TorchGeo queries of a fixed list of tiles (a
-split's, :mod:`glcgeo.splits`).
-
-All are TorchGeo spatial samplers: they take the dataset and an optional region
-of interest, in the dataset CRS, out of which they yield nothing.
 """
 
 import abc
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import numpy as np
 import shapely
@@ -25,15 +19,14 @@ import torch.distributed as dist
 from rasterio.windows import Window
 from shapely import Polygon
 from torch import Generator
-from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import SpatialSampler
 
-from .datasets import GeoTiffMosaic
-from .errors import GlcgeoError
-from .geometry import PixelBox
-from .pairs import WindowPair
+from ..datasets import GeoTiffMosaic
+from ..errors import GlcgeoError
+from ..geometry import PixelBox
+from ..pairs import WindowPair
 
-__all__ = ['PairStream', 'PairedWindowSampler', 'TileSampler', 'ValidWindowSampler']
+__all__ = ['PairStream', 'PairedWindowSampler', 'ValidWindowSampler']
 
 
 def _box(window: Window) -> PixelBox:
@@ -533,76 +526,3 @@ class PairedWindowSampler(PairStream, ValidWindowSampler):  # type: ignore[misc]
             assert best is not None
             chosen.append(best)
         return tuple(chosen)
-
-
-class TileSampler(SpatialSampler):
-    """Yield the TorchGeo queries of a fixed list of tiles.
-
-    In order (evaluation), or, with *length*, that many draws per epoch from
-    successive seeded permutations of the tiles (training): every tile is seen
-    equally often, whatever the number of tiles. With a region of interest, only
-    the tiles inside it are yielded.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(
-        self,
-        dataset: GeoDataset,
-        queries: Sequence[tuple[slice, slice]],
-        *,
-        length: int | None = None,
-        generator: Generator | None = None,
-        roi: Polygon | None = None,
-    ) -> None:
-        """Initialize a new TileSampler.
-
-        Args:
-            dataset: the dataset the queries read.
-            queries: one TorchGeo query per tile,
-                ``(slice(xmin, xmax, xres), slice(ymin, ymax, yres))`` in the
-                dataset CRS.
-            length: draws per epoch; None yields each query once, in order.
-            generator: random generator of the draws (defaults to seed 0).
-            roi: region of interest, in the dataset CRS; tiles not inside it are
-                left out (defaults to all tiles).
-
-        """
-        super().__init__(dataset, roi=roi)
-        if roi is not None:
-            shapely.prepare(roi)
-            queries = [
-                (x, y)
-                for x, y in queries
-                if roi.covers(shapely.box(x.start, y.start, x.stop, y.stop))
-            ]
-        self.queries = list(queries)
-        self.length = length
-        self.generator = generator or torch.Generator().manual_seed(0)
-
-    @property
-    def strategy(self) -> Literal['random', 'sequential']:  # type: ignore[override]
-        """'sequential' without *length* (each tile once, in order), else 'random'."""
-        return 'sequential' if self.length is None else 'random'
-
-    def __iter__(self) -> Iterator[tuple[slice, slice]]:
-        """Yield the queries of one epoch.
-
-        Yields:
-            ``(slice(xmin, xmax, xres), slice(ymin, ymax, yres))`` queries.
-
-        """
-        if self.length is None:
-            yield from self.queries
-            return
-        drawn = 0
-        while drawn < self.length:
-            for i in torch.randperm(len(self.queries), generator=self.generator):
-                if drawn == self.length:
-                    return
-                yield self.queries[int(i)]
-                drawn += 1
-
-    def __len__(self) -> int:
-        """Number of queries per epoch."""
-        return len(self.queries) if self.length is None else self.length
