@@ -103,6 +103,8 @@ BAD_FLAGS = [
     ['stats', '--data', LANDSAT8, '--out', OUT, '--res', '-10'],
     ['stats', '--data', LANDSAT8, '--out', OUT, '--windows', '0'],
     ['stats', '--data', LANDSAT8, '--out', OUT, '--window-size', 'nan'],
+    ['stats', '--data', LANDSAT8, '--out', OUT, '--bands', '1', '0'],
+    ['pretrain', '--data', S2_TILES, '--out', OUT, '--bands', '-1'],
     ['pretrain', '--data', S2_TILES, '--out', OUT, '--patch-size', '0'],
     ['pretrain', '--data', S2_TILES, '--out', OUT, '--overlap', '1.5', '0.2'],
     ['pretrain', '--data', S2_TILES, '--out', OUT, '--overlap', '0.8', '0.3'],
@@ -120,6 +122,7 @@ BAD_FLAGS = [
     ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--overlap', '-1'],
     ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--std', '0'],
     ['predict', '--in', S2_TILE_A, '--out', OUT, '--model', OUT, '--bands', '0'],
+    ['embed', '--in', S2_TILE_A, '--out', OUT, '--weights', OUT, '--bands', '0'],
 ]
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..bands import band_files
 from ..outputs import OutputLock, check_destination
 from ..sources import expand
-from .types import SOURCES, HelpFormatter, at_least, crs, positive
+from .types import SOURCES, HelpFormatter, at_least, band, crs, positive
 
 if TYPE_CHECKING:
     from ..stats import BandStats
@@ -34,9 +34,11 @@ def add_parser(subparsers: Any) -> None:
     add('--out', required=True, help='statistics JSON to write')
     add(
         '--bands',
+        metavar='BAND',
+        type=band,
         nargs='+',
-        help='1-based band indexes or names (default: all); the names that '
-        '{band} stands for, or the STAC assets to read',
+        help='1-based band indexes or names (default: all): of {band} patterns and '
+        "STAC items (B04, red), or else the files' band descriptions",
     )
     add(
         '--crs',
