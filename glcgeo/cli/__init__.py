@@ -8,27 +8,18 @@ rasterio inside the function that runs the command, never at the top: ``glcgeo
 """
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Sequence
-from types import FrameType
-from typing import Any
 
 from .. import __version__
 from ..errors import GlcgeoError
-from ..outputs import remove_unwound_files
+from .interrupts import Interrupts
 from .training import SETTING
 from .types import ArgumentParser
-
-#: importlib's frame of an import statement at work.
-_IMPORT_FRAME = ('<frozen importlib._bootstrap>', '_find_and_load')
-
 
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
 COMMANDS = ('stats', 'pretrain', 'export', 'finetune', 'predict', 'embed', 'vectorize')
@@ -53,96 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt_next_call(frame: FrameType, event: str, arg: object) -> None:
-    """A trace function that raises KeyboardInterrupt in the first call it sees."""
-    sys.settrace(None)
-    raise KeyboardInterrupt
-
-
-def _outermost_import(frame: FrameType | None) -> FrameType | None:
-    """The frame of the outermost import running below *frame*, if any."""
-    outermost = None
-    while frame is not None:
-        code = frame.f_code
-        if (code.co_filename, code.co_name) == _IMPORT_FRAME:
-            outermost = frame
-        frame = frame.f_back
-    return outermost
-
-
-class _InterruptAfter:
-    """A profile function: raise KeyboardInterrupt once an import has returned.
-
-    The interrupt is raised in the first call after the import statement whose
-    frame is *importing* (see :func:`_interrupt_next_call`).
-    """
-
-    def __init__(self, importing: FrameType) -> None:
-        self.importing = importing
-
-    def __call__(self, frame: FrameType, event: str, arg: object) -> None:
-        if event == 'return' and frame is self.importing:
-            sys.setprofile(None)
-            sys.settrace(_interrupt_next_call)
-
-
-#: Seconds the main thread has to take Ctrl-C (or SIGTERM) before the process
-#: ends without it (see :class:`_SignalWatch`).
-INTERRUPT_GRACE = 5.0
-#: The signals that interrupt a command.
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _SignalWatch:
-    """End the process when Ctrl-C finds the main thread stuck in a C call.
-
-    Python runs signal handlers in the main thread, between two bytecodes: while
-    that thread waits inside a library (GDAL waiting for a server that accepted
-    the connection and never answers), Ctrl-C and SIGTERM wait with it. Python's
-    C-level handler still writes the signal's number to its wakeup file
-    descriptor: this thread reads it and, if the main thread's handler has not
-    run within :data:`INTERRUPT_GRACE` seconds, says ``interrupted`` and ends the
-    process with status 130 itself.
-    """
-
-    def __init__(self, taken: threading.Event) -> None:
-        """Start watching (from the main thread).
-
-        Args:
-            taken: set by the main thread's handler when it runs.
-        """
-        self.taken = taken
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._write, False)
-        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, name='glcgeo-signals', daemon=True).start()
-
-    def _watch(self) -> None:
-        while received := os.read(self._read, 64):
-            if not any(number in INTERRUPTS for number in received):
-                continue  # e.g. SIGCHLD, which DataLoader handles
-            if not self.taken.wait(INTERRUPT_GRACE):
-                print('glcgeo: interrupted', file=sys.stderr, flush=True)
-                remove_unwound_files()
-                os._exit(130)
-        os.close(self._read)
-
-    def stop(self) -> None:
-        """Stop watching (from the main thread)."""
-        signal.set_wakeup_fd(self._previous)
-        os.close(self._write)  # the watching thread reads the end, and ends
-
-
-def _forget_wakeup_fd() -> None:
-    """In a forked child (a DataLoader worker), leave the parent's watch alone."""
-    # ValueError: forked from another thread than the main one, which has none.
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-
-
-os.register_at_fork(after_in_child=_forget_wakeup_fd)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``glcgeo`` command line.
 
@@ -153,73 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         the exit status: 0 on success, 2 for bad input, 130 when interrupted.
 
     """
-    # Ctrl-C is one line from the first moment, and stops the work: the signal
-    # itself is remembered, and during the sub-commands' imports (torch,
-    # Lightning: seconds) it waits for the import to end, as an interrupt inside
-    # a C extension's import may be swallowed (torch's NumPy bridge goes on
-    # without NumPy), surface as another error (NumPy's "cannot load module more
-    # than once") or abort the process (torch's operator registry).
-    interrupted = threading.Event()
-    taken = threading.Event()
-    previous = {number: signal.getsignal(number) for number in INTERRUPTS}
-    previous_hook = sys.unraisablehook
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        interrupted.set()
-        taken.set()
-        importing = _outermost_import(frame)
-        if importing is None:
-            raise KeyboardInterrupt
-        sys.setprofile(_InterruptAfter(importing))
-
-    def unraisable(report: Any) -> None:
-        # Ctrl-C landing in code whose errors Python ignores (a weakref callback
-        # of the import system, a __del__) would be lost and the work go on:
-        # raise it again in the next function this thread calls (a signal raised
-        # here would be handled, and ignored, in here).
-        if report.exc_type is KeyboardInterrupt and interrupted.is_set():
-            sys.settrace(_interrupt_next_call)
-        else:
-            previous_hook(report)
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    watch = None
-    if main_thread:
-        # SIGTERM (a job scheduler's, a container's stop) is Ctrl-C too.
-        for number in INTERRUPTS:
-            signal.signal(number, interrupt)
-        sys.unraisablehook = unraisable
-        if argv is None:
-            watch = _SignalWatch(taken)
-    try:
-        status = _run(argv)
-        if interrupted.is_set():
-            # Ctrl-C was swallowed on its way out (e.g. by a library's handler).
-            raise KeyboardInterrupt
-        return status
-    except BaseException as error:
-        # A KeyboardInterrupt of our own, or any error that Ctrl-C caused.
-        if not (interrupted.is_set() or isinstance(error, KeyboardInterrupt)):
-            raise
-        print('glcgeo: interrupted', file=sys.stderr)
-        if argv is None:
-            # The command line: end now. An interrupt inside torch's import can
-            # leave the interpreter's shutdown waiting forever on its half-made
-            # state; everything of ours was cleaned up while unwinding.
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
-    finally:
-        if main_thread:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-            sys.unraisablehook = previous_hook
-            if watch is not None:
-                watch.stop()
-            if sys.gettrace() is _interrupt_next_call:
-                sys.settrace(None)
-            if isinstance(sys.getprofile(), _InterruptAfter):
-                sys.setprofile(None)
+    with Interrupts(watch=argv is None) as interrupts:
+        try:
+            status = _run(argv)
+            interrupts.raise_if_swallowed()
+            return status
+        except BaseException as error:
+            if not interrupts.caused(error):
+                raise
+            print('glcgeo: interrupted', file=sys.stderr)
+            if argv is None:
+                # The command line: end now. An interrupt inside torch's import
+                # can leave the interpreter's shutdown waiting forever on its
+                # half-made state; everything of ours was cleaned up while
+                # unwinding.
+                sys.stderr.flush()
+                os._exit(130)
+            return 130
 
 
 def _run(argv: Sequence[str] | None) -> int:
