@@ -215,6 +215,33 @@ def place_tile(
     )
 
 
+def _mirrored_read(
+    start: int, stop: int, size: int
+) -> tuple[slice, tuple[int, int], slice]:
+    """Take pixels [start, stop) of a scene axis mirrored beyond its edges.
+
+    As :func:`numpy.pad` does in ``'reflect'`` mode over the whole axis: pixel
+    -k is pixel k, pixel size - 1 + k is pixel size - 1 - k (reflected again
+    where the axis is shorter than the margin).
+
+    Args:
+        start: first pixel (negative in the margin).
+        stop: pixel after the last (beyond *size* in the margin).
+        size: the scene's pixels along the axis.
+
+    Returns:
+        (the scene pixels to read, the padding to reflect them by, the
+        pixels [start, stop) of the padded ones).
+
+    """
+    before, after = max(0, -start), max(0, stop - size)
+    # Read beyond [start, stop) as far as the pixels reflected into it.
+    first = max(0, min(start, size - 1 - after))
+    end = min(size, max(stop, before + 1))
+    cut = slice(start - first + before, stop - first + before)
+    return slice(first, end), (before, after), cut
+
+
 @dataclass
 class Strip:
     """Consecutive tiles of a grid row, read once for all of them.
@@ -243,8 +270,9 @@ class _DecodedRows:
     read (its GeoTIFF reader decodes straight into the caller's array), so
     overlapping windows read one by one decode the blocks they share again and
     again. Here rows are read in whole block rows, each once, and kept while
-    later strips still need them: a buffer of a tile's height plus a block's,
-    reused from one grid row to the next.
+    later strips still need them: a buffer of a tile's height (or the rows the
+    bottom margin mirrors, if more) plus a block's, reused from one grid row to
+    the next.
     """
 
     def __init__(
@@ -262,7 +290,7 @@ class _DecodedRows:
             bands: 1-based bands to read.
             nodata: nodata value of the raster.
             use_dataset_mask: whether the raster's internal mask says where data is.
-            depth: the most rows asked for at once (a tile's height).
+            depth: the most rows asked for at once.
 
         """
         self.src = src
@@ -377,17 +405,26 @@ class SceneReader:
                 connection), naming the source.
 
         """
+        height = self.src.height
+        # The bottom margin mirrors the rows from here down: grid rows near the
+        # bottom start reading here, so that reads only move down.
+        bottom_mirrored = max(0, height - 1 - SCENE_MARGIN)
         decoded = _DecodedRows(
-            self.src, self.bands, self.nodata, self.use_dataset_mask, grid.tile_height
+            self.src,
+            self.bands,
+            self.nodata,
+            self.use_dataset_mask,
+            max(grid.tile_height, SCENE_MARGIN + 1),
         )
         for row in itertools.batched(grid, len(grid.col_offsets)):
             # The grid row's rows in scene pixels (negative in the margin).
             top = int(row[0].window.row_off) - SCENE_MARGIN
-            rows = (max(0, top), min(self.src.height, top + grid.tile_height))
             band = None
-            if rows[0] < rows[1]:
+            if top < height and top + grid.tile_height > 0:
+                rows, _, _ = _mirrored_read(top, top + grid.tile_height, height)
+                first = min(rows.start, bottom_mirrored)
                 with pixel_reads([os.fspath(self.source)]):
-                    band = decoded.rows(*rows)
+                    band = first, *decoded.rows(first, rows.stop)
             for tiles in itertools.batched(row, self.tiles_per_read):
                 strip = self._strip(list(tiles), top, band)
                 if pin_memory and strip.data is not None:
@@ -399,15 +436,16 @@ class SceneReader:
         self,
         tiles: list[Tile],
         top: int,
-        band: tuple[np.ndarray, np.ndarray] | None,
+        band: tuple[int, np.ndarray, np.ndarray] | None,
     ) -> Strip:
         """Cut the strip of consecutive tiles of one grid row from its rows.
 
         Args:
             tiles: the tiles.
             top: scene row of the tiles' top (negative in the margin).
-            band: the raw values and mask of the tiles' rows inside the scene,
-                or None if they have none.
+            band: the scene row of the first row read for the tiles, and the
+                raw values and mask of the rows read, across the scene's
+                width; None if the tiles have no row inside the scene.
 
         """
         first, last = tiles[0].window, tiles[-1].window
@@ -428,15 +466,18 @@ class SceneReader:
         col_off = int(first.col_off)
         if band is None or not any(placements):  # tiles of the margin only
             return Strip(None, None, col_off, [(tile, None) for tile in tiles])
-        rows = (max(0, top), min(self.src.height, top + height))
-        cols = (max(0, left), min(self.src.width, left + width))
-        margins = (
-            (rows[0] - top, top + height - rows[1]),
-            (cols[0] - left, left + width - cols[1]),
-        )
+        band_top, band_data, band_valid = band
+        rows, row_pad, row_cut = _mirrored_read(top, top + height, self.src.height)
+        cols, col_pad, col_cut = _mirrored_read(left, left + width, self.src.width)
+        in_band = slice(rows.start - band_top, rows.stop - band_top)
         # Copies: the decoded rows are reused for the rows below.
-        data = np.pad(band[0][:, :, cols[0] : cols[1]], ((0, 0), *margins), 'reflect')
-        valid = np.pad(band[1][:, cols[0] : cols[1]], margins, 'reflect')
+        data = np.pad(
+            band_data[:, in_band, cols], ((0, 0), row_pad, col_pad), 'reflect'
+        )
+        valid = np.pad(band_valid[in_band, cols], (row_pad, col_pad), 'reflect')
+        # The window alone (a copy only where more was read for its mirror).
+        data = np.ascontiguousarray(data[:, row_cut, col_cut])
+        valid = np.ascontiguousarray(valid[row_cut, col_cut])
         tiles_placed: list[tuple[Tile, Placement | None]] = []
         for tile, placement in zip(tiles, placements, strict=True):
             if placement is not None:
