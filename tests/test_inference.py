@@ -39,12 +39,11 @@ from glcgeo.inference import (
     prediction_grid,
     tile_weights,
 )
+from glcgeo.inference.patches import Patch, batch_patches
 from glcgeo.inference.reading import (
     SCENE_MARGIN,
-    Patch,
     Placement,
     SceneReader,
-    batch_patches,
     read_ahead,
 )
 from glcgeo.rasters import valid_pixels
