@@ -54,14 +54,12 @@ from ..outputs import check_destination
 from ..provenance import Provenance, creation_time
 from ..rasters import open_raster
 from .blending import RowBandAccumulator, tile_weights
+from .patches import Patch, batch_patches, dataset_patch
 from .reading import (
     SCENE_MARGIN,
-    Patch,
     Placement,
     SceneReader,
     Strip,
-    batch_patches,
-    dataset_patch,
     input_bands,
     normalize_input,
     pad_to_stride,

@@ -3,10 +3,9 @@
 :class:`SceneReader` reads a raster for a :func:`prediction_grid` a few tiles of
 a grid row at a time: a :class:`Strip`, one window mirrored beyond the scene's
 edges, from which the tiles are cut, with each tile's :class:`Placement` on the
-scene.
-:func:`dataset_patch` places a TorchGeo dataset's patch on its scene, and
-:func:`batch_patches` stacks such patches. Both hand out raw values with their
-nodata mask (:func:`~glcgeo.rasters.valid_pixels`, the one nodata rule);
+scene. It hands out raw values with their nodata mask
+(:func:`~glcgeo.rasters.valid_pixels`, the one nodata rule), as
+:mod:`glcgeo.inference.patches` does for a TorchGeo dataset's patches;
 :func:`read_ahead` reads in a background thread, so reading runs while the model
 works (where that pays: :func:`~glcgeo.inference.predict.reads_ahead`), and
 :func:`normalize_input` and :func:`pad_to_stride` make raw values into model
@@ -38,13 +37,9 @@ from .tiling import Tile, TileGrid
 __all__ = [
     'PAD_MULTIPLE',
     'SCENE_MARGIN',
-    'Patch',
-    'PatchBatch',
     'Placement',
     'SceneReader',
     'Strip',
-    'batch_patches',
-    'dataset_patch',
     'input_bands',
     'normalize_input',
     'pad_to_stride',
@@ -215,6 +210,33 @@ def place_tile(
     )
 
 
+def _mirrored_read(
+    start: int, stop: int, size: int
+) -> tuple[slice, tuple[int, int], slice]:
+    """Take pixels [start, stop) of a scene axis mirrored beyond its edges.
+
+    As :func:`numpy.pad` does in ``'reflect'`` mode over the whole axis: pixel
+    -k is pixel k, pixel size - 1 + k is pixel size - 1 - k (reflected again
+    where the axis is shorter than the margin).
+
+    Args:
+        start: first pixel (negative in the margin).
+        stop: pixel after the last (beyond *size* in the margin).
+        size: the scene's pixels along the axis.
+
+    Returns:
+        (the scene pixels to read, the padding to reflect them by, the
+        pixels [start, stop) of the padded ones).
+
+    """
+    before, after = max(0, -start), max(0, stop - size)
+    # Read beyond [start, stop) as far as the pixels reflected into it.
+    first = max(0, min(start, size - 1 - after))
+    end = min(size, max(stop, before + 1))
+    cut = slice(start - first + before, stop - first + before)
+    return slice(first, end), (before, after), cut
+
+
 @dataclass
 class Strip:
     """Consecutive tiles of a grid row, read once for all of them.
@@ -243,8 +265,9 @@ class _DecodedRows:
     read (its GeoTIFF reader decodes straight into the caller's array), so
     overlapping windows read one by one decode the blocks they share again and
     again. Here rows are read in whole block rows, each once, and kept while
-    later strips still need them: a buffer of a tile's height plus a block's,
-    reused from one grid row to the next.
+    later strips still need them: a buffer of a tile's height (or the rows the
+    bottom margin mirrors, if more) plus a block's, reused from one grid row to
+    the next.
     """
 
     def __init__(
@@ -262,7 +285,7 @@ class _DecodedRows:
             bands: 1-based bands to read.
             nodata: nodata value of the raster.
             use_dataset_mask: whether the raster's internal mask says where data is.
-            depth: the most rows asked for at once (a tile's height).
+            depth: the most rows asked for at once.
 
         """
         self.src = src
@@ -377,17 +400,26 @@ class SceneReader:
                 connection), naming the source.
 
         """
+        height = self.src.height
+        # The bottom margin mirrors the rows from here down: grid rows near the
+        # bottom start reading here, so that reads only move down.
+        bottom_mirrored = max(0, height - 1 - SCENE_MARGIN)
         decoded = _DecodedRows(
-            self.src, self.bands, self.nodata, self.use_dataset_mask, grid.tile_height
+            self.src,
+            self.bands,
+            self.nodata,
+            self.use_dataset_mask,
+            max(grid.tile_height, SCENE_MARGIN + 1),
         )
         for row in itertools.batched(grid, len(grid.col_offsets)):
             # The grid row's rows in scene pixels (negative in the margin).
             top = int(row[0].window.row_off) - SCENE_MARGIN
-            rows = (max(0, top), min(self.src.height, top + grid.tile_height))
             band = None
-            if rows[0] < rows[1]:
+            if top < height and top + grid.tile_height > 0:
+                rows, _, _ = _mirrored_read(top, top + grid.tile_height, height)
+                first = min(rows.start, bottom_mirrored)
                 with pixel_reads([os.fspath(self.source)]):
-                    band = decoded.rows(*rows)
+                    band = first, *decoded.rows(first, rows.stop)
             for tiles in itertools.batched(row, self.tiles_per_read):
                 strip = self._strip(list(tiles), top, band)
                 if pin_memory and strip.data is not None:
@@ -399,15 +431,16 @@ class SceneReader:
         self,
         tiles: list[Tile],
         top: int,
-        band: tuple[np.ndarray, np.ndarray] | None,
+        band: tuple[int, np.ndarray, np.ndarray] | None,
     ) -> Strip:
         """Cut the strip of consecutive tiles of one grid row from its rows.
 
         Args:
             tiles: the tiles.
             top: scene row of the tiles' top (negative in the margin).
-            band: the raw values and mask of the tiles' rows inside the scene,
-                or None if they have none.
+            band: the scene row of the first row read for the tiles, and the
+                raw values and mask of the rows read, across the scene's
+                width; None if the tiles have no row inside the scene.
 
         """
         first, last = tiles[0].window, tiles[-1].window
@@ -428,15 +461,18 @@ class SceneReader:
         col_off = int(first.col_off)
         if band is None or not any(placements):  # tiles of the margin only
             return Strip(None, None, col_off, [(tile, None) for tile in tiles])
-        rows = (max(0, top), min(self.src.height, top + height))
-        cols = (max(0, left), min(self.src.width, left + width))
-        margins = (
-            (rows[0] - top, top + height - rows[1]),
-            (cols[0] - left, left + width - cols[1]),
-        )
+        band_top, band_data, band_valid = band
+        rows, row_pad, row_cut = _mirrored_read(top, top + height, self.src.height)
+        cols, col_pad, col_cut = _mirrored_read(left, left + width, self.src.width)
+        in_band = slice(rows.start - band_top, rows.stop - band_top)
         # Copies: the decoded rows are reused for the rows below.
-        data = np.pad(band[0][:, :, cols[0] : cols[1]], ((0, 0), *margins), 'reflect')
-        valid = np.pad(band[1][:, cols[0] : cols[1]], margins, 'reflect')
+        data = np.pad(
+            band_data[:, in_band, cols], ((0, 0), row_pad, col_pad), 'reflect'
+        )
+        valid = np.pad(band_valid[in_band, cols], (row_pad, col_pad), 'reflect')
+        # The window alone (a copy only where more was read for its mirror).
+        data = np.ascontiguousarray(data[:, row_cut, col_cut])
+        valid = np.ascontiguousarray(valid[row_cut, col_cut])
         tiles_placed: list[tuple[Tile, Placement | None]] = []
         for tile, placement in zip(tiles, placements, strict=True):
             if placement is not None:
@@ -451,127 +487,6 @@ class SceneReader:
         return Strip(
             torch.from_numpy(data), torch.from_numpy(valid), col_off, tiles_placed
         )
-
-
-@dataclass
-class Patch:
-    """A patch of raw values waiting for prediction.
-
-    Attributes:
-        data: [C, H, W] raw values of the patch (the dataset's fill outside it).
-        holds_data: [H, W] True where *data* holds data.
-        placement: where its prediction goes.
-
-    """
-
-    data: np.ndarray
-    holds_data: np.ndarray
-    placement: Placement
-
-
-def dataset_patch(
-    data: np.ndarray,
-    nodata: float | None,
-    row: int,
-    col: int,
-    scene_height: int,
-    scene_width: int,
-) -> Patch | None:
-    """Cut a patch at (row, col) to the scene; None if it holds no data there.
-
-    Args:
-        data: [C, H, W] raw values of the patch.
-        nodata: nodata value of *data*.
-        row: scene row of the patch's top (may be negative).
-        col: scene column of the patch's left (may be negative).
-        scene_height: scene height in pixels.
-        scene_width: scene width in pixels.
-
-    Returns:
-        the patch to predict, or None.
-
-    """
-    _, height, width = data.shape
-    edges = (
-        row <= 0,
-        row + height >= scene_height,
-        col <= 0,
-        col + width >= scene_width,
-    )
-    placement = place_tile(
-        row, col, (height, width), (scene_height, scene_width), edges
-    )
-    if placement is None:
-        return None
-    # Whatever lies outside the scene is fill, not data.
-    valid = np.zeros((height, width), dtype=bool)
-    rows, cols = placement.crop
-    valid[rows, cols] = valid_pixels(torch.from_numpy(data[:, rows, cols]), nodata)
-    if not valid.any():
-        return None
-    return Patch(data=data, holds_data=valid, placement=placement)
-
-
-@dataclass
-class PatchBatch:
-    """Patches stacked for one forward pass.
-
-    Attributes:
-        patches: the patches, in reading order.
-        data: [B, C, H, W] their raw values (in pinned memory when asked), or
-            None when *patches* is empty.
-        holds_data: [B, H, W] True where *data* holds data, or None.
-        items: patches read for this batch, those without data included.
-
-    """
-
-    patches: list[Patch]
-    data: Tensor | None
-    holds_data: Tensor | None
-    items: int
-
-
-def _stack(patches: list[Patch], items: int, pin_memory: bool) -> PatchBatch:
-    """Stack patches into a :class:`PatchBatch`."""
-    if not patches:
-        return PatchBatch(patches, None, None, items)
-    data = torch.from_numpy(np.stack([patch.data for patch in patches]))
-    holds = torch.from_numpy(np.stack([patch.holds_data for patch in patches]))
-    if pin_memory:
-        data, holds = data.pin_memory(), holds.pin_memory()
-    return PatchBatch(patches, data, holds, items)
-
-
-def batch_patches(
-    patches: Iterable[Patch | None],
-    batch_size: int,
-    pin_memory: bool = False,
-) -> Generator[PatchBatch]:
-    """Group patches into batches.
-
-    Args:
-        patches: in order; None for a patch without data.
-        batch_size: patches per batch.
-        pin_memory: put batches in page-locked memory, for fast copies to CUDA.
-
-    Yields:
-        the batches: *batch_size* patches each, or fewer at the end and where
-        a patch without data follows a finished batch.
-
-    """
-    pending: list[Patch] = []
-    items = 0
-    for patch in patches:
-        items += 1
-        if patch is not None:
-            pending.append(patch)
-        # A patch without data and nothing pending ends a batch too, so that
-        # the caller hears of progress while a stretch without data is read.
-        if len(pending) == batch_size or not pending:
-            yield _stack(pending, items, pin_memory)
-            pending, items = [], 0
-    if items:
-        yield _stack(pending, items, pin_memory)
 
 
 #: Marks the end of the items in :func:`read_ahead`'s queue.
@@ -589,7 +504,7 @@ def read_ahead[Item](items: Iterable[Item], depth: int = 2) -> Generator[Item]:
 
     Args:
         items: what to read, e.g. :meth:`SceneReader.strips` or
-            :func:`batch_patches`.
+            :func:`~glcgeo.inference.patches.batch_patches`.
         depth: items held ready.
 
     Yields:
