@@ -374,6 +374,13 @@ def test_scenes_sharing_a_name_or_their_folder_are_refused(
                    '--model', fcn_checkpoint) == 2  # fmt: skip
     assert '--out must be a folder for several scenes' in capsys.readouterr().err
     assert not (tmp_path / 'map.tif').exists()
+    # Polygons are of one map: several are vectorized one by one.
+    assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint,
+                   '--polygons', tmp_path / 'p.gpkg') == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert '--polygons takes one scene in one process; run glcgeo vectorize' in err
+    assert not out.exists()
 
 
 def test_two_processes_write_the_maps_of_one(

@@ -81,6 +81,7 @@ class Predict(SceneCommand['CheckpointMetadata']):
     """``glcgeo predict``: a class map of each scene, and its polygons."""
 
     made = 'maps'
+    instead = {'--polygons': 'run glcgeo vectorize on each map of several'}
 
     def __init__(self, args: argparse.Namespace) -> None:
         """Check the command's own flags (see :class:`SceneCommand`)."""

@@ -356,6 +356,8 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
 
     #: What the footprint index calls the outputs, e.g. ``'maps'``.
     made: str
+    #: What to do instead of an extra for several scenes, by its flag.
+    instead: dict[str, str] = {}
 
     def __init__(self, args: argparse.Namespace, network: str) -> None:
         """Initialize a new SceneCommand.
@@ -446,9 +448,10 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
         folder = len(sources) > 1 or is_folder(args.out)
         outputs = {flag: path for flag, path in self.outputs.items() if path}
         extras = {flag: path for flag, path in self.extras.items() if path}
-        for flag, path in extras.items():
-            if folder or processes:
-                raise GlcgeoError(f'{flag} takes one scene in one process', path)
+        if extras and (folder or processes):
+            flag, path = next(iter(extras.items()))
+            instead = f'; {self.instead[flag]}' if flag in self.instead else ''
+            raise GlcgeoError(f'{flag} takes one scene in one process{instead}', path)
         if folder:
             sources = outside_output_folders(sources, args.source, [*outputs.values()])
         inputs = local_inputs(sources, self.network, args.stats)
