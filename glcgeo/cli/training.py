@@ -195,8 +195,8 @@ def _one_line(parser: Any, error: str, given: Any, path: str | None) -> str:
     ):
         return _unknown(parser, match[3] or f'{match[1]}.{match[2]}')
     if match := re.match(r'unrecognized arguments: --([\w.]+)', first):
-        hint = _unknown(parser, match[1]).partition(' (')[2]
-        return f'{first} ({hint}' if hint.startswith('did you') else first
+        close = _known_keys(parser, match[1])[2]
+        return f'{first} (did you mean {" or ".join(close)}?)' if close else first
     match = re.match(r'Parser key "([\w.]+)"', first)
     if not match or f'--{match[1]}' not in parser._option_string_actions:
         return first
@@ -211,6 +211,19 @@ def _one_line(parser: Any, error: str, given: Any, path: str | None) -> str:
 
 def _unknown(parser: Any, key: str) -> str:
     """An unknown key, with the known ones that come close."""
+    name, known, close = _known_keys(parser, key)
+    if close:
+        return f'unknown key {name} (did you mean {" or ".join(close)}?)'
+    return f'unknown key {name} (keys: {", ".join(known)})'
+
+
+def _known_keys(parser: Any, key: str) -> tuple[str, list[str], list[str]]:
+    """The unknown *key* as its section names it, the section's keys, the close ones.
+
+    Returns:
+        ``trainer.max_step`` (or ``train`` for an unknown section), the keys of
+        its section (or the sections), and up to 3 of them that come close.
+    """
     keys = [a.dest.split('.') for a in parser._actions if a.dest != 'help']
     sections = list(dict.fromkeys(k[0] for k in keys))
     section, _, name = key.partition('.')
@@ -219,10 +232,7 @@ def _unknown(parser: Any, key: str) -> str:
         known = list(dict.fromkeys(k[1] for k in keys if k[0] == section and k[1:]))
     else:
         prefix, name, known = '', section, sections
-    hint = 'keys: ' + ', '.join(known)
-    if close := difflib.get_close_matches(name, known, n=3):
-        hint = f'did you mean {" or ".join(close)}?'
-    return f'unknown key {prefix}{name} ({hint})'
+    return prefix + name, known, difflib.get_close_matches(name, known, n=3)
 
 
 def _wrong_type(parser: Any, key: str, value: Any, path: str | None) -> str:
