@@ -2,7 +2,9 @@
 config, short flags are aliases, --print_config, callbacks and loggers from YAML,
 and saved configs that rerun from any folder."""
 
+import inspect
 import os
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +19,9 @@ from test_cli_errors import LABELS, PRETRAIN, _one_line
 
 import glcgeo.finetune
 import glcgeo.pretrain
-from glcgeo.cli import main
+from glcgeo.cli import build_parser, main
+from glcgeo.datamodules import GLCNetDataModule, SegmentationDataModule
+from glcgeo.tasks import FinetuneTask, GLCNetTask
 
 #: The API each command calls, and the task it trains.
 API = {
@@ -96,6 +100,42 @@ def test_every_config_key_is_a_flag(
     assert call['model'] == {'lam': 0.3, 'temperature': 0.2}
     assert call['data'] == {'paths': [str(S2_TILES)], 'regions': 6}
     assert call['seed'] == 4
+
+
+def _literal(text: str) -> int | float | str:
+    """A default as a flag's help writes it (``224``, ``1e-3``, ``resnet50``)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@pytest.mark.parametrize('command', ['pretrain', 'finetune'])
+def test_a_short_flag_states_the_default_its_class_has(command: str) -> None:
+    # The help of --lam says [0.5] without importing the task (a fast --help):
+    # the signature's default is the one that holds.
+    classes = {
+        'pretrain': {'model': GLCNetTask, 'data': GLCNetDataModule},
+        'finetune': {'model': FinetuneTask, 'data': SegmentationDataModule},
+    }[command]
+    (commands,) = [a for a in build_parser()._actions if a.dest == 'command']
+    stated = 0
+    for action in commands.choices[command]._actions:
+        section, _, key = action.dest.partition('.')
+        stated_default = re.search(r'\[([^\]]*)\]', action.help or '')
+        if section not in classes or stated_default is None:
+            continue
+        default = inspect.signature(classes[section]).parameters[key].default
+        if default is None:  # worked out from the data; the help says how
+            continue
+        expected = list(default) if isinstance(default, tuple) else [default]
+        assert [_literal(t) for t in stated_default[1].split()] == expected, (
+            action.option_strings
+        )
+        stated += 1
+    assert stated >= 12
 
 
 def test_a_label_budget_flag_replaces_the_config_budget(
