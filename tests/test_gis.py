@@ -321,19 +321,33 @@ def test_vectorize_command_keeps_what_exists_and_leaves_nothing_on_failure(
 ) -> None:
     out = tmp_path / 'labels.gpkg'
     out.write_bytes(b'precious')
-    assert main(['vectorize', str(LABELS), str(out)]) == 2
+    assert main(['vectorize', '--in', str(LABELS), '--out', str(out)]) == 2
     err = capsys.readouterr().err
     assert err == f'glcgeo: {out}: output exists (use --overwrite to replace it)\n'
     assert out.read_bytes() == b'precious'
     assert (
-        main(['vectorize', str(tmp_path / 'missing.tif'), str(tmp_path / 'a.gpkg')])
+        main(
+            [
+                'vectorize',
+                '--in',
+                str(tmp_path / 'missing.tif'),
+                '--out',
+                str(tmp_path / 'a.gpkg'),
+            ]
+        )
         == 2
     )
     err = capsys.readouterr().err
     assert err.startswith('glcgeo: ') and err.count('\n') == 1 and 'missing.tif' in err
-    assert main(['vectorize', str(S2_TILE_A), str(tmp_path / 'a.gpkg')]) == 2
+    assert (
+        main(['vectorize', '--in', str(S2_TILE_A), '--out', str(tmp_path / 'a.gpkg')])
+        == 2
+    )
     assert 'not a class map: 4 uint16 bands' in capsys.readouterr().err
-    assert main(['vectorize', str(LABELS), str(out), '--min-area', '0']) == 2
+    assert (
+        main(['vectorize', '--in', str(LABELS), '--out', str(out), '--min-area', '0'])
+        == 2
+    )
     assert '--min-area: must be > 0' in capsys.readouterr().err
     # A failure part-way (a full disk, Ctrl-C) leaves the old file, no partial one.
     monkeypatch.setattr(polygons_module, '_WRITE_BATCH', 100)
@@ -352,6 +366,11 @@ def test_vectorize_command_keeps_what_exists_and_leaves_nothing_on_failure(
     assert os.listdir(tmp_path) == ['labels.gpkg']
     assert out.read_bytes() == b'precious'
     monkeypatch.setattr(polygons_module, '_write', write)
-    assert main(['vectorize', str(LABELS), str(out), '--overwrite']) == 0
-    assert 'polygons' in capsys.readouterr().out
+    assert (
+        main(['vectorize', '--in', str(LABELS), '--out', str(out), '--overwrite']) == 0
+    )
+    assert capsys.readouterr().out.startswith(f'{out}: ')
     assert len(pyogrio.read_dataframe(out)) > 1000
+    assert main(['vectorize', '--in', str(LABELS), '--out', str(out), '--overwrite',
+                 '--quiet']) == 0  # fmt: skip
+    assert capsys.readouterr().out == ''

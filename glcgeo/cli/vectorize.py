@@ -38,12 +38,12 @@ def add_parser(subparsers: Any) -> None:
             'memory does not grow with its size.'
         ),
     )
-    parser.add_argument('map', metavar='MAP', help='class map (GeoTIFF)')
-    parser.add_argument('out', metavar='OUT', help='GeoPackage to write (.gpkg)')
+    add = parser.add_argument
+    add('--in', dest='map', metavar='MAP', required=True, help='class map (GeoTIFF)')
+    add('--out', metavar='GPKG', required=True, help='GeoPackage to write')
     add_polygon_options(parser)
-    parser.add_argument(
-        '--overwrite', action='store_true', help='replace OUT if it exists'
-    )
+    add('--overwrite', action='store_true', help='replace --out if it exists')
+    add('--quiet', action='store_true', help='no summary')
     parser.set_defaults(func=run)
 
 
@@ -51,11 +51,12 @@ def run(args: argparse.Namespace) -> None:
     """Write the polygons and say how many.
 
     Args:
-        args: parsed ``map``, ``out``, ``min_area`` and ``overwrite``.
+        args: parsed ``map``, ``out``, ``min_area``, ``overwrite`` and ``quiet``.
     """
     from ..inference.polygons import vectorize
 
     count = vectorize(
         args.map, args.out, min_area=args.min_area, overwrite=args.overwrite
     )
-    print(f'wrote {args.out}: {count} polygons')
+    if not args.quiet:
+        print(f'{args.out}: {count} polygons')
