@@ -29,6 +29,8 @@ def test_writes_statistics_and_prints_a_table(
     assert printed[2].split()[:2] == ['2', 'B2']
     assert str(out) in printed[-1]
     assert os.listdir(tmp_path) == ['stats.json']
+    assert main([*args, '--overwrite', '--quiet']) == 0
+    assert capsys.readouterr().out == ''
 
 
 def test_globs_and_folders_and_nodata(tmp_path: Path) -> None:

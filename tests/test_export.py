@@ -199,7 +199,8 @@ def test_cli_exports_and_refuses_to_overwrite(
     assert error.startswith(f'glcgeo: {out}: ') and error.count('\n') == 1
     assert out.read_bytes() == before
     args = ['export', '--checkpoint', str(checkpoint), '--out', str(out), '--overwrite']
-    assert cli(args) == 0
+    assert cli([*args, '--quiet']) == 0
+    assert capsys.readouterr().out == ''
     assert os.listdir(tmp_path) == ['weights.ckpt']
 
 

@@ -29,6 +29,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         '--overwrite', action='store_true', help='replace --out if it exists'
     )
+    parser.add_argument('--quiet', action='store_true', help='no summary')
     parser.set_defaults(func=run)
 
 
@@ -36,11 +37,13 @@ def run(args: argparse.Namespace) -> None:
     """Export the weights and say what was written.
 
     Args:
-        args: parsed ``checkpoint``, ``out`` and ``overwrite``.
+        args: parsed ``checkpoint``, ``out``, ``overwrite`` and ``quiet``.
     """
     from ..export import export_weights
 
     weights = export_weights(args.checkpoint, args.out, overwrite=args.overwrite)
+    if args.quiet:
+        return
     decoder = (
         'ASPP' if all(k.startswith('aspp.') for k in weights.decoder) else 'decoder'
     )

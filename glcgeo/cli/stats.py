@@ -55,6 +55,7 @@ def add_parser(subparsers: Any) -> None:
     add('--window-size', type=positive(int), default=128, help='window side, pixels')
     add('--seed', type=at_least(0), default=0, help='seed of the window draw')
     add('--overwrite', action='store_true', help='replace --out if it exists')
+    add('--quiet', action='store_true', help='no table nor summary')
     parser.set_defaults(func=run)
 
 
@@ -111,10 +112,12 @@ def run(args: argparse.Namespace) -> None:
             window_size=args.window_size,
             generator=torch.Generator().manual_seed(args.seed),
         )
-        names = [dataset.all_bands[i - 1] for i in stats.bands]
-        print(format_table(stats, names))
+        if not args.quiet:
+            names = [dataset.all_bands[i - 1] for i in stats.bands]
+            print(format_table(stats, names))
         stats.save(out)
-    print(
-        f'glcgeo: statistics of {len(stats.files)} file(s) from {stats.pixels} '
-        f'valid pixels written to {out}'
-    )
+    if not args.quiet:
+        print(
+            f'glcgeo: statistics of {len(stats.files)} file(s) from {stats.pixels} '
+            f'valid pixels written to {out}'
+        )
