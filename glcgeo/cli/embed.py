@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..checkpoints import ModelMetadata
-    from ..inference.predict import PredictionSummary
-    from ..inference.scenes import SceneJob, SceneResult
+    from ..inference.predict import UnpublishedScene
+    from ..inference.scenes import SceneJob
 
 
 def add_parser(subparsers: Any) -> None:
@@ -107,12 +107,18 @@ class Embed(SceneCommand['ModelMetadata']):
         return scene_jobs(sources, self.args.out, folder=folder, class_map=False)
 
     @override
-    def make_scene(
-        self, model: 'nn.Module', metadata: 'ModelMetadata', source: str, **options: Any
-    ) -> 'PredictionSummary':
-        from ..inference.embed import embed_raster
+    def unpublished(
+        self,
+        model: 'nn.Module',
+        metadata: 'ModelMetadata',
+        job: 'SceneJob',
+        **options: Any,
+    ) -> 'UnpublishedScene':
+        from ..inference.embed import embed_unpublished
 
-        return embed_raster(model, metadata, source, self.args.out, **options)
+        return embed_unpublished(
+            model, metadata, job.source, job.destination, **options
+        )
 
     @override
     def make_extras(self) -> None:
@@ -123,15 +129,3 @@ class Embed(SceneCommand['ModelMetadata']):
             write_preview(args.out, args.preview, overwrite=args.overwrite)
             if not args.quiet:
                 print(f'{args.preview}: preview')
-
-    @override
-    def make_scenes(
-        self,
-        model: 'nn.Module',
-        metadata: 'ModelMetadata',
-        jobs: Sequence['SceneJob'],
-        **options: Any,
-    ) -> list['SceneResult']:
-        from ..inference.embed import embed_scenes
-
-        return embed_scenes(model, metadata, jobs, **options)

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..checkpoints import CheckpointMetadata
-    from ..inference.predict import PredictionSummary
-    from ..inference.scenes import SceneJob, SceneResult
+    from ..inference.predict import UnpublishedScene
+    from ..inference.scenes import SceneJob
 
 
 def add_parser(subparsers: Any) -> None:
@@ -114,21 +114,21 @@ class Predict(SceneCommand['CheckpointMetadata']):
         )
 
     @override
-    def make_scene(
+    def unpublished(
         self,
         model: 'nn.Module',
         metadata: 'CheckpointMetadata',
-        source: str,
+        job: 'SceneJob',
         **options: Any,
-    ) -> 'PredictionSummary':
-        from ..inference import predict_raster
+    ) -> 'UnpublishedScene':
+        from ..inference.predict import predict_unpublished
 
-        return predict_raster(
+        return predict_unpublished(
             model,
             metadata,
-            source,
-            self.args.out,
-            probabilities=self.args.probabilities,
+            job.source,
+            job.destination,
+            probabilities=job.probabilities,
             **options,
         )
 
@@ -146,15 +146,3 @@ class Predict(SceneCommand['CheckpointMetadata']):
             )
             if not args.quiet:
                 print(f'{args.polygons}: {count} polygons')
-
-    @override
-    def make_scenes(
-        self,
-        model: 'nn.Module',
-        metadata: 'CheckpointMetadata',
-        jobs: Sequence['SceneJob'],
-        **options: Any,
-    ) -> list['SceneResult']:
-        from ..inference.scenes import predict_scenes
-
-        return predict_scenes(model, metadata, jobs, **options)

@@ -10,6 +10,7 @@ top.
 import argparse
 import os
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..checkpoints import ModelMetadata
-    from ..inference.predict import PredictionSummary
+    from ..inference.predict import UnpublishedScene
     from ..inference.scenes import SceneJob, SceneResult
 
 
@@ -277,8 +278,8 @@ def run_over_scenes(
             process options).
         folder: whether ``--out`` is a folder.
         run: makes this process's share of the scenes (loading the network in
-            it), given ``predict_scenes``' process options (rank, world size,
-            device, report ...).
+            it), given the device, progress and the options of
+            :func:`~glcgeo.inference.scenes.run_scenes` (rank, report ...).
         done: what the index calls the outputs, e.g. ``'maps'``.
 
     Raises:
@@ -396,24 +397,14 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
         """The outputs of each scene."""
 
     @abstractmethod
-    def make_scene(
-        self, model: 'nn.Module', metadata: Metadata, source: str, **options: Any
-    ) -> 'PredictionSummary':
-        """Make the output of one scene in this process."""
+    def unpublished(
+        self, model: 'nn.Module', metadata: Metadata, job: 'SceneJob', **options: Any
+    ) -> 'UnpublishedScene':
+        """Make a scene's outputs into temporary files, to publish."""
 
     @abstractmethod
     def make_extras(self) -> None:
         """Write the :attr:`extras` from the scene's output."""
-
-    @abstractmethod
-    def make_scenes(
-        self,
-        model: 'nn.Module',
-        metadata: Metadata,
-        jobs: Sequence['SceneJob'],
-        **options: Any,
-    ) -> list['SceneResult']:
-        """Make this process's share of the scenes."""
 
     def load(self) -> tuple['nn.Module', Metadata]:
         """The network and its metadata, the flags overriding the checkpoint's."""
@@ -469,20 +460,23 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
             check_destination(output, args.overwrite, inputs)
         with claim([*outputs.values(), *extras.values()], folder=False):
             model, metadata = self.load()
-            summary = self.make_scene(
+            start = time.perf_counter()
+            scene = self.unpublished(
                 model,
                 metadata,
-                sources[0],
+                *self.jobs(sources, folder=False),
                 device=args.device,
                 overwrite=args.overwrite,
                 progress=not args.quiet,
                 **self.options(),
             )
+            scene.publish()
             if not args.quiet:
+                summary = scene.summary
                 print(
                     f'{summary.destination}: {summary.width} x {summary.height} '
                     f'pixels; tiles: {summary.tiles}, {summary.skipped_tiles} of them '
-                    f'without data; {summary.seconds:.1f} s'
+                    f'without data; {time.perf_counter() - start:.1f} s'
                 )
             self.make_extras()
 
@@ -505,9 +499,20 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
                 make_folder(path, flag)
             written.append(os.path.join(self.args.out, FOOTPRINTS))
 
-        def this_process(**process: Any) -> list['SceneResult']:  # its share
+        def this_process(
+            device: Any, progress: bool, **sharing: Any
+        ) -> list['SceneResult']:
+            from ..inference.scenes import run_scenes
+
             model, metadata = self.load()
-            return self.make_scenes(model, metadata, jobs, **process, **self.options())
+            options = {'device': device, 'progress': progress, **self.options()}
+
+            def unpublished(job: 'SceneJob', replace: bool) -> 'UnpublishedScene':
+                return self.unpublished(
+                    model, metadata, job, overwrite=replace, **options
+                )
+
+            return run_scenes(jobs, unpublished, **sharing)
 
         with claim([*outputs.values()], folder):
             for output in written:
