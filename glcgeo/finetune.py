@@ -120,7 +120,8 @@ def _start_normalisation(weights: str, data: dict[str, Any]) -> None:
     stats = pretrained_band_stats(weights)
     if stats is None:
         return
-    trained_dtype = read_band_metadata(weights).band_dtype
+    trained = read_band_metadata(weights)
+    trained_dtype = trained.band_dtype
     try:
         with rasterio.open(expand_paths(data['images'], data.get('bands'))[0]) as src:
             count, dtype = src.count, src.dtypes[0]
@@ -139,7 +140,9 @@ def _start_normalisation(weights: str, data: dict[str, Any]) -> None:
                 "bands (normalised with the images' own statistics), or --stats",
                 weights,
             )
-        data['bands'], data['stats'] = stats.bands, stats
+        # The bands the weights read: all (None), or those of the same files.
+        data['bands'] = None if trained.bands is None else stats.bands
+        data['stats'] = stats
     elif len(bands) != len(stats.bands):
         check_band_count(
             '--bands gives', len(bands), 'the weights take', len(stats.bands), weights

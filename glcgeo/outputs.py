@@ -89,9 +89,15 @@ def check_destination(
             is the input).
 
     Raises:
-        GlcgeoError: if the folder is missing or takes no new file, the output is
-            a folder or one of *inputs*, or it exists and *overwrite* is False.
+        GlcgeoError: if the path is empty or names a folder (it ends in a path
+            separator, or one stands there), the folder is missing or takes no
+            new file, the output is one of *inputs*, or it exists and
+            *overwrite* is False.
     """
+    if not os.fspath(path):
+        raise GlcgeoError('an output file is named by an empty path')
+    if os.fspath(path).endswith(('/', os.sep)):
+        raise GlcgeoError('a folder is named where an output file goes', path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise GlcgeoError('output folder does not exist', folder)

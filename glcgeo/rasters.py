@@ -13,7 +13,9 @@ both need of a single file, in one place:
   every band equals the nodata value or any band is NaN; :func:`read_valid_mask`
   applies it to a file read at reduced resolution;
 * :func:`pixel_reads` reports a failed read of pixels in one line naming the
-  file.
+  file;
+* :func:`band_names` names a file's bands, and :func:`band_indexes` turns
+  bands given by name or 1-based index into indexes.
 """
 
 import functools
@@ -228,6 +230,45 @@ def open_raster(source: str | os.PathLike[str], kind: str = 'raster') -> Dataset
     return src
 
 
+def band_names(src: DatasetReader) -> tuple[str, ...]:
+    """A raster's band names: its band descriptions, ``B<i>`` where it has none."""
+    return tuple(d or f'B{i + 1}' for i, d in enumerate(src.descriptions))
+
+
+def band_indexes(
+    bands: Sequence[int | str] | None, names: Sequence[str], path: str
+) -> list[int]:
+    """Turn band names or 1-based indexes into 1-based indexes.
+
+    Args:
+        bands: the user's selection, or None for all bands.
+        names: the file's band names (:func:`band_names`).
+        path: the file, named in errors.
+
+    Returns:
+        1-based band indexes.
+
+    Raises:
+        GlcgeoError: for an index out of range or an unknown band name.
+    """
+    if bands is None:
+        return list(range(1, len(names) + 1))
+    indexes = []
+    for band in bands:
+        if isinstance(band, str) and not band.isdigit():
+            if band not in names:
+                raise GlcgeoError(
+                    f'no band named {band!r} (bands: {", ".join(names)})', path
+                )
+            indexes.append(names.index(band) + 1)
+            continue
+        index = int(band)
+        if not 1 <= index <= len(names):
+            raise GlcgeoError(f'band index {index} out of range 1..{len(names)}', path)
+        indexes.append(index)
+    return indexes
+
+
 @dataclass(frozen=True)
 class RasterHeader:
     """What indexing needs of one file, read in one open.
@@ -293,9 +334,7 @@ def read_header(path: str, crs_given: bool) -> RasterHeader:
             transform=src.transform,
             width=src.width,
             height=src.height,
-            descriptions=tuple(
-                d or f'B{i + 1}' for i, d in enumerate(src.descriptions)
-            ),
+            descriptions=band_names(src),
             all_valid=all(
                 flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums
             ),

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from conftest import LANDSAT8, S2_TILES, TorchGeoFit, fcn_task, save_task_checkpoint
+from conftest import (
+    LANDSAT8,
+    RGBN,
+    S2_TILES,
+    TorchGeoFit,
+    fcn_task,
+    save_task_checkpoint,
+)
 from test_cli_errors import LABELS, PRETRAIN, _one_line
 
 import glcgeo.finetune
@@ -157,6 +164,8 @@ def test_a_label_budget_flag_replaces_the_config_budget(
         (['--trainer.max_step', '3'], 'unrecognized arguments: --trainer.max_step 3 '
          '(did you mean max_steps'),
         (['--lam', '2'], 'argument --lam: must be a fraction in [0, 1], got 2'),
+        (['--overwrite'], 'glcgeo pretrain: unrecognized arguments: --overwrite (see '
+         'glcgeo pretrain --help)'),
     ],
 )  # fmt: skip
 def test_a_bad_flag_is_one_line_naming_it(
@@ -296,3 +305,7 @@ def test_predict_takes_band_names_as_every_command_does(
     argv = ['predict', '--in', str(LANDSAT8), '--out', str(tmp_path / 'x.tif'),
             '--model', model, '--bands', 'B4', 'B5', 'B6', 'B9']  # fmt: skip
     _one_line(capsys, main(argv), f"{LANDSAT8}: no band named 'B9' (bands: B1, B2")
+    # Bands without descriptions are B1, B2 ... as stats and the mosaics name them.
+    argv = ['predict', '--in', str(RGBN), '--out', str(tmp_path / 'rgbn.tif'),
+            '--model', model, '--bands', 'B1', 'B2', 'B3', 'B4', '--quiet']  # fmt: skip
+    assert main(argv) == 0

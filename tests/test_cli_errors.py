@@ -581,8 +581,19 @@ def test_interrupted_finetuning_exits_130_and_leaves_nothing(tmp_path: Path) -> 
          'TMP/file/run', 'a file (TMP/file) stands where the folder goes'),
         (['predict', '--in', S2_TILE_A, '--out', 'map.tif', '--model', 'CHECKPOINT',
           '--stats', 'folder'], 'folder', 'cannot read the statistics (Is a dir'),
+        # Before: stats wrote the file 'new', the others failed in a traceback
+        # (predict once its map was written).
+        (['stats', '--data', S2_TILE_A, '--out', 'new/'],
+         'new/', 'a folder is named where an output file goes'),
+        (['vectorize', '--in', LABELS, '--out', 'new/'],
+         'new/', 'a folder is named where an output file goes'),
+        (['predict', '--in', S2_TILE_A, '--out', 'map.tif', '--model', 'MODEL',
+          '--polygons', 'new/'], 'new/', 'a folder is named where an output file'),
+        (['export', '--checkpoint', 'MODEL', '--out', ''],
+         'glcgeo', 'an output file is named by an empty path'),
     ],
-    ids=['pretrain stats', 'config', 'pretrain out', 'finetune out', 'predict stats'],
+    ids=['pretrain stats', 'config', 'pretrain out', 'finetune out', 'predict stats',
+         'stats out', 'vectorize out', 'polygons', 'empty out'],
 )  # fmt: skip
 def test_a_folder_for_a_file_or_a_file_for_a_folder_is_one_line(
     tmp_path: Path,
@@ -596,8 +607,50 @@ def test_a_folder_for_a_file_or_a_file_for_a_folder_is_one_line(
     (tmp_path / 'folder').mkdir()
     (tmp_path / 'file').write_text('not a folder')
     monkeypatch.chdir(tmp_path)  # relative paths, as typed in a shell
-    names = {'CHECKPOINT': str(checkpoints['torchgeo'])}
+    names = {
+        'CHECKPOINT': str(checkpoints['torchgeo']),
+        'MODEL': str(checkpoints['model']),
+    }
     args = [names.get(str(a), str(a)) for a in argv]
     line = f'{culprit}: {message}'.replace('TMP', str(tmp_path))
     _one_line(capsys, main(args), line)
     assert sorted(os.listdir(tmp_path)) == ['file', 'folder']
+
+
+@pytest.mark.parametrize(
+    ('inputs', 'out', 'kind'),
+    [([S2_TILE_A], 'map.tif', 'files'), ([S2_TILES], 'maps/', 'folders')],
+)
+def test_outputs_that_are_one_file_or_folder_are_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    checkpoints: dict[str, Path],
+    inputs: list[Path],
+    out: str,
+    kind: str,
+) -> None:
+    # Before, for one scene: "in use by another glcgeo run", this one.
+    monkeypatch.chdir(tmp_path)
+    argv = ['predict', '--in', *map(str, inputs), '--out', out,
+            '--probabilities', out, '--model', str(checkpoints['model'])]  # fmt: skip
+    _one_line(capsys, main(argv), f'--out and --probabilities must be different {kind}')
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unknown_crs_is_one_line_on_the_terminal_too(tmp_path: Path) -> None:
+    # GDAL printed PROJ's complaint on the process's stderr first, which capsys
+    # does not see.
+    argv = ['stats', '--data', str(S2_TILE_A), '--out', 'x.json', '--crs', 'EPSG:99999']
+    done = subprocess.run(
+        [sys.executable, '-m', 'glcgeo', *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "glcgeo stats: argument --crs: unknown CRS 'EPSG:99999' (see glcgeo stats "
+        '--help)\n'
+    )

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 import torch
 from conftest import (
+    LANDSAT8,
     NC_IMAGE,
     NC_LABELS,
     S2_TILE_A,
@@ -154,7 +155,12 @@ def test_finetune_then_predict_on_real_imagery(tmp_path: str) -> None:
 
     model, metadata = load_segmentation_checkpoint(result.checkpoint)
     assert metadata.class_names == tuple(NAMES)
-    assert metadata.bands == (1, 2, 3, 4) and metadata.num_classes == 3
+    # Trained on every band (no bands given): a scene is read whole, and
+    # another band count is refused (before: bands 1-4 of 7 were mapped).
+    assert metadata.bands is None and metadata.num_classes == 3
+    with pytest.raises(GlcgeoError, match='has 7 bands'):
+        predict_raster(model, metadata, LANDSAT8, os.path.join(tmp_path, 'l8.tif'))
+    assert not os.path.exists(os.path.join(tmp_path, 'l8.tif'))
     assert metadata.class_colors[0] == (0, 0, 255)
     scene = os.path.join(S2, 'S2_L1C_18SUH_tileA_B02-B03-B04-B08.tif')
     landcover = os.path.join(tmp_path, 'landcover.tif')

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import json
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,36 @@ def test_vectorize_command_keeps_what_exists_and_leaves_nothing_on_failure(
     assert main(['vectorize', '--in', str(LABELS), '--out', str(out), '--overwrite',
                  '--quiet']) == 0  # fmt: skip
     assert capsys.readouterr().out == ''
+
+
+def test_polygons_go_to_a_geopackage_named_so(
+    tmp_path: Path, glcgeo_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: vectorize wrote a GeoPackage under a .shp name; predict --polygons
+    # failed only once its map was written, and the rerun found the map there.
+    shapefile = tmp_path / 'map.shp'
+    assert main(['vectorize', '--in', str(LABELS), '--out', str(shapefile)]) == 2
+    assert capsys.readouterr().err == (
+        f'glcgeo: {shapefile}: polygons are written as a GeoPackage: name the file '
+        '.gpkg\n'
+    )
+    model = str(glcgeo_checkpoint)
+    arguments = ['predict', '--in', str(S2_TILE_A), '--out', str(tmp_path / 'm.tif'),
+                 '--model', model, '--polygons', str(shapefile)]  # fmt: skip
+    assert main(arguments) == 2
+    assert 'name the file .gpkg' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_map_without_crs_is_vectorized_without_warnings(tmp_path: Path) -> None:
+    # Its polygons are in pixel-grid units, as documented; pyogrio warned of it.
+    with rasterio.open(LABELS) as src:
+        profile, ids = src.profile, src.read()
+    profile.pop('crs')
+    no_crs = tmp_path / 'no_crs.tif'
+    with rasterio.open(no_crs, 'w', **profile) as dst:
+        dst.write(ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert vectorize(no_crs, tmp_path / 'no_crs.gpkg') > 0
+    assert pyogrio.read_dataframe(tmp_path / 'no_crs.gpkg').crs is None

@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 from .. import __version__
 from ..errors import GlcgeoError
@@ -83,8 +84,11 @@ def _run(argv: Sequence[str] | None) -> int:
         args.settings, unknown = extras, extras
         if hasattr(args, 'print_config'):
             unknown = [a for a in extras if a.startswith('-') and not SETTING.match(a)]
-        if unknown:
-            parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+        if unknown:  # said by the command, pointing to its own --help
+            (commands,) = [a for a in parser._actions if a.dest == 'command']
+            choices = cast(dict[str, argparse.ArgumentParser], commands.choices)
+            command = choices[args.command]
+            command.error(f'unrecognized arguments: {" ".join(unknown)}')
     except SystemExit as exit:  # --help, --version, or a bad flag (one line)
         return int(exit.code or 0)
     # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.

@@ -85,12 +85,15 @@ class Predict(SceneCommand['CheckpointMetadata']):
 
     def __init__(self, args: argparse.Namespace) -> None:
         """Check the command's own flags (see :class:`SceneCommand`)."""
+        from ..inference.polygons import check_geopackage_name
         from ..inference.writer import sidecar_paths
 
         super().__init__(args, args.model)
         if args.confidence and args.probabilities is None:
             raise GlcgeoError('--confidence is a band of --probabilities: give both')
         self.outputs['--probabilities'] = args.probabilities
+        if args.polygons is not None:
+            check_geopackage_name(args.polygons)
         self.extras['--polygons'] = args.polygons
         self.sidecars = sidecar_paths(args.out)
 

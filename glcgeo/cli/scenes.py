@@ -438,6 +438,9 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
         processes = several_processes(args)
         folder = len(sources) > 1 or is_folder(args.out)
         outputs = {flag: path for flag, path in self.outputs.items() if path}
+        if len(set(map(os.path.realpath, outputs.values()))) < len(outputs):
+            kind = 'folders' if folder else 'files'
+            raise GlcgeoError(f'{" and ".join(outputs)} must be different {kind}')
         extras = {flag: path for flag, path in self.extras.items() if path}
         if extras and (folder or processes):
             flag, path = next(iter(extras.items()))
@@ -493,8 +496,6 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
         jobs = self.jobs(sources, folder)
         written = [output for job in jobs for output in job.outputs]
         if folder:
-            if len(set(map(os.path.realpath, outputs.values()))) < len(outputs):
-                raise GlcgeoError(f'{" and ".join(outputs)} must be different folders')
             for flag, path in outputs.items():
                 make_folder(path, flag)
             written.append(os.path.join(self.args.out, FOOTPRINTS))

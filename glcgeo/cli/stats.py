@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> None:
     from ..datasets import GeoTiffMosaic
     from ..stats import compute_band_stats
 
-    out = os.path.abspath(args.out)
     inputs = band_files(expand(args.data, args.bands))
-    check_destination(out, args.overwrite, inputs=inputs)
+    check_destination(args.out, args.overwrite, inputs=inputs)
+    out = os.path.abspath(args.out)
     with OutputLock(out):
         dataset = open_mosaic(
             GeoTiffMosaic,

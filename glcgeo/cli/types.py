@@ -132,13 +132,16 @@ def colour(text: str) -> list[int]:
 
 
 def crs(text: str) -> str:
-    """A type for coordinate reference systems that GDAL knows (EPSG:32631, WKT...).
+    """A type for coordinate reference systems that PROJ knows (EPSG:32631, WKT...).
+
+    Read as the datasets read it (pyproj), which says nothing on stderr: GDAL
+    prints PROJ's complaint about an unknown code before raising.
 
     Returns:
         the text as given.
     """
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
 
     try:
         CRS.from_user_input(text)

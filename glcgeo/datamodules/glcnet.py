@@ -153,11 +153,18 @@ class GLCNetDataModule(GeoDataModule):
 
     @property
     def band_metadata(self) -> BandMetadata:
-        """The bands and statistics of the views, as checkpoints keep them."""
+        """The bands and statistics of the views, as checkpoints keep them.
+
+        Without ``bands`` every band is read, and the checkpoint says so (None):
+        a scene is then read whole and must have as many bands.
+        """
         assert self.band_stats is not None
         assert isinstance(self.train_dataset, GeoTiffMosaic | GeoTiffCollection)
+        metadata = self.band_stats.metadata()
         return dataclasses.replace(
-            self.band_stats.metadata(), band_dtype=self.train_dataset.source_dtype
+            metadata,
+            bands=None if self.kwargs.get('bands') is None else metadata.bands,
+            band_dtype=self.train_dataset.source_dtype,
         )
 
     def on_after_batch_transfer(

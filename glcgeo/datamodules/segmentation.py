@@ -456,13 +456,18 @@ class SegmentationDataModule(GeoDataModule):
 
     @property
     def band_metadata(self) -> BandMetadata:
-        """The image bands read and their statistics, as checkpoints keep them."""
+        """The image bands read and their statistics, as checkpoints keep them.
+
+        Without ``bands`` every band is read, and the checkpoint says so (None):
+        a scene is then read whole and must have as many bands.
+        """
         assert self.band_stats is not None
         assert isinstance(self.dataset, IntersectionDataset)
         images = self.dataset.datasets[0]
         assert isinstance(images, GeoTiffMosaic)
         return dataclasses.replace(
             self.band_stats.metadata(self.band_indexes),
+            bands=None if self.bands is None else tuple(self.band_indexes),
             band_dtype=images.source_dtype,
         )
 

@@ -39,7 +39,7 @@ from torchgeo.datasets.utils import GeoSlice, Sample
 from .._torchgeo import init_raster_dataset, load_warp_file, resolve_slice
 from ..compositing import Compositor
 from ..coverage import CellBlock, SparseCoverage, footprint_block, mask_block
-from ..errors import GlcgeoError, check_memory
+from ..errors import check_memory
 from ..geometry import PixelGrid
 from ..handles import FileHandles
 from ..index_cache import (
@@ -52,6 +52,7 @@ from ..index_cache import (
 from ..indexing import Footprints, build_index, first_crs
 from ..rasters import (
     RasterHeader,
+    band_indexes,
     map_files,
     open_env,
     pixel_reads,
@@ -154,7 +155,7 @@ class GeoTiffMosaic(RasterDataset):
                 save_index(self.index_cache, self._cache_key, index)
         descriptions = index.descriptions
         self.all_bands = tuple(descriptions)
-        self.band_indexes_selected = self._resolve_bands(bands, descriptions, files[0])
+        self.band_indexes_selected = band_indexes(bands, descriptions, files[0])
         self.file_nodata = nodata if nodata is not None else index.nodata
         self.source_dtype = index.dtype
         self._paths = files
@@ -201,44 +202,6 @@ class GeoTiffMosaic(RasterDataset):
     def files(self) -> list[str]:
         """The mosaic's files, in index order (first on top)."""
         return list(self._paths)
-
-    @staticmethod
-    def _resolve_bands(
-        bands: Sequence[int | str] | None, descriptions: list[str], path: str
-    ) -> list[int]:
-        """Turn band names or 1-based indexes into 1-based indexes.
-
-        Args:
-            bands: the user's selection, or None for all bands.
-            descriptions: the band names of the first file.
-            path: the first file, named in errors.
-
-        Returns:
-            1-based band indexes.
-
-        Raises:
-            GlcgeoError: for an index out of range or an unknown band name.
-
-        """
-        if bands is None:
-            return list(range(1, len(descriptions) + 1))
-        indexes = []
-        for band in bands:
-            if isinstance(band, str) and not band.isdigit():
-                if band not in descriptions:
-                    raise GlcgeoError(
-                        f'no band named {band!r} (bands: {", ".join(descriptions)})',
-                        path,
-                    )
-                indexes.append(descriptions.index(band) + 1)
-                continue
-            index = int(band)
-            if not 1 <= index <= len(descriptions):
-                raise GlcgeoError(
-                    f'band index {index} out of range 1..{len(descriptions)}', path
-                )
-            indexes.append(index)
-        return indexes
 
     @property
     def num_bands(self) -> int:

@@ -32,7 +32,7 @@ from ..errors import GlcgeoError
 from ..outputs import atomic_write, check_destination
 from ..rasters import open_raster
 
-__all__ = ['POLYGON_LAYER', 'vectorize']
+__all__ = ['POLYGON_LAYER', 'check_geopackage_name', 'vectorize']
 
 #: The layer of class polygons in the GeoPackage.
 POLYGON_LAYER = 'classes'
@@ -160,6 +160,18 @@ def _frame(
     )
 
 
+def check_geopackage_name(destination: str | os.PathLike[str]) -> None:
+    """Check that polygons go to a file named as a GeoPackage (``.gpkg``).
+
+    Raises:
+        GlcgeoError: naming *destination*, if it is named otherwise.
+    """
+    if not os.fspath(destination).lower().endswith('.gpkg'):
+        raise GlcgeoError(
+            'polygons are written as a GeoPackage: name the file .gpkg', destination
+        )
+
+
 def _write(frame: Any, path: str, metadata: dict[str, str] | None) -> None:
     """Add polygons to the layer; the first call (with *metadata*) creates it."""
     import pyogrio
@@ -167,6 +179,8 @@ def _write(frame: Any, path: str, metadata: dict[str, str] | None) -> None:
     with warnings.catch_warnings():
         # The temporary name lacks the .gpkg extension.
         warnings.filterwarnings('ignore', message='.*extension')
+        # A map without CRS has polygons without one (see vectorize).
+        warnings.filterwarnings('ignore', message="'crs' was not provided")
         pyogrio.write_dataframe(
             frame,
             path,
@@ -211,9 +225,11 @@ def vectorize(
 
     Raises:
         GlcgeoError: if the map cannot be read or is not one band of integers,
-            *min_area* or *band_rows* is not positive, or *destination* may not
-            be written (see :func:`~glcgeo.outputs.check_destination`).
+            *min_area* or *band_rows* is not positive, or *destination* is not
+            named ``.gpkg`` or may not be written (see
+            :func:`~glcgeo.outputs.check_destination`).
     """
+    check_geopackage_name(destination)
     if min_area < 1:
         raise GlcgeoError(f'the minimum area must be at least 1 pixel, got {min_area}')
     if band_rows is not None and band_rows < 1:

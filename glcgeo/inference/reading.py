@@ -29,8 +29,8 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from ..checkpoints import BandMetadata, ModelMetadata
-from ..errors import GlcgeoError, check_band_count
-from ..rasters import pixel_reads, valid_pixels
+from ..errors import check_band_count
+from ..rasters import band_indexes, band_names, pixel_reads, valid_pixels
 from ..transforms import normalize_bands
 from .tiling import Tile, TileGrid
 
@@ -132,19 +132,9 @@ def input_bands(
     """Choose the 1-based bands to read, checked against the file and the model.
 
     Bands given by name (``predict --bands B4 B3``) are the file's band
-    descriptions.
+    names (:func:`~glcgeo.rasters.band_names`).
     """
-    names = list(src.descriptions)
-    bands = [
-        names.index(band) + 1 if band in names else band
-        for band in metadata.bands or range(1, src.count + 1)
-    ]
-    unknown = [band for band in bands if isinstance(band, str)]
-    if unknown:
-        raise GlcgeoError(
-            f'no band named {unknown[0]!r} (bands: {", ".join(map(str, names))})',
-            path,
-        )
+    bands = band_indexes(metadata.bands, band_names(src), path)
     # Bands given are as many as the model takes (CheckpointMetadata checks).
     check_band_count(
         'the input has',
@@ -154,8 +144,6 @@ def input_bands(
         path,
         ' (choose them with --bands)',
     )
-    if not all(1 <= b <= src.count for b in bands):
-        raise GlcgeoError(f'bands {bands} out of range 1..{src.count}', path)
     return bands
 
 
