@@ -331,10 +331,10 @@ def _finetune(
                 # end of an epoch: the final model is the one candidate.
                 best = stage.join('checkpoints', 'best.ckpt')
                 fit.save_checkpoint(best)
-            # Score the selected model once on each evaluation area. Under DDP the
-            # processes share the area (Lightning's DistributedSampler evens their
-            # shares, repeating up to one tile per process) and the scores are of
-            # all their tiles.
+            # Score the selected model once on each evaluation area. Under DDP
+            # the processes share the area (Lightning's DistributedSampler evens
+            # their shares, repeating up to one tile per extra process) and the
+            # scores are of all their tiles.
             validated = fit.validate(
                 task, datamodule=datamodule, ckpt_path=best, verbose=False
             )
