@@ -33,7 +33,7 @@ from torchgeo.datasets import IntersectionDataset
 from .checkpoints import read_band_metadata, write_model_checkpoint
 from .datamodules import SegmentationDataModule
 from .errors import GlcgeoError, check_band_count
-from .outputs import atomic_write
+from .outputs import atomic_write, joins_a_run
 from .runs import RunFolder, check_patch_size
 from .sources import expand as expand_paths
 from .splits import SPLITS
@@ -173,12 +173,8 @@ def _json_scores(scores: dict[str, float]) -> dict[str, float | None]:
     return {k: None if math.isnan(v) else v for k, v in scores.items()}
 
 
-def _write_split(datamodule: SegmentationDataModule, path: str) -> dict[str, int]:
-    """Write every tile's extent, split and label status as GeoJSON.
-
-    Returns:
-        number of tiles per split.
-    """
+def _write_split(datamodule: SegmentationDataModule, path: str) -> None:
+    """Write every tile's extent, split and label status as GeoJSON."""
     split = datamodule.tile_split
     assert split is not None and datamodule.dataset is not None
     labelled = set(datamodule.label_tiles)
@@ -202,7 +198,6 @@ def _write_split(datamodule: SegmentationDataModule, path: str) -> dict[str, int
     frame = gpd.GeoDataFrame(rows, geometry='geometry', crs=crs)
     with atomic_write(path) as temporary:
         frame.to_file(temporary, driver='GeoJSON')
-    return {name: len(split.tiles[name]) for name in SPLITS}
 
 
 def finetune(
@@ -231,7 +226,9 @@ def finetune(
         out: output folder (see the module doc).
         seed: global seed (model head initialisation, augmentation, dropout).
         quiet: no progress bar, model summary nor TensorBoard log.
-        overwrite: replace the outputs of an earlier run in *out*.
+        overwrite: replace the outputs of an earlier run in *out*, once this
+            run is complete: until then, and if it fails or is interrupted,
+            they stay as they were (:meth:`~glcgeo.runs.RunFolder.replacing`).
 
     Returns:
         the selected checkpoint and its scores.
@@ -288,79 +285,90 @@ def _finetune(
     }
     task = FinetuneTask(**model)
     check_patch_size(task, datamodule.hparams['patch_size'])
+    # The new run is written in a staging folder: the earlier run's outputs
+    # stay as they were until it is complete (RunFolder.replacing).
+    stage = run.staging()
     selection = ModelCheckpoint(
-        dirpath=run.join('checkpoints'),
+        dirpath=stage.join('checkpoints'),
         filename='best',
         monitor=FinetuneTask.monitor,
         mode=FinetuneTask.mode,
         save_last=True,
         enable_version_counter=False,
     )
-    fit = run.trainer(
+    fit = stage.trainer(
         {'max_epochs': 150, 'num_sanity_val_steps': 0, **trainer},
         [selection],
         quiet,
         tensorboard=not quiet,
     )
-
-    if overwrite:
-        inputs = [
-            path for path in (weights, data.get('stats')) if isinstance(path, str)
-        ]
-        run.clear(inputs)
-    # A run that fails or is interrupted leaves no half run behind: without
-    # model.ckpt, nothing in it is of use, and it would block the rerun.
-    with run.taken_back_on_failure():
-        tiles = _write_split(datamodule, run.join('split.geojson'))
-        data_config = {k: v for k, v in data.items() if k != 'stats'}
-        if isinstance(data.get('stats'), str):
-            data_config['stats'] = data['stats']
-        run.write_config(
-            seed,
-            trainer,
-            'glcgeo.tasks.FinetuneTask',
-            model,
-            'glcgeo.datamodules.SegmentationDataModule',
-            data_config,
-            PATHS,
-        )
-        fit.fit(task, datamodule=datamodule)
-        best = selection.best_model_path
-        if not best:
-            # Training stopped (--max-steps) before the first validation, at the
-            # end of an epoch: the final model is the one candidate.
-            best = run.join('checkpoints', 'best.ckpt')
-            fit.save_checkpoint(best)
-        # Score the selected model once on each evaluation area.
-        validated = fit.validate(
-            task, datamodule=datamodule, ckpt_path=best, verbose=False
-        )
-        tested = fit.test(
-            task, datamodule=datamodule, ckpt_path=best, verbose=not quiet
-        )
-        model_path = run.join('model.ckpt')
-        checkpoint = write_model_checkpoint(best, model_path)
+    # The other processes of a multi-process run train and score with the
+    # first; the first alone writes the run's files.
+    first = not joins_a_run()
+    inputs = [path for path in (weights, data.get('stats')) if isinstance(path, str)]
+    with run.replacing(inputs):
+        if first:
+            _write_split(datamodule, stage.join('split.geojson'))
+            data_config = {k: v for k, v in data.items() if k != 'stats'}
+            if isinstance(data.get('stats'), str):
+                data_config['stats'] = data['stats']
+            stage.write_config(
+                seed,
+                trainer,
+                'glcgeo.tasks.FinetuneTask',
+                model,
+                'glcgeo.datamodules.SegmentationDataModule',
+                data_config,
+                PATHS,
+            )
+        with warnings.catch_warnings():
+            # The scores are synced already: each is computed from the confusion
+            # matrix summed across processes (torchmetrics), not logged per step.
+            warnings.filterwarnings(
+                'ignore', message=r".*self\.log\('(train|val|test)_(?!loss)"
+            )
+            fit.fit(task, datamodule=datamodule)
+            best = selection.best_model_path
+            if not best:
+                # Training stopped (--max-steps) before the first validation, at the
+                # end of an epoch: the final model is the one candidate.
+                best = stage.join('checkpoints', 'best.ckpt')
+                fit.save_checkpoint(best)
+            # Score the selected model once on each evaluation area. Under DDP
+            # the processes share the area (Lightning's DistributedSampler evens
+            # their shares, repeating up to one tile per extra process) and the
+            # scores are of all their tiles.
+            validated = fit.validate(
+                task, datamodule=datamodule, ckpt_path=best, verbose=False
+            )
+            tested = fit.test(
+                task, datamodule=datamodule, ckpt_path=best, verbose=not quiet
+            )
+        split = datamodule.tile_split
+        assert split is not None
         result = FinetuneResult(
-            checkpoint=model_path,
+            checkpoint=run.join('model.ckpt'),
             val=_scores(validated[0], 'val_'),
             test=_scores(tested[0], 'test_'),
             label_tiles=len(datamodule.label_tiles),
-            tiles=tiles,
+            tiles={name: len(split.tiles[name]) for name in SPLITS},
         )
-        with (
-            atomic_write(run.join('metrics.json')) as temporary,
-            open(temporary, 'w') as f,
-        ):
-            json.dump(
-                {
-                    'selected_epoch': checkpoint['epoch'],
-                    'val': _json_scores(result.val),
-                    'test': _json_scores(result.test),
-                    'label_tiles': result.label_tiles,
-                    'tiles': result.tiles,
-                    'class_names': datamodule.class_names,
-                },
-                f,
-                indent=2,
-            )
+        if first:
+            checkpoint = write_model_checkpoint(best, stage.join('model.ckpt'))
+            with (
+                atomic_write(stage.join('metrics.json')) as temporary,
+                open(temporary, 'w') as f,
+            ):
+                json.dump(
+                    {
+                        'selected_epoch': checkpoint['epoch'],
+                        'val': _json_scores(result.val),
+                        'test': _json_scores(result.test),
+                        'label_tiles': result.label_tiles,
+                        'tiles': result.tiles,
+                        'class_names': datamodule.class_names,
+                    },
+                    f,
+                    indent=2,
+                )
     return result

@@ -38,6 +38,7 @@ __all__ = [
     'atomic_write',
     'check_destination',
     'check_output_folder',
+    'joins_a_run',
     'no_room',
     'no_room_reported',
 ]
@@ -233,8 +234,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _joins_a_run() -> bool:
-    """Whether this process is one of a run's processes other than the first."""
+def joins_a_run() -> bool:
+    """Whether this process is one of a run's processes other than the first.
+
+    The first process (rank 0, see :data:`RANK_VARIABLES`) claims the run's
+    outputs, checks and writes them; the others join its claim.
+
+    Returns:
+        True in a process numbered above 0.
+    """
     for name in RANK_VARIABLES:
         with suppress(ValueError):
             if int(os.environ.get(name, '0')) > 0:
@@ -341,7 +349,7 @@ class OutputLock:
             GlcgeoError: if another live run holds the output, or the lock file
                 cannot be written.
         """
-        if _joins_a_run():
+        if joins_a_run():
             return self
         while True:
             try:

@@ -6,8 +6,14 @@ own files, and ``config.yaml``, the run's resolved settings as a LightningCLI
 config (:meth:`RunFolder.write_config`), which ``torchgeo fit --config`` and the
 command's ``--config`` (:func:`read_config`) both read. Paths in a config are
 relative to its folder.
+
+A run that replaces an earlier one (``finetune --overwrite``) writes in a
+hidden staging folder of the run folder, and its outputs replace the earlier
+run's only once it is complete (:meth:`RunFolder.replacing`): a run that fails,
+is interrupted or killed leaves the earlier run as it was.
 """
 
+import json
 import os
 import shutil
 from argparse import ArgumentError
@@ -24,10 +30,23 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from segmentation_models_pytorch.base import SegmentationModel
 
 from .errors import GlcgeoError
-from .outputs import OutputLock, atomic_write, check_output_folder, no_room_reported
+from .outputs import (
+    OutputLock,
+    atomic_write,
+    check_output_folder,
+    joins_a_run,
+    no_room_reported,
+)
 from .sources import is_url
 
 __all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'read_config']
+
+#: The folder, in a run folder, where a run writes until its outputs replace
+#: the earlier run's (:meth:`RunFolder.replacing`).
+STAGING = '.glcgeo-staging'
+#: The file, in the staging folder, that marks the staged run complete: it
+#: lists the outputs the run wrote, which replace the earlier run's.
+COMPLETE = 'complete.json'
 
 
 def check_patch_size(task: LightningModule, patch_size: int) -> None:
@@ -217,12 +236,15 @@ class RunFolder:
         path: the folder.
         outputs: the files and folders the run writes there, that
             :meth:`existing` finds and :meth:`clear` replaces.
+        home: for a staging folder (:meth:`staging`), the run folder its
+            outputs go to; paths in its config are stored relative to that.
 
     .. versionadded:: 0.1
     """
 
     path: str
     outputs: Sequence[str] = ()
+    home: str | None = None
 
     def join(self, *names: str) -> str:
         """A path under the folder.
@@ -249,9 +271,13 @@ class RunFolder:
 
         The folder is created if needed and claimed
         (:class:`~glcgeo.outputs.OutputLock`: another live run's folder is
-        refused, temporary files of dead runs are removed); a folder the run
+        refused, temporary files of dead runs are removed, and so is the
+        staging folder of a run killed before it completed; a complete one's
+        outputs are moved in, as that run would have); a folder the run
         created and left empty is removed when the block ends. A write that
         finds no room in the block is one line naming the file or the folder.
+        The processes of a multi-process run other than the first join the
+        first's claim (:func:`~glcgeo.outputs.joins_a_run`).
 
         Yields:
             nothing.
@@ -272,6 +298,8 @@ class RunFolder:
                 OutputLock(self.path, folder=True, subfolders=self.outputs),
                 no_room_reported(self.path),
             ):
+                if not joins_a_run():
+                    self._settle(self.staging())
                 yield
         finally:
             if created and os.path.isdir(self.path) and not os.listdir(self.path):
@@ -308,16 +336,45 @@ class RunFolder:
         """
         return [name for name in self.outputs if os.path.exists(self.join(name))]
 
-    def clear(self, inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
-        """Delete what an earlier run wrote (only these outputs, nothing else).
+    def clear(self) -> None:
+        """Delete what an earlier run wrote (only these outputs, nothing else)."""
+        for name in self.outputs:
+            _remove(self.join(name))
+
+    def staging(self) -> 'RunFolder':
+        """The folder where a run writes until it replaces this one's outputs.
+
+        Returns:
+            the hidden staging folder in this folder (not created here), with
+            the same outputs; see :meth:`replacing`.
+        """
+        return RunFolder(self.join(STAGING), self.outputs, home=self.path)
+
+    @contextmanager
+    def replacing(
+        self, inputs: Sequence[str | os.PathLike[str]] = ()
+    ) -> Iterator[None]:
+        """Let a run write in :meth:`staging`, and replace the outputs once it is done.
+
+        The earlier run's outputs stay as they were until the block ends
+        without an error: then the staged outputs replace them (an output the
+        new run did not write goes). An error or a Ctrl-C in the block removes
+        the staging folder. A run killed in the block (``kill -9``) leaves the
+        staging folder, which the next run into this folder removes when it
+        claims it (:meth:`claimed`); one killed while its outputs are moved in
+        leaves them to be moved in then. In a multi-process run, only the first
+        process creates, moves in and removes the staging folder.
 
         Args:
             inputs: the files the new run reads: none may be, or lie in, an
                 output (an output never replaces an input).
 
+        Yields:
+            nothing.
+
         Raises:
             GlcgeoError: if an input is, or lies in, one of the outputs; then
-                nothing is deleted.
+                nothing is written.
         """
         outputs = [os.path.realpath(self.join(name)) for name in self.outputs]
         for source in inputs:
@@ -328,12 +385,46 @@ class RunFolder:
                     'replace; move it, or choose another --out',
                     source,
                 )
-        for name in self.outputs:
-            path = self.join(name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+        if joins_a_run():
+            yield
+            return
+        stage = self.staging()
+        os.makedirs(stage.path, exist_ok=True)
+        try:
+            yield
+        except BaseException:
+            shutil.rmtree(stage.path, ignore_errors=True)
+            raise
+        with (
+            atomic_write(stage.join(COMPLETE)) as temporary,
+            open(temporary, 'w') as f,
+        ):
+            json.dump(stage.existing(), f)
+        self._settle(stage)
+
+    def _settle(self, stage: 'RunFolder') -> None:
+        """Finish what a staged run left: move a complete one in, drop the rest.
+
+        Moving in can be taken up again where it stopped: each output staged
+        replaces the old one, an old output the run did not write goes, and
+        the staging folder goes last.
+        """
+        if not os.path.isdir(stage.path):
+            return
+        try:
+            with open(stage.join(COMPLETE)) as f:
+                written = json.load(f)
+        except FileNotFoundError:  # the run did not complete: its files go
+            written = None
+        if written is not None:
+            for name in self.outputs:
+                staged = stage.join(name)
+                if os.path.lexists(staged):
+                    _remove(self.join(name))
+                    os.replace(staged, self.join(name))
+                elif name not in written:
+                    _remove(self.join(name))
+        shutil.rmtree(stage.path)
 
     def write_config(
         self,
@@ -347,9 +438,10 @@ class RunFolder:
     ) -> str:
         """Write ``config.yaml``: the run's settings as a LightningCLI config.
 
-        Paths are stored relative to the folder (absolute paths outside it stay
-        absolute), so the config reruns from any working folder
-        (:func:`read_config`) and moves with the folder.
+        Paths are stored relative to the folder (a staging folder's
+        :attr:`home`; absolute paths outside it stay absolute), so the config
+        reruns from any working folder (:func:`read_config`) and moves with
+        the folder.
 
         Args:
             seed: the global seed (``seed_everything``).
@@ -364,10 +456,11 @@ class RunFolder:
             the path of the file.
         """
         path = self.join('config.yaml')
+        home = self.home or self.path
         config = _with_paths(
             {'trainer': dict(trainer), 'model': dict(model), 'data': dict(data)},
             paths,
-            lambda p: _stored(p, self.path),
+            lambda p: _stored(p, home),
         )
         config = {
             'seed_everything': seed,
@@ -437,6 +530,14 @@ class RunFolder:
             )
         except (MisconfigurationException, TypeError, ValueError) as error:
             raise GlcgeoError(f'bad trainer setting: {error}') from None
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a folder of files, if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _instantiate(callbacks: Any, logger: Any) -> Any:

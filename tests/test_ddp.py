@@ -1,21 +1,41 @@
-"""Two gloo processes on CPU must give the loss and gradients of one process."""
+"""Two gloo processes on CPU must give the loss and gradients of one process, and
+a fine-tuning run on two processes the run of one: one claim, one set of files,
+scores of the whole test area."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import S2_TILES
+from lightning.pytorch import Trainer
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from glcgeo.datamodules import SegmentationDataModule
+from glcgeo.finetune import pretrained_band_stats
+from glcgeo.inference import load_segmentation_checkpoint
 from glcgeo.losses import GLCNetLoss
 from glcgeo.models import GLCNet
+from glcgeo.tasks import FinetuneTask
 
 WORLD_SIZE = 2
 BATCH = 4  # global batch: 2 images per process
 REGIONS = 3
 SIZE = 64
+#: Fine-tuning data whose test area (34 tiles) two processes share evenly.
+FINETUNE_DATA = {
+    'images': str(S2_TILES),
+    'masks': str(S2_TILES.parent / 'demo_labels' / 's2_pseudo_labels.tif'),
+    'patch_size': 64,
+    'block_size': 2,
+    'eval_batch_size': 4,
+}
 
 
 def global_batch() -> dict[str, Tensor]:
@@ -100,3 +120,41 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
                 ranks[0][name], single[name], rtol=1e-4, atol=1e-6, msg=name
             )
         assert single['model.encoder.conv1.weight'].abs().sum() > 0
+
+
+def test_finetune_on_two_processes_is_one_run(tmp_path: Path) -> None:
+    """Lightning DDP on CPU: the second process joins the first's claim and checks."""
+    out = tmp_path / 'ft'
+    data = FINETUNE_DATA
+    command = [sys.executable, '-m', 'glcgeo', 'finetune', '--images', data['images'],
+               '--masks', data['masks'], '--out', str(out), '--backbone', 'resnet18',
+               '--patch-size', '64', '--block-size', '2', '--batch-size', '2',
+               '--eval-batch-size', '4', '--length', '4', '--max-steps', '1',
+               '--accelerator', 'cpu', '--devices', '2']  # fmt: skip
+    outputs = ['checkpoints', 'config.yaml', 'logs', 'metrics.json', 'model.ckpt',
+               'split.geojson']  # fmt: skip
+    for rerun in ([], ['--overwrite']):
+        result = subprocess.run(
+            command + rerun, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert 'GLOBAL_RANK: 1, MEMBER: 2/2' in result.stderr + result.stdout
+        assert result.stdout.count('model written to') == 1
+        assert sorted(os.listdir(out)) == outputs
+    # The scores are those of the whole test area, scored in one process.
+    with open(out / 'metrics.json') as f:
+        metrics = json.load(f)
+    assert metrics['tiles']['test'] == 34
+    model_path = str(out / 'model.ckpt')
+    model, metadata = load_segmentation_checkpoint(model_path)  # as predict does
+    task = FinetuneTask(
+        backbone='resnet18', in_channels=4, num_classes=metadata.num_classes
+    )
+    task.model = model
+    datamodule = SegmentationDataModule(**data, stats=pretrained_band_stats(model_path))
+    trainer = Trainer(
+        accelerator='cpu', devices=1, logger=False, enable_progress_bar=False
+    )
+    (tested,) = trainer.test(task, datamodule=datamodule, verbose=False)
+    for key, value in metrics['test'].items():
+        assert value == pytest.approx(tested[key]), key

@@ -33,7 +33,9 @@ from glcgeo.inference import load_segmentation_checkpoint
 from glcgeo.inference.scenes import predict_scenes, scene_jobs
 from glcgeo.inference.writer import CogWriter, sidecar_paths
 from glcgeo.outputs import HOST, OutputLock
+from glcgeo.runs import STAGING
 from glcgeo.sources import expand
+from glcgeo.tasks import FinetuneTask
 
 #: Pretraining settings that run a step in about a second on 2 CPU cores.
 PRETRAIN = [
@@ -126,6 +128,62 @@ def test_a_resume_that_cannot_load_leaves_last_ckpt_and_config_untouched(
     last.write_bytes(before[last])
     assert main(resume) == 0
     assert torch.load(last, weights_only=False)['global_step'] == 3
+
+
+# A fine-tuning run that would replace an earlier one and does not complete.
+
+
+def test_an_overwriting_finetune_replaces_the_earlier_run_only_once_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / 'ft'
+    argv = ['finetune', '--images', str(S2_TILES), '--out', str(out), *FINETUNE,
+            '--epochs', '1']  # fmt: skip
+    assert main(argv) == 0
+    outputs = sorted(os.listdir(out))
+    kept = [out / 'model.ckpt', out / 'metrics.json', out / 'config.yaml']
+    before = {path: path.read_bytes() for path in kept}
+
+    def untouched() -> bool:
+        """The earlier run is as it was (what a killed run left aside)."""
+        shown = [name for name in os.listdir(out) if not name.startswith('.')]
+        return (
+            sorted(shown) == outputs
+            and {path: path.read_bytes() for path in kept} == before
+        )
+
+    # Interrupted while training (Ctrl-C; Lightning then ignores further ones).
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FinetuneTask, 'training_step', interrupted)
+        patch.setattr(signal, 'signal', lambda *args: None)
+        capsys.readouterr()
+        assert main([*argv, '--overwrite']) == 130
+    assert capsys.readouterr().err.endswith('glcgeo: interrupted\n')
+    assert untouched()
+    # Failing in training (no batch to train on).
+    with pytest.raises(Exception, match='batch_size has length 0'):
+        main([*argv, '--overwrite', '--data.batch_size', '0'])
+    assert untouched()
+    # Killed while training: the next run into the folder removes what it left.
+    slow = _start([*argv, '--overwrite', '--epochs', '50'], tmp_path)
+    try:
+        _wait_for(slow, lambda: (out / STAGING / 'split.geojson').exists())
+    finally:
+        os.killpg(slow.pid, signal.SIGKILL)
+        slow.wait()
+    assert (out / STAGING).is_dir() and untouched()
+    capsys.readouterr()
+    _one_line(capsys, main(argv), f'glcgeo: {out}: already holds a fine-tuning run')
+    assert sorted(os.listdir(out)) == outputs and untouched()
+    assert not (out / STAGING).exists()
+    # A run that completes replaces the earlier one.
+    assert main([*argv, '--overwrite', '--lr', '0.01']) == 0
+    assert sorted(os.listdir(out)) == outputs
+    assert 'lr: 0.01' in (out / 'config.yaml').read_text()
+    assert (out / 'model.ckpt').read_bytes() != before[out / 'model.ckpt']
 
 
 # Two runs into one output.

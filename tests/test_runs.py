@@ -83,7 +83,7 @@ def test_clear_removes_the_outputs_only(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ['notes.txt']
 
 
-def test_clear_never_deletes_an_input(tmp_path: Path) -> None:
+def test_a_replacing_run_never_deletes_an_input(tmp_path: Path) -> None:
     """A new run that starts from the old run's checkpoint must not delete it."""
     run = RunFolder(str(tmp_path), OUTPUTS)
     (tmp_path / 'checkpoints').mkdir()
@@ -91,11 +91,59 @@ def test_clear_never_deletes_an_input(tmp_path: Path) -> None:
     best.write_text('weights')
     (tmp_path / 'model.ckpt').write_text('model')
     for source in (best, tmp_path / 'model.ckpt', tmp_path / '.' / 'model.ckpt'):
-        with pytest.raises(GlcgeoError, match='an input lies in the outputs'):
-            run.clear([source])
+        with (
+            pytest.raises(GlcgeoError, match='an input lies in the outputs'),
+            run.replacing([source]),
+        ):
+            pass
     assert best.read_text() == 'weights'
     assert (tmp_path / 'model.ckpt').read_text() == 'model'
+    assert sorted(os.listdir(tmp_path)) == ['checkpoints', 'model.ckpt']
     # An input beside the outputs, whose name starts like one, is no output.
     (tmp_path / 'model.ckpt.bak').write_text('kept')
-    run.clear([tmp_path / 'model.ckpt.bak'])
-    assert os.listdir(tmp_path) == ['model.ckpt.bak']
+    with run.replacing([tmp_path / 'model.ckpt.bak']):
+        run.staging().write_config(0, {}, 'm', {}, 'd', {})
+    assert sorted(os.listdir(tmp_path)) == ['config.yaml', 'model.ckpt.bak']
+
+
+def test_a_replacing_run_keeps_the_earlier_outputs_until_it_completes(
+    tmp_path: Path,
+) -> None:
+    run = RunFolder(str(tmp_path), OUTPUTS)
+    stage = run.staging()
+    (tmp_path / 'model.ckpt').write_text('old')
+    (tmp_path / 'logs').mkdir()
+    with pytest.raises(KeyboardInterrupt), run.replacing():
+        Path(stage.join('model.ckpt')).write_text('new')
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path)) == ['logs', 'model.ckpt']
+    assert (tmp_path / 'model.ckpt').read_text() == 'old'
+    with run.replacing():
+        Path(stage.join('model.ckpt')).write_text('new')
+        assert (tmp_path / 'model.ckpt').read_text() == 'old'
+    # The new run's outputs replace the old ones; those it did not write go.
+    assert os.listdir(tmp_path) == ['model.ckpt']
+    assert (tmp_path / 'model.ckpt').read_text() == 'new'
+
+
+def test_a_killed_replacing_run_is_settled_by_the_next_claim(tmp_path: Path) -> None:
+    """kill -9: an incomplete staged run goes, a complete one is moved in."""
+    run = RunFolder(str(tmp_path), OUTPUTS)
+    stage = Path(run.staging().path)
+    (tmp_path / 'model.ckpt').write_text('old')
+    (tmp_path / 'logs').mkdir()
+    # Killed while training: the earlier run stays, the staging folder goes.
+    (stage / 'checkpoints').mkdir(parents=True)
+    (stage / 'model.ckpt').write_text('half')
+    with run.claimed():
+        assert sorted(os.listdir(tmp_path)) == ['.glcgeo.lock', 'logs', 'model.ckpt']
+    assert (tmp_path / 'model.ckpt').read_text() == 'old'
+    # Killed while moving in a complete run (config.yaml moved in already).
+    (stage / 'checkpoints').mkdir(parents=True)
+    (stage / 'model.ckpt').write_text('new')
+    (tmp_path / 'config.yaml').write_text('new')
+    (stage / 'complete.json').write_text('["model.ckpt", "config.yaml", "checkpoints"]')
+    with run.claimed():
+        pass
+    assert sorted(os.listdir(tmp_path)) == ['checkpoints', 'config.yaml', 'model.ckpt']
+    assert (tmp_path / 'model.ckpt').read_text() == 'new'

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> None:
     """
     from ..datamodules import SegmentationDataModule
     from ..finetune import PATHS, finetune
+    from ..outputs import joins_a_run
     from ..tasks import FinetuneTask
 
     if hasattr(args, 'seed_everything'):  # --seed draws the labels too
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
         quiet=args.quiet,
         overwrite=args.overwrite,
     )
-    if args.quiet:
+    if args.quiet or joins_a_run():  # the first process speaks for the run
         return
     test = ', '.join(
         f'{key.removeprefix("test_")} {value:.3f}'
