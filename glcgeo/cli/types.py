@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..arguments import KnownCRS
+
 #: A parser of one command-line value.
 ArgumentType = Callable[[str], Any]
 #: The help of the flags that take sources, as ``glcgeo.sources.expand`` does.
@@ -137,13 +139,9 @@ def crs(text: str) -> str:
     Returns:
         the text as given.
     """
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
-    try:
-        CRS.from_user_input(text)
-    except CRSError:
-        raise argparse.ArgumentTypeError(f'unknown CRS {text!r}') from None
+    problem = KnownCRS().problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
