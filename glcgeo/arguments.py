@@ -32,6 +32,7 @@ __all__ = [
     'PositiveInt',
     'Range',
     'Rule',
+    'argument_rules',
     'check_arguments',
 ]
 
@@ -172,8 +173,8 @@ def _rules_in(hint: Any) -> Iterator[Rule]:
 
 
 @functools.cache
-def _rules(function: Callable[..., Any]) -> dict[str, list[Rule]]:
-    """The rules of each argument of *function* that has some."""
+def argument_rules(function: Callable[..., Any]) -> dict[str, list[Rule]]:
+    """The rules of each argument of *function* that has some, by name."""
     hints = typing.get_type_hints(function, include_extras=True)
     rules = {name: list(_rules_in(hint)) for name, hint in hints.items()}
     return {name: found for name, found in rules.items() if found}
@@ -195,7 +196,7 @@ def check_arguments(
     Raises:
         SettingError: naming the first argument that breaks its rule.
     """
-    for name, rules in _rules(function).items():
+    for name, rules in argument_rules(function).items():
         value = values.get(name)
         for rule in rules if value is not None else ():
             problem = rule.problem(value)

@@ -218,7 +218,7 @@ class SegmentationDataModule(GeoDataModule):
         mask_nodata: float | None = None,
         class_values: list[int] | None = None,
         class_names: list[str] | None = None,
-        ignore_index: int = 255,
+        ignore_index: NonNegativeInt = 255,
         patch_size: PositiveInt = 256,
         block_size: PositiveInt = 4,
         split: Annotated[
