@@ -2,9 +2,10 @@
 
 A value out of range is refused by argparse, which names the flag
 (``argument --res: must be > 0, got -10``), before any file is read or written.
-Short flags of config keys (``pretrain --lam``) are checked so too; settings
-from a ``--config`` file, or given as keys (``--model.lam``), are checked by
-the training commands' parser (:mod:`glcgeo.cli.training`) and the API.
+Short flags of config keys (``pretrain --lam``) are checked so too, as their
+class's signature states (:mod:`glcgeo.arguments`); settings from a ``--config``
+file, or given as keys (``--model.lam``), are checked by the training commands'
+parser (:mod:`glcgeo.cli.training`) and, with those signatures, by the API.
 """
 
 import argparse
