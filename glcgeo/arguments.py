@@ -55,12 +55,15 @@ class Range:
         high: the highest number, or None for no upper bound.
         low_open: *low* itself is out of range.
         high_open: *high* itself is out of range.
+        ordered: a sequence is (min, max): its first number is not above its
+            second.
     """
 
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    ordered: bool = False
 
     def __str__(self) -> str:
         """The range as messages write it: ``> 0``, ``>= 1``, ``in [0, 1)``."""
@@ -94,9 +97,11 @@ class Range:
             for v in (value if several else [value])
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
-        if all(map(self.holds, numbers)):
-            return None
-        return f'{"each " if several else ""}must be {self}, got {value!r:.60}'
+        if not all(map(self.holds, numbers)):
+            return f'{"each " if several else ""}must be {self}, got {value!r:.60}'
+        if self.ordered and several and numbers != sorted(numbers):
+            return f'must be (min, max) with min <= max, got {value!r:.60}'
+        return None
 
 
 @dataclass(frozen=True)

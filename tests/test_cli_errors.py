@@ -147,7 +147,10 @@ def test_a_number_out_of_range_is_one_line_naming_the_flag(
     [
         # Settings from a config file skip argparse: the API checks them.
         (['pretrain', '--config', {'regions': -1}], 'data.regions must be > 0, got -1'),
-        (['pretrain', '--config', {'overlap': [0.8, 0.3]}], 'overlap must be (min'),
+        (
+            ['pretrain', '--config', {'overlap': [0.8, 0.3]}],
+            'data.overlap must be (min, max) with min <= max, got (0.8, 0.3)',
+        ),
         (['finetune', '--config', {'block_size': 0}], 'data.block_size must be > 0'),
         # What only the network or Lightning know, checked before any file.
         (['pretrain', '--patch-size', '40'], 'takes multiples of 16 pixels: use 32'),
@@ -198,6 +201,7 @@ BAD_SETTINGS = [
     ('pretrain', 'model.lr', -1, '--lr', 'must be > 0, got -1'),
     ('pretrain', 'model.weight_decay', -1, None, 'must be >= 0, got -1'),
     ('pretrain', 'model.betas', [2, 3], None, 'each must be in [0, 1), got '),
+    ('pretrain', 'data.scale', [1.2, 0.8], None, 'must be (min, max) with min <= '),
     ('pretrain', 'model.backbone', 'notanet', '--backbone',
      "must be a segmentation_models_pytorch encoder, got 'notanet' (list them"),
     ('pretrain', 'trainer.accelerator', 'tpu', '--accelerator',

@@ -55,11 +55,13 @@ class GLCNetDataModule(GeoDataModule):
         batch_size: PositiveInt = 32,
         patch_size: PositiveInt = 224,
         length: PositiveInt = 1000,
-        overlap: Annotated[tuple[float, float], Range(0, 1, low_open=True)] = (
-            0.3,
-            1.0,
+        overlap: Annotated[
+            tuple[float, float], Range(0, 1, low_open=True, ordered=True)
+        ] = (0.3, 1.0),
+        scale: Annotated[tuple[float, float], Range(0, low_open=True, ordered=True)] = (
+            0.7,
+            1.15,
         ),
-        scale: Annotated[tuple[float, float], Range(0, low_open=True)] = (0.7, 1.15),
         regions: PositiveInt = 4,
         region_size: PositiveFloat = 48.0,
         max_nodata: Annotated[float, Range(0, 1, high_open=True)] = 0.1,
