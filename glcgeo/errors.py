@@ -50,6 +50,41 @@ class GlcgeoError(ValueError):
         super().__init__(f'{self.path}: {message}' if self.path else message)
 
 
+class SettingError(GlcgeoError):
+    """A setting out of range or refused, as one line naming it.
+
+    Raised by the classes and the API for an argument that breaks its rule
+    (:mod:`glcgeo.arguments`) and for a ``Trainer`` setting Lightning refuses;
+    the command line names the flag or config key the user gave it as.
+
+    Attributes:
+        name: the setting, as an argument name (``batch_size``).
+        problem: what is wrong with it (``must be > 0, got 0``).
+        section: the config section it belongs to (``data``, ``model``,
+            ``trainer``), or None for an argument of a class.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, name: str, problem: str, section: str | None = None) -> None:
+        """Initialize a new SettingError.
+
+        Args:
+            name: the setting.
+            problem: what is wrong with it.
+            section: its config section, if any (prefixed to *name*).
+        """
+        self.name = name
+        self.problem = problem
+        self.section = section
+        super().__init__(f'{self.key} {problem}')
+
+    @property
+    def key(self) -> str:
+        """The setting with its section: ``data.batch_size``, or ``batch_size``."""
+        return f'{self.section}.{self.name}' if self.section else self.name
+
+
 class NoRoomError(GlcgeoError):
     """An output that could not be written for lack of room, as one line naming it.
 

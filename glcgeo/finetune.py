@@ -30,6 +30,7 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchgeo.datasets import IntersectionDataset
 
+from .arguments import check_arguments
 from .checkpoints import read_band_metadata, write_model_checkpoint
 from .datamodules import SegmentationDataModule
 from .errors import GlcgeoError, check_band_count
@@ -241,6 +242,9 @@ def finetune(
         NoRoomError: if a file of the run finds no room.
 
     """
+    # Settings out of range are named before any input is read.
+    check_arguments(SegmentationDataModule.__init__, data, 'data')
+    check_arguments(FinetuneTask.__init__, model, 'model')
     run = RunFolder(out, OUTPUTS)
     run.check()
     with run.claimed():

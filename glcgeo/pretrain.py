@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
+from .arguments import check_arguments
 from .checkpoints import read_checkpoint, state_dict_misfit
 from .datamodules import GLCNetDataModule
 from .errors import GlcgeoError, check_band_count
@@ -64,10 +65,15 @@ def pretrain(
         the path of ``last.ckpt``.
 
     Raises:
+        SettingError: naming a setting out of range (``data.batch_size``,
+            ``model.lr`` ...) or one that Lightning refuses (``trainer.devices``
+            ...), before anything is written.
         GlcgeoError: for bad data or settings, before training starts; if another
             live run holds *out* (:class:`~glcgeo.outputs.OutputLock`).
         NoRoomError: if a file of the run finds no room.
     """
+    check_arguments(GLCNetDataModule.__init__, data, 'data')
+    check_arguments(GLCNetTask.__init__, model, 'model')
     run = RunFolder(out, OUTPUTS)
     run.check()
     with run.claimed():

@@ -14,8 +14,10 @@ is interrupted or killed leaves the earlier run as it was.
 """
 
 import json
+import logging
 import os
 import shutil
+import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,7 +31,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from segmentation_models_pytorch.base import SegmentationModel
 
-from .errors import GlcgeoError
+from .errors import GlcgeoError, SettingError
 from .outputs import (
     OutputLock,
     atomic_write,
@@ -497,7 +499,9 @@ class RunFolder:
             the trainer.
 
         Raises:
-            GlcgeoError: if Lightning refuses a setting (``devices=0`` ...).
+            SettingError: naming the setting Lightning refuses (``devices=0``,
+                ``accelerator='tpu'`` without torch_xla ...).
+            GlcgeoError: if Lightning refuses settings together only.
         """
         arguments: dict[str, Any] = {
             'log_every_n_steps': 1,
@@ -528,8 +532,45 @@ class RunFolder:
                 callbacks=callbacks,
                 **arguments,
             )
-        except (MisconfigurationException, TypeError, ValueError) as error:
-            raise GlcgeoError(f'bad trainer setting: {error}') from None
+        except REFUSALS as error:
+            raise _trainer_error(error, settings) from None
+
+
+#: How Lightning refuses ``Trainer`` settings (ImportError: an accelerator or
+#: strategy whose package is missing, ``accelerator='tpu'``).
+REFUSALS = (ImportError, MisconfigurationException, TypeError, ValueError)
+
+
+def _trainer_error(error: Exception, settings: Mapping[str, Any]) -> GlcgeoError:
+    """Lightning's refusal of ``Trainer`` settings, naming the setting refused.
+
+    Lightning's messages do not always name it (``No supported gpu backend
+    found!``): the first setting that Lightning refuses on its own is named.
+
+    Returns:
+        a SettingError naming it, or, for settings refused together only, a
+        GlcgeoError.
+    """
+    message = ' '.join(str(error).split())
+    previous = logging.root.manager.disable
+    # Not a line more: Lightning's device lines and warnings, while trying.
+    logging.disable(max(previous, logging.INFO))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            for name, value in settings.items():
+                if name in ('callbacks', 'logger'):
+                    continue
+                try:
+                    Trainer(
+                        **{'logger': False, 'enable_checkpointing': False, name: value}
+                    )
+                except REFUSALS:
+                    problem = f'cannot be {value!r:.40}: {message}'
+                    return SettingError(name, problem, 'trainer')
+    finally:
+        logging.disable(previous)
+    return GlcgeoError(f'bad trainer setting: {message}')
 
 
 def _remove(path: str) -> None:

@@ -2,6 +2,7 @@
 config, short flags are aliases, --print_config, callbacks and loggers from YAML,
 and saved configs that rerun from any folder."""
 
+import argparse
 import inspect
 import os
 import re
@@ -26,6 +27,7 @@ from test_cli_errors import LABELS, PRETRAIN, _one_line
 
 import glcgeo.finetune
 import glcgeo.pretrain
+from glcgeo.arguments import Range, argument_rules
 from glcgeo.cli import build_parser, main
 from glcgeo.datamodules import GLCNetDataModule, SegmentationDataModule
 from glcgeo.tasks import FinetuneTask, GLCNetTask
@@ -143,6 +145,38 @@ def test_a_short_flag_states_the_default_its_class_has(command: str) -> None:
         )
         stated += 1
     assert stated >= 12
+
+
+def _just_outside(rule: Range) -> float:
+    """A number that *rule* refuses, next to its range."""
+    if rule.low is not None:
+        return rule.low if rule.low_open else rule.low - 1
+    assert rule.high is not None
+    return rule.high if rule.high_open else rule.high + 1
+
+
+@pytest.mark.parametrize('command', ['pretrain', 'finetune'])
+def test_a_short_flag_refuses_what_its_class_refuses(command: str) -> None:
+    # The short flags check as they are parsed (no torch); the class's signature
+    # holds the rule the key flags and configs are checked with: they agree.
+    classes = {
+        'pretrain': {'model': GLCNetTask, 'data': GLCNetDataModule},
+        'finetune': {'model': FinetuneTask, 'data': SegmentationDataModule},
+    }[command]
+    (commands,) = [a for a in build_parser()._actions if a.dest == 'command']
+    checked = 0
+    for action in commands.choices[command]._actions:
+        section, _, key = action.dest.partition('.')
+        if section not in classes:
+            continue
+        for rule in argument_rules(classes[section].__init__).get(key, []):
+            if not isinstance(rule, Range):
+                continue
+            assert action.type is not None, action.option_strings
+            with pytest.raises(argparse.ArgumentTypeError):
+                action.type(str(_just_outside(rule)))
+            checked += 1
+    assert checked >= 12
 
 
 def test_a_label_budget_flag_replaces_the_config_budget(

@@ -5,6 +5,7 @@ Each test here failed before the fix it guards (issue 10, "Defects under hostile
 input", numbers in brackets).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,8 @@ from torchgeo.tasks import SemanticSegmentation
 import glcgeo.cli.export
 import glcgeo.pretrain
 from glcgeo.cli import main
+from glcgeo.datamodules import GLCNetDataModule, SegmentationDataModule
+from glcgeo.errors import SettingError
 from glcgeo.tasks import FinetuneTask, GLCNetTask
 
 LABELS = DATA / 'demo_labels' / 's2_pseudo_labels.tif'
@@ -143,12 +146,15 @@ def test_a_number_out_of_range_is_one_line_naming_the_flag(
     ('argv', 'message'),
     [
         # Settings from a config file skip argparse: the API checks them.
-        (['pretrain', '--config', {'regions': -1}], 'regions must be >= 0, got -1'),
-        (['pretrain', '--config', {'overlap': [0.8, 0.3]}], 'overlap must be (min'),
-        (['finetune', '--config', {'block_size': 0}], 'block_size must be >= 1'),
+        (['pretrain', '--config', {'regions': -1}], 'data.regions must be > 0, got -1'),
+        (
+            ['pretrain', '--config', {'overlap': [0.8, 0.3]}],
+            'data.overlap must be (min, max) with min <= max, got (0.8, 0.3)',
+        ),
+        (['finetune', '--config', {'block_size': 0}], 'data.block_size must be > 0'),
         # What only the network or Lightning know, checked before any file.
         (['pretrain', '--patch-size', '40'], 'takes multiples of 16 pixels: use 32'),
-        (['pretrain', '--devices', '0'], 'bad trainer setting: `Trainer(devices=0)`'),
+        (['pretrain', '--devices', '0'], 'argument --devices: cannot be 0: `Trainer'),
         (['finetune', '--patch-size', '40'], 'takes multiples of 16 pixels: use 32'),
     ],
     ids=[
@@ -181,6 +187,117 @@ def test_settings_are_checked_before_anything_is_written(
         args.append(option)
     _one_line(capsys, main(args), message)
     assert not out.exists()
+
+
+#: Settings out of range or unknown: (command, key, value, short flag, problem).
+BAD_SETTINGS = [
+    ('pretrain', 'data.batch_size', 0, '--batch-size', 'must be > 0, got 0'),
+    ('pretrain', 'data.num_workers', -1, '--num-workers', 'must be >= 0, got -1'),
+    ('pretrain', 'data.patch_size', -64, '--patch-size', 'must be > 0, got -64'),
+    ('pretrain', 'data.regions', 0, '--regions', 'must be > 0, got 0'),
+    ('pretrain', 'data.crs', 'foo', '--crs', 'must be a CRS that GDAL knows'),
+    ('pretrain', 'data.crs', 'EPSG:99999', '--crs',
+     "must be a CRS that GDAL knows (EPSG:32631, WKT, a PROJ string), got 'EPSG:99"),
+    ('pretrain', 'model.lr', -1, '--lr', 'must be > 0, got -1'),
+    ('pretrain', 'model.weight_decay', -1, None, 'must be >= 0, got -1'),
+    ('pretrain', 'model.betas', [2, 3], None, 'each must be in [0, 1), got '),
+    ('pretrain', 'data.scale', [1.2, 0.8], None, 'must be (min, max) with min <= '),
+    ('pretrain', 'model.backbone', 'notanet', '--backbone',
+     "must be a segmentation_models_pytorch encoder, got 'notanet' (list them"),
+    ('pretrain', 'trainer.accelerator', 'tpu', '--accelerator',
+     "cannot be 'tpu': Requirement 'torch_xla"),
+    ('finetune', 'data.batch_size', 0, '--batch-size', 'must be > 0, got 0'),
+    ('finetune', 'data.crs', 'foo', '--crs', 'must be a CRS that GDAL knows'),
+    ('finetune', 'model.lr', -1, '--lr', 'must be > 0, got -1'),
+    ('finetune', 'model.backbone', 'resnt18', '--backbone',
+     "must be a segmentation_models_pytorch encoder, got 'resnt18' (did you mean "
+     'resnet18'),
+    ('finetune', 'trainer.accelerator', 'tpu', '--accelerator', "cannot be 'tpu'"),
+]  # fmt: skip
+#: Each bad setting given as its short flag, as its key flag and in a config.
+GIVEN_AS = [
+    pytest.param(*case, form, id=f'{case[0]} {form} {case[1]}={case[2]}')
+    for case in BAD_SETTINGS
+    for form in ('flag', 'key', 'config')
+    if form != 'flag' or case[3] is not None
+]
+
+
+def _without(argv: list[str], flag: str | None) -> list[str]:
+    """A command line without *flag* and its value."""
+    if flag not in argv:
+        return argv
+    at = argv.index(flag)
+    return argv[:at] + argv[at + 2 :]
+
+
+@pytest.mark.parametrize(
+    ('command', 'key', 'value', 'flag', 'problem', 'form'), GIVEN_AS
+)
+def test_a_bad_setting_is_one_line_naming_it_as_given(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    key: str,
+    value: object,
+    flag: str | None,
+    problem: str,
+    form: str,
+) -> None:
+    # Before: key flags and config keys skipped the short flags' checks, and
+    # what the classes or Lightning refused was a traceback.
+    out = tmp_path / 'run'
+    if command == 'pretrain':
+        argv = ['--data', str(S2_TILES), *PRETRAIN, '--max-steps', '1']
+    else:
+        argv = ['--images', str(S2_TILES), *FINETUNE, '--max-steps', '1']
+    argv = [command, '--out', str(out), *_without(argv, flag)]
+    text = value if isinstance(value, str) else json.dumps(value)
+    if form == 'flag':
+        assert flag is not None
+        expected = f'argument {flag}: {problem}'
+        argv += [flag, text]
+    elif form == 'key':
+        expected = f'argument --{key}: {problem}'
+        argv += [f'--{key}', text]
+    else:
+        config = tmp_path / 'config.yaml'
+        section, _, name = key.partition('.')
+        config.write_text(yaml.safe_dump({section: {name: value}}))
+        expected = f'{config}: {key} {problem}'
+        argv += ['--config', str(config)]
+    _one_line(capsys, main(argv), expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ('make', 'message'),
+    [
+        (lambda: GLCNetDataModule(S2_TILES, batch_size=0), 'batch_size must be > 0'),
+        (lambda: GLCNetDataModule(S2_TILES, crs='foo'), "crs must be a CRS that"),
+        (lambda: SegmentationDataModule(S2_TILES, LABELS, num_workers=-1),
+         'num_workers must be >= 0, got -1'),
+        (lambda: GLCNetTask(lr=-1), 'lr must be > 0, got -1'),
+        (lambda: GLCNetTask(betas=(2, 3)), 'betas each must be in [0, 1), got (2, 3)'),
+        (lambda: FinetuneTask(backbone='notanet'), "backbone must be a segmentation"),
+        (lambda: glcgeo.pretrain.pretrain({'paths': S2_TILES}, {'weight_decay': -1},
+                                          {}, 'OUT'),
+         'model.weight_decay must be >= 0, got -1'),
+    ],
+    ids=['data batch_size', 'data crs', 'segmentation num_workers', 'task lr',
+         'task betas', 'finetune backbone', 'pretrain model.weight_decay'],
+)  # fmt: skip
+def test_the_python_api_refuses_a_bad_setting_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[], object],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingError) as refused:
+        make()
+    assert str(refused.value).startswith(message)
+    assert not os.path.exists('OUT')
 
 
 # [1] A failed pretraining writes nothing; the corrected rerun and resume work.
@@ -653,6 +770,6 @@ def test_an_unknown_crs_is_one_line_on_the_terminal_too(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == (
-        "glcgeo stats: argument --crs: unknown CRS 'EPSG:99999' (see glcgeo stats "
-        '--help)\n'
+        'glcgeo stats: argument --crs: must be a CRS that GDAL knows (EPSG:32631, '
+        "WKT, a PROJ string), got 'EPSG:99999' (see glcgeo stats --help)\n"
     )

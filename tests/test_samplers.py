@@ -122,6 +122,7 @@ def test_view_larger_than_the_mosaic_and_bad_ranges(s2_mosaic: GeoTiffMosaic) ->
         {'scale': (0.0, 1.0)},
         {'max_nodata': 1.0},
         {'size': 0},
+        {'regions': 0},  # GLCNet's local matching needs regions
     ):
         with pytest.raises(ValueError):
             PairedWindowSampler(s2_mosaic, **kwargs)  # type: ignore[arg-type]

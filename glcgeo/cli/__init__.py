@@ -19,7 +19,7 @@ from typing import cast
 from .. import __version__
 from ..errors import GlcgeoError
 from .interrupts import Interrupts
-from .training import SETTING
+from .training import SETTING, as_given
 from .types import ArgumentParser
 
 #: Sub-command modules, in the order ``glcgeo --help`` lists them.
@@ -103,7 +103,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         args.func(args)
     except GlcgeoError as error:
-        print(f'glcgeo: {error}', file=sys.stderr)
+        print(f'glcgeo: {as_given(args, error)}', file=sys.stderr)
         return 2
     finally:
         logging.disable(logging.NOTSET)

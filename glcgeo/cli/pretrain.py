@@ -56,7 +56,7 @@ def add_parser(subparsers: Any) -> None:
           'pixels [0.7 1.15]', type=positive(), nargs=2, action=OrderedPair,
           metavar=('MIN', 'MAX'))
     alias(parser, '--regions', 'data.regions', 'matched regions per pair [4]',
-          type=at_least(0))
+          type=positive(int))
     alias(parser, '--max-nodata', 'data.max_nodata', 'largest nodata fraction of a '
           'view [0.1]', type=fraction(low_open=False, high_open=True))
     alias(parser, '--no-spectral-augmentation', 'data.spectral_augmentation',

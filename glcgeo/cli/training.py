@@ -8,7 +8,8 @@ then the flags, and checks each name and value against the class it sets; flags
 beat the file wherever they stand. The short flags people use most
 (``--max-steps``) are aliases of keys (their ``dest``), read by argparse and
 checked as they are parsed, so that ``--help`` answers without importing
-Lightning.
+Lightning. A setting that the API refuses (:class:`~glcgeo.errors.SettingError`)
+is named as it was given: :func:`as_given`.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import GlcgeoError
+from ..errors import GlcgeoError, SettingError
 from .types import HelpFormatter, devices, positive
 
 #: A flag that sets a config key (``--trainer.max_steps``, ``--data.bands=[1]``),
@@ -43,6 +44,8 @@ def alias(parser: Any, flag: str, key: str, help: str, **options: Any) -> None:
     parser.add_argument(
         flag, dest=key, default=argparse.SUPPRESS, help=f'{help} ({key})', **options
     )
+    # Each key's short flag, for errors that name it (as_given).
+    parser.set_defaults(aliases={**(parser.get_default('aliases') or {}), key: flag})
 
 
 def add_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -153,6 +156,35 @@ def parse_settings(
     return sections
 
 
+def as_given(args: argparse.Namespace, error: GlcgeoError) -> str:
+    """What glcgeo says of an error of a training command's API.
+
+    A setting the API refuses is named as the user gave it: its flag
+    (``argument --batch-size: must be > 0, got 0``), its key given as a flag
+    (``argument --data.batch_size: ...``) or its config key (``run.yaml:
+    data.batch_size must be > 0, got 0``).
+
+    Args:
+        args: the command line (see :func:`parse_settings`).
+        error: the error.
+
+    Returns:
+        the message.
+    """
+    if not isinstance(error, SettingError) or error.section is None:
+        return str(error)
+    key = error.key
+    for flag in reversed(args.settings):
+        written = re.split(r'\+?=', flag, maxsplit=1)[0]
+        name = re.sub(r'^--(model|data)\.init_args\.', r'--\1.', written)
+        if name == f'--{key}' or name.startswith(f'--{key}.'):
+            return f'argument {written}: {error.problem}'
+    flag = args.aliases.get(key) if hasattr(args, key) else None
+    if flag is not None:
+        return f'argument {flag}: {error.problem}'
+    return str(GlcgeoError(f'{key} {error.problem}', _config_file(args)))
+
+
 def _config_file(args: argparse.Namespace) -> str | None:
     """The config to read: ``--config``, or a resumed run's ``config.yaml``."""
     out = getattr(args, 'trainer.default_root_dir', None)
@@ -246,6 +278,8 @@ def _wrong_type(parser: Any, key: str, value: Any, path: str | None) -> str:
 
 def _type_name(hint: Any) -> str:
     """A type as a signature writes it: ``list[int] | None``, ``Callback``."""
+    if typing.get_origin(hint) is typing.Annotated:  # a rule: the API checks it
+        return _type_name(typing.get_args(hint)[0])
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return ' | '.join(map(_type_name, typing.get_args(hint)))
     if isinstance(hint, type) and not typing.get_args(hint):

@@ -2,15 +2,18 @@
 
 A value out of range is refused by argparse, which names the flag
 (``argument --res: must be > 0, got -10``), before any file is read or written.
-Short flags of config keys (``pretrain --lam``) are checked so too; settings
-from a ``--config`` file, or given as keys (``--model.lam``), are checked by
-the training commands' parser (:mod:`glcgeo.cli.training`) and the API.
+Short flags of config keys (``pretrain --lam``) are checked so too, as their
+class's signature states (:mod:`glcgeo.arguments`); settings from a ``--config``
+file, or given as keys (``--model.lam``), are checked by the training commands'
+parser (:mod:`glcgeo.cli.training`) and, with those signatures, by the API.
 """
 
 import argparse
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ..arguments import KnownCRS
 
 #: A parser of one command-line value.
 ArgumentType = Callable[[str], Any]
@@ -132,21 +135,14 @@ def colour(text: str) -> list[int]:
 
 
 def crs(text: str) -> str:
-    """A type for coordinate reference systems that PROJ knows (EPSG:32631, WKT...).
-
-    Read as the datasets read it (pyproj), which says nothing on stderr: GDAL
-    prints PROJ's complaint about an unknown code before raising.
+    """A type for coordinate reference systems that GDAL knows (EPSG:32631, WKT...).
 
     Returns:
         the text as given.
     """
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        CRS.from_user_input(text)
-    except CRSError:
-        raise argparse.ArgumentTypeError(f'unknown CRS {text!r}') from None
+    problem = KnownCRS().problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

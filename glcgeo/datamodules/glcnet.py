@@ -1,12 +1,20 @@
 """GLCNet pretraining data: pairs of overlapping views from an unlabeled mosaic."""
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 from torchgeo.datamodules import GeoDataModule
 
+from ..arguments import (
+    CRSName,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_arguments,
+)
 from ..checkpoints import BandMetadata
 from ..collection import GeoTiffCollection, open_mosaic, pair_sampler
 from ..datasets import GeoTiffMosaic
@@ -41,21 +49,26 @@ class GLCNetDataModule(GeoDataModule):
         self,
         paths: str | list[str],
         bands: list[int | str] | None = None,
-        crs: str | None = None,
-        res: float | None = None,
+        crs: CRSName | None = None,
+        res: PositiveFloat | None = None,
         nodata: float | None = None,
-        batch_size: int = 32,
-        patch_size: int = 224,
-        length: int = 1000,
-        overlap: tuple[float, float] = (0.3, 1.0),
-        scale: tuple[float, float] = (0.7, 1.15),
-        regions: int = 4,
-        region_size: float = 48.0,
-        max_nodata: float = 0.1,
+        batch_size: PositiveInt = 32,
+        patch_size: PositiveInt = 224,
+        length: PositiveInt = 1000,
+        overlap: Annotated[
+            tuple[float, float], Range(0, 1, low_open=True, ordered=True)
+        ] = (0.3, 1.0),
+        scale: Annotated[tuple[float, float], Range(0, low_open=True, ordered=True)] = (
+            0.7,
+            1.15,
+        ),
+        regions: PositiveInt = 4,
+        region_size: PositiveFloat = 48.0,
+        max_nodata: Annotated[float, Range(0, 1, high_open=True)] = 0.1,
         spectral_augmentation: bool = True,
         stats: str | None = None,
-        seed: int = 0,
-        num_workers: int = 2,
+        seed: NonNegativeInt = 0,
+        num_workers: NonNegativeInt = 2,
         index_cache: str | None = None,
     ) -> None:
         """Initialize a new GLCNetDataModule.
@@ -73,7 +86,8 @@ class GLCNetDataModule(GeoDataModule):
             length: pairs per epoch, over all processes.
             overlap: (min, max) fraction of each view covered by the other.
             scale: (min, max) scale of each view relative to the mosaic pixels.
-            regions: matched regions per pair.
+            regions: matched regions per pair (GLCNet's local matching needs
+                at least one).
             region_size: side of a region in pixels of a view at scale 1.
             max_nodata: largest nodata fraction accepted in a view.
             spectral_augmentation: the authors' per-band brightness/contrast
@@ -89,7 +103,11 @@ class GLCNetDataModule(GeoDataModule):
             index_cache: a folder where the mosaic's index and coverage are kept
                 for the run's other processes (DDP ranks, resuming); see
                 :mod:`glcgeo.index_cache` (defaults to none).
+
+        Raises:
+            SettingError: naming an argument out of range (see the annotations).
         """
+        check_arguments(GLCNetDataModule.__init__, locals())
         super().__init__(
             GeoTiffUnions,
             batch_size=batch_size,

@@ -10,6 +10,7 @@ split and label budget of :mod:`glcgeo.splits`, and
 import dataclasses
 import warnings
 from collections.abc import Sequence
+from typing import Annotated
 
 import kornia.augmentation as K
 import torch
@@ -20,6 +21,14 @@ from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import IntersectionDataset
 from torchgeo.datasets.utils import Sample, merge_samples
 
+from ..arguments import (
+    CRSName,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_arguments,
+)
 from ..checkpoints import BandMetadata
 from ..collection import GeoTiffCollection, open_mosaic
 from ..crs import crs_name, transformable, untransformable_error
@@ -203,27 +212,29 @@ class SegmentationDataModule(GeoDataModule):
         images: str | list[str],
         masks: str | list[str],
         bands: list[int | str] | None = None,
-        crs: str | None = None,
-        res: float | None = None,
+        crs: CRSName | None = None,
+        res: PositiveFloat | None = None,
         nodata: float | None = None,
         mask_nodata: float | None = None,
         class_values: list[int] | None = None,
         class_names: list[str] | None = None,
-        ignore_index: int = 255,
-        patch_size: int = 256,
-        block_size: int = 4,
-        split: tuple[float, float, float] = (0.6, 0.2, 0.2),
-        split_seed: int = 0,
-        min_labelled: float = 0.5,
-        label_fraction: float | None = None,
-        num_label_patches: int | None = None,
-        seed: int = 0,
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
-        length: int | None = None,
+        ignore_index: NonNegativeInt = 255,
+        patch_size: PositiveInt = 256,
+        block_size: PositiveInt = 4,
+        split: Annotated[
+            tuple[float, float, float], Range(0, 1, low_open=True, high_open=True)
+        ] = (0.6, 0.2, 0.2),
+        split_seed: NonNegativeInt = 0,
+        min_labelled: Annotated[float, Range(0, 1)] = 0.5,
+        label_fraction: Annotated[float, Range(0, 1, low_open=True)] | None = None,
+        num_label_patches: PositiveInt | None = None,
+        seed: NonNegativeInt = 0,
+        batch_size: PositiveInt = 16,
+        eval_batch_size: PositiveInt = 64,
+        length: PositiveInt | None = None,
         stats: str | BandStats | None = None,
         augment: bool = True,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
     ) -> None:
         """Initialize a new SegmentationDataModule.
 
@@ -259,7 +270,11 @@ class SegmentationDataModule(GeoDataModule):
             augment: random flips and 90-degree rotations of training tiles.
             num_workers: data loader worker processes.
 
+        Raises:
+            SettingError: naming an argument out of range (see the annotations).
+
         """
+        check_arguments(SegmentationDataModule.__init__, locals())
         super().__init__(
             GeoTiffMosaic,
             batch_size=batch_size,

@@ -392,8 +392,8 @@ class PairedWindowSampler(PairStream, ValidWindowSampler):  # type: ignore[misc]
 
         """
         _check_window_arguments(size, length, max_nodata)
-        if regions < 0:
-            raise GlcgeoError(f'regions must be >= 0, got {regions}')
+        if regions < 1:  # GLCNet's local matching needs regions
+            raise GlcgeoError(f'regions must be >= 1, got {regions}')
         if not 0 < overlap[0] <= overlap[1] <= 1:
             raise GlcgeoError(
                 f'overlap must be (min, max) with 0 < min <= max <= 1, got {overlap}'

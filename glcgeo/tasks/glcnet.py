@@ -1,6 +1,6 @@
 """GLCNet self-supervised pretraining as a TorchGeo task."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
@@ -8,6 +8,14 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchgeo.tasks import BaseTask
 
+from ..arguments import (
+    EncoderName,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_arguments,
+)
 from ..errors import GlcgeoError, check_band_count
 from ..losses import GLCNetLoss
 from ..models import ABLATIONS, MATCHINGS, GLCNet
@@ -37,19 +45,22 @@ class GLCNetTask(BaseTask):
 
     def __init__(
         self,
-        backbone: str = 'resnet50',
-        in_channels: int = 4,
+        backbone: EncoderName = 'resnet50',
+        in_channels: PositiveInt = 4,
         ablation: str = 'full',
         matching: str = 'ground',
-        region_size: float = 48.0,
-        lam: float = 0.5,
-        temperature: float = 0.5,
+        region_size: PositiveFloat = 48.0,
+        lam: Annotated[float, Range(0, 1)] = 0.5,
+        temperature: PositiveFloat = 0.5,
         decoupled: bool = False,
         gather_distributed: bool = True,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-5,
-        betas: tuple[float, float] = (0.9, 0.99),
-        eta_min: float = 4e-8,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 1e-5,
+        betas: Annotated[tuple[float, float], Range(0, 1, high_open=True)] = (
+            0.9,
+            0.99,
+        ),
+        eta_min: NonNegativeFloat = 4e-8,
         band_mean: list[float] | None = None,
         band_std: list[float] | None = None,
         bands: list[int] | None = None,
@@ -84,8 +95,11 @@ class GLCNetTask(BaseTask):
             band_dtype: dtype of the input files' raw values (likewise).
 
         Raises:
+            SettingError: naming an argument out of range (see the annotations)
+                or an unknown backbone.
             GlcgeoError: for an unknown ablation or matching.
         """
+        check_arguments(GLCNetTask.__init__, locals())
         if ablation not in ABLATIONS:
             raise GlcgeoError(
                 f'unknown ablation {ablation!r}; choose one of {", ".join(ABLATIONS)}'

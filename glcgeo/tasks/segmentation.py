@@ -10,7 +10,7 @@ schedule (Adam, learning rate x *lr_decay* per epoch), and the metadata that
 """
 
 import inspect
-from typing import Literal
+from typing import Annotated, Literal
 
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch.optim import Adam
@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import ExponentialLR
 from torchgeo.tasks import SemanticSegmentation
 from torchmetrics import MetricCollection
 
+from ..arguments import EncoderName, PositiveFloat, PositiveInt, Range, check_arguments
 from ..checkpoints import load_pretrained
 from ..errors import GlcgeoError, check_band_count
 from ..metrics import SegmentationMetrics
@@ -59,18 +60,18 @@ class FinetuneTask(SemanticSegmentation):
         model: Literal[
             'unet', 'deeplabv3+', 'fcn', 'upernet', 'segformer', 'dpt'
         ] = 'deeplabv3+',
-        backbone: str = 'resnet50',
+        backbone: EncoderName = 'resnet50',
         weights: str | None = None,
         transfer: str = 'encoder',
-        in_channels: int = 4,
-        num_classes: int = 2,
+        in_channels: PositiveInt = 4,
+        num_classes: PositiveInt = 2,
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
         ignore_index: int | None = 255,
         loss: Literal['ce', 'jaccard', 'focal', 'dice'] = 'ce',
         class_weights: list[float] | None = None,
-        lr: float = 1e-4,
-        lr_decay: float = 0.98,
+        lr: PositiveFloat = 1e-4,
+        lr_decay: Annotated[float, Range(0, 1, low_open=True)] = 0.98,
         freeze_backbone: bool = False,
         freeze_decoder: bool = False,
         bands: list[int] | None = None,
@@ -109,10 +110,13 @@ class FinetuneTask(SemanticSegmentation):
             band_dtype: dtype of the input files' raw values (``'uint16'`` ...).
 
         Raises:
+            SettingError: naming an argument out of range (see the annotations)
+                or an unknown backbone.
             GlcgeoError: for an unknown transfer, names or colours that do not
                 match *num_classes*, or start weights that do not fit.
 
         """
+        check_arguments(FinetuneTask.__init__, locals())
         if transfer not in TRANSFERS:
             raise GlcgeoError(
                 f'unknown transfer {transfer!r}; choose one of {", ".join(TRANSFERS)}'
