@@ -35,7 +35,7 @@ __all__ = [
     'MAX_PIXELS_PER_FILE_PIXEL',
     'Footprints',
     'build_index',
-    'check_upsampling',
+    'check_pixel_size',
     'first_crs',
 ]
 
@@ -45,27 +45,40 @@ __all__ = [
 MAX_PIXELS_PER_FILE_PIXEL = 10_000
 
 
-def check_upsampling(
-    res: float | tuple[float, float], native: tuple[float, float], path: str
+def check_pixel_size(
+    res: float | tuple[float, float],
+    native: tuple[float, float],
+    extent: tuple[float, float],
+    path: str,
 ) -> None:
-    """Refuse a pixel size that makes one file pixel into too many.
+    """Refuse a pixel size in the wrong unit: far below or above the files' own.
 
     Args:
         res: the pixel size asked for, in CRS units.
         native: the first file's pixel size in the same CRS.
+        extent: the width and height of the files' bounds, in CRS units.
         path: the first file, named in the error.
 
     Raises:
         GlcgeoError: naming --res, if one file pixel would be read as more than
-            :data:`MAX_PIXELS_PER_FILE_PIXEL`.
+            :data:`MAX_PIXELS_PER_FILE_PIXEL`, or the files would be less than
+            one pixel wide or high.
     """
     xres, yres = (res, res) if isinstance(res, int | float) else res
-    per_pixel = native[0] / float(xres) * native[1] / float(yres)
+    xres, yres = float(xres), float(yres)
+    per_pixel = native[0] / xres * native[1] / yres
     if per_pixel > MAX_PIXELS_PER_FILE_PIXEL:
         raise GlcgeoError(
-            f'at a pixel size of {float(xres):g} (--res), each {native[0]:g} x '
+            f'at a pixel size of {xres:g} (--res), each {native[0]:g} x '
             f'{native[1]:g} pixel of the files would be read as {per_pixel:,.0f}: '
             "give a pixel size near the files' own",
+            path,
+        )
+    if extent[0] < xres or extent[1] < yres:
+        raise GlcgeoError(
+            f'at a pixel size of {xres:g} (--res), the files ({extent[0]:g} x '
+            f'{extent[1]:g} CRS units) are less than one pixel: give a pixel size '
+            "near the files' own",
             path,
         )
 
@@ -148,7 +161,11 @@ def build_index(
     if res is None:
         res = first_res
     else:
-        check_upsampling(res, first_res, files[0])
+        extent = (
+            bounds[:, 2].max() - bounds[:, 0].min(),
+            bounds[:, 3].max() - bounds[:, 1].min(),
+        )
+        check_pixel_size(res, first_res, extent, files[0])
     in_force = nodata if nodata is not None else headers[0].nodata
     return MosaicIndex(
         files=files,

@@ -458,6 +458,10 @@ def test_a_pixel_size_in_the_wrong_unit_is_one_line_naming_the_flag(
               'at a pixel size of 0.001 (--res), each',
               "pixel of the files would be read as",
               "give a pixel size near the files' own")  # fmt: skip
+    # Before: "a window of 1 x 1 px does not fit in the mosaic, 0 x 0 px".
+    _one_line(capsys, main([*argv, '--res', '100000']),
+              'at a pixel size of 100000 (--res), the files (',
+              "CRS units) are less than one pixel")  # fmt: skip
     assert not out.exists()
 
 
