@@ -195,7 +195,9 @@ def _pretrain(
     ):
         # The mosaic's index and coverage are computed once per run: the other
         # processes (DDP ranks, a resumed run) read them from the run folder.
-        data = {'index_cache': run.join('index'), **data}
+        # It is this run's cache, not a setting: the saved config leaves it
+        # out, so that a rerun into another folder keeps its own.
+        given, data = data, {'index_cache': run.join('index'), **data}
         # Build the data, the model and the trainer first: bad inputs or settings
         # fail here, before the run's files are written.
         datamodule = GLCNetDataModule(**data)
@@ -242,7 +244,7 @@ def _pretrain(
                 'glcgeo.tasks.GLCNetTask',
                 model,
                 'glcgeo.datamodules.GLCNetDataModule',
-                {**data, 'stats': stats_path},
+                {**given, 'stats': stats_path},
                 PATHS,
             )
 

@@ -232,6 +232,7 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
     )
     return {
         'missing': tmp_path / 'missing.ckpt',
+        'folder': tmp_path,
         'geotiff': DATA / 'landsat8_7band' / 'l8_B1-B7_crop256.tif',
         'no_hparams': no_hparams,
         'wrong_backbone': wrong_backbone,
@@ -242,6 +243,7 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
     ('case', 'message'),
     [
         ('missing', 'no such checkpoint file'),
+        ('folder', 'a folder: give a checkpoint file in it'),
         ('geotiff', 'not a readable checkpoint'),
         ('no_hparams', 'not a GLCNet checkpoint'),
         ('wrong_backbone', 'weights do not fit'),

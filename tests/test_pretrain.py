@@ -86,7 +86,10 @@ def test_pretrains_on_float_mosaic_with_nan_nodata(
     losses = _losses(out)
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     with open(os.path.join(out, 'config.yaml')) as f:
-        assert yaml.safe_load(f)['data']['init_args']['spectral_augmentation'] is False
+        data = yaml.safe_load(f)['data']['init_args']
+    assert data['spectral_augmentation'] is False
+    # The run's own cache, not a setting: a rerun into another folder keeps its own.
+    assert 'index_cache' not in data and os.path.isdir(os.path.join(out, 'index'))
 
 
 def test_spectral_augmentation_can_be_left_out() -> None:

@@ -31,6 +31,12 @@ def read_checkpoint(path: StrPath) -> dict[str, Any]:
     Raises:
         GlcgeoError: if the file is missing, unreadable or has no state dict.
     """
+    if os.path.isdir(path):
+        raise GlcgeoError(
+            'a folder: give a checkpoint file in it (e.g. checkpoints/last.ckpt, '
+            'model.ckpt)',
+            path,
+        )
     if not os.path.isfile(path):
         raise GlcgeoError('no such checkpoint file', path)
     try:
