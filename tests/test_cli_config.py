@@ -7,6 +7,7 @@ import inspect
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -121,23 +122,32 @@ def _literal(text: str) -> int | float | str:
     return text
 
 
-@pytest.mark.parametrize('command', ['pretrain', 'finetune'])
-def test_a_short_flag_states_the_default_its_class_has(command: str) -> None:
-    # The help of --lam says [0.5] without importing the task (a fast --help):
-    # the signature's default is the one that holds.
+def _short_flags(command: str) -> Iterator[tuple[argparse.Action, type, str]]:
+    """The short flags of a training command that set a class's argument.
+
+    Yields:
+        the flag's action, the class (task or data module) and the argument.
+    """
     classes = {
         'pretrain': {'model': GLCNetTask, 'data': GLCNetDataModule},
         'finetune': {'model': FinetuneTask, 'data': SegmentationDataModule},
     }[command]
     (commands,) = [a for a in build_parser()._actions if a.dest == 'command']
-    stated = 0
     for action in commands.choices[command]._actions:
         section, _, key = action.dest.partition('.')
+        if section in classes:
+            yield action, classes[section], key
+
+
+@pytest.mark.parametrize('command', ['pretrain', 'finetune'])
+def test_a_short_flag_states_the_default_its_class_has(command: str) -> None:
+    # The help of --lam says [0.5] without importing the task (a fast --help):
+    # the signature's default is the one that holds.
+    stated = 0
+    for action, cls, key in _short_flags(command):
         stated_default = re.search(r'\[([^\]]*)\]', action.help or '')
-        if section not in classes or stated_default is None:
-            continue
-        default = inspect.signature(classes[section]).parameters[key].default
-        if default is None:  # worked out from the data; the help says how
+        default = inspect.signature(cls).parameters[key].default
+        if stated_default is None or default is None:  # None: the help says how
             continue
         expected = list(default) if isinstance(default, tuple) else [default]
         assert [_literal(t) for t in stated_default[1].split()] == expected, (
@@ -159,17 +169,9 @@ def _just_outside(rule: Range) -> float:
 def test_a_short_flag_refuses_what_its_class_refuses(command: str) -> None:
     # The short flags check as they are parsed (no torch); the class's signature
     # holds the rule the key flags and configs are checked with: they agree.
-    classes = {
-        'pretrain': {'model': GLCNetTask, 'data': GLCNetDataModule},
-        'finetune': {'model': FinetuneTask, 'data': SegmentationDataModule},
-    }[command]
-    (commands,) = [a for a in build_parser()._actions if a.dest == 'command']
     checked = 0
-    for action in commands.choices[command]._actions:
-        section, _, key = action.dest.partition('.')
-        if section not in classes:
-            continue
-        for rule in argument_rules(classes[section].__init__).get(key, []):
+    for action, cls, key in _short_flags(command):
+        for rule in argument_rules(cls.__init__).get(key, []):
             if not isinstance(rule, Range):
                 continue
             assert action.type is not None, action.option_strings
