@@ -29,6 +29,7 @@ import glcgeo.pretrain
 from glcgeo.cli import main
 from glcgeo.datamodules import GLCNetDataModule, SegmentationDataModule
 from glcgeo.errors import SettingError
+from glcgeo.runs import STAGING
 from glcgeo.tasks import FinetuneTask, GLCNetTask
 
 LABELS = DATA / 'demo_labels' / 's2_pseudo_labels.tif'
@@ -677,7 +678,9 @@ def test_interrupted_pretraining_exits_130_and_can_resume(tmp_path: Path) -> Non
 
 def test_interrupted_finetuning_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
     argv = ['finetune', *map(str, COMMANDS['finetune'])]
-    _, err = _interrupt(tmp_path, argv, lambda: _has_logged_a_step(tmp_path / 'run'))
+    # A run writes in its staging folder until it completes (RunFolder.replacing).
+    logs = tmp_path / 'run' / STAGING
+    _, err = _interrupt(tmp_path, argv, lambda: _has_logged_a_step(logs))
     assert err == 'glcgeo: interrupted\n'
     assert os.listdir(tmp_path) == []
 

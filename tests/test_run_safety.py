@@ -163,9 +163,15 @@ def test_an_overwriting_finetune_replaces_the_earlier_run_only_once_complete(
         assert main([*argv, '--overwrite']) == 130
     assert capsys.readouterr().err.endswith('glcgeo: interrupted\n')
     assert untouched()
-    # Failing in training (no batch to train on).
-    with pytest.raises(Exception, match='batch_size has length 0'):
-        main([*argv, '--overwrite', '--data.batch_size', '0'])
+
+    # Failing in training (a bug, or a library's error).
+    def failing(*args: Any) -> None:
+        raise RuntimeError('a failure in training')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FinetuneTask, 'training_step', failing)
+        with pytest.raises(RuntimeError, match='a failure in training'):
+            main([*argv, '--overwrite'])
     assert untouched()
     # Killed while training: the next run into the folder removes what it left.
     slow = _start([*argv, '--overwrite', '--epochs', '50'], tmp_path)
