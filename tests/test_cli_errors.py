@@ -57,14 +57,19 @@ def _one_line(capture: pytest.CaptureFixture[str], status: int, *fragments: str)
     return error
 
 
-def _save_segmentation_checkpoint(path: Path, statistics: bool) -> Path:
-    """A tiny TorchGeo FCN checkpoint for 4 bands, with or without band statistics."""
+def _save_segmentation_checkpoint(
+    path: Path, statistics: bool, band_dtype: str | None = None
+) -> Path:
+    """A tiny TorchGeo FCN checkpoint for 4 bands, with or without band statistics
+    (of images of *band_dtype*, if given)."""
     task = SemanticSegmentation(
         model='fcn', in_channels=4, num_classes=3, num_filters=4, weights=None
     )
     hyper_parameters = dict(task.hparams)
     if statistics:
         hyper_parameters.update(band_mean=[1000.0] * 4, band_std=[500.0] * 4)
+    if band_dtype is not None:
+        hyper_parameters['band_dtype'] = band_dtype
     torch.save(
         {'state_dict': task.state_dict(), 'hyper_parameters': hyper_parameters}, path
     )
@@ -531,6 +536,28 @@ def test_predict_needs_statistics_for_a_model_without_them(
     assert os.listdir(tmp_path) == []
     raw = ['--mean', '0', '0', '0', '0', '--std', '1', '1', '1', '1', '--quiet']
     assert main([*argv, *raw]) == 0
+
+
+def test_values_of_another_dtype_than_the_model_s_are_a_one_line_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a uint8 scene was normalised with a uint16 model's statistics,
+    # silently.
+    model = _save_segmentation_checkpoint(tmp_path / 'm.ckpt', True, 'uint16')
+    scene = DATA / 'rgbn_5m_overlap' / 'rgbn.tif'  # uint8
+    argv = ['predict', '--in', str(scene), '--out', str(tmp_path / 'map.tif'),
+            '--model', str(model), '--tile-size', '64', '--overlap', '16']  # fmt: skip
+    assert main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if 'warn' in line]
+    assert warned == [
+        f'glcgeo: warning: {scene}: uint8 values, but the model was trained on '
+        "uint16 images: they are normalised with its statistics (give the scene's "
+        'own with --stats, or --mean and --std)'
+    ]
+    # The scene's own statistics: nothing to warn of.
+    own = ['--mean', '100', '100', '100', '100', '--std', '50', '50', '50', '50']
+    assert main([*argv, '--overwrite', *own]) == 0
+    assert 'warning' not in capsys.readouterr().err
 
 
 # [8] Ctrl-C anywhere.

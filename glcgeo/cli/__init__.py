@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import cast
+from typing import TextIO, cast
 
 from .. import __version__
 from ..errors import GlcgeoError
@@ -91,23 +91,38 @@ def _run(argv: Sequence[str] | None) -> int:
             command.error(f'unrecognized arguments: {" ".join(unknown)}')
     except SystemExit as exit:  # --help, --version, or a bad flag (one line)
         return int(exit.code or 0)
-    # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
-    warnings.filterwarnings('ignore', message=r'`isinstance\(treespec, LeafSpec\)`')
-    if getattr(args, 'quiet', False):
-        # --quiet is quiet: no warnings (rasterio's, Lightning's) nor Lightning's
-        # information lines (devices, tips); errors still show.
-        warnings.simplefilter('ignore')
-        # Globally, not per logger: Lightning, imported later by the command,
-        # sets its own loggers' level when it loads.
-        logging.disable(logging.WARNING)
-    try:
-        args.func(args)
-    except GlcgeoError as error:
-        print(f'glcgeo: {as_given(args, error)}', file=sys.stderr)
-        return 2
-    finally:
-        logging.disable(logging.NOTSET)
+    with warnings.catch_warnings():
+        # A warning is one line, as an error is.
+        warnings.showwarning = _show_warning
+        # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
+        warnings.filterwarnings('ignore', message=r'`isinstance\(treespec, LeafSpec\)`')
+        if getattr(args, 'quiet', False):
+            # --quiet is quiet: no warnings (rasterio's, Lightning's) nor
+            # Lightning's information lines (devices, tips); errors still show.
+            warnings.simplefilter('ignore')
+            # Globally, not per logger: Lightning, imported later by the
+            # command, sets its own loggers' level when it loads.
+            logging.disable(logging.WARNING)
+        try:
+            args.func(args)
+        except GlcgeoError as error:
+            print(f'glcgeo: {as_given(args, error)}', file=sys.stderr)
+            return 2
+        finally:
+            logging.disable(logging.NOTSET)
     return 0
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as ``glcgeo: warning: <message>``, without its source line."""
+    print(f'glcgeo: warning: {message}', file=file or sys.stderr)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ top.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -416,6 +417,9 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
             )
         except GlcgeoError as error:
             raise GlcgeoError(str(error), self.network) from None
+        if self.mean is not None:
+            # The statistics given are the scenes' own, whatever their dtype.
+            metadata = dataclasses.replace(metadata, band_dtype=None)
         if metadata.band_mean is None:
             # A TorchGeo checkpoint has no statistics: raw values would go in.
             raise GlcgeoError(

@@ -16,6 +16,7 @@ import itertools
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -29,7 +30,7 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from ..checkpoints import BandMetadata, ModelMetadata
-from ..errors import check_band_count
+from ..errors import check_band_count, given_name
 from ..rasters import band_indexes, band_names, pixel_reads, valid_pixels
 from ..transforms import normalize_bands
 from .tiling import Tile, TileGrid
@@ -132,9 +133,20 @@ def input_bands(
     """Choose the 1-based bands to read, checked against the file and the model.
 
     Bands given by name (``predict --bands B4 B3``) are the file's band
-    names (:func:`~glcgeo.rasters.band_names`).
+    names (:func:`~glcgeo.rasters.band_names`). Values of another dtype than
+    those the model's statistics were computed on (uint8 for a model of uint16
+    images) are most likely on another scale: that is warned of.
     """
     bands = band_indexes(metadata.bands, band_names(src), path)
+    trained = metadata.band_dtype
+    if trained is not None and src.dtypes[0] != trained:
+        warnings.warn(
+            f'{given_name(path)}: {src.dtypes[0]} values, but the model was trained '
+            f'on {trained} images: they are normalised with its statistics (give '
+            "the scene's own with --stats, or --mean and --std)",
+            UserWarning,
+            stacklevel=2,
+        )
     # Bands given are as many as the model takes (CheckpointMetadata checks).
     check_band_count(
         'the input has',
