@@ -374,6 +374,12 @@ def test_scenes_sharing_a_name_or_their_folder_are_refused(
                    '--model', fcn_checkpoint) == 2  # fmt: skip
     assert '--out must be a folder for several scenes' in capsys.readouterr().err
     assert not (tmp_path / 'map.tif').exists()
+    # A run refused once it made its folder leaves none (before: an empty one).
+    new = f'{tmp_path / "new"}/'
+    assert predict('--in', scenes, '--out', new, '--model', fcn_checkpoint,
+                   '--probabilities', tmp_path / 'p.tif') == 2  # fmt: skip
+    assert '--probabilities must be a folder' in capsys.readouterr().err
+    assert not (tmp_path / 'new').exists()
     # Polygons are of one map: several are vectorized one by one.
     assert predict('--in', scenes, '--out', out, '--model', fcn_checkpoint,
                    '--polygons', tmp_path / 'p.gpkg') == 2  # fmt: skip

@@ -8,6 +8,7 @@ top.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -499,10 +500,6 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
 
         jobs = self.jobs(sources, folder)
         written = [output for job in jobs for output in job.outputs]
-        if folder:
-            for flag, path in outputs.items():
-                make_folder(path, flag)
-            written.append(os.path.join(self.args.out, FOOTPRINTS))
 
         def this_process(
             device: Any, progress: bool, **sharing: Any
@@ -519,8 +516,19 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
 
             return run_scenes(jobs, unpublished, **sharing)
 
-        with claim([*outputs.values()], folder):
-            for output in written:
-                # Existing outputs are skipped or replaced scene by scene.
-                check_destination(output, True, inputs)
-            run_over_scenes(self.args, folder, this_process, self.made)
+        created = [path for path in outputs.values() if not os.path.exists(path)]
+        try:
+            if folder:
+                for flag, path in outputs.items():
+                    make_folder(path, flag)
+                written.append(os.path.join(self.args.out, FOOTPRINTS))
+            with claim([*outputs.values()], folder):
+                for output in written:
+                    # Existing outputs are skipped or replaced scene by scene.
+                    check_destination(output, True, inputs)
+                run_over_scenes(self.args, folder, this_process, self.made)
+        finally:
+            for path in created if folder else ():
+                # A run that wrote nothing leaves no folder of its own behind.
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
