@@ -41,7 +41,7 @@ from .outputs import (
 )
 from .sources import is_url
 
-__all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'read_config']
+__all__ = ['RunFolder', 'RunTrainer', 'check_patch_size', 'class_path', 'read_config']
 
 #: The folder, in a run folder, where a run writes until its outputs replace
 #: the earlier run's (:meth:`RunFolder.replacing`).
@@ -175,12 +175,21 @@ def _mapping(section: Any, name: str, path: str) -> dict[str, Any]:
     return dict(section)
 
 
-def _check_class(class_path: Any, cls: type, name: str, path: str) -> None:
+def class_path(cls: type) -> str:
+    """A class as a config's ``class_path`` names it: by its package's export.
+
+    Returns:
+        e.g. ``glcgeo.tasks.GLCNetTask`` for ``glcgeo.tasks.glcnet.GLCNetTask``.
+    """
+    return f'{cls.__module__.rpartition(".")[0]}.{cls.__name__}'
+
+
+def _check_class(given: Any, cls: type, name: str, path: str) -> None:
     """Refuse a section's ``class_path`` that names another class than *cls*."""
-    expected = f'{cls.__module__.rpartition(".")[0]}.{cls.__name__}'
-    if class_path not in (None, expected, f'{cls.__module__}.{cls.__name__}'):
+    expected = class_path(cls)
+    if given not in (None, expected, f'{cls.__module__}.{cls.__name__}'):
         raise GlcgeoError(
-            f'{name}.class_path must be {expected}, got {class_path!r:.60}', path
+            f'{name}.class_path must be {expected}, got {given!r:.60}', path
         )
 
 

@@ -133,11 +133,7 @@ def parse_settings(
     # The short flags given, by their key (their dest).
     aliases = {k: v for k, v in vars(args).items() if SETTING.match(f'--{k}')}
     given = _parsed(parser, aliases, None, given)
-    # torchgeo fit's spelling of the class sections' keys.
-    flags = [
-        re.sub(r'^--(model|data)\.init_args\.', r'--\1.', a) for a in args.settings
-    ]
-    given = _parsed(parser, flags, None, given)
+    given = _parsed(parser, [_plain_key(a) for a in args.settings], None, given)
     required = {
         **required,
         'trainer.default_root_dir': 'no output folder: give --out FOLDER or a '
@@ -176,13 +172,21 @@ def as_given(args: argparse.Namespace, error: GlcgeoError) -> str:
     key = error.key
     for flag in reversed(args.settings):
         written = re.split(r'\+?=', flag, maxsplit=1)[0]
-        name = re.sub(r'^--(model|data)\.init_args\.', r'--\1.', written)
+        name = _plain_key(written)
         if name == f'--{key}' or name.startswith(f'--{key}.'):
             return f'argument {written}: {error.problem}'
     flag = args.aliases.get(key) if hasattr(args, key) else None
     if flag is not None:
         return f'argument {flag}: {error.problem}'
     return str(GlcgeoError(f'{key} {error.problem}', _config_file(args)))
+
+
+def _plain_key(flag: str) -> str:
+    """A key flag as glcgeo spells it: ``--model.lam`` for ``--model.init_args.lam``.
+
+    ``torchgeo fit`` spells the keys of the class sections with ``init_args``.
+    """
+    return re.sub(r'^--(model|data)\.init_args\.', r'--\1.', flag)
 
 
 def _config_file(args: argparse.Namespace) -> str | None:
@@ -297,6 +301,8 @@ def _config_text(
     """
     import yaml
 
+    from ..runs import class_path
+
     full = parser.parse_object(given.as_dict(), _skip_validation=True)
     config = yaml.safe_load(parser.dump(full, skip_validation=True))
     if given.get('seed_everything') is None:
@@ -307,6 +313,5 @@ def _config_text(
         if given.get(key) is None:
             config['model'].pop(key.partition('.')[2], None)
     for section, cls in classes.items():
-        class_path = f'{cls.__module__.rpartition(".")[0]}.{cls.__name__}'
-        config[section] = {'class_path': class_path, 'init_args': config[section]}
+        config[section] = {'class_path': class_path(cls), 'init_args': config[section]}
     return yaml.safe_dump(config, sort_keys=False)
