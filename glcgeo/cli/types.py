@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..arguments import KnownCRS
+from ..arguments import KnownCRS, Range
 
 #: A parser of one command-line value.
 ArgumentType = Callable[[str], Any]
@@ -67,13 +67,13 @@ def finite(text: str) -> float:
     return _number(float, text)
 
 
-def _checked(kind: type, accept: Callable[[float], bool], rule: str) -> ArgumentType:
-    """A type for numbers of *kind* that *accept* takes; *rule* says which."""
+def _checked(kind: type, rule: Range, what: str = '') -> ArgumentType:
+    """A type for numbers of *kind* in *rule*'s range; *what* names them."""
 
     def parse(text: str) -> float:
         value = _number(kind, text)
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f'{rule}, got {text}')
+        if not rule.holds(value):
+            raise argparse.ArgumentTypeError(f'must be {what}{rule}, got {text}')
         return value
 
     return parse
@@ -81,12 +81,12 @@ def _checked(kind: type, accept: Callable[[float], bool], rule: str) -> Argument
 
 def at_least(minimum: float, kind: type = int) -> ArgumentType:
     """A type for numbers >= *minimum*, of *kind* (int or float)."""
-    return _checked(kind, lambda value: value >= minimum, f'must be >= {minimum}')
+    return _checked(kind, Range(low=minimum))
 
 
 def positive(kind: type = float) -> ArgumentType:
     """A type for numbers > 0, of *kind* (int or float)."""
-    return _checked(kind, lambda value: value > 0, 'must be > 0')
+    return _checked(kind, Range(low=0, low_open=True))
 
 
 def band(text: str) -> int | str:
@@ -102,12 +102,7 @@ def band(text: str) -> int | str:
 
 def fraction(low_open: bool, high_open: bool) -> ArgumentType:
     """A type for fractions in [0, 1]; 0 refused if *low_open*, 1 if *high_open*."""
-    interval = f'{"(" if low_open else "["}0, 1{")" if high_open else "]"}'
-    return _checked(
-        float,
-        lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
-        f'must be a fraction in {interval}',
-    )
+    return _checked(float, Range(0, 1, low_open, high_open), 'a fraction ')
 
 
 def devices(text: str) -> int | str:
