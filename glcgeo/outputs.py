@@ -41,6 +41,7 @@ __all__ = [
     'joins_a_run',
     'no_room',
     'no_room_reported',
+    'written_as_folder',
 ]
 
 StrPath = str | os.PathLike[str]
@@ -77,6 +78,11 @@ RANK_VARIABLES = (
 )
 
 
+def written_as_folder(path: StrPath) -> bool:
+    """Whether a path is written as a folder's: it ends in ``/`` (or ``os.sep``)."""
+    return os.fspath(path).endswith(('/', os.sep))
+
+
 def check_destination(
     path: StrPath, overwrite: bool = False, inputs: Iterable[StrPath] = ()
 ) -> None:
@@ -97,7 +103,7 @@ def check_destination(
     """
     if not os.fspath(path):
         raise GlcgeoError('an output file is named by an empty path')
-    if os.fspath(path).endswith(('/', os.sep)):
+    if written_as_folder(path):
         raise GlcgeoError('a folder is named where an output file goes', path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

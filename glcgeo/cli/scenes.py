@@ -22,7 +22,7 @@ from ..allocator import keep_freed_memory
 from ..bands import band_files, stack_of
 from ..errors import GlcgeoError
 from ..gdal_paths import RASTER_SUFFIXES, is_url
-from ..outputs import OutputLock, check_destination
+from ..outputs import OutputLock, check_destination, written_as_folder
 from ..sources import expand
 from .types import at_least, band, devices, finite, positive
 
@@ -162,11 +162,6 @@ def scene_inputs(args: argparse.Namespace) -> list[str]:
 def local_inputs(sources: Sequence[str], *files: str | None) -> list[str]:
     """The local files a run reads (band files of stacks included): never outputs."""
     return [p for p in (*band_files(list(sources)), *files) if p and not is_url(p)]
-
-
-def is_folder(path: str) -> bool:
-    """Whether an output path names a folder: an existing one, or ending in /."""
-    return os.path.isdir(path) or path.endswith(('/', os.sep))
 
 
 def several_processes(args: argparse.Namespace) -> bool:
@@ -441,7 +436,9 @@ class SceneCommand[Metadata: 'ModelMetadata'](ABC):
         args = self.args
         sources = scene_inputs(args)
         processes = several_processes(args)
-        folder = len(sources) > 1 or is_folder(args.out)
+        folder = (
+            len(sources) > 1 or os.path.isdir(args.out) or written_as_folder(args.out)
+        )
         outputs = {flag: path for flag, path in self.outputs.items() if path}
         if len(set(map(os.path.realpath, outputs.values()))) < len(outputs):
             kind = 'folders' if folder else 'files'
